@@ -1,0 +1,119 @@
+//! Command-line interface: raw arguments become one validated [`Config`] and
+//! a command; the library does the rest.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Preset};
+
+#[derive(Debug, Parser)]
+#[command(name = "pirlkit", version, about = "PIRL pretraining and honest evaluation for medical images")]
+pub struct Cli {
+    /// More log output (-v: debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// No progress bars (they are hidden anyway when stderr is not a terminal).
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// PIRL pretraining on the training split (labels unused).
+    Pretrain {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Run folder (config, checkpoints); an existing one of the same config is resumed.
+        #[arg(long, default_value = "runs/pretrain")]
+        out: PathBuf,
+    },
+    /// Linear probe of a checkpoint's encoder (or of a random init).
+    Probe {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Checkpoint folder (e.g. runs/pretrain/checkpoints/epoch-0030); its config is used.
+        #[arg(long, conflicts_with = "random_init", required_unless_present = "random_init")]
+        checkpoint: Option<PathBuf>,
+        /// Probe a seeded random-init encoder instead.
+        #[arg(long)]
+        random_init: bool,
+        /// Where to write probe.json.
+        #[arg(long, default_value = "runs/probe")]
+        out: PathBuf,
+    },
+    /// Pretrain, probe the PIRL and the random-init encoder, write the report.
+    Reproduce {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Report name: files go to <reports>/<run>/.
+        #[arg(long)]
+        run_name: Option<String>,
+        /// Reports folder.
+        #[arg(long, default_value = "reports")]
+        reports: PathBuf,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Data set: an ISIC challenge folder, a folder with manifest.csv, or a
+    /// manifest CSV. Without it, the built-in synthetic data set.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Settings preset (default: cpu with --data, demo without).
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// TOML config merged over the preset (unknown keys are an error).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The seed for every random stream (overrides the config).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Pretraining epochs (overrides the config).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Worker threads, 0 = all cores (overrides the config).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Use only the first N images of each split (overrides the config).
+    #[arg(long)]
+    pub limit_per_split: Option<usize>,
+    /// Image cache folder (default $PIRLKIT_CACHE, else ~/.cache/pirlkit).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// Preset, then config file, then flags; validated.
+    pub fn resolve(&self) -> anyhow::Result<Config> {
+        use anyhow::Context;
+        let preset = self.preset.unwrap_or(if self.data.is_some() { Preset::Cpu } else { Preset::Demo });
+        let mut cfg = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                Config::from_toml_over(preset, &text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            }
+            None => Config::preset(preset),
+        };
+        if let Some(s) = self.seed {
+            cfg.seed = s;
+        }
+        if let Some(e) = self.epochs {
+            cfg.train.epochs = e;
+        }
+        if let Some(t) = self.threads {
+            cfg.threads = t;
+        }
+        if let Some(l) = self.limit_per_split {
+            cfg.data.limit_per_split = l;
+        }
+        cfg.check().map_err(|e| anyhow::anyhow!("config: {e}"))?;
+        Ok(cfg)
+    }
+}

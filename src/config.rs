@@ -1,0 +1,261 @@
+//! The run configuration: presets, a TOML file on top (unknown keys are an
+//! error), then command-line overrides; validated once by [`Config::check`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::augment::AugmentConfig;
+use crate::model::{Arch, PretextKind, ResNetConfig};
+use crate::optim::OptimConfig;
+
+/// Data settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Side of the cached square images (px); the jigsaw grid is cut from
+    /// these. Default 96.
+    pub image_size: usize,
+    /// Use at most this many images per split (0 = all), first in manifest
+    /// order; for quick runs and tests. Default 0.
+    pub limit_per_split: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { image_size: 96, limit_per_split: 0 }
+    }
+}
+
+/// Pretext settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretextConfig {
+    /// `jigsaw` (default) or `rotation`.
+    pub kind: PretextKind,
+    /// Side of the image-branch view v_I, and of the evaluation view (px); default 64.
+    pub crop: usize,
+    /// Side of each jigsaw patch, cropped inside a cell of `image_size / 3`; default 28.
+    pub patch: usize,
+    /// Image-branch (and per-patch colour) augmentation.
+    pub augment: AugmentConfig,
+}
+
+impl Default for PretextConfig {
+    fn default() -> Self {
+        Self { kind: PretextKind::Jigsaw, crop: 64, patch: 28, augment: AugmentConfig::default() }
+    }
+}
+
+/// PIRL objective settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PirlConfig {
+    /// Temperature τ; default 0.07.
+    pub tau: f64,
+    /// Negatives sampled from the memory bank per batch; default 1023.
+    pub negatives: usize,
+    /// Weight λ of the pretext term; default 0.5.
+    pub lambda: f64,
+    /// Weight of the old row in the bank update; default 0.5.
+    pub bank_momentum: f32,
+}
+
+impl Default for PirlConfig {
+    fn default() -> Self {
+        Self { tau: 0.07, negatives: 1023, lambda: 0.5, bank_momentum: 0.5 }
+    }
+}
+
+/// Pretraining schedule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Epochs over the training images; default 80.
+    pub epochs: usize,
+    /// Images per step; default 64.
+    pub batch_size: usize,
+    pub optim: OptimConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self { epochs: 80, batch_size: 64, optim: OptimConfig { lr: 0.0075, ..Default::default() } }
+    }
+}
+
+/// Linear-probe settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    /// L2 penalties tried for the logistic regression; the one with the best
+    /// validation AUC is refit. Default 1e-3 .. 1e2.
+    pub alphas: Vec<f64>,
+    /// Recompute BatchNorm statistics on the un-augmented training images
+    /// before extracting features (pretraining's statistics mix views and
+    /// patches); default true.
+    pub recompute_bn: bool,
+    /// Logistic-regression iterations; default 300.
+    pub max_iterations: u64,
+    /// Refit the chosen model on train + val before scoring test; default true.
+    pub refit_on_train_val: bool,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self { alphas: vec![1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0], recompute_bn: true, max_iterations: 300, refit_on_train_val: true }
+    }
+}
+
+/// Everything a run needs; written beside its artifacts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The one seed every random stream derives from; default 0.
+    pub seed: u64,
+    /// Worker threads (0 = all cores); default 0.
+    pub threads: usize,
+    pub data: DataConfig,
+    pub model: ResNetConfig,
+    pub pretext: PretextConfig,
+    pub pirl: PirlConfig,
+    pub train: TrainConfig,
+    pub probe: ProbeConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::preset(Preset::Cpu)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// A 2-core machine in well under an hour: ResNet-18 at 64 px, 28 px patches.
+    Cpu,
+    /// The paper: ResNet-50, 224 px, 64 px patches, batch 256, 32000 negatives (GPU).
+    Paper,
+    /// The built-in synthetic default: a few minutes on 2 cores.
+    Demo,
+    /// Tests: tiny width, 32 px, seconds.
+    Tiny,
+}
+
+impl Config {
+    pub fn preset(p: Preset) -> Config {
+        let base = Config {
+            seed: 0,
+            threads: 0,
+            data: DataConfig::default(),
+            model: ResNetConfig::default(),
+            pretext: PretextConfig::default(),
+            pirl: PirlConfig::default(),
+            train: TrainConfig::default(),
+            probe: ProbeConfig::default(),
+        };
+        match p {
+            Preset::Cpu => Config {
+                model: ResNetConfig { arch: Arch::Resnet18, width: 0.5, ..Default::default() },
+                train: TrainConfig { epochs: 30, batch_size: 64, optim: OptimConfig { lr: 0.03, warmup_epochs: 1.0, ..Default::default() } },
+                ..base
+            },
+            Preset::Paper => Config {
+                data: DataConfig { image_size: 255, ..Default::default() },
+                model: ResNetConfig { arch: Arch::Resnet50, width: 1.0, ..Default::default() },
+                pretext: PretextConfig { crop: 224, patch: 64, ..Default::default() },
+                pirl: PirlConfig { negatives: 32000, ..Default::default() },
+                train: TrainConfig { epochs: 200, batch_size: 256, optim: OptimConfig { lr: 0.12, warmup_epochs: 5.0, ..Default::default() } },
+                ..base
+            },
+            Preset::Demo => Config {
+                data: DataConfig { image_size: 48, ..Default::default() },
+                model: ResNetConfig { arch: Arch::Resnet18, width: 0.25, ..Default::default() },
+                pretext: PretextConfig { crop: 32, patch: 14, ..Default::default() },
+                pirl: PirlConfig { negatives: 255, ..Default::default() },
+                train: TrainConfig { epochs: 8, batch_size: 32, optim: OptimConfig { lr: 0.03, ..Default::default() } },
+                ..base
+            },
+            Preset::Tiny => Config {
+                data: DataConfig { image_size: 32, ..Default::default() },
+                model: ResNetConfig { arch: Arch::Resnet18, width: 0.125, ..Default::default() },
+                pretext: PretextConfig { crop: 32, patch: 10, ..Default::default() },
+                pirl: PirlConfig { negatives: 31, ..Default::default() },
+                train: TrainConfig { epochs: 2, batch_size: 16, optim: OptimConfig { lr: 0.03, ..Default::default() } },
+                probe: ProbeConfig { alphas: vec![0.1, 10.0], max_iterations: 100, ..Default::default() },
+                ..base
+            },
+        }
+    }
+
+    /// The preset with a TOML document merged on top: keys it names replace
+    /// the preset's, keys it omits keep them, unknown keys are an error.
+    pub fn from_toml_over(p: Preset, toml_text: &str) -> Result<Config, String> {
+        let mut base = toml::Value::try_from(Config::preset(p)).map_err(|e| e.to_string())?;
+        let over: toml::Value = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        merge(&mut base, over);
+        let cfg: Config = base.try_into().map_err(|e: toml::de::Error| e.to_string())?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Rejects settings that cannot work, naming the key.
+    pub fn check(&self) -> Result<(), String> {
+        self.model.check()?;
+        self.train.optim.check()?;
+        let d = &self.data;
+        let p = &self.pretext;
+        if d.image_size < 24 {
+            return Err(format!("data.image_size must be >= 24, got {}", d.image_size));
+        }
+        if p.crop < 16 || p.crop > d.image_size {
+            return Err(format!("pretext.crop must be in [16, data.image_size = {}], got {}", d.image_size, p.crop));
+        }
+        if p.kind == PretextKind::Jigsaw && (p.patch < 8 || p.patch > d.image_size / 3) {
+            return Err(format!("pretext.patch must be in [8, data.image_size / 3 = {}], got {}", d.image_size / 3, p.patch));
+        }
+        let a = &p.augment;
+        if !(a.crop_scale_min > 0.0 && a.crop_scale_min <= 1.0) {
+            return Err(format!("pretext.augment.crop_scale_min must be in (0, 1], got {}", a.crop_scale_min));
+        }
+        for (k, v) in [("jitter_p", a.jitter_p), ("grayscale_p", a.grayscale_p), ("flip_p", a.flip_p)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("pretext.augment.{k} must be in [0, 1], got {v}"));
+            }
+        }
+        if !(a.jitter.is_finite() && (0.0..1.0).contains(&a.jitter) && (0.0..=0.5).contains(&a.hue)) {
+            return Err("pretext.augment.jitter must be in [0, 1) and hue in [0, 0.5]".into());
+        }
+        let q = &self.pirl;
+        if !(q.tau.is_finite() && q.tau > 0.0) {
+            return Err(format!("pirl.tau must be > 0, got {}", q.tau));
+        }
+        if !(0.0..=1.0).contains(&q.lambda) || !(0.0..1.0).contains(&q.bank_momentum) {
+            return Err("pirl.lambda must be in [0, 1] and pirl.bank_momentum in [0, 1)".into());
+        }
+        if q.negatives == 0 {
+            return Err("pirl.negatives must be > 0".into());
+        }
+        if self.train.batch_size < 2 {
+            return Err(format!("train.batch_size must be >= 2 (BatchNorm), got {}", self.train.batch_size));
+        }
+        if self.probe.alphas.is_empty() || self.probe.alphas.iter().any(|a| !(a.is_finite() && *a >= 0.0)) {
+            return Err("probe.alphas must be a non-empty list of finite values >= 0".into());
+        }
+        Ok(())
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_table() && v.is_table() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}

@@ -1,0 +1,136 @@
+//! Data in: dataset layouts -> a manifest of samples -> decoded, resized,
+//! cached uint8 images.
+
+pub mod cache;
+pub mod isic;
+pub mod manifest;
+pub mod synthetic;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use cache::{ImageCache, RgbImage};
+
+/// Errors from reading data; each names the file (and line) it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}, line {line}: {msg}")]
+    Csv { path: PathBuf, line: u64, msg: String },
+    #[error("{path}: {msg}")]
+    Image { path: PathBuf, msg: String },
+    #[error("{path}: {msg}")]
+    Layout { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, DataError>;
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Io { path: path.to_path_buf(), source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Val,
+    Test,
+}
+
+impl Split {
+    pub fn parse(s: &str) -> Option<Split> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "train" | "training" => Some(Split::Train),
+            "val" | "valid" | "validation" => Some(Split::Val),
+            "test" => Some(Split::Test),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
+}
+
+/// One image of a dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Identifier (file stem or the label file's id); never a patient identifier.
+    pub id: String,
+    pub path: PathBuf,
+    /// Binary label (1 = positive class), if known.
+    pub label: Option<u8>,
+    pub split: Split,
+    /// Images of the same group (lesion, patient) always share a split.
+    pub group: String,
+}
+
+/// A dataset as a list of samples.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub name: String,
+    pub root: PathBuf,
+    pub samples: Vec<Sample>,
+}
+
+impl Dataset {
+    pub fn split(&self, s: Split) -> Vec<&Sample> {
+        self.samples.iter().filter(|x| x.split == s).collect()
+    }
+
+    /// Indices of the samples in split `s`, in manifest order.
+    pub fn indices(&self, s: Split) -> Vec<usize> {
+        self.samples.iter().enumerate().filter(|(_, x)| x.split == s).map(|(i, _)| i).collect()
+    }
+
+    /// Opens `path`: an ISIC challenge folder, a folder with `manifest.csv`,
+    /// or a manifest CSV file.
+    pub fn open(path: &Path) -> Result<Dataset> {
+        if path.is_file() {
+            return manifest::read_manifest(path);
+        }
+        if !path.is_dir() {
+            return Err(DataError::Layout { path: path.into(), msg: "no such file or folder".into() });
+        }
+        if isic::Descriptor::isic2017().detect(path) {
+            return isic::Descriptor::isic2017().load(path);
+        }
+        let m = path.join("manifest.csv");
+        if m.is_file() {
+            return manifest::read_manifest(&m);
+        }
+        Err(DataError::Layout {
+            path: path.into(),
+            msg: "not a dataset: expected the ISIC 2017 challenge layout (ISIC-2017_*_Part3_GroundTruth.csv and image folders) or a manifest.csv (path,label[,split][,group])".into(),
+        })
+    }
+
+    /// Checks what the probe needs: labels on every image of each split, and
+    /// both classes in train, val and test.
+    pub fn check_labeled(&self) -> Result<()> {
+        for s in [Split::Train, Split::Val, Split::Test] {
+            let v = self.split(s);
+            if v.is_empty() {
+                return Err(DataError::Layout { path: self.root.clone(), msg: format!("the {} split is empty", s.as_str()) });
+            }
+            if let Some(x) = v.iter().find(|x| x.label.is_none()) {
+                return Err(DataError::Layout { path: x.path.clone(), msg: format!("image {} has no label", x.id) });
+            }
+            let pos = v.iter().filter(|x| x.label == Some(1)).count();
+            if pos == 0 || pos == v.len() {
+                return Err(DataError::Layout {
+                    path: self.root.clone(),
+                    msg: format!("the {} split has only one class ({pos} positives of {})", s.as_str(), v.len()),
+                });
+            }
+        }
+        Ok(())
+    }
+}

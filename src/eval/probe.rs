@@ -1,0 +1,178 @@
+//! The linear probe: a frozen encoder, global-average-pooled features of the
+//! un-augmented image, and an L2-regularised logistic regression (linfa)
+//! whose penalty is chosen by validation AUC, refit, then scored once on test.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use linfa::prelude::*;
+use linfa_logistic::LogisticRegression;
+use ndarray::{Array1, Array2};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::augment;
+use crate::config::{Config, ProbeConfig};
+use crate::data::RgbImage;
+use crate::error::{Error, Result};
+use crate::eval::auc;
+use crate::model::{ResNet, ResNetConfig};
+use crate::train::pretrain::stack;
+
+/// Labeled images of the three splits.
+pub struct ProbeData<'a> {
+    pub train: (Vec<&'a RgbImage>, Vec<u8>),
+    pub val: (Vec<&'a RgbImage>, Vec<u8>),
+    pub test: (Vec<&'a RgbImage>, Vec<u8>),
+}
+
+/// What the probe measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeResult {
+    /// (alpha, validation AUC) for each penalty tried.
+    pub val_aucs: Vec<(f64, f64)>,
+    pub alpha: f64,
+    pub val_auc: f64,
+    pub test_auc: f64,
+    pub n_test: usize,
+    pub n_test_pos: usize,
+    /// Test scores (the logistic regression's linear score), in test order.
+    pub test_scores: Vec<f64>,
+}
+
+/// Pooled features of `images` at `crop` px, in eval mode.
+///
+/// # Shapes
+/// returns `(images.len(), feature_dim)`, row-major.
+pub fn features(encoder: &ResNet, images: &[&RgbImage], crop: usize, batch: usize) -> Result<Array2<f64>> {
+    let d = encoder.config().feature_dim();
+    let mut out = Vec::with_capacity(images.len() * d);
+    for chunk in images.chunks(batch.max(1)) {
+        let views = chunk.par_iter().map(|im| augment::resize_full(im, crop)).collect();
+        let x = stack(views, &Device::Cpu)?;
+        let f = encoder.forward_t(&x, false)?.detach();
+        out.extend(f.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f64::from));
+    }
+    Array2::from_shape_vec((images.len(), d), out).map_err(|e| Error::Eval(e.to_string()))
+}
+
+/// Recomputes the encoder's BatchNorm running statistics as the average of
+/// the batch statistics over `images` (PyTorch's `momentum=None`), leaving
+/// the weights untouched. `prefix` is the encoder's name prefix in `vm`.
+pub fn recompute_bn(vm: &VarMap, cfg: &ResNetConfig, prefix: &str, images: &[&RgbImage], crop: usize, batch: usize) -> Result<()> {
+    // A twin encoder over the same variables whose BatchNorm keeps only the
+    // last batch's statistics (momentum 1).
+    let vb = candle_nn::VarBuilder::from_varmap(vm, DType::F32, &Device::Cpu);
+    let twin = ResNet::new(&ResNetConfig { bn_momentum: 1.0, ..cfg.clone() }, vb.pp(prefix))?;
+    let stats: Vec<(String, candle_core::Var)> = {
+        let data = vm.data().lock().expect("varmap lock");
+        let mut v: Vec<_> = data
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix) && (n.ends_with("running_mean") || n.ends_with("running_var")))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let mut sums: Vec<Option<Tensor>> = vec![None; stats.len()];
+    let mut weight = 0.0;
+    // Equal-size batches only (the last partial one would weigh as much as a full one).
+    let bs = batch.max(2).min(images.len());
+    for chunk in images.chunks_exact(bs) {
+        let views = chunk.par_iter().map(|im| augment::resize_full(im, crop)).collect();
+        let x = stack(views, &Device::Cpu)?;
+        twin.forward_t(&x, true)?;
+        for (k, (_, v)) in stats.iter().enumerate() {
+            let t = v.as_tensor().detach().copy()?;
+            sums[k] = Some(match sums[k].take() {
+                None => t,
+                Some(s) => (s + t)?,
+            });
+        }
+        weight += 1.0;
+    }
+    if weight == 0.0 {
+        return Err(Error::Eval("BatchNorm recompute: fewer than 2 training images".into()));
+    }
+    for ((_, v), s) in stats.iter().zip(sums) {
+        let s = s.expect("one batch at least");
+        v.set(&(s / weight)?)?;
+    }
+    Ok(())
+}
+
+/// Per-column mean and std of `x` (std floored at 1e-8).
+fn standardizer(x: &Array2<f64>) -> (Array1<f64>, Array1<f64>) {
+    let mean = x.mean_axis(ndarray::Axis(0)).expect("non-empty");
+    let std = x.std_axis(ndarray::Axis(0), 0.0).mapv(|s| s.max(1e-8));
+    (mean, std)
+}
+
+fn fit(x: &Array2<f64>, y: &[u8], alpha: f64, iters: u64) -> Result<(Array1<f64>, f64)> {
+    let ds = Dataset::new(x.clone(), Array1::from_iter(y.iter().map(|&v| v as usize)));
+    let m = LogisticRegression::default()
+        .alpha(alpha)
+        .max_iterations(iters)
+        .fit(&ds)
+        .map_err(|e| Error::Eval(format!("logistic regression (alpha {alpha}): {e}")))?;
+    // linfa's "positive" class is the more frequent one, not the label 1:
+    // orient the linear score so that larger means label 1.
+    let sign = if m.labels().pos.class == 1 { 1.0 } else { -1.0 };
+    Ok((m.params() * sign, m.intercept() * sign))
+}
+
+fn score(x: &Array2<f64>, w: &(Array1<f64>, f64)) -> Vec<f64> {
+    (x.dot(&w.0) + w.1).to_vec()
+}
+
+/// Fits the probe on train, picks the penalty on val, refits, scores test once.
+pub fn fit_probe(ftrain: &Array2<f64>, ytrain: &[u8], fval: &Array2<f64>, yval: &[u8], ftest: &Array2<f64>, ytest: &[u8], cfg: &ProbeConfig) -> Result<ProbeResult> {
+    let (mu, sd) = standardizer(ftrain);
+    let z = |x: &Array2<f64>| (x - &mu) / &sd;
+    let (ztr, zva, zte) = (z(ftrain), z(fval), z(ftest));
+    let mut val_aucs = Vec::new();
+    let mut best: Option<(f64, f64)> = None;
+    // Larger penalties first, so a tie keeps the more regularised model.
+    let mut alphas = cfg.alphas.clone();
+    alphas.sort_by(|a, b| b.total_cmp(a));
+    for &a in &alphas {
+        let w = fit(&ztr, ytrain, a, cfg.max_iterations)?;
+        let v = auc(&score(&zva, &w), yval)?;
+        val_aucs.push((a, v));
+        if best.is_none_or(|(_, bv)| v > bv) {
+            best = Some((a, v));
+        }
+    }
+    let (alpha, val_auc) = best.expect("alphas is non-empty");
+    let w = if cfg.refit_on_train_val {
+        let x = ndarray::concatenate(ndarray::Axis(0), &[ztr.view(), zva.view()]).map_err(|e| Error::Eval(e.to_string()))?;
+        let y: Vec<u8> = ytrain.iter().chain(yval).copied().collect();
+        fit(&x, &y, alpha, cfg.max_iterations)?
+    } else {
+        fit(&ztr, ytrain, alpha, cfg.max_iterations)?
+    };
+    let test_scores = score(&zte, &w);
+    let test_auc = auc(&test_scores, ytest)?;
+    Ok(ProbeResult {
+        val_aucs,
+        alpha,
+        val_auc,
+        test_auc,
+        n_test: ytest.len(),
+        n_test_pos: ytest.iter().filter(|&&l| l == 1).count(),
+        test_scores,
+    })
+}
+
+/// The whole probe for the encoder under `prefix` in `vm`: optional BatchNorm
+/// recompute, features, fit, score.
+pub fn run_probe(vm: &VarMap, encoder: &ResNet, prefix: &str, cfg: &Config, data: &ProbeData) -> Result<ProbeResult> {
+    let crop = cfg.pretext.crop;
+    let bs = cfg.train.batch_size.max(2);
+    if cfg.probe.recompute_bn {
+        recompute_bn(vm, encoder.config(), prefix, &data.train.0, crop, bs)?;
+    }
+    let ftr = features(encoder, &data.train.0, crop, bs)?;
+    let fva = features(encoder, &data.val.0, crop, bs)?;
+    let fte = features(encoder, &data.test.0, crop, bs)?;
+    fit_probe(&ftr, &data.train.1, &fva, &data.val.1, &fte, &data.test.1, &cfg.probe)
+}

@@ -1,0 +1,27 @@
+//! pirlkit: PIRL self-supervised pretraining on unlabeled medical images, with
+//! candle, and an honest evaluation of what it is worth (linear probe against
+//! a random-init baseline, AUC, reports).
+//!
+//! Stages, one module each: [`data`] -> [`augment`] / [`pretext`] ->
+//! [`model`] -> [`loss`] + [`memory_bank`] -> [`optim`] -> [`train`] ->
+//! [`eval`] -> [`report`]; [`pipeline`] chains them.
+
+pub mod augment;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod loss;
+pub mod memory_bank;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod pipeline;
+pub mod pretext;
+pub mod report;
+pub mod rng;
+pub mod train;
+
+pub use config::{Config, Preset};
+pub use error::{Error, Result};

@@ -1,0 +1,27 @@
+//! The PIRL objective: a noise-contrastive (InfoNCE) loss against the memory
+//! bank, s(a, b) = cos(a, b) / τ.
+
+use candle_core::{D, Result, Tensor};
+
+/// L_NCE(m, x): for each row, the positive m_i against the negatives.
+///
+/// `-log( exp(s(m_i, x_i)) / (exp(s(m_i, x_i)) + Σ_j exp(s(n_j, x_i))) )`,
+/// averaged over rows. Inputs are already L2-normalised, so the dot product
+/// is the cosine.
+///
+/// # Shapes
+/// `m: (B, D)` (bank rows, no gradient), `x: (B, D)`, `negatives: (N, D)` -> scalar.
+pub fn nce_loss(m: &Tensor, x: &Tensor, negatives: &Tensor, tau: f64) -> Result<Tensor> {
+    let pos = (m * x)?.sum_keepdim(1)?; // (B, 1)
+    let neg = x.matmul(&negatives.t()?)?; // (B, N)
+    let logits = (Tensor::cat(&[&pos, &neg], 1)? / tau)?;
+    let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    lsm.narrow(1, 0, 1)?.mean_all()?.neg()
+}
+
+/// L = λ L_NCE(m, g(v_It)) + (1 - λ) L_NCE(m, f(v_I)).
+pub fn pirl_loss(m: &Tensor, f: &Tensor, g: &Tensor, negatives: &Tensor, tau: f64, lambda: f64) -> Result<Tensor> {
+    let lg = nce_loss(m, g, negatives, tau)?;
+    let lf = nce_loss(m, f, negatives, tau)?;
+    (lg * lambda)? + (lf * (1.0 - lambda))?
+}

@@ -1,0 +1,195 @@
+//! ResNet-18/34/50 with a width multiplier and BatchNorm that trains.
+//!
+//! Parameter names follow torchvision (`conv1.weight`, `bn1.running_mean`,
+//! `layer1.0.conv1.weight`, `layer2.0.downsample.0.weight`, ...), so weights in
+//! torchvision naming load as they are.
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::ops::MaxPool2d;
+
+/// Which ResNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Resnet18,
+    Resnet34,
+    Resnet50,
+}
+
+impl Arch {
+    fn blocks(self) -> [usize; 4] {
+        match self {
+            Arch::Resnet18 => [2, 2, 2, 2],
+            Arch::Resnet34 | Arch::Resnet50 => [3, 4, 6, 3],
+        }
+    }
+    fn bottleneck(self) -> bool {
+        matches!(self, Arch::Resnet50)
+    }
+}
+
+/// Encoder settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResNetConfig {
+    /// Architecture (default `resnet18`).
+    pub arch: Arch,
+    /// Channel multiplier on torchvision's widths (64, 128, 256, 512); default 1.0.
+    pub width: f64,
+    /// BatchNorm running-statistics momentum (PyTorch's convention); default 0.1.
+    pub bn_momentum: f64,
+}
+
+impl Default for ResNetConfig {
+    fn default() -> Self {
+        Self { arch: Arch::Resnet18, width: 1.0, bn_momentum: 0.1 }
+    }
+}
+
+impl ResNetConfig {
+    /// Base width (channels of the stem and layer1), at least 4.
+    pub fn base_channels(&self) -> usize {
+        ((64.0 * self.width).round() as usize).max(4)
+    }
+    /// Dimension of the pooled feature vector.
+    pub fn feature_dim(&self) -> usize {
+        let b = self.base_channels() * 8;
+        if self.arch.bottleneck() { b * 4 } else { b }
+    }
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if !(self.width.is_finite() && self.width > 0.0 && self.width <= 8.0) {
+            return Err(format!("model.width must be in (0, 8], got {}", self.width));
+        }
+        if !(0.0..=1.0).contains(&self.bn_momentum) {
+            return Err(format!("model.bn_momentum must be in [0, 1], got {}", self.bn_momentum));
+        }
+        Ok(())
+    }
+}
+
+fn conv(cin: usize, cout: usize, k: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let cfg = Conv2dConfig { padding, stride, dilation: 1, groups: 1, cudnn_fwd_algo: None };
+    candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)
+}
+
+fn bn(c: usize, momentum: f64, vb: VarBuilder) -> Result<BatchNorm> {
+    let cfg = BatchNormConfig { eps: 1e-5, remove_mean: true, affine: true, momentum };
+    candle_nn::batch_norm(c, cfg, vb)
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    convs: Vec<(Conv2d, BatchNorm)>,
+    downsample: Option<(Conv2d, BatchNorm)>,
+}
+
+impl Block {
+    fn basic(cin: usize, cout: usize, stride: usize, m: f64, vb: VarBuilder) -> Result<Self> {
+        let convs = vec![
+            (conv(cin, cout, 3, stride, 1, vb.pp("conv1"))?, bn(cout, m, vb.pp("bn1"))?),
+            (conv(cout, cout, 3, 1, 1, vb.pp("conv2"))?, bn(cout, m, vb.pp("bn2"))?),
+        ];
+        let downsample = if stride != 1 || cin != cout {
+            Some((conv(cin, cout, 1, stride, 0, vb.pp("downsample.0"))?, bn(cout, m, vb.pp("downsample.1"))?))
+        } else {
+            None
+        };
+        Ok(Self { convs, downsample })
+    }
+
+    fn bottleneck(cin: usize, mid: usize, stride: usize, m: f64, vb: VarBuilder) -> Result<Self> {
+        let cout = mid * 4;
+        let convs = vec![
+            (conv(cin, mid, 1, 1, 0, vb.pp("conv1"))?, bn(mid, m, vb.pp("bn1"))?),
+            (conv(mid, mid, 3, stride, 1, vb.pp("conv2"))?, bn(mid, m, vb.pp("bn2"))?),
+            (conv(mid, cout, 1, 1, 0, vb.pp("conv3"))?, bn(cout, m, vb.pp("bn3"))?),
+        ];
+        let downsample = if stride != 1 || cin != cout {
+            Some((conv(cin, cout, 1, stride, 0, vb.pp("downsample.0"))?, bn(cout, m, vb.pp("downsample.1"))?))
+        } else {
+            None
+        };
+        Ok(Self { convs, downsample })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = x.clone();
+        let last = self.convs.len() - 1;
+        for (i, (c, b)) in self.convs.iter().enumerate() {
+            y = b.forward_t(&c.forward(&y)?, train)?;
+            if i != last {
+                y = y.relu()?;
+            }
+        }
+        let skip = match &self.downsample {
+            Some((c, b)) => b.forward_t(&c.forward(x)?, train)?,
+            None => x.clone(),
+        };
+        (y + skip)?.relu()
+    }
+}
+
+/// The encoder θ: stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool), four stages,
+/// global average pool.
+#[derive(Debug, Clone)]
+pub struct ResNet {
+    stem: (Conv2d, BatchNorm),
+    pool: MaxPool2d,
+    layers: Vec<Vec<Block>>,
+    cfg: ResNetConfig,
+}
+
+impl ResNet {
+    /// Builds the encoder under `vb` (names as torchvision, no prefix).
+    pub fn new(cfg: &ResNetConfig, vb: VarBuilder) -> Result<Self> {
+        let m = cfg.bn_momentum;
+        let base = cfg.base_channels();
+        let stem = (conv(3, base, 7, 2, 3, vb.pp("conv1"))?, bn(base, m, vb.pp("bn1"))?);
+        let mut layers = Vec::new();
+        let mut cin = base;
+        for (li, &n) in cfg.arch.blocks().iter().enumerate() {
+            let width = base << li;
+            let mut blocks = Vec::new();
+            for bi in 0..n {
+                let stride = if bi == 0 && li > 0 { 2 } else { 1 };
+                let vbb = vb.pp(format!("layer{}.{}", li + 1, bi));
+                let block = if cfg.arch.bottleneck() {
+                    let b = Block::bottleneck(cin, width, stride, m, vbb)?;
+                    cin = width * 4;
+                    b
+                } else {
+                    let b = Block::basic(cin, width, stride, m, vbb)?;
+                    cin = width;
+                    b
+                };
+                blocks.push(block);
+            }
+            layers.push(blocks);
+        }
+        Ok(Self { stem, pool: MaxPool2d::new(3, 2, 1), layers, cfg: cfg.clone() })
+    }
+
+    pub fn config(&self) -> &ResNetConfig {
+        &self.cfg
+    }
+
+    /// Pooled features.
+    ///
+    /// # Shapes
+    /// `x: (N, 3, H, W)` -> `(N, feature_dim)`. `train` selects batch
+    /// statistics (and updates the running ones) in BatchNorm.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (c, b) = &self.stem;
+        let mut y = b.forward_t(&c.forward(x)?, train)?.relu()?;
+        y = self.pool.forward(&y)?;
+        for layer in &self.layers {
+            for block in layer {
+                y = block.forward_t(&y, train)?;
+            }
+        }
+        y.mean((2, 3))
+    }
+}

@@ -1,0 +1,199 @@
+//! 2-D max pooling with padding and a backward pass, as a candle `CustomOp1`.
+//!
+//! candle 0.11's `max_pool2d` has no backward when kernel != stride, which is
+//! exactly the ResNet stem's 3x3/2 (padding 1) pool. This op computes the
+//! forward on the CPU and, on backward, routes each output gradient to the
+//! first maximal input of its window (PyTorch's convention on ties).
+//!
+//! # Shapes
+//! input `(N, C, H, W)` -> output `(N, C, Ho, Wo)` with
+//! `Ho = (H + 2p - k) / s + 1` (floor), likewise `Wo`.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+/// Max pool with square kernel `k`, stride `s` and zero-size padding `p`
+/// (padded cells never win the max).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPool2d {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl MaxPool2d {
+    pub fn new(kernel: usize, stride: usize, padding: usize) -> Self {
+        Self { kernel, stride, padding }
+    }
+
+    fn out_dims(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        if self.kernel == 0 || self.stride == 0 || self.padding * 2 > self.kernel {
+            bail!("max-pool: invalid kernel {} stride {} padding {}", self.kernel, self.stride, self.padding)
+        }
+        if h + 2 * self.padding < self.kernel || w + 2 * self.padding < self.kernel {
+            bail!("max-pool: input {h}x{w} smaller than kernel {}", self.kernel)
+        }
+        Ok((
+            (h + 2 * self.padding - self.kernel) / self.stride + 1,
+            (w + 2 * self.padding - self.kernel) / self.stride + 1,
+        ))
+    }
+
+    /// Applies the pool, with gradient tracking.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            x.contiguous()?.apply_op1(*self)
+        } else {
+            // GPU path: pad with a very negative value, then a strided pool via
+            // candle's own op (kernel == stride is not required for forward).
+            bail!("max-pool with backward is CPU-only for now")
+        }
+    }
+}
+
+fn dims4(layout: &Layout) -> Result<(usize, usize, usize, usize)> {
+    match layout.shape().dims() {
+        &[n, c, h, w] => Ok((n, c, h, w)),
+        d => bail!("max-pool expects (N, C, H, W), got {d:?}"),
+    }
+}
+
+fn contiguous<'a, T>(v: &'a [T], layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => bail!("max-pool needs a contiguous input"),
+    }
+}
+
+/// Index (within the plane) of the first maximal input of window (oy, ox), or
+/// None when the window lies entirely in the padding.
+#[inline]
+fn argmax_window<T: PartialOrd + Copy>(
+    plane: &[T],
+    h: usize,
+    w: usize,
+    p: &MaxPool2d,
+    oy: usize,
+    ox: usize,
+) -> Option<usize> {
+    let y0 = (oy * p.stride) as isize - p.padding as isize;
+    let x0 = (ox * p.stride) as isize - p.padding as isize;
+    let mut best: Option<(usize, T)> = None;
+    for ky in 0..p.kernel as isize {
+        let y = y0 + ky;
+        if y < 0 || y >= h as isize {
+            continue;
+        }
+        for kx in 0..p.kernel as isize {
+            let x = x0 + kx;
+            if x < 0 || x >= w as isize {
+                continue;
+            }
+            let i = y as usize * w + x as usize;
+            let v = plane[i];
+            // NaN propagates: a NaN input wins so the loss guard sees it.
+            let better = match best {
+                None => true,
+                Some((_, b)) => v > b || (v != v && b == b),
+            };
+            if better {
+                best = Some((i, v));
+            }
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+fn fwd_impl<T: PartialOrd + Copy + Send + Sync + Default>(
+    x: &[T],
+    (n, c, h, w): (usize, usize, usize, usize),
+    p: &MaxPool2d,
+    ho: usize,
+    wo: usize,
+) -> Vec<T> {
+    let mut out = vec![T::default(); n * c * ho * wo];
+    out.par_chunks_mut(ho * wo).enumerate().for_each(|(pl, o)| {
+        let plane = &x[pl * h * w..(pl + 1) * h * w];
+        for oy in 0..ho {
+            for ox in 0..wo {
+                // Windows always hold one real pixel when padding < kernel.
+                let i = argmax_window(plane, h, w, p, oy, ox).unwrap_or(0);
+                o[oy * wo + ox] = plane[i];
+            }
+        }
+    });
+    out
+}
+
+fn bwd_impl<T: PartialOrd + Copy + Send + Sync + Default + std::ops::AddAssign>(
+    x: &[T],
+    g: &[T],
+    (n, c, h, w): (usize, usize, usize, usize),
+    p: &MaxPool2d,
+    ho: usize,
+    wo: usize,
+) -> Vec<T> {
+    let mut out = vec![T::default(); n * c * h * w];
+    out.par_chunks_mut(h * w).enumerate().for_each(|(pl, o)| {
+        let plane = &x[pl * h * w..(pl + 1) * h * w];
+        let gp = &g[pl * ho * wo..(pl + 1) * ho * wo];
+        for oy in 0..ho {
+            for ox in 0..wo {
+                if let Some(i) = argmax_window(plane, h, w, p, oy, ox) {
+                    o[i] += gp[oy * wo + ox];
+                }
+            }
+        }
+    });
+    out
+}
+
+impl CustomOp1 for MaxPool2d {
+    fn name(&self) -> &'static str {
+        "pirlkit-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = dims4(layout)?;
+        let (ho, wo) = self.out_dims(d.2, d.3)?;
+        let out = match storage {
+            CpuStorage::F32(v) => CpuStorage::F32(fwd_impl(contiguous(v, layout)?, d, self, ho, wo)),
+            CpuStorage::F64(v) => CpuStorage::F64(fwd_impl(contiguous(v, layout)?, d, self, ho, wo)),
+            _ => bail!("max-pool: unsupported dtype (f32 and f64 only)"),
+        };
+        Ok((out, Shape::from((d.0, d.1, ho, wo))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad_res.contiguous()?;
+        let gi = arg.contiguous()?.apply_op2_no_bwd(&g, &MaxPool2dBackward(*self))?;
+        Ok(Some(gi))
+    }
+}
+
+/// Gradient of [`MaxPool2d`] w.r.t. its input: `(input, grad_output) -> grad_input`.
+struct MaxPool2dBackward(MaxPool2d);
+
+impl CustomOp2 for MaxPool2dBackward {
+    fn name(&self) -> &'static str {
+        "pirlkit-max-pool2d-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = dims4(l1)?;
+        let (ho, wo) = self.0.out_dims(d.2, d.3)?;
+        if l2.shape().dims() != [d.0, d.1, ho, wo] {
+            bail!("max-pool backward: gradient shape {:?} does not match output", l2.shape())
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                CpuStorage::F32(bwd_impl(contiguous(x, l1)?, contiguous(g, l2)?, d, &self.0, ho, wo))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
+                CpuStorage::F64(bwd_impl(contiguous(x, l1)?, contiguous(g, l2)?, d, &self.0, ho, wo))
+            }
+            _ => bail!("max-pool backward: unsupported dtypes"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}

@@ -1,0 +1,154 @@
+//! Checkpoints: a folder per save (`checkpoints/epoch-NNNN/`) holding the
+//! weights (encoder + heads), the optimiser state, the memory bank and
+//! `meta.json` (resolved config, its hash, epoch, step, losses). A folder is
+//! written under a temporary name, every file fsynced, then renamed; the
+//! `latest` pointer is replaced the same way, so a crash leaves either the old
+//! or the new checkpoint, never half of one.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::error::{Error, Result, io};
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIM_FILE: &str = "optimizer.safetensors";
+pub const BANK_FILE: &str = "bank.safetensors";
+pub const META_FILE: &str = "meta.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    /// Completed epochs.
+    pub epoch: usize,
+    /// Completed optimiser steps.
+    pub step: usize,
+    pub config: Config,
+    pub config_hash: String,
+    /// Mean loss of each completed epoch.
+    pub epoch_losses: Vec<f64>,
+    /// Pretraining wall time so far (s), summed over resumed sessions.
+    pub wall_s: f64,
+    pub pirlkit_version: String,
+}
+
+/// SHA-256 of the config's canonical JSON.
+pub fn config_hash(cfg: &Config) -> String {
+    use sha2::{Digest, Sha256};
+    let j = serde_json::to_vec(cfg).expect("config serialises");
+    hex::encode(Sha256::digest(&j))
+}
+
+fn fsync_file(p: &Path) -> Result<()> {
+    std::fs::File::open(p).and_then(|f| f.sync_all()).map_err(io(p))
+}
+
+/// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::Io { path: path.into(), source: e });
+    }
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Everything a checkpoint holds, borrowed for saving.
+pub struct Snapshot<'a> {
+    pub vm: &'a VarMap,
+    pub optimizer: HashMap<String, Tensor>,
+    pub bank: Tensor,
+    pub meta: Meta,
+}
+
+/// Saves under `<run>/checkpoints/epoch-NNNN`, points `latest` at it and
+/// keeps the newest `keep` checkpoints. Returns the folder.
+pub fn save(run_dir: &Path, snap: Snapshot, keep: usize) -> Result<PathBuf> {
+    let root = run_dir.join("checkpoints");
+    std::fs::create_dir_all(&root).map_err(io(&root))?;
+    let name = format!("epoch-{:04}", snap.meta.epoch);
+    let tmp = root.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let write = || -> Result<()> {
+        snap.vm.save(tmp.join(MODEL_FILE))?;
+        candle_core::safetensors::save(&snap.optimizer, tmp.join(OPTIM_FILE))?;
+        candle_core::safetensors::save(&HashMap::from([("bank".to_string(), snap.bank.clone())]), tmp.join(BANK_FILE))?;
+        let j = serde_json::to_vec_pretty(&snap.meta).map_err(|e| Error::Checkpoint { path: tmp.clone(), msg: e.to_string() })?;
+        std::fs::write(tmp.join(META_FILE), j).map_err(io(tmp.join(META_FILE)))?;
+        for f in [MODEL_FILE, OPTIM_FILE, BANK_FILE, META_FILE] {
+            fsync_file(&tmp.join(f))?;
+        }
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let dst = root.join(&name);
+    if dst.exists() {
+        std::fs::remove_dir_all(&dst).map_err(io(&dst))?;
+    }
+    std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
+    write_atomic(&root.join("latest"), name.as_bytes())?;
+    // Prune older checkpoints only after `latest` points at the new one.
+    let mut all: Vec<String> = std::fs::read_dir(&root)
+        .map_err(io(&root))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("epoch-"))
+        .collect();
+    all.sort();
+    if all.len() > keep.max(1) {
+        for old in &all[..all.len() - keep.max(1)] {
+            let _ = std::fs::remove_dir_all(root.join(old));
+        }
+    }
+    Ok(dst)
+}
+
+/// The checkpoint `latest` points at, if any.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
+    let p = run_dir.join("checkpoints").join("latest");
+    match std::fs::read_to_string(&p) {
+        Ok(s) => {
+            let d = run_dir.join("checkpoints").join(s.trim());
+            if !d.join(META_FILE).is_file() {
+                return Err(Error::Checkpoint { path: d, msg: "`latest` points at a checkpoint without meta.json".into() });
+            }
+            Ok(Some(d))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io { path: p, source: e }),
+    }
+}
+
+pub fn read_meta(ckpt: &Path) -> Result<Meta> {
+    let p = ckpt.join(META_FILE);
+    let s = std::fs::read(&p).map_err(io(&p))?;
+    serde_json::from_slice(&s).map_err(|e| Error::Checkpoint { path: p, msg: e.to_string() })
+}
+
+/// Loads the weights saved in `ckpt` into `vm` (every variable of `vm` must be there).
+pub fn load_weights(vm: &mut VarMap, ckpt: &Path) -> Result<()> {
+    let p = ckpt.join(MODEL_FILE);
+    vm.load(&p).map_err(|e| Error::Checkpoint { path: p, msg: e.to_string() })
+}
+
+pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, device).map_err(|e| Error::Checkpoint { path: path.into(), msg: e.to_string() })
+}

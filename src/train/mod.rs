@@ -1,0 +1,5 @@
+//! Training: PIRL pretraining and its checkpoints.
+pub mod checkpoint;
+pub mod pretrain;
+
+pub use pretrain::{PretrainOutcome, pretrain};

@@ -1,0 +1,231 @@
+//! The PIRL pretraining loop.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+
+use crate::augment::{self, Chw};
+use crate::config::Config;
+use crate::data::RgbImage;
+use crate::error::{Error, Result, io};
+use crate::loss::pirl_loss;
+use crate::memory_bank::MemoryBank;
+use crate::model::{self, EMBED_DIM, PirlModel, PretextKind};
+use crate::optim::{CosineSchedule, Optimizer};
+use crate::rng::stream;
+use crate::train::checkpoint::{self, Meta, Snapshot};
+
+/// What a pretraining run produced.
+#[derive(Debug, Clone)]
+pub struct PretrainOutcome {
+    /// The final checkpoint folder.
+    pub checkpoint: PathBuf,
+    pub epochs: usize,
+    pub steps: usize,
+    /// Pretraining wall time (s), over all sessions of a resumed run.
+    pub wall_s: f64,
+    pub epoch_losses: Vec<f64>,
+    /// Training images per second in this session.
+    pub images_per_s: f64,
+}
+
+/// Stacks CHW buffers into a `(B, 3, H, W)` tensor, normalising each.
+pub fn stack(views: Vec<Chw>, device: &Device) -> Result<Tensor> {
+    let (h, w) = (views[0].h, views[0].w);
+    let b = views.len();
+    let mut data = Vec::with_capacity(b * 3 * h * w);
+    for mut v in views {
+        augment::normalize(&mut v);
+        data.extend_from_slice(&v.data);
+    }
+    Ok(Tensor::from_vec(data, (b, 3, h, w), device)?)
+}
+
+/// The two inputs of one PIRL step for images `idx` in `epoch`: the image
+/// views `(B, 3, C, C)` and the pretext input (jigsaw: `(9B, 3, P, P)`,
+/// rotation: `(B, 3, C, C)`). Each image's randomness comes from its own
+/// stream, so the batch does not depend on the thread count.
+pub fn make_batch(cfg: &Config, images: &[RgbImage], idx: &[usize], epoch: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let p = &cfg.pretext;
+    let parts: Vec<(Chw, Vec<Chw>)> = idx
+        .par_iter()
+        .map(|&i| {
+            let mut rng = stream(cfg.seed, "augment", epoch as u64, i as u64);
+            let img = &images[i];
+            let v = augment::image_view(img, p.crop, &p.augment, &mut rng);
+            let t = match p.kind {
+                PretextKind::Jigsaw => crate::pretext::jigsaw(img, p.patch, Some(&p.augment), &mut rng).patches,
+                PretextKind::Rotation => vec![crate::pretext::rotation(img, p.crop, &p.augment, &mut rng).0],
+            };
+            (v, t)
+        })
+        .collect();
+    let mut views = Vec::with_capacity(idx.len());
+    let mut pre = Vec::with_capacity(idx.len() * 9);
+    for (v, t) in parts {
+        views.push(v);
+        pre.extend(t);
+    }
+    Ok((stack(views, device)?, stack(pre, device)?))
+}
+
+/// f(v) of the un-augmented images, in batches (BatchNorm in train mode, as
+/// during training), written into the bank.
+fn fill_bank(model: &PirlModel, cfg: &Config, images: &[RgbImage], bank: &mut MemoryBank, device: &Device) -> Result<()> {
+    let order: Vec<usize> = (0..images.len()).collect();
+    for chunk in order.chunks(cfg.train.batch_size.max(2)) {
+        let views: Vec<Chw> = chunk.par_iter().map(|&i| augment::resize_full(&images[i], cfg.pretext.crop)).collect();
+        let x = stack(views, device)?;
+        let f = model.embed_image(&x, chunk.len() > 1)?.detach();
+        bank.fill(chunk, &f.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(())
+}
+
+fn progress_bar(total: u64, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(total);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} steps, {per_sec}, ETA {eta} {msg}")
+            .expect("progress template"),
+    );
+    pb.set_prefix("pretrain");
+    pb
+}
+
+/// Pretrains on `images` (the unlabeled training split) into `run_dir`.
+/// When `run_dir` already holds a checkpoint of the same config, continues
+/// from it (at its epoch boundary); a different config is refused.
+pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress: bool) -> Result<PretrainOutcome> {
+    cfg.check().map_err(Error::Config)?;
+    let n = images.len();
+    let bs = cfg.train.batch_size;
+    if n < bs.max(2) {
+        return Err(Error::Config(format!("pretraining needs at least train.batch_size = {bs} images, got {n}")));
+    }
+    if let Some(bad) = images.iter().position(|im| im.size != cfg.data.image_size) {
+        return Err(Error::Config(format!("image {bad} is {} px, config says {}", images[bad].size, cfg.data.image_size)));
+    }
+    let device = Device::Cpu;
+    std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    let hash = checkpoint::config_hash(cfg);
+    let (mut vm, model) = model::build(&cfg.model, cfg.pretext.kind, cfg.seed, DType::F32, &device)?;
+    let mut opt = Optimizer::new(&vm, &cfg.train.optim, &[])?;
+    let mut bank = MemoryBank::new(n, EMBED_DIM, cfg.pirl.bank_momentum);
+    let steps_per_epoch = n / bs; // the last partial batch is dropped
+    let sched = CosineSchedule {
+        lr: cfg.train.optim.lr,
+        warmup_steps: (cfg.train.optim.warmup_epochs * steps_per_epoch as f64).round() as usize,
+        total_steps: cfg.train.epochs * steps_per_epoch,
+        final_fraction: cfg.train.optim.final_lr_fraction,
+    };
+
+    let mut start_epoch = 0;
+    let mut epoch_losses = Vec::new();
+    let mut wall_before = 0.0;
+    let mut last_ckpt: Option<PathBuf> = None;
+    if let Some(ck) = checkpoint::latest(run_dir)? {
+        let meta = checkpoint::read_meta(&ck)?;
+        if meta.config_hash != hash {
+            return Err(Error::Checkpoint {
+                path: ck,
+                msg: "this run folder holds a checkpoint of a different config; use another --out or remove it".into(),
+            });
+        }
+        checkpoint::load_weights(&mut vm, &ck)?;
+        opt.load_state(&checkpoint::load_tensors(&ck.join(checkpoint::OPTIM_FILE), &device)?)?;
+        let b = checkpoint::load_tensors(&ck.join(checkpoint::BANK_FILE), &device)?;
+        let bt = b.get("bank").ok_or_else(|| Error::Checkpoint { path: ck.clone(), msg: "bank missing".into() })?;
+        bank = MemoryBank::from_tensor(bt, cfg.pirl.bank_momentum)?;
+        if bank.len() != n {
+            return Err(Error::Checkpoint { path: ck, msg: format!("memory bank has {} rows, data has {n} images", bank.len()) });
+        }
+        start_epoch = meta.epoch;
+        epoch_losses = meta.epoch_losses;
+        wall_before = meta.wall_s;
+        tracing::info!("resuming from {} (epoch {start_epoch})", ck.display());
+        last_ckpt = Some(ck);
+    } else {
+        let cfg_json = serde_json::to_vec_pretty(cfg).map_err(|e| Error::Config(e.to_string()))?;
+        checkpoint::write_atomic(&run_dir.join("config.json"), &cfg_json)?;
+        fill_bank(&model, cfg, images, &mut bank, &device)?;
+    }
+
+    let t0 = Instant::now();
+    let total = ((cfg.train.epochs.saturating_sub(start_epoch)) * steps_per_epoch) as u64;
+    let pb = progress_bar(total, show_progress);
+    let mut step = start_epoch * steps_per_epoch;
+    let mut seen = 0usize;
+    for epoch in start_epoch..cfg.train.epochs {
+        let te = Instant::now();
+        let mut order: Vec<usize> = (0..n).collect();
+        crate::rng::shuffle(&mut order, &mut stream(cfg.seed, "order", epoch as u64, 0));
+        let mut loss_sum = 0.0;
+        for (bi, idx) in order.chunks_exact(bs).enumerate() {
+            let (views, pre) = make_batch(cfg, images, idx, epoch, &device)?;
+            let f = model.embed_image(&views, true)?;
+            let g = model.embed_pretext(&pre, true)?;
+            let m = bank.gather(idx, &device)?;
+            let neg_idx = bank.sample_negatives(cfg.pirl.negatives, &mut stream(cfg.seed, "negatives", epoch as u64, bi as u64));
+            let neg = bank.gather(&neg_idx, &device)?;
+            let loss = pirl_loss(&m, &f, &g, &neg, cfg.pirl.tau, cfg.pirl.lambda)?;
+            let lv = loss.to_scalar::<f32>()? as f64;
+            if !lv.is_finite() {
+                pb.abandon();
+                let last_good = match &last_ckpt {
+                    Some(p) => format!("The last good checkpoint is {}.", p.display()),
+                    None => "No checkpoint was written yet.".into(),
+                };
+                return Err(Error::NonFinite { loss: lv, epoch, step, last_good });
+            }
+            let grads = loss.backward()?;
+            opt.step(&grads, sched.at(step))?;
+            bank.update(idx, &f.detach().flatten_all()?.to_vec1::<f32>()?);
+            loss_sum += lv;
+            step += 1;
+            seen += idx.len();
+            pb.inc(1);
+            pb.set_message(format!("epoch {}/{} loss {lv:.3}", epoch + 1, cfg.train.epochs));
+        }
+        let mean = loss_sum / steps_per_epoch as f64;
+        epoch_losses.push(mean);
+        let secs = te.elapsed().as_secs_f64();
+        tracing::info!(
+            "epoch {}/{}: loss {mean:.4}, lr {:.5}, {:.1} s, {:.1} img/s",
+            epoch + 1,
+            cfg.train.epochs,
+            sched.at(step.saturating_sub(1)),
+            secs,
+            (steps_per_epoch * bs) as f64 / secs
+        );
+        let meta = Meta {
+            epoch: epoch + 1,
+            step,
+            config: cfg.clone(),
+            config_hash: hash.clone(),
+            epoch_losses: epoch_losses.clone(),
+            wall_s: wall_before + t0.elapsed().as_secs_f64(),
+            pirlkit_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let snap = Snapshot { vm: &vm, optimizer: opt.state_tensors()?, bank: bank.to_tensor(&device)?, meta };
+        last_ckpt = Some(checkpoint::save(run_dir, snap, 2)?);
+    }
+    pb.finish_and_clear();
+    let ck = match last_ckpt {
+        Some(c) => c,
+        None => return Err(Error::Config("train.epochs is 0: nothing to pretrain".into())),
+    };
+    let wall = t0.elapsed().as_secs_f64();
+    Ok(PretrainOutcome {
+        checkpoint: ck,
+        epochs: cfg.train.epochs,
+        steps: step,
+        wall_s: wall_before + wall,
+        epoch_losses,
+        images_per_s: if wall > 0.0 { seen as f64 / wall } else { 0.0 },
+    })
+}
