@@ -1,0 +1,89 @@
+//! `pirlkit reproduce` end to end on a small subset of ISIC 2017 (tiny
+//! width, 32 px): the report's contents, determinism, and bad input.
+
+mod common;
+
+use std::process::Command;
+
+fn reproduce(data: &std::path::Path, reports: &std::path::Path, cache: &std::path::Path, name: &str) -> std::process::Output {
+    Command::new(common::bin())
+        .args(["reproduce", "--preset", "tiny", "--limit-per-split", "64", "--run-name", name, "--no-progress"])
+        .arg("--data")
+        .arg(data)
+        .arg("--reports")
+        .arg(reports)
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()
+        .unwrap()
+}
+
+fn read_csv(p: &std::path::Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(p).unwrap().lines().map(|l| l.split(',').map(str::to_string).collect()).collect()
+}
+
+#[test]
+fn reproduce_on_isic_subset_writes_the_report() {
+    let Some(data) = common::isic_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (reports, cache) = (tmp.path().join("reports"), tmp.path().join("cache"));
+    let out = reproduce(&data, &reports, &cache, "e2e");
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+
+    let dir = reports.join("e2e");
+    let rows = read_csv(&dir.join("summary.csv"));
+    let h = &rows[0];
+    let col = |name: &str| h.iter().position(|c| c == name).unwrap_or_else(|| panic!("no column {name} in {h:?}"));
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows[1][col("arm")], "pirl-linear-probe");
+    assert_eq!(rows[2][col("arm")], "random-init-linear-probe");
+    // The first 64 rows of the test ground truth.
+    let gt = std::fs::read_to_string(data.join("ISIC-2017_Test_v2_Part3_GroundTruth.csv")).unwrap();
+    let want_pos = gt.lines().skip(1).take(64).filter(|l| l.split(',').nth(1) == Some("1.0")).count();
+    for r in &rows[1..] {
+        let auc: f64 = r[col("test_auc")].parse().unwrap();
+        assert!((0.0..=1.0).contains(&auc), "{auc}");
+        assert_eq!(r[col("n_test")], "64");
+        assert_eq!(r[col("n_test_pos")], want_pos.to_string());
+    }
+    assert_eq!(rows[1][col("pretrain_epochs")], "2");
+    assert!(rows[1][col("pretrain_wall_s")].parse::<f64>().unwrap() > 0.0);
+    let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(md.contains("| pirl-linear-probe |") && md.contains("| random-init-linear-probe |"), "{md}");
+    // Checkpoint and resolved config beside it.
+    assert!(dir.join("pretrain/config.json").is_file());
+    assert!(dir.join("pretrain/checkpoints/epoch-0002/model.safetensors").is_file());
+    let scores = read_csv(&dir.join("test_scores.csv"));
+    assert_eq!(scores.len(), 65);
+    assert!(scores[1][0].starts_with("ISIC_"));
+
+    // Same seed, fresh folder, cache reused: the same numbers.
+    let out2 = reproduce(&data, &reports, &cache, "e2e-again");
+    assert!(out2.status.success(), "stderr: {}", String::from_utf8_lossy(&out2.stderr));
+    let rows2 = read_csv(&reports.join("e2e-again/summary.csv"));
+    for (a, b) in rows[1..].iter().zip(&rows2[1..]) {
+        assert_eq!(a[col("test_auc")], b[col("test_auc")]);
+    }
+    assert_eq!(std::fs::read(dir.join("test_scores.csv")).unwrap(), std::fs::read(reports.join("e2e-again/test_scores.csv")).unwrap());
+}
+
+#[test]
+fn bad_data_folder_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = reproduce(tmp.path(), &tmp.path().join("r"), &tmp.path().join("c"), "x");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a dataset") && err.contains(tmp.path().to_str().unwrap()), "{err}");
+    assert!(!tmp.path().join("r/x/summary.csv").exists());
+}
+
+#[test]
+fn unknown_config_key_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "[model]\nwidht = 0.5\n").unwrap();
+    let out = Command::new(common::bin()).args(["pretrain", "--preset", "tiny", "--config"]).arg(&cfg).arg("--out").arg(tmp.path().join("o")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("widht") && err.contains("c.toml"), "{err}");
+}
