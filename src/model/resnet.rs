@@ -4,8 +4,8 @@
 //! `layer1.0.conv1.weight`, `layer2.0.downsample.0.weight`, ...), so weights in
 //! torchvision naming load as they are.
 
-use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+use candle_core::{ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::ops::MaxPool2d;
@@ -70,14 +70,38 @@ impl ResNetConfig {
     }
 }
 
+/// A bias-free convolution through pirlkit's fast CPU op (im2col + GEMM with
+/// its own backward; candle's conv on other devices).
+#[derive(Debug, Clone)]
+struct Conv2d {
+    weight: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        crate::ops::conv2d(x, &self.weight, self.stride, self.padding)
+    }
+}
+
 fn conv(cin: usize, cout: usize, k: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig { padding, stride, dilation: 1, groups: 1, cudnn_fwd_algo: None };
-    candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)
+    // The initial values are replaced by `model::seeded_init`.
+    let weight = vb.get_with_hints((cout, cin, k, k), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
+    Ok(Conv2d { weight, stride, padding })
 }
 
 fn bn(c: usize, momentum: f64, vb: VarBuilder) -> Result<BatchNorm> {
     let cfg = BatchNormConfig { eps: 1e-5, remove_mean: true, affine: true, momentum };
     candle_nn::batch_norm(c, cfg, vb)
+}
+
+/// The 1x1 projection of the skip path, when the shape changes.
+fn downsample(cin: usize, cout: usize, stride: usize, m: f64, vb: &VarBuilder) -> Result<Option<(Conv2d, BatchNorm)>> {
+    if stride == 1 && cin == cout {
+        return Ok(None);
+    }
+    Ok(Some((conv(cin, cout, 1, stride, 0, vb.pp("downsample.0"))?, bn(cout, m, vb.pp("downsample.1"))?)))
 }
 
 #[derive(Debug, Clone)]
@@ -92,12 +116,7 @@ impl Block {
             (conv(cin, cout, 3, stride, 1, vb.pp("conv1"))?, bn(cout, m, vb.pp("bn1"))?),
             (conv(cout, cout, 3, 1, 1, vb.pp("conv2"))?, bn(cout, m, vb.pp("bn2"))?),
         ];
-        let downsample = if stride != 1 || cin != cout {
-            Some((conv(cin, cout, 1, stride, 0, vb.pp("downsample.0"))?, bn(cout, m, vb.pp("downsample.1"))?))
-        } else {
-            None
-        };
-        Ok(Self { convs, downsample })
+        Ok(Self { convs, downsample: downsample(cin, cout, stride, m, &vb)? })
     }
 
     fn bottleneck(cin: usize, mid: usize, stride: usize, m: f64, vb: VarBuilder) -> Result<Self> {
@@ -107,12 +126,7 @@ impl Block {
             (conv(mid, mid, 3, stride, 1, vb.pp("conv2"))?, bn(mid, m, vb.pp("bn2"))?),
             (conv(mid, cout, 1, 1, 0, vb.pp("conv3"))?, bn(cout, m, vb.pp("bn3"))?),
         ];
-        let downsample = if stride != 1 || cin != cout {
-            Some((conv(cin, cout, 1, stride, 0, vb.pp("downsample.0"))?, bn(cout, m, vb.pp("downsample.1"))?))
-        } else {
-            None
-        };
-        Ok(Self { convs, downsample })
+        Ok(Self { convs, downsample: downsample(cin, cout, stride, m, &vb)? })
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
