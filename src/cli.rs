@@ -32,6 +32,9 @@ pub enum Command {
         /// Run folder (config, checkpoints); an existing one of the same config is resumed.
         #[arg(long, default_value = "runs/pretrain")]
         out: PathBuf,
+        /// Resume even though the folder's checkpoint has a different config.
+        #[arg(long)]
+        force_resume: bool,
     },
     /// Linear probe of a checkpoint's encoder (or of a random init).
     Probe {
@@ -57,6 +60,9 @@ pub enum Command {
         /// Reports folder.
         #[arg(long, default_value = "reports")]
         reports: PathBuf,
+        /// Resume even though the run's checkpoint has a different config.
+        #[arg(long)]
+        force_resume: bool,
     },
 }
 

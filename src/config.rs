@@ -73,12 +73,16 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Images per step; default 64.
     pub batch_size: usize,
+    /// Also checkpoint every N optimiser steps (0 = at epoch ends only); default 0.
+    pub checkpoint_every_steps: usize,
+    /// Checkpoints kept (the newest); default 2.
+    pub keep_checkpoints: usize,
     pub optim: OptimConfig,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { epochs: 80, batch_size: 64, optim: OptimConfig { lr: 0.0075, ..Default::default() } }
+        Self { epochs: 80, batch_size: 64, checkpoint_every_steps: 0, keep_checkpoints: 2, optim: OptimConfig { lr: 0.0075, ..Default::default() } }
     }
 }
 
@@ -155,7 +159,7 @@ impl Config {
         match p {
             Preset::Cpu => Config {
                 model: ResNetConfig { arch: Arch::Resnet18, width: 0.5, ..Default::default() },
-                train: TrainConfig { epochs: 30, batch_size: 64, optim: OptimConfig { lr: 0.03, warmup_epochs: 1.0, ..Default::default() } },
+                train: TrainConfig { epochs: 30, batch_size: 64, checkpoint_every_steps: 0, keep_checkpoints: 2, optim: OptimConfig { lr: 0.03, warmup_epochs: 1.0, ..Default::default() } },
                 ..base
             },
             Preset::Paper => Config {
@@ -163,7 +167,7 @@ impl Config {
                 model: ResNetConfig { arch: Arch::Resnet50, width: 1.0, ..Default::default() },
                 pretext: PretextConfig { crop: 224, patch: 64, ..Default::default() },
                 pirl: PirlConfig { negatives: 32000, ..Default::default() },
-                train: TrainConfig { epochs: 200, batch_size: 256, optim: OptimConfig { lr: 0.12, warmup_epochs: 5.0, ..Default::default() } },
+                train: TrainConfig { epochs: 200, batch_size: 256, checkpoint_every_steps: 0, keep_checkpoints: 2, optim: OptimConfig { lr: 0.12, warmup_epochs: 5.0, ..Default::default() } },
                 ..base
             },
             Preset::Demo => Config {
@@ -171,7 +175,7 @@ impl Config {
                 model: ResNetConfig { arch: Arch::Resnet18, width: 0.25, ..Default::default() },
                 pretext: PretextConfig { crop: 32, patch: 14, ..Default::default() },
                 pirl: PirlConfig { negatives: 255, ..Default::default() },
-                train: TrainConfig { epochs: 8, batch_size: 32, optim: OptimConfig { lr: 0.03, ..Default::default() } },
+                train: TrainConfig { epochs: 8, batch_size: 32, checkpoint_every_steps: 0, keep_checkpoints: 2, optim: OptimConfig { lr: 0.03, ..Default::default() } },
                 ..base
             },
             Preset::Tiny => Config {
@@ -179,7 +183,7 @@ impl Config {
                 model: ResNetConfig { arch: Arch::Resnet18, width: 0.125, ..Default::default() },
                 pretext: PretextConfig { crop: 32, patch: 10, ..Default::default() },
                 pirl: PirlConfig { negatives: 31, ..Default::default() },
-                train: TrainConfig { epochs: 2, batch_size: 16, optim: OptimConfig { lr: 0.03, ..Default::default() } },
+                train: TrainConfig { epochs: 2, batch_size: 16, checkpoint_every_steps: 0, keep_checkpoints: 2, optim: OptimConfig { lr: 0.03, ..Default::default() } },
                 probe: ProbeConfig { alphas: vec![0.1, 10.0], max_iterations: 100, ..Default::default() },
                 ..base
             },
@@ -233,6 +237,9 @@ impl Config {
         }
         if q.negatives == 0 {
             return Err("pirl.negatives must be > 0".into());
+        }
+        if self.train.keep_checkpoints == 0 {
+            return Err("train.keep_checkpoints must be >= 1".into());
         }
         if self.train.batch_size < 2 {
             return Err(format!("train.batch_size must be >= 2 (BatchNorm), got {}", self.train.batch_size));

@@ -16,6 +16,8 @@ pub enum Error {
     Checkpoint { path: PathBuf, msg: String },
     #[error("non-finite loss ({loss}) at epoch {epoch}, step {step}; stopped. {last_good}")]
     NonFinite { loss: f64, epoch: usize, step: usize, last_good: String },
+    #[error("interrupted; checkpoint written to {checkpoint}. Run the same command again to continue.")]
+    Interrupted { checkpoint: PathBuf },
     #[error("{0}")]
     Eval(String),
     #[error("{0}")]

@@ -14,9 +14,19 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    // Ctrl-C / SIGTERM: finish the step, checkpoint, stop (see train::STOP).
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, &pirlkit::train::pretrain::STOP) {
+            eprintln!("warning: cannot install the handler for signal {sig}: {e}");
+        }
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
+            if let Some(pirlkit::Error::Interrupted { .. }) = e.downcast_ref::<pirlkit::Error>() {
+                eprintln!("{e:#}");
+                return ExitCode::from(130);
+            }
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
@@ -35,7 +45,7 @@ fn setup_threads(n: usize) {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let progress = !cli.no_progress && !cli.quiet;
     match cli.command {
-        Command::Pretrain { run, out } => {
+        Command::Pretrain { run, out, force_resume } => {
             let cfg = run.resolve()?;
             setup_threads(cfg.threads);
             let cache = ImageCache::new(run.cache_dir.clone().unwrap_or_else(ImageCache::default_dir));
@@ -43,7 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pipeline::limit_per_split(&mut ds, cfg.data.limit_per_split);
             let train: Vec<_> = ds.split(pirlkit::data::Split::Train).into_iter().cloned().collect();
             let imgs = cache.load_all(&train, cfg.data.image_size)?;
-            let o = pirlkit::train::pretrain(&cfg, &imgs, &out, progress)?;
+            let o = pirlkit::train::pretrain(&cfg, &imgs, &out, progress, force_resume)?;
             println!(
                 "pretrained {} epochs ({} steps) in {:.1} min, final loss {:.4}; checkpoint {}",
                 o.epochs,
@@ -74,7 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pirlkit::train::checkpoint::write_atomic(&out.join("probe.json"), &serde_json::to_vec_pretty(&r)?)?;
             println!("test AUC {:.4} on {} images ({} positive); val AUC {:.4} at alpha {}", r.test_auc, r.n_test, r.n_test_pos, r.val_auc, r.alpha);
         }
-        Command::Reproduce { run, run_name, reports } => {
+        Command::Reproduce { run, run_name, reports, force_resume } => {
             let cfg = run.resolve()?;
             setup_threads(cfg.threads);
             let cache = ImageCache::new(run.cache_dir.clone().unwrap_or_else(ImageCache::default_dir));
@@ -84,7 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pipeline::check_run_name(&name)?;
             let imgs = pipeline::load_images(&ds, &cfg, &cache)?;
             let paths = pipeline::RunPaths::new(reports.join(&name));
-            let o = pipeline::reproduce(&cfg, &ds, &imgs, &paths, progress)?;
+            let o = pipeline::reproduce(&cfg, &ds, &imgs, &paths, progress, force_resume)?;
             for r in &o.rows {
                 println!("{:<28} test AUC {:.4}  (n = {}, {} positive)", r.arm, r.test_auc, r.n_test, r.n_test_pos);
             }

@@ -112,13 +112,13 @@ fn write_scores(dir: &Path, ds: &Dataset, probes: &[(String, ProbeResult)]) -> R
 }
 
 /// Pretrain, probe both arms, write the report.
-pub fn reproduce(cfg: &Config, ds: &Dataset, imgs: &[RgbImage], paths: &RunPaths, progress: bool) -> Result<ReproduceOutcome> {
+pub fn reproduce(cfg: &Config, ds: &Dataset, imgs: &[RgbImage], paths: &RunPaths, progress: bool, force_resume: bool) -> Result<ReproduceOutcome> {
     ds.check_labeled()?;
     std::fs::create_dir_all(&paths.report).map_err(io(&paths.report))?;
     let train_idx = ds.indices(Split::Train);
     let train_imgs: Vec<RgbImage> = train_idx.iter().map(|&i| imgs[i].clone()).collect();
     tracing::info!("pretraining on {} training images", train_imgs.len());
-    let pre = train::pretrain(cfg, &train_imgs, &paths.pretrain, progress)?;
+    let pre = train::pretrain(cfg, &train_imgs, &paths.pretrain, progress, force_resume)?;
     let mut log = String::from("epoch,loss\n");
     for (e, l) in pre.epoch_losses.iter().enumerate() {
         log.push_str(&format!("{},{l}\n", e + 1));

@@ -52,7 +52,7 @@ fn reproduce_on_isic_subset_writes_the_report() {
     assert!(md.contains("| pirl-linear-probe |") && md.contains("| random-init-linear-probe |"), "{md}");
     // Checkpoint and resolved config beside it.
     assert!(dir.join("pretrain/config.json").is_file());
-    assert!(dir.join("pretrain/checkpoints/epoch-0002/model.safetensors").is_file());
+    assert!(dir.join("pretrain/checkpoints/step-00000008/model.safetensors").is_file());
     let scores = read_csv(&dir.join("test_scores.csv"));
     assert_eq!(scores.len(), 65);
     assert!(scores[1][0].starts_with("ISIC_"));

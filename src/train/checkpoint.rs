@@ -31,6 +31,9 @@ pub struct Meta {
     pub config_hash: String,
     /// Mean loss of each completed epoch.
     pub epoch_losses: Vec<f64>,
+    /// Sum of the losses of the current epoch's completed steps (mid-epoch checkpoints).
+    #[serde(default)]
+    pub partial_loss_sum: f64,
     /// Pretraining wall time so far (s), summed over resumed sessions.
     pub wall_s: f64,
     pub pirlkit_version: String,
@@ -73,12 +76,12 @@ pub struct Snapshot<'a> {
     pub meta: Meta,
 }
 
-/// Saves under `<run>/checkpoints/epoch-NNNN`, points `latest` at it and
+/// Saves under `<run>/checkpoints/step-NNNNNNNN`, points `latest` at it and
 /// keeps the newest `keep` checkpoints. Returns the folder.
 pub fn save(run_dir: &Path, snap: Snapshot, keep: usize) -> Result<PathBuf> {
     let root = run_dir.join("checkpoints");
     std::fs::create_dir_all(&root).map_err(io(&root))?;
-    let name = format!("epoch-{:04}", snap.meta.epoch);
+    let name = format!("step-{:08}", snap.meta.step);
     let tmp = root.join(format!(".{name}.tmp"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -110,7 +113,7 @@ pub fn save(run_dir: &Path, snap: Snapshot, keep: usize) -> Result<PathBuf> {
         .map_err(io(&root))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("epoch-"))
+        .filter(|n| n.starts_with("step-"))
         .collect();
     all.sort();
     if all.len() > keep.max(1) {
@@ -151,4 +154,26 @@ pub fn load_weights(vm: &mut VarMap, ckpt: &Path) -> Result<()> {
 
 pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     candle_core::safetensors::load(path, device).map_err(|e| Error::Checkpoint { path: path.into(), msg: e.to_string() })
+}
+
+/// The dotted keys whose values differ between two configs.
+pub fn config_diff(a: &Config, b: &Config) -> Vec<String> {
+    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&p, x.get(k).unwrap_or(&serde_json::Value::Null), y.get(k).unwrap_or(&serde_json::Value::Null), out);
+                }
+            }
+            _ if a != b => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", &serde_json::to_value(a).expect("config"), &serde_json::to_value(b).expect("config"), &mut out);
+    out
 }

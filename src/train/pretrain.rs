@@ -1,6 +1,7 @@
 //! The PIRL pretraining loop.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -16,6 +17,16 @@ use crate::model::{self, EMBED_DIM, PirlModel, PretextKind};
 use crate::optim::{CosineSchedule, Optimizer};
 use crate::rng::stream;
 use crate::train::checkpoint::{self, Meta, Snapshot};
+
+/// Set (by a SIGINT/SIGTERM handler) to ask a running pretraining to finish
+/// its step, write a checkpoint and stop.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Test hook: `PIRLKIT_INJECT_NAN_AT_STEP=N` turns the loss of global step N
+/// into NaN, to exercise the non-finite guard end to end.
+fn injected_nan_step() -> Option<usize> {
+    std::env::var("PIRLKIT_INJECT_NAN_AT_STEP").ok().and_then(|v| v.parse().ok())
+}
 
 /// What a pretraining run produced.
 #[derive(Debug, Clone)]
@@ -98,9 +109,17 @@ fn progress_bar(total: u64, show: bool) -> indicatif::ProgressBar {
 }
 
 /// Pretrains on `images` (the unlabeled training split) into `run_dir`.
-/// When `run_dir` already holds a checkpoint of the same config, continues
-/// from it (at its epoch boundary); a different config is refused.
-pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress: bool) -> Result<PretrainOutcome> {
+///
+/// Checkpoints at every epoch end and every `train.checkpoint_every_steps`
+/// steps. When `run_dir` already holds a checkpoint, continues exactly from
+/// it: every random stream is a function of (seed, epoch, image or batch),
+/// and weights, BatchNorm statistics, optimiser state, memory bank and step
+/// are restored, so an interrupted run ends bit-identical to an
+/// uninterrupted one (same machine and thread count). A checkpoint of a
+/// different config is refused, naming the keys that differ, unless
+/// `force_resume`. [`STOP`] ends the run after the current step, with a
+/// checkpoint.
+pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress: bool, force_resume: bool) -> Result<PretrainOutcome> {
     cfg.check().map_err(Error::Config)?;
     let n = images.len();
     let bs = cfg.train.batch_size;
@@ -124,17 +143,25 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
         final_fraction: cfg.train.optim.final_lr_fraction,
     };
 
-    let mut start_epoch = 0;
+    let mut start_step = 0;
     let mut epoch_losses = Vec::new();
+    let mut partial_loss = 0.0;
     let mut wall_before = 0.0;
     let mut last_ckpt: Option<PathBuf> = None;
     if let Some(ck) = checkpoint::latest(run_dir)? {
         let meta = checkpoint::read_meta(&ck)?;
         if meta.config_hash != hash {
-            return Err(Error::Checkpoint {
-                path: ck,
-                msg: "this run folder holds a checkpoint of a different config; use another --out or remove it".into(),
-            });
+            let diff = checkpoint::config_diff(&meta.config, cfg);
+            if !force_resume {
+                return Err(Error::Checkpoint {
+                    path: ck,
+                    msg: format!(
+                        "this run folder holds a checkpoint of a different config (differing keys: {}); use another output folder, or --force-resume to continue anyway",
+                        diff.join(", ")
+                    ),
+                });
+            }
+            tracing::warn!("resuming despite config changes in: {}", diff.join(", "));
         }
         checkpoint::load_weights(&mut vm, &ck)?;
         opt.load_state(&checkpoint::load_tensors(&ck.join(checkpoint::OPTIM_FILE), &device)?)?;
@@ -144,10 +171,11 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
         if bank.len() != n {
             return Err(Error::Checkpoint { path: ck, msg: format!("memory bank has {} rows, data has {n} images", bank.len()) });
         }
-        start_epoch = meta.epoch;
+        start_step = meta.step;
         epoch_losses = meta.epoch_losses;
+        partial_loss = meta.partial_loss_sum;
         wall_before = meta.wall_s;
-        tracing::info!("resuming from {} (epoch {start_epoch})", ck.display());
+        tracing::info!("resuming from {} (step {start_step}, epoch {})", ck.display(), start_step / steps_per_epoch + 1);
         last_ckpt = Some(ck);
     } else {
         let cfg_json = serde_json::to_vec_pretty(cfg).map_err(|e| Error::Config(e.to_string()))?;
@@ -156,63 +184,84 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
     }
 
     let t0 = Instant::now();
-    let total = ((cfg.train.epochs.saturating_sub(start_epoch)) * steps_per_epoch) as u64;
-    let pb = progress_bar(total, show_progress);
-    let mut step = start_epoch * steps_per_epoch;
+    let total_steps = cfg.train.epochs * steps_per_epoch;
+    let pb = progress_bar(total_steps.saturating_sub(start_step) as u64, show_progress);
+    let mut step = start_step;
     let mut seen = 0usize;
-    for epoch in start_epoch..cfg.train.epochs {
+    let nan_at = injected_nan_step();
+    let every = cfg.train.checkpoint_every_steps;
+    let save = |step: usize, losses: &Vec<f64>, partial: f64, vm: &candle_nn::VarMap, opt: &Optimizer, bank: &MemoryBank| -> Result<PathBuf> {
+        let meta = Meta {
+            epoch: step / steps_per_epoch,
+            step,
+            config: cfg.clone(),
+            config_hash: hash.clone(),
+            epoch_losses: losses.clone(),
+            partial_loss_sum: partial,
+            wall_s: wall_before + t0.elapsed().as_secs_f64(),
+            pirlkit_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let snap = Snapshot { vm, optimizer: opt.state_tensors()?, bank: bank.to_tensor(&device)?, meta };
+        checkpoint::save(run_dir, snap, cfg.train.keep_checkpoints)
+    };
+    for epoch in start_step / steps_per_epoch..cfg.train.epochs {
         let te = Instant::now();
         let mut order: Vec<usize> = (0..n).collect();
         crate::rng::shuffle(&mut order, &mut stream(cfg.seed, "order", epoch as u64, 0));
-        let mut loss_sum = 0.0;
-        for (bi, idx) in order.chunks_exact(bs).enumerate() {
+        let first = step - epoch * steps_per_epoch;
+        for bi in first..steps_per_epoch {
+            let idx = &order[bi * bs..(bi + 1) * bs];
             let (views, pre) = make_batch(cfg, images, idx, epoch, &device)?;
             let f = model.embed_image(&views, true)?;
             let g = model.embed_pretext(&pre, true)?;
             let m = bank.gather(idx, &device)?;
             let neg_idx = bank.sample_negatives(cfg.pirl.negatives, &mut stream(cfg.seed, "negatives", epoch as u64, bi as u64));
             let neg = bank.gather(&neg_idx, &device)?;
-            let loss = pirl_loss(&m, &f, &g, &neg, cfg.pirl.tau, cfg.pirl.lambda)?;
+            let mut loss = pirl_loss(&m, &f, &g, &neg, cfg.pirl.tau, cfg.pirl.lambda)?;
+            if nan_at == Some(step) {
+                loss = (loss * f64::NAN)?;
+            }
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
                 pb.abandon();
                 let last_good = match &last_ckpt {
-                    Some(p) => format!("The last good checkpoint is {}.", p.display()),
+                    Some(p) => format!("The last good checkpoint is {}; rerun the same command to resume from it (lower train.optim.lr if it diverges again).", p.display()),
                     None => "No checkpoint was written yet.".into(),
                 };
-                return Err(Error::NonFinite { loss: lv, epoch, step, last_good });
+                return Err(Error::NonFinite { loss: lv, epoch: epoch + 1, step, last_good });
             }
             let grads = loss.backward()?;
             opt.step(&grads, sched.at(step))?;
             bank.update(idx, &f.detach().flatten_all()?.to_vec1::<f32>()?);
-            loss_sum += lv;
+            partial_loss += lv;
             step += 1;
             seen += idx.len();
             pb.inc(1);
             pb.set_message(format!("epoch {}/{} loss {lv:.3}", epoch + 1, cfg.train.epochs));
+            let epoch_end = bi + 1 == steps_per_epoch;
+            if epoch_end {
+                epoch_losses.push(partial_loss / steps_per_epoch as f64);
+                partial_loss = 0.0;
+            }
+            let stop = STOP.load(Ordering::SeqCst);
+            if epoch_end || stop || (every > 0 && step % every == 0) {
+                last_ckpt = Some(save(step, &epoch_losses, partial_loss, &vm, &opt, &bank)?);
+            }
+            if stop {
+                pb.abandon();
+                return Err(Error::Interrupted { checkpoint: last_ckpt.clone().expect("just saved") });
+            }
         }
-        let mean = loss_sum / steps_per_epoch as f64;
-        epoch_losses.push(mean);
         let secs = te.elapsed().as_secs_f64();
         tracing::info!(
-            "epoch {}/{}: loss {mean:.4}, lr {:.5}, {:.1} s, {:.1} img/s",
+            "epoch {}/{}: loss {:.4}, lr {:.5}, {:.1} s, {:.1} img/s",
             epoch + 1,
             cfg.train.epochs,
+            epoch_losses.last().copied().unwrap_or(f64::NAN),
             sched.at(step.saturating_sub(1)),
             secs,
-            (steps_per_epoch * bs) as f64 / secs
+            ((steps_per_epoch - first) * bs) as f64 / secs
         );
-        let meta = Meta {
-            epoch: epoch + 1,
-            step,
-            config: cfg.clone(),
-            config_hash: hash.clone(),
-            epoch_losses: epoch_losses.clone(),
-            wall_s: wall_before + t0.elapsed().as_secs_f64(),
-            pirlkit_version: env!("CARGO_PKG_VERSION").into(),
-        };
-        let snap = Snapshot { vm: &vm, optimizer: opt.state_tensors()?, bank: bank.to_tensor(&device)?, meta };
-        last_ckpt = Some(checkpoint::save(run_dir, snap, 2)?);
     }
     pb.finish_and_clear();
     let ck = match last_ckpt {

@@ -1,0 +1,181 @@
+//! Long runs that survive: SIGKILL at arbitrary steps and resume ends
+//! bit-identical to an uninterrupted run; SIGINT checkpoints and stops; a
+//! NaN stops the run with the last good checkpoint intact; a changed config
+//! is refused with the differing keys named.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+
+const EPOCHS: &str = "4";
+
+/// A small synthetic data set (80 images at 48 px; 48 of them train).
+fn data_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    pirlkit::data::synthetic::generate(d.path(), 80, 48, 5).unwrap();
+    d
+}
+
+fn pretrain_cmd(data: &Path, out: &Path, cache: &Path, cfg: &Path) -> Command {
+    let mut c = Command::new(common::bin());
+    c.args(["pretrain", "--preset", "tiny", "--epochs", EPOCHS, "--threads", "2", "--no-progress"])
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg("--config")
+        .arg(cfg);
+    c
+}
+
+fn every_step_config(dir: &Path) -> PathBuf {
+    let p = dir.join("every-step.toml");
+    std::fs::write(&p, "[train]\ncheckpoint_every_steps = 1\nkeep_checkpoints = 3\n").unwrap();
+    p
+}
+
+fn latest_step(out: &Path) -> Option<usize> {
+    let s = std::fs::read_to_string(out.join("checkpoints/latest")).ok()?;
+    s.trim().strip_prefix("step-")?.parse().ok()
+}
+
+fn final_tensors(out: &Path) -> HashMap<String, Vec<f32>> {
+    let ck = out.join(format!("checkpoints/{}", std::fs::read_to_string(out.join("checkpoints/latest")).unwrap().trim()));
+    let mut all = HashMap::new();
+    for f in ["model.safetensors", "optimizer.safetensors", "bank.safetensors"] {
+        for (k, t) in candle_core::safetensors::load(ck.join(f), &Device::Cpu).unwrap() {
+            let t: Tensor = t.to_dtype(candle_core::DType::F32).unwrap();
+            all.insert(format!("{f}/{k}"), t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+    }
+    all
+}
+
+fn assert_same(a: &HashMap<String, Vec<f32>>, b: &HashMap<String, Vec<f32>>) {
+    assert_eq!(a.len(), b.len());
+    for (k, v) in a {
+        let w = b.get(k).unwrap_or_else(|| panic!("missing {k}"));
+        assert!(v.iter().zip(w).all(|(x, y)| x.to_bits() == y.to_bits()), "{k} differs");
+    }
+}
+
+/// Starts the run and kills it (SIGKILL or SIGINT) once a checkpoint at or
+/// past `step` exists, after `delay_ms` more. Returns the exit status.
+fn run_until(cmd: &mut Command, out: &Path, step: usize, delay_ms: u64, signal: &str) -> std::process::ExitStatus {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if latest_step(out).is_some_and(|s| s >= step) {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+            return child.wait().unwrap();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "run did not reach step {step}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn sigkill_at_arbitrary_steps_then_resume_is_bit_identical() {
+    let data = data_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = every_step_config(tmp.path());
+    let cache = tmp.path().join("cache");
+    let reference = tmp.path().join("ref");
+    let st = pretrain_cmd(data.path(), &reference, &cache, &cfg).status().unwrap();
+    assert!(st.success());
+    let want = final_tensors(&reference);
+    assert_eq!(latest_step(&reference), Some(12)); // 48 images / batch 16 x 4 epochs
+
+    // Kill points: step thresholds and extra delays (ms) chosen to land
+    // inside a step, inside a checkpoint write, and at an epoch boundary.
+    let out = tmp.path().join("killed");
+    let mut kills = 0;
+    for (step, delay) in [(1, 0), (3, 7), (5, 1), (8, 13)] {
+        let st = run_until(&mut pretrain_cmd(data.path(), &out, &cache, &cfg), &out, step, delay, "-KILL");
+        if !st.success() {
+            kills += 1;
+        }
+    }
+    assert!(kills >= 3, "only {kills} of 4 runs were actually killed");
+    let st = pretrain_cmd(data.path(), &out, &cache, &cfg).status().unwrap();
+    assert!(st.success());
+    assert_eq!(latest_step(&out), Some(12));
+    assert_same(&want, &final_tensors(&out));
+}
+
+#[test]
+fn sigint_writes_a_checkpoint_and_says_how_to_continue() {
+    let data = data_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("plain.toml");
+    std::fs::write(&cfg, "seed = 3\n").unwrap();
+    let cache = tmp.path().join("cache");
+    let reference = tmp.path().join("ref");
+    assert!(pretrain_cmd(data.path(), &reference, &cache, &cfg).status().unwrap().success());
+
+    let out = tmp.path().join("int");
+    // Checkpoints only at epoch ends here: the one after SIGINT is mid-epoch.
+    let mut child = pretrain_cmd(data.path(), &out, &cache, &cfg).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    while latest_step(&out).is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let output = std::mem::take(&mut child.stderr);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut output.unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted") && err.contains("Run the same command again"), "{err}");
+    let at = latest_step(&out).unwrap();
+    assert!(at < 12);
+    assert!(pretrain_cmd(data.path(), &out, &cache, &cfg).status().unwrap().success());
+    assert_same(&final_tensors(&reference), &final_tensors(&out));
+}
+
+#[test]
+fn nan_loss_stops_with_last_good_checkpoint_intact() {
+    let data = data_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = every_step_config(tmp.path());
+    let out = tmp.path().join("nan");
+    let o = pretrain_cmd(data.path(), &out, &tmp.path().join("cache"), &cfg).env("PIRLKIT_INJECT_NAN_AT_STEP", "5").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("non-finite loss") && err.contains("step 5") && err.contains("step-00000005"), "{err}");
+    // The last good checkpoint loads and is the one before the bad step.
+    assert_eq!(latest_step(&out), Some(5));
+    let t = final_tensors(&out);
+    assert!(t.values().all(|v| v.iter().all(|x| x.is_finite())));
+    // Nothing half-written is left behind.
+    let names: Vec<String> = std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.contains("tmp")), "{names:?}");
+}
+
+#[test]
+fn resume_with_changed_config_is_refused_naming_keys() {
+    let data = data_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("a.toml");
+    std::fs::write(&cfg, "seed = 1\n").unwrap();
+    let out = tmp.path().join("run");
+    let cache = tmp.path().join("cache");
+    assert!(pretrain_cmd(data.path(), &out, &cache, &cfg).status().unwrap().success());
+    std::fs::write(&cfg, "seed = 2\n[pirl]\ntau = 0.2\n").unwrap();
+    let o = pretrain_cmd(data.path(), &out, &cache, &cfg).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("pirl.tau") && err.contains("seed") && err.contains("--force-resume"), "{err}");
+}
