@@ -50,8 +50,57 @@ pub enum Command {
         #[arg(long, default_value = "runs/probe")]
         out: PathBuf,
     },
-    /// Pretrain, probe the PIRL and the random-init encoder, write the report.
+    /// Fine-tune an encoder (PIRL checkpoint, random init or a torchvision-named
+    /// safetensors file) on a fraction of the training labels.
+    Finetune {
+        #[command(flatten)]
+        run: RunArgs,
+        /// PIRL checkpoint folder.
+        #[arg(long, conflicts_with_all = ["random_init", "weights"])]
+        checkpoint: Option<PathBuf>,
+        /// Start from a seeded random init.
+        #[arg(long)]
+        random_init: bool,
+        /// Start from a safetensors file in torchvision/timm naming.
+        #[arg(long, conflicts_with = "random_init")]
+        weights: Option<PathBuf>,
+        /// Fraction of the labeled training split (stratified); default 1.
+        #[arg(long, default_value_t = 1.0)]
+        fraction: f64,
+        /// Freeze the encoder up to and including this stage.
+        #[arg(long, value_parser = ["stem", "layer1", "layer2", "layer3", "layer4"])]
+        freeze_up_to: Option<String>,
+        /// Fine-tuning epochs.
+        #[arg(long, default_value_t = 30)]
+        ft_epochs: usize,
+        /// Where to write finetune.json.
+        #[arg(long, default_value = "runs/finetune")]
+        out: PathBuf,
+    },
+    /// Metrics of a scores file (CSV with a label column and one or more score
+    /// columns): AUC with DeLong and bootstrap CIs, operating points, and the
+    /// paired DeLong test of the first two score columns.
+    Evaluate {
+        /// CSV file: `label` column (0/1) and score columns.
+        scores: PathBuf,
+        /// Name of the label column.
+        #[arg(long, default_value = "label")]
+        label_column: String,
+        /// Bootstrap resamples.
+        #[arg(long, default_value_t = 2000)]
+        resamples: usize,
+        /// Seed of the bootstrap.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write the metrics as JSON here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Pretrain, probe the PIRL and the random-init encoder, write the report;
+    /// or, given a protocol file, run the whole protocol.
     Reproduce {
+        /// A protocol file (protocols/*.toml): arms, label fractions, seeds.
+        protocol: Option<PathBuf>,
         #[command(flatten)]
         run: RunArgs,
         /// Report name: files go to <reports>/<run>/.

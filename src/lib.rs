@@ -19,6 +19,7 @@ pub mod ops;
 pub mod optim;
 pub mod pipeline;
 pub mod pretext;
+pub mod protocol;
 pub mod report;
 pub mod rng;
 pub mod train;

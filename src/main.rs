@@ -84,7 +84,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pirlkit::train::checkpoint::write_atomic(&out.join("probe.json"), &serde_json::to_vec_pretty(&r)?)?;
             println!("test AUC {:.4} on {} images ({} positive); val AUC {:.4} at alpha {}", r.test_auc, r.n_test, r.n_test_pos, r.val_auc, r.alpha);
         }
-        Command::Reproduce { run, run_name, reports, force_resume } => {
+        Command::Reproduce { protocol: Some(protocol), run, reports, force_resume, .. } => {
+            if run.preset.is_some() || run.config.is_some() || run.epochs.is_some() || run.seed.is_some() {
+                anyhow::bail!("with a protocol file, settings come from its [config] table: drop --preset/--config/--epochs/--seed");
+            }
+            if let Some(t) = run.threads {
+                setup_threads(t);
+            }
+            let cache = ImageCache::new(run.cache_dir.clone().unwrap_or_else(ImageCache::default_dir));
+            let summary = pipeline::run_protocol(&protocol, run.data.as_deref(), &reports, &cache, progress, force_resume)?;
+            println!("{summary}");
+        }
+        Command::Finetune { run, checkpoint, random_init, weights, fraction, freeze_up_to, ft_epochs, out } => {
+            use pirlkit::train::finetune::{FinetuneConfig, Init, Labeled, Stage};
+            let mut cfg = run.resolve()?;
+            if let Some(ck) = &checkpoint {
+                cfg = pirlkit::train::checkpoint::read_meta(ck)?.config;
+            }
+            setup_threads(cfg.threads);
+            let init = match (checkpoint, weights) {
+                (Some(c), _) => Init::Checkpoint(c),
+                (None, Some(w)) => Init::Torchvision(w),
+                (None, None) if random_init => Init::Random,
+                _ => anyhow::bail!("give --checkpoint, --weights or --random-init"),
+            };
+            let freeze = freeze_up_to.map(|s| toml::Value::String(s).try_into::<Stage>()).transpose()?;
+            let ft = FinetuneConfig { epochs: ft_epochs, freeze_up_to: freeze, ..Default::default() };
+            let cache = ImageCache::new(run.cache_dir.clone().unwrap_or_else(ImageCache::default_dir));
+            let mut ds = pipeline::open_dataset(run.data.as_deref(), &cache, cfg.seed)?;
+            pipeline::limit_per_split(&mut ds, cfg.data.limit_per_split);
+            ds.check_labeled()?;
+            let imgs = pipeline::load_images(&ds, &cfg, &cache)?;
+            let pd = pirlkit::protocol::probe_data(&ds, &imgs);
+            let sub = pirlkit::protocol::label_subset(&pd.train.1, fraction, cfg.seed);
+            let train = Labeled { images: sub.iter().map(|&i| pd.train.0[i]).collect(), labels: sub.iter().map(|&i| pd.train.1[i]).collect() };
+            let val = Labeled { images: pd.val.0.clone(), labels: pd.val.1.clone() };
+            let test = Labeled { images: pd.test.0.clone(), labels: pd.test.1.clone() };
+            let r = pirlkit::train::finetune::finetune(&cfg, &ft, &init, &train, &val, &test, cfg.seed)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            pirlkit::train::checkpoint::write_atomic(&out.join("finetune.json"), &serde_json::to_vec_pretty(&r)?)?;
+            println!("test AUC {:.4} (best val AUC {:.4} at epoch {} of {})", r.test_auc, r.val_auc, r.best_epoch, r.val_curve.len());
+        }
+        Command::Evaluate { scores, label_column, resamples, seed, out } => {
+            let m = pirlkit::eval::evaluate_file(&scores, &label_column, resamples, seed)?;
+            println!("{}", serde_json::to_string_pretty(&m)?);
+            if let Some(o) = out {
+                pirlkit::train::checkpoint::write_atomic(&o, &serde_json::to_vec_pretty(&m)?)?;
+            }
+        }
+        Command::Reproduce { protocol: None, run, run_name, reports, force_resume } => {
             let cfg = run.resolve()?;
             setup_threads(cfg.threads);
             let cache = ImageCache::new(run.cache_dir.clone().unwrap_or_else(ImageCache::default_dir));

@@ -178,3 +178,120 @@ pub fn check_run_name(name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Provenance for `manifest.json`: hashes of the config, the data (per file
+/// and whole), the split and each checkpoint; seeds; git commit; crate
+/// versions; machine and threads.
+pub fn manifest(cfg: &Config, ds: &Dataset, checkpoints: &[PathBuf], extra: serde_json::Value) -> Result<serde_json::Value> {
+    use rayon::prelude::*;
+    use sha2::{Digest, Sha256};
+    let file_hashes: Vec<(String, String, String)> = ds
+        .samples
+        .par_iter()
+        .map(|s| {
+            let b = std::fs::read(&s.path).map_err(io(&s.path))?;
+            Ok((s.id.clone(), s.split.as_str().to_string(), hex::encode(Sha256::digest(&b))))
+        })
+        .collect::<Result<_>>()?;
+    let mut whole = Sha256::new();
+    let mut split = Sha256::new();
+    for (id, sp, h) in &file_hashes {
+        whole.update(h.as_bytes());
+        split.update(format!("{id},{sp}\n").as_bytes());
+    }
+    let mut ckpts = serde_json::Map::new();
+    for c in checkpoints {
+        let p = c.join(checkpoint::MODEL_FILE);
+        let b = std::fs::read(&p).map_err(io(&p))?;
+        ckpts.insert(c.display().to_string(), hex::encode(Sha256::digest(&b)).into());
+    }
+    let git = |args: &[&str]| std::process::Command::new("git").args(args).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let lock = include_str!("../Cargo.lock");
+    let mut versions = serde_json::Map::new();
+    let mut name = "";
+    for line in lock.lines() {
+        if let Some(n) = line.strip_prefix("name = \"") {
+            name = n.trim_end_matches('"');
+        } else if let Some(v) = line.strip_prefix("version = \"")
+            && ["candle-core", "candle-nn", "polars", "linfa", "linfa-logistic", "image", "gemm", "dicom-object"].contains(&name)
+        {
+            versions.insert(name.to_string(), v.trim_end_matches('"').into());
+        }
+    }
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()));
+    Ok(serde_json::json!({
+        "pirlkit_version": env!("CARGO_PKG_VERSION"),
+        "config_sha256": checkpoint::config_hash(cfg),
+        "config": cfg,
+        "seed": cfg.seed,
+        "data": {
+            "root": ds.root.display().to_string(),
+            "images": file_hashes.len(),
+            "sha256_all": hex::encode(whole.finalize()),
+            "split_sha256": hex::encode(split.finalize()),
+            "files": file_hashes.iter().map(|(id, sp, h)| serde_json::json!({"id": id, "split": sp, "sha256": h})).collect::<Vec<_>>(),
+        },
+        "checkpoints_sha256": ckpts,
+        "git_commit": git(&["rev-parse", "HEAD"]),
+        "git_dirty": git(&["status", "--porcelain"]).map(|s| !s.is_empty()),
+        "crates": versions,
+        "machine": {
+            "cpu": cpu,
+            "os": std::env::consts::OS,
+            "arch": std::env::consts::ARCH,
+            "available_parallelism": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "rayon_threads": rayon::current_num_threads(),
+        },
+        "protocol": extra,
+    }))
+}
+
+/// Runs a protocol file: pretraining (resumed if its folder has it), every
+/// arm not yet finished, then the full report in `<reports>/<protocol name>/`.
+pub fn run_protocol(path: &Path, data: Option<&Path>, reports: &Path, cache: &ImageCache, progress: bool, force_resume: bool) -> Result<String> {
+    use crate::protocol::{Protocol, Runner};
+    let (p, cfg) = Protocol::from_file(path)?;
+    check_run_name(&p.name)?;
+    let mut ds = open_dataset(data, cache, cfg.seed)?;
+    limit_per_split(&mut ds, cfg.data.limit_per_split);
+    ds.check_labeled()?;
+    let imgs = load_images(&ds, &cfg, cache)?;
+    let dir = reports.join(&p.name);
+    let paths = RunPaths::new(dir.clone());
+    let needs_pirl = p.arms.iter().any(|a| a.inits.iter().any(|i| i == "pirl"));
+    let (ckpt, losses, pre_line) = if needs_pirl {
+        let train_imgs: Vec<RgbImage> = ds.indices(Split::Train).iter().map(|&i| imgs[i].clone()).collect();
+        let pre = train::pretrain(&cfg, &train_imgs, &paths.pretrain, progress, force_resume)?;
+        let line = format!("PIRL pretraining: {} epochs, {} steps, {:.1} min, final loss {:.4}", pre.epochs, pre.steps, pre.wall_s / 60.0, pre.epoch_losses.last().copied().unwrap_or(f64::NAN));
+        (Some(pre.checkpoint), pre.epoch_losses, line)
+    } else {
+        (None, Vec::new(), "no PIRL arm: no pretraining".into())
+    };
+    let t = Instant::now();
+    let runner = Runner {
+        cfg: &cfg,
+        ds: &ds,
+        imgs: &imgs,
+        results_dir: dir.join("runs"),
+        pirl_checkpoint: ckpt.clone(),
+        protocol_dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+    };
+    let results = runner.run(&p)?;
+    let labels = |s: Split| ds.indices(s).iter().map(|&i| ds.samples[i].label.unwrap_or(0)).collect::<Vec<u8>>();
+    let (val_y, test_y) = (labels(Split::Val), labels(Split::Test));
+    let extra = serde_json::to_value(&p).map_err(|e| Error::Report(e.to_string()))?;
+    let ctx = crate::report::protocol::Context {
+        title: &format!("pirlkit: {}", p.name),
+        lines: vec![
+            format!("data: {} ({} train, {} val, {} test images; {} test positives)", ds.root.display(), ds.split(Split::Train).len(), val_y.len(), test_y.len(), test_y.iter().filter(|&&y| y == 1).count()),
+            format!("model: {:?} width {}, {} px views; pretext {:?}", cfg.model.arch, cfg.model.width, cfg.pretext.crop, cfg.pretext.kind),
+            pre_line,
+            format!("arms: {}; label fractions {:?}; seeds {:?}; {} bootstrap resamples", p.arms.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", "), p.label_fractions, p.seeds, p.bootstrap_resamples),
+            format!("downstream wall time this session: {:.1} min; {} threads", t.elapsed().as_secs_f64() / 60.0, rayon::current_num_threads()),
+            "AUC CIs: DeLong (fast algorithm) and stratified bootstrap; model selection on validation only; test scored once per arm and seed".into(),
+        ],
+        pretrain_losses: &losses,
+        manifest: manifest(&cfg, &ds, &ckpt.into_iter().collect::<Vec<_>>(), extra)?,
+    };
+    crate::report::protocol::write(&dir, &results, &val_y, &test_y, p.bootstrap_resamples, &ctx)
+}

@@ -37,6 +37,8 @@ pub struct ProbeResult {
     pub n_test_pos: usize,
     /// Test scores (the logistic regression's linear score), in test order.
     pub test_scores: Vec<f64>,
+    /// Validation scores of the chosen penalty (fit on train only).
+    pub val_scores: Vec<f64>,
 }
 
 /// Pooled features of `images` at `crop` px, in eval mode.
@@ -131,15 +133,18 @@ pub fn fit_probe(ftrain: &Array2<f64>, ytrain: &[u8], fval: &Array2<f64>, yval: 
     let (ztr, zva, zte) = (z(ftrain), z(fval), z(ftest));
     let mut val_aucs = Vec::new();
     let mut best: Option<(f64, f64)> = None;
+    let mut best_val_scores = Vec::new();
     // Larger penalties first, so a tie keeps the more regularised model.
     let mut alphas = cfg.alphas.clone();
     alphas.sort_by(|a, b| b.total_cmp(a));
     for &a in &alphas {
         let w = fit(&ztr, ytrain, a, cfg.max_iterations)?;
-        let v = auc(&score(&zva, &w), yval)?;
+        let vs = score(&zva, &w);
+        let v = auc(&vs, yval)?;
         val_aucs.push((a, v));
         if best.is_none_or(|(_, bv)| v > bv) {
             best = Some((a, v));
+            best_val_scores = vs;
         }
     }
     let (alpha, val_auc) = best.expect("alphas is non-empty");
@@ -160,7 +165,40 @@ pub fn fit_probe(ftrain: &Array2<f64>, ytrain: &[u8], fval: &Array2<f64>, yval: 
         n_test: ytest.len(),
         n_test_pos: ytest.iter().filter(|&&l| l == 1).count(),
         test_scores,
+        val_scores: best_val_scores,
     })
+}
+
+/// k-NN scores: for each query row, the similarity-weighted share of
+/// positives among its `k` nearest training rows by cosine similarity of the
+/// standardised features (weights exp(cos / 0.1)).
+pub fn knn_scores(ftrain: &Array2<f64>, ytrain: &[u8], fquery: &Array2<f64>, k: usize) -> Vec<f64> {
+    let (mu, sd) = standardizer(ftrain);
+    let unit = |x: &Array2<f64>| {
+        let mut z = (x - &mu) / &sd;
+        for mut row in z.rows_mut() {
+            let n = row.dot(&row).sqrt().max(1e-12);
+            row /= n;
+        }
+        z
+    };
+    let (zt, zq) = (unit(ftrain), unit(fquery));
+    let sims = zq.dot(&zt.t());
+    let k = k.min(ytrain.len()).max(1);
+    sims.rows()
+        .into_iter()
+        .map(|row| {
+            let mut idx: Vec<usize> = (0..row.len()).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            let (mut num, mut den) = (0.0, 0.0);
+            for &i in &idx[..k] {
+                let w = (row[i] / 0.1).exp();
+                num += w * ytrain[i] as f64;
+                den += w;
+            }
+            num / den
+        })
+        .collect()
 }
 
 /// The whole probe for the encoder under `prefix` in `vm`: optional BatchNorm

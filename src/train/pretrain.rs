@@ -150,7 +150,9 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
     let mut last_ckpt: Option<PathBuf> = None;
     if let Some(ck) = checkpoint::latest(run_dir)? {
         let meta = checkpoint::read_meta(&ck)?;
-        if meta.config_hash != hash {
+        // Compare the saved config re-read under today's schema (new keys take
+        // their defaults), so a pirlkit upgrade alone does not block a resume.
+        if checkpoint::config_hash(&meta.config) != hash {
             let diff = checkpoint::config_diff(&meta.config, cfg);
             if !force_resume {
                 return Err(Error::Checkpoint {

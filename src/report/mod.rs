@@ -1,4 +1,8 @@
-//! Reports: `summary.csv` (polars) and `summary.md`, one row per arm.
+//! Reports: `summary.csv` (polars) and `summary.md`, one row per arm; the
+//! protocol report ([`protocol`]); SVG charts ([`svg`]).
+
+pub mod protocol;
+pub mod svg;
 
 use std::path::Path;
 

@@ -1,0 +1,132 @@
+//! A protocol end to end on the built-in synthetic data (tiny settings):
+//! every (arm, init, fraction, seed) runs through one code path, the report
+//! holds what a reviewer needs, and an interrupted protocol continues with
+//! the runs not done.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use pirlkit::protocol::label_subset;
+
+const PROTOCOL: &str = r#"
+name = "tiny-protocol"
+preset = "tiny"
+seeds = [0, 1]
+label_fractions = [0.5, 1.0]
+bootstrap_resamples = 200
+
+[config]
+data.limit_per_split = 60
+
+[[arms]]
+name = "linear-probe"
+kind = "linear-probe"
+
+[[arms]]
+name = "knn"
+kind = "knn"
+k = 5
+
+[[arms]]
+name = "partial-finetune"
+kind = "finetune"
+[arms.finetune]
+epochs = 2
+batch_size = 16
+freeze_up_to = "layer3"
+"#;
+
+fn run(protocol: &Path, reports: &Path, cache: &Path) -> std::process::Output {
+    Command::new(common::bin())
+        .arg("reproduce")
+        .arg(protocol)
+        .args(["--no-progress", "--reports"])
+        .arg(reports)
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()
+        .unwrap()
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn protocol_runs_every_arm_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proto = tmp.path().join("tiny.toml");
+    std::fs::write(&proto, PROTOCOL).unwrap();
+    let (reports, cache) = (tmp.path().join("reports"), tmp.path().join("cache"));
+    let out = run(&proto, &reports, &cache);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = reports.join("tiny-protocol");
+    // 3 arms x 2 inits x 2 fractions x 2 seeds.
+    let runs = lines(&dir.join("runs.csv"));
+    assert_eq!(runs.len(), 1 + 24, "{runs:?}");
+    assert!(runs[0].starts_with("arm,init,fraction,seed,n_train,n_train_pos,val_auc,test_auc,delong_lo,delong_hi,boot_lo,boot_hi"));
+    // Nested, stratified label fractions: half the labels -> half the images.
+    let n_train: Vec<u64> = runs[1..].iter().map(|l| l.split(',').nth(4).unwrap().parse().unwrap()).collect();
+    assert!(n_train.iter().all(|&n| n == 60 || n == 30 || n == 31), "{n_train:?}");
+    let paired = lines(&dir.join("paired.csv"));
+    assert_eq!(paired.len(), 1 + 12);
+    assert!(paired[0].contains("delong_p"));
+    let summary = lines(&dir.join("summary.csv"));
+    assert_eq!(summary.len(), 1 + 12);
+    for l in &runs[1..] {
+        let f: Vec<f64> = l.split(',').skip(6).take(6).map(|v| v.parse().unwrap()).collect();
+        // test AUC inside its DeLong CI; CIs inside [0, 1].
+        assert!(f[2] <= f[1] + 1e-12 && f[1] <= f[3] + 1e-12, "{l}");
+        assert!(f.iter().all(|v| (0.0..=1.0).contains(v)), "{l}");
+    }
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("PIRL vs. random init") && html.contains("partial-finetune"));
+    assert!(!html.contains("src=\"http"), "report.html must open offline");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["data"]["images"], 180);
+    assert_eq!(manifest["data"]["sha256_all"].as_str().unwrap().len(), 64);
+    assert!(manifest["checkpoints_sha256"].as_object().unwrap().len() == 1);
+    assert!(dir.join("roc_linear-probe_f1.svg").is_file());
+
+    // Interrupted halfway: drop two finished runs; the rerun redoes only
+    // those and rebuilds the same report.
+    let done = dir.join("runs");
+    let mut files: Vec<_> = std::fs::read_dir(&done).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert_eq!(files.len(), 24);
+    std::fs::remove_file(&files[3]).unwrap();
+    std::fs::remove_file(&files[17]).unwrap();
+    let before = std::fs::read_to_string(dir.join("runs.csv")).unwrap();
+    let out = run(&proto, &reports, &cache);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(log.matches("test AUC").count(), 2, "{log}");
+    let after = std::fs::read_to_string(dir.join("runs.csv")).unwrap();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn label_fractions_are_stratified_and_nested() {
+    let labels: Vec<u8> = (0..200).map(|i| (i % 5 == 0) as u8).collect();
+    let small = label_subset(&labels, 0.1, 3);
+    let mid = label_subset(&labels, 0.25, 3);
+    let all = label_subset(&labels, 1.0, 3);
+    assert_eq!(all.len(), 200);
+    assert_eq!(small.iter().filter(|&&i| labels[i] == 1).count(), 4);
+    assert_eq!(small.iter().filter(|&&i| labels[i] == 0).count(), 16);
+    assert!(small.iter().all(|i| mid.contains(i)));
+    assert_ne!(label_subset(&labels, 0.1, 4), small);
+}
+
+#[test]
+fn protocol_with_unknown_key_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proto = tmp.path().join("bad.toml");
+    std::fs::write(&proto, PROTOCOL.replace("seeds = [0, 1]", "seedz = [0, 1]")).unwrap();
+    let out = run(&proto, &tmp.path().join("r"), &tmp.path().join("c"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("seedz") && err.contains("bad.toml"), "{err}");
+}
