@@ -96,6 +96,31 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Images per second of the ResNet training step and forward, and of the
+    /// whole PIRL step of a preset, after warm-up; one JSON line each.
+    Bench {
+        /// Architecture of the ResNet step.
+        #[arg(long, default_value = "resnet18", value_parser = ["resnet18", "resnet34", "resnet50"])]
+        arch: String,
+        /// Width multiplier of the ResNet step.
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+        /// Batch sizes (comma-separated).
+        #[arg(long, default_value = "32", value_delimiter = ',')]
+        batch: Vec<usize>,
+        /// Image sizes (comma-separated).
+        #[arg(long, default_value = "64,96", value_delimiter = ',')]
+        size: Vec<usize>,
+        /// Threads (0 = all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Timed steps (the median is reported) after 2 warm-up steps.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Also time the whole PIRL step of this preset.
+        #[arg(long, value_enum)]
+        pirl_preset: Option<crate::config::Preset>,
+    },
     /// Pretrain, probe the PIRL and the random-init encoder, write the report;
     /// or, given a protocol file, run the whole protocol.
     Reproduce {

@@ -7,6 +7,7 @@
 //! [`eval`] -> [`report`]; [`pipeline`] chains them.
 
 pub mod augment;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;

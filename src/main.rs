@@ -125,6 +125,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pirlkit::train::checkpoint::write_atomic(&out.join("finetune.json"), &serde_json::to_vec_pretty(&r)?)?;
             println!("test AUC {:.4} (best val AUC {:.4} at epoch {} of {})", r.test_auc, r.val_auc, r.best_epoch, r.val_curve.len());
         }
+        Command::Bench { arch, width, batch, size, threads, steps, pirl_preset } => {
+            setup_threads(threads);
+            let arch: pirlkit::model::Arch = toml::Value::String(arch).try_into()?;
+            for &b in &batch {
+                for &s in &size {
+                    let l = pirlkit::bench::resnet_step(arch, width, b, s, 2, steps)?;
+                    println!("{}", serde_json::to_string(&l)?);
+                }
+            }
+            if let Some(p) = pirl_preset {
+                let l = pirlkit::bench::pirl_step(&pirlkit::Config::preset(p), 2, steps)?;
+                println!("{}", serde_json::to_string(&l)?);
+            }
+        }
         Command::Evaluate { scores, label_column, resamples, seed, out } => {
             let m = pirlkit::eval::evaluate_file(&scores, &label_column, resamples, seed)?;
             println!("{}", serde_json::to_string_pretty(&m)?);

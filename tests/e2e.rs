@@ -87,3 +87,22 @@ fn unknown_config_key_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("widht") && err.contains("c.toml"), "{err}");
 }
+
+#[test]
+fn bench_prints_one_json_line_per_configuration() {
+    let out = Command::new(common::bin())
+        .args(["bench", "--width", "0.125", "--batch", "2,4", "--size", "32", "--steps", "2", "--pirl-preset", "tiny"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    for l in &lines[..2] {
+        assert_eq!(l["what"], "resnet-train-step");
+        let (step, fwd) = (l["median_s"].as_f64().unwrap(), l["forward_median_s"].as_f64().unwrap());
+        assert!(fwd > 0.0 && fwd < step, "the forward is part of the step: {l}");
+        assert!((l["images_per_s"].as_f64().unwrap() - l["batch"].as_f64().unwrap() / step).abs() < 1e-6);
+    }
+    assert_eq!(lines[2]["what"], "pirl-step");
+    assert_eq!(lines[2]["batch"], 16);
+}
