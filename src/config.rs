@@ -77,12 +77,18 @@ pub struct TrainConfig {
     pub checkpoint_every_steps: usize,
     /// Checkpoints kept (the newest); default 2.
     pub keep_checkpoints: usize,
+    /// On a non-finite loss or gradient, skip the batch and scale the
+    /// learning rate by `nonfinite_lr_factor` instead of stopping (at most 10
+    /// in a row); default false (stop, the last good checkpoint intact).
+    pub skip_nonfinite: bool,
+    /// Default 0.5.
+    pub nonfinite_lr_factor: f64,
     pub optim: OptimConfig,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { epochs: 80, batch_size: 64, checkpoint_every_steps: 0, keep_checkpoints: 2, optim: OptimConfig { lr: 0.0075, ..Default::default() } }
+        Self { epochs: 80, batch_size: 64, checkpoint_every_steps: 0, keep_checkpoints: 2, skip_nonfinite: false, nonfinite_lr_factor: 0.5, optim: OptimConfig { lr: 0.0075, ..Default::default() } }
     }
 }
 
@@ -159,7 +165,7 @@ impl Config {
         match p {
             Preset::Cpu => Config {
                 model: ResNetConfig { arch: Arch::Resnet18, width: 0.5, ..Default::default() },
-                train: TrainConfig { epochs: 30, batch_size: 64, checkpoint_every_steps: 0, keep_checkpoints: 2, optim: OptimConfig { lr: 0.03, warmup_epochs: 1.0, ..Default::default() } },
+                train: TrainConfig { epochs: 30, batch_size: 64, checkpoint_every_steps: 0, keep_checkpoints: 2, skip_nonfinite: false, nonfinite_lr_factor: 0.5, optim: OptimConfig { lr: 0.03, warmup_epochs: 1.0, ..Default::default() } },
                 ..base
             },
             Preset::Paper => Config {
@@ -167,7 +173,7 @@ impl Config {
                 model: ResNetConfig { arch: Arch::Resnet50, width: 1.0, ..Default::default() },
                 pretext: PretextConfig { crop: 224, patch: 64, ..Default::default() },
                 pirl: PirlConfig { negatives: 32000, ..Default::default() },
-                train: TrainConfig { epochs: 200, batch_size: 256, checkpoint_every_steps: 0, keep_checkpoints: 2, optim: OptimConfig { lr: 0.12, warmup_epochs: 5.0, ..Default::default() } },
+                train: TrainConfig { epochs: 200, batch_size: 256, checkpoint_every_steps: 0, keep_checkpoints: 2, skip_nonfinite: false, nonfinite_lr_factor: 0.5, optim: OptimConfig { lr: 0.12, warmup_epochs: 5.0, ..Default::default() } },
                 ..base
             },
             Preset::Demo => Config {
@@ -175,7 +181,7 @@ impl Config {
                 model: ResNetConfig { arch: Arch::Resnet18, width: 0.25, ..Default::default() },
                 pretext: PretextConfig { crop: 32, patch: 14, ..Default::default() },
                 pirl: PirlConfig { negatives: 255, ..Default::default() },
-                train: TrainConfig { epochs: 8, batch_size: 32, checkpoint_every_steps: 0, keep_checkpoints: 2, optim: OptimConfig { lr: 0.03, ..Default::default() } },
+                train: TrainConfig { epochs: 8, batch_size: 32, checkpoint_every_steps: 0, keep_checkpoints: 2, skip_nonfinite: false, nonfinite_lr_factor: 0.5, optim: OptimConfig { lr: 0.03, ..Default::default() } },
                 ..base
             },
             Preset::Tiny => Config {
@@ -183,7 +189,7 @@ impl Config {
                 model: ResNetConfig { arch: Arch::Resnet18, width: 0.125, ..Default::default() },
                 pretext: PretextConfig { crop: 32, patch: 10, ..Default::default() },
                 pirl: PirlConfig { negatives: 31, ..Default::default() },
-                train: TrainConfig { epochs: 2, batch_size: 16, checkpoint_every_steps: 0, keep_checkpoints: 2, optim: OptimConfig { lr: 0.03, ..Default::default() } },
+                train: TrainConfig { epochs: 2, batch_size: 16, checkpoint_every_steps: 0, keep_checkpoints: 2, skip_nonfinite: false, nonfinite_lr_factor: 0.5, optim: OptimConfig { lr: 0.03, ..Default::default() } },
                 probe: ProbeConfig { alphas: vec![0.1, 10.0], max_iterations: 100, ..Default::default() },
                 ..base
             },
@@ -237,6 +243,9 @@ impl Config {
         }
         if q.negatives == 0 {
             return Err("pirl.negatives must be > 0".into());
+        }
+        if !(self.train.nonfinite_lr_factor > 0.0 && self.train.nonfinite_lr_factor <= 1.0) {
+            return Err(format!("train.nonfinite_lr_factor must be in (0, 1], got {}", self.train.nonfinite_lr_factor));
         }
         if self.train.keep_checkpoints == 0 {
             return Err("train.keep_checkpoints must be >= 1".into());

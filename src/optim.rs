@@ -175,6 +175,18 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Σ‖g‖² over the optimised parameters' gradients (non-finite when any
+    /// gradient holds a NaN or an infinity).
+    pub fn grad_sq_norm(&self, grads: &GradStore) -> Result<f64> {
+        let mut total = 0f64;
+        for p in &self.params {
+            if let Some(g) = grads.get(p.var.as_tensor()) {
+                total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            }
+        }
+        Ok(total)
+    }
+
     /// The state as named tensors (`<slot>.<param>`), plus the step count.
     pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();

@@ -179,3 +179,61 @@ fn resume_with_changed_config_is_refused_naming_keys() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("pirl.tau") && err.contains("seed") && err.contains("--force-resume"), "{err}");
 }
+
+#[test]
+fn skip_nonfinite_skips_the_batch_and_lowers_the_learning_rate() {
+    let data = data_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("skip.toml");
+    std::fs::write(&cfg, "[train]\nskip_nonfinite = true\nnonfinite_lr_factor = 0.5\n").unwrap();
+    let out = tmp.path().join("skip");
+    let o = pretrain_cmd(data.path(), &out, &tmp.path().join("cache"), &cfg).env("PIRLKIT_INJECT_NAN_AT_STEP", "5").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("step 5: batch skipped"), "{err}");
+    let ck = out.join("checkpoints").join(std::fs::read_to_string(out.join("checkpoints/latest")).unwrap().trim());
+    let meta = pirlkit::train::checkpoint::read_meta(&ck).unwrap();
+    assert_eq!((meta.step, meta.skipped_steps, meta.lr_scale), (12, 1, 0.5));
+    assert!(meta.epoch_losses.iter().all(|l| l.is_finite()));
+}
+
+#[test]
+fn disk_full_leaves_the_previous_checkpoint_loadable() {
+    let data = data_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = every_step_config(tmp.path());
+    let mnt = tmp.path().join("small-disk");
+    std::fs::create_dir_all(&mnt).unwrap();
+    // A 4 MiB tmpfs holds two or so of these checkpoints (~1.5 MiB each),
+    // not the four that keep_checkpoints = 3 needs while writing the next.
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&mnt).status().is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let out = mnt.join("run");
+    let o = pretrain_cmd(data.path(), &out, &tmp.path().join("cache"), &cfg).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "expected a disk-full failure");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("No space left on device") || err.contains("os error 28"), "{err}");
+    // The checkpoint `latest` names is complete and loads; nothing half-written is left.
+    let at = latest_step(&out).expect("at least one checkpoint fitted");
+    let t = final_tensors(&out);
+    assert!(!t.is_empty());
+    let names: Vec<String> = std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.contains("tmp")), "{names:?}");
+    // With room again, the same command resumes from it and finishes.
+    let out2 = tmp.path().join("moved");
+    Command::new("cp").arg("-r").arg(&out).arg(&out2).status().unwrap();
+    let o = pretrain_cmd(data.path(), &out2, &tmp.path().join("cache"), &cfg).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("step {at}")));
+    assert_eq!(latest_step(&out2), Some(12));
+}

@@ -34,9 +34,22 @@ pub struct Meta {
     /// Sum of the losses of the current epoch's completed steps (mid-epoch checkpoints).
     #[serde(default)]
     pub partial_loss_sum: f64,
+    /// Steps summed in `partial_loss_sum`.
+    #[serde(default)]
+    pub partial_steps: usize,
+    /// Learning-rate factor after skipped non-finite batches (1 = none).
+    #[serde(default = "one")]
+    pub lr_scale: f64,
+    /// Batches skipped for a non-finite loss or gradient.
+    #[serde(default)]
+    pub skipped_steps: usize,
     /// Pretraining wall time so far (s), summed over resumed sessions.
     pub wall_s: f64,
     pub pirlkit_version: String,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// SHA-256 of the config's canonical JSON.

@@ -146,6 +146,10 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
     let mut start_step = 0;
     let mut epoch_losses = Vec::new();
     let mut partial_loss = 0.0;
+    let mut partial_steps = 0usize;
+    let mut lr_scale = 1.0f64;
+    let mut skipped = 0usize;
+    let mut consecutive_bad = 0usize;
     let mut wall_before = 0.0;
     let mut last_ckpt: Option<PathBuf> = None;
     if let Some(ck) = checkpoint::latest(run_dir)? {
@@ -176,6 +180,9 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
         start_step = meta.step;
         epoch_losses = meta.epoch_losses;
         partial_loss = meta.partial_loss_sum;
+        partial_steps = meta.partial_steps;
+        lr_scale = meta.lr_scale;
+        skipped = meta.skipped_steps;
         wall_before = meta.wall_s;
         tracing::info!("resuming from {} (step {start_step}, epoch {})", ck.display(), start_step / steps_per_epoch + 1);
         last_ckpt = Some(ck);
@@ -192,14 +199,18 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
     let mut seen = 0usize;
     let nan_at = injected_nan_step();
     let every = cfg.train.checkpoint_every_steps;
-    let save = |step: usize, losses: &Vec<f64>, partial: f64, vm: &candle_nn::VarMap, opt: &Optimizer, bank: &MemoryBank| -> Result<PathBuf> {
+    #[allow(clippy::too_many_arguments)]
+    let save = |step: usize, losses: &Vec<f64>, partial: (f64, usize), lr_scale: f64, skipped: usize, vm: &candle_nn::VarMap, opt: &Optimizer, bank: &MemoryBank| -> Result<PathBuf> {
         let meta = Meta {
             epoch: step / steps_per_epoch,
             step,
             config: cfg.clone(),
             config_hash: hash.clone(),
             epoch_losses: losses.clone(),
-            partial_loss_sum: partial,
+            partial_loss_sum: partial.0,
+            partial_steps: partial.1,
+            lr_scale,
+            skipped_steps: skipped,
             wall_s: wall_before + t0.elapsed().as_secs_f64(),
             pirlkit_version: env!("CARGO_PKG_VERSION").into(),
         };
@@ -224,30 +235,52 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
                 loss = (loss * f64::NAN)?;
             }
             let lv = loss.to_scalar::<f32>()? as f64;
-            if !lv.is_finite() {
+            let grads = if lv.is_finite() { Some(loss.backward()?) } else { None };
+            let grad_ok = match &grads {
+                Some(g) => opt.grad_sq_norm(g)?.is_finite(),
+                None => false,
+            };
+            if !grad_ok {
+                if cfg.train.skip_nonfinite && consecutive_bad < 10 {
+                    consecutive_bad += 1;
+                    skipped += 1;
+                    lr_scale *= cfg.train.nonfinite_lr_factor;
+                    tracing::warn!("non-finite loss or gradient at step {step}: batch skipped, learning rate scaled to {lr_scale:.4} of the schedule");
+                    step += 1;
+                    pb.inc(1);
+                    if bi + 1 == steps_per_epoch {
+                        epoch_losses.push(if partial_steps > 0 { partial_loss / partial_steps as f64 } else { f64::NAN });
+                        partial_loss = 0.0;
+                        partial_steps = 0;
+                        last_ckpt = Some(save(step, &epoch_losses, (partial_loss, partial_steps), lr_scale, skipped, &vm, &opt, &bank)?);
+                    }
+                    continue;
+                }
                 pb.abandon();
                 let last_good = match &last_ckpt {
-                    Some(p) => format!("The last good checkpoint is {}; rerun the same command to resume from it (lower train.optim.lr if it diverges again).", p.display()),
+                    Some(p) => format!("The last good checkpoint is {}; rerun the same command to resume from it (lower train.optim.lr, or set train.skip_nonfinite, if it diverges again).", p.display()),
                     None => "No checkpoint was written yet.".into(),
                 };
                 return Err(Error::NonFinite { loss: lv, epoch: epoch + 1, step, last_good });
             }
-            let grads = loss.backward()?;
-            opt.step(&grads, sched.at(step))?;
+            consecutive_bad = 0;
+            opt.step(grads.as_ref().expect("finite loss has grads"), sched.at(step) * lr_scale)?;
             bank.update(idx, &f.detach().flatten_all()?.to_vec1::<f32>()?);
             partial_loss += lv;
+            partial_steps += 1;
             step += 1;
             seen += idx.len();
             pb.inc(1);
             pb.set_message(format!("epoch {}/{} loss {lv:.3}", epoch + 1, cfg.train.epochs));
             let epoch_end = bi + 1 == steps_per_epoch;
             if epoch_end {
-                epoch_losses.push(partial_loss / steps_per_epoch as f64);
+                epoch_losses.push(partial_loss / partial_steps as f64);
                 partial_loss = 0.0;
+                partial_steps = 0;
             }
             let stop = STOP.load(Ordering::SeqCst);
             if epoch_end || stop || (every > 0 && step % every == 0) {
-                last_ckpt = Some(save(step, &epoch_losses, partial_loss, &vm, &opt, &bank)?);
+                last_ckpt = Some(save(step, &epoch_losses, (partial_loss, partial_steps), lr_scale, skipped, &vm, &opt, &bank)?);
             }
             if stop {
                 pb.abandon();
