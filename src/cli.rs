@@ -96,6 +96,22 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Audit a data set: exact and near-duplicate images within and across
+    /// splits, a group on both sides of a split, unreadable files, odd sizes,
+    /// label rows without an image and images without a label.
+    Audit {
+        /// The data set (as for --data).
+        data: PathBuf,
+        /// Where to write the findings CSV.
+        #[arg(long, default_value = "audit.csv")]
+        out: PathBuf,
+        /// Image cache folder (default $PIRLKIT_CACHE, else ~/.cache/pirlkit).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Exit with status 3 when something leaks across splits.
+        #[arg(long)]
+        fail_on_leak: bool,
+    },
     /// Images per second of the ResNet training step and forward, and of the
     /// whole PIRL step of a preset, after warm-up; one JSON line each.
     Bench {

@@ -125,6 +125,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pirlkit::train::checkpoint::write_atomic(&out.join("finetune.json"), &serde_json::to_vec_pretty(&r)?)?;
             println!("test AUC {:.4} (best val AUC {:.4} at epoch {} of {})", r.test_auc, r.val_auc, r.best_epoch, r.val_curve.len());
         }
+        Command::Audit { data, out, cache_dir, fail_on_leak } => {
+            let cache = ImageCache::new(cache_dir.unwrap_or_else(ImageCache::default_dir));
+            let ds = pirlkit::data::Dataset::open(&data)?;
+            let report = pirlkit::data::audit::audit(&ds, &cache, &out)?;
+            println!("{}", report.summary());
+            println!("findings: {}", out.display());
+            if fail_on_leak && report.has_leaks() {
+                return Ok(ExitCode::from(3));
+            }
+        }
         Command::Bench { arch, width, batch, size, threads, steps, pirl_preset } => {
             setup_threads(threads);
             let arch: pirlkit::model::Arch = toml::Value::String(arch).try_into()?;

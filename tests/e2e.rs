@@ -106,3 +106,25 @@ fn bench_prints_one_json_line_per_configuration() {
     assert_eq!(lines[2]["what"], "pirl-step");
     assert_eq!(lines[2]["batch"], 16);
 }
+
+#[test]
+fn audit_command_reports_cross_split_duplicates() {
+    let Some(data) = common::isic_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(common::bin())
+        .arg("audit")
+        .arg(&data)
+        .arg("--out")
+        .arg(tmp.path().join("audit.csv"))
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache"))
+        .arg("--fail-on-leak")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("across splits") && text.contains("LEAK"), "{text}");
+    let csv = std::fs::read_to_string(tmp.path().join("audit.csv")).unwrap();
+    // ISIC_0012175 (train) and ISIC_0015982 (test) are the same file.
+    assert!(csv.lines().any(|l| l.contains("ISIC_0012175") && l.contains("ISIC_0015982")), "{csv}");
+}

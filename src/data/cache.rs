@@ -88,21 +88,25 @@ pub fn decode_resize(bytes: &[u8], size: usize) -> std::result::Result<RgbImage,
     if bytes.is_empty() {
         return Err("empty file".into());
     }
-    let mut reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
-    if reader.format().is_none() {
-        return Err("not a recognised image format (JPEG or PNG expected)".into());
-    }
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_ALLOC);
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| format!("cannot decode: {e}"))?;
-    let (w, h) = (img.width(), img.height());
+    let rgb = if super::dicom::is_dicom(bytes) {
+        // DICOM: first frame as 8-bit RGB, then the same resize and crop.
+        super::dicom::decode_dicom(bytes)?
+    } else {
+        let mut reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+        if reader.format().is_none() {
+            return Err("not a recognised image format (JPEG, PNG or DICOM expected)".into());
+        }
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(MAX_SIDE);
+        limits.max_image_height = Some(MAX_SIDE);
+        limits.max_alloc = Some(MAX_ALLOC);
+        reader.limits(limits);
+        reader.decode().map_err(|e| format!("cannot decode: {e}"))?.to_rgb8()
+    };
+    let (w, h) = rgb.dimensions();
     if w < 8 || h < 8 {
         return Err(format!("image is {w}x{h}, smaller than 8x8"));
     }
-    let rgb = img.to_rgb8();
     let s = size as u32;
     let (nw, nh) = if w <= h {
         (s, ((h as u64 * s as u64 + w as u64 / 2) / w as u64).max(s as u64) as u32)

@@ -1,7 +1,9 @@
 //! Data in: dataset layouts -> a manifest of samples -> decoded, resized,
 //! cached uint8 images.
 
+pub mod audit;
 pub mod cache;
+pub mod dicom;
 pub mod isic;
 pub mod manifest;
 pub mod synthetic;
