@@ -89,6 +89,7 @@ fn protocol_runs_every_arm_and_resumes() {
     assert_eq!(manifest["data"]["sha256_all"].as_str().unwrap().len(), 64);
     assert!(manifest["checkpoints_sha256"].as_object().unwrap().len() == 1);
     assert!(dir.join("roc_linear-probe_f1.svg").is_file());
+    check_in_browser(&dir.join("report.html"), tmp.path());
 
     // Interrupted halfway: drop two finished runs; the rerun redoes only
     // those and rebuilds the same report.
@@ -129,4 +130,32 @@ fn protocol_with_unknown_key_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("seedz") && err.contains("bad.toml"), "{err}");
+}
+
+/// Renders report.html in headless Chromium (offline) and checks what it
+/// shows: the tables' text in the DOM, and the ROC curves' colours on screen.
+fn check_in_browser(html: &Path, tmp: &Path) {
+    let Some(chrome) = ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success())) else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but no chromium to render report.html (.ci/run installs it)");
+        }
+        eprintln!("SKIPPED: report.html browser check (no chromium installed)");
+        return;
+    };
+    let url = format!("file://{}", html.display());
+    let common = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"];
+    let profile = format!("--user-data-dir={}", tmp.join("chrome-profile").display());
+    let dom = Command::new(chrome).args(common).arg(&profile).arg("--dump-dom").arg(&url).output().unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(dom.contains("Summary: test AUC over seeds") && dom.contains("<td>partial-finetune</td>"), "{}", &dom[..dom.len().min(2000)]);
+    assert!(dom.matches("<svg").count() >= 6, "ROC and loss plots");
+    let shot = tmp.join("report.png");
+    let st = Command::new(chrome).args(common).arg(&profile).arg(format!("--screenshot={}", shot.display())).arg("--window-size=1200,3000").arg(&url).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let img = image::open(&shot).unwrap().to_rgb8();
+    // The first curve colour (#1f77b4) and the second (#d62728) are drawn.
+    let near = |p: &image::Rgb<u8>, c: [u8; 3]| p.0.iter().zip(c).all(|(a, b)| (*a as i32 - b as i32).abs() < 40);
+    let blue = img.pixels().filter(|p| near(p, [0x1f, 0x77, 0xb4])).count();
+    let red = img.pixels().filter(|p| near(p, [0xd6, 0x27, 0x28])).count();
+    assert!(blue > 200 && red > 200, "curves not visible: {blue} blue, {red} red pixels");
 }

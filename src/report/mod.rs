@@ -51,6 +51,7 @@ fn cell(s: &Column, i: usize) -> String {
     match s.get(i) {
         Ok(AnyValue::Float64(v)) => format!("{v:.4}"),
         Ok(AnyValue::String(v)) => v.to_string(),
+        Ok(AnyValue::StringOwned(v)) => v.to_string(),
         Ok(v) => v.to_string(),
         Err(_) => String::new(),
     }
