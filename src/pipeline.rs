@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 use crate::config::Config;
 use crate::data::{Dataset, ImageCache, RgbImage, Split};
 use crate::error::{Error, Result, io};
-use crate::eval::probe::{ProbeData, ProbeResult, run_probe};
+use crate::eval::probe::{ProbeResult, run_probe};
 use crate::model;
 use crate::report::{ArmRow, write_summary};
 use crate::train::{self, PretrainOutcome, checkpoint};
@@ -53,21 +53,13 @@ pub fn load_images(ds: &Dataset, cfg: &Config, cache: &ImageCache) -> Result<Vec
     Ok(imgs)
 }
 
-fn probe_data<'a>(ds: &Dataset, imgs: &'a [RgbImage]) -> ProbeData<'a> {
-    let take = |s: Split| {
-        let idx = ds.indices(s);
-        (idx.iter().map(|&i| &imgs[i]).collect(), idx.iter().map(|&i| ds.samples[i].label.unwrap_or(0)).collect())
-    };
-    ProbeData { train: take(Split::Train), val: take(Split::Val), test: take(Split::Test) }
-}
-
 /// Probes the encoder of `ckpt` (or a seeded random init when `None`).
 pub fn probe_checkpoint(cfg: &Config, ckpt: Option<&Path>, ds: &Dataset, imgs: &[RgbImage]) -> Result<ProbeResult> {
     let (mut vm, m) = model::build(&cfg.model, cfg.pretext.kind, cfg.seed, DType::F32, &Device::Cpu)?;
     if let Some(ck) = ckpt {
         checkpoint::load_weights(&mut vm, ck)?;
     }
-    run_probe(&vm, &m.encoder, "encoder", cfg, &probe_data(ds, imgs))
+    run_probe(&vm, &m.encoder, "encoder", cfg, &crate::protocol::probe_data(ds, imgs))
 }
 
 /// Where a reproduce run writes.
