@@ -18,6 +18,8 @@ pub enum Error {
     NonFinite { loss: f64, epoch: usize, step: usize, last_good: String },
     #[error("interrupted; checkpoint written to {checkpoint}. Run the same command again to continue.")]
     Interrupted { checkpoint: PathBuf },
+    #[error("stopped by a signal; {0}. Run the same command again to continue.")]
+    Stopped(String),
     #[error("{0}")]
     Eval(String),
     #[error("{0}")]

@@ -15,7 +15,9 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     // Ctrl-C / SIGTERM: finish the step, checkpoint, stop (see train::STOP).
+    // A second signal while the first is being handled exits at once.
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, &pirlkit::train::pretrain::STOP);
         if let Err(e) = signal_hook::flag::register(sig, &pirlkit::train::pretrain::STOP) {
             eprintln!("warning: cannot install the handler for signal {sig}: {e}");
         }
@@ -23,7 +25,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            if let Some(pirlkit::Error::Interrupted { .. }) = e.downcast_ref::<pirlkit::Error>() {
+            if let Some(pirlkit::Error::Interrupted { .. } | pirlkit::Error::Stopped(_)) = e.downcast_ref::<pirlkit::Error>() {
                 eprintln!("{e:#}");
                 return ExitCode::from(130);
             }

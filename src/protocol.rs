@@ -219,6 +219,9 @@ impl Runner<'_> {
                             results.push(r);
                             continue;
                         }
+                        if crate::train::pretrain::STOP.load(std::sync::atomic::Ordering::SeqCst) {
+                            return Err(Error::Stopped(format!("{} finished runs are saved in {}", results.len(), self.results_dir.display())));
+                        }
                         let t = std::time::Instant::now();
                         let sub = label_subset(&tr_y, fraction, seed);
                         let sub_i: Vec<&RgbImage> = sub.iter().map(|&i| tr_i[i]).collect();

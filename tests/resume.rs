@@ -267,3 +267,43 @@ fn same_seed_same_tensors_with_one_or_two_threads() {
     }
     assert_same(&outs[0], &outs[1]);
 }
+
+#[test]
+fn unwritable_folder_is_a_clear_error() {
+    let data = data_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = every_step_config(tmp.path());
+    let mnt = tmp.path().join("ro");
+    std::fs::create_dir_all(&mnt).unwrap();
+    // Root ignores permission bits, so use a read-only file system.
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m,ro", "tmpfs"]).arg(&mnt).status().is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a read-only tmpfs here (needs root)");
+        return;
+    }
+    let o = pretrain_cmd(data.path(), &mnt.join("run"), &tmp.path().join("cache"), &cfg).output().unwrap();
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("Read-only file system") && err.contains("/ro/run"), "{err}");
+}
+
+#[test]
+fn best_checkpoint_by_epoch_loss_survives_pruning() {
+    let data = data_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("keep1.toml");
+    std::fs::write(&cfg, "[train]\ncheckpoint_every_steps = 1\nkeep_checkpoints = 1\n").unwrap();
+    let out = tmp.path().join("run");
+    assert!(pretrain_cmd(data.path(), &out, &tmp.path().join("cache"), &cfg).output().unwrap().status.success());
+    let best = std::fs::read_to_string(out.join("checkpoints/best")).unwrap();
+    let best_dir = out.join("checkpoints").join(best.trim());
+    let meta = pirlkit::train::checkpoint::read_meta(&best_dir).unwrap();
+    // The best is an epoch end with the lowest mean loss so far.
+    assert_eq!(meta.step % 3, 0);
+    let last = pirlkit::train::checkpoint::read_meta(&out.join("checkpoints/step-00000012")).unwrap();
+    let min = last.epoch_losses.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert_eq!(*meta.epoch_losses.last().unwrap(), min);
+    let kept: Vec<String> = std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("step-")).collect();
+    assert!(kept.len() <= 2 && kept.contains(&best.trim().to_string()), "{kept:?}");
+}

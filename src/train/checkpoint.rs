@@ -121,6 +121,19 @@ pub fn save(run_dir: &Path, snap: Snapshot, keep: usize) -> Result<PathBuf> {
     }
     std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
     write_atomic(&root.join("latest"), name.as_bytes())?;
+    // The best epoch-end checkpoint by mean epoch loss (the pretraining
+    // metric) is kept beside the newest ones, named by `best`.
+    let epoch_end = snap.meta.partial_steps == 0 && snap.meta.partial_loss_sum == 0.0;
+    if epoch_end && let Some(&loss) = snap.meta.epoch_losses.last() {
+        let best_loss = std::fs::read_to_string(root.join("best"))
+            .ok()
+            .and_then(|b| read_meta(&root.join(b.trim())).ok())
+            .and_then(|m| m.epoch_losses.last().copied());
+        if loss.is_finite() && best_loss.is_none_or(|b| loss < b) {
+            write_atomic(&root.join("best"), name.as_bytes())?;
+        }
+    }
+    let best = std::fs::read_to_string(root.join("best")).map(|s| s.trim().to_string()).unwrap_or_default();
     // Prune older checkpoints only after `latest` points at the new one.
     let mut all: Vec<String> = std::fs::read_dir(&root)
         .map_err(io(&root))?
@@ -130,7 +143,7 @@ pub fn save(run_dir: &Path, snap: Snapshot, keep: usize) -> Result<PathBuf> {
         .collect();
     all.sort();
     if all.len() > keep.max(1) {
-        for old in &all[..all.len() - keep.max(1)] {
+        for old in all[..all.len() - keep.max(1)].iter().filter(|n| **n != best) {
             let _ = std::fs::remove_dir_all(root.join(old));
         }
     }

@@ -238,6 +238,9 @@ pub fn finetune(cfg: &Config, ft: &FinetuneConfig, init: &Init, train: &Labeled,
                 return Err(Error::NonFinite { loss: lv, epoch: epoch + 1, step, last_good: "Fine-tuning keeps no checkpoint; lower finetune.lr.".into() });
             }
             opt.step(&loss.backward()?, sched.at(step))?;
+            if crate::train::pretrain::STOP.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::Stopped(format!("fine-tuning was at epoch {}, step {step}; it restarts from its first epoch", epoch + 1)));
+            }
             loss_sum += lv;
             step += 1;
         }
