@@ -96,6 +96,22 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Download a data set's official files (the challenge zips and
+    /// ground-truth CSVs), verify checksums, resume broken downloads, and
+    /// extract safely.
+    Download {
+        /// `isic2017`, or a dataset descriptor TOML file (see datasets/).
+        dataset: String,
+        /// Destination folder (default datasets/<name>).
+        #[arg(long)]
+        dest: Option<PathBuf>,
+        /// Replace the scheme and host of every URL (a mirror).
+        #[arg(long)]
+        mirror: Option<String>,
+        /// Retries per file after a broken connection.
+        #[arg(long, default_value_t = 3)]
+        retries: usize,
+    },
     /// Audit a data set: exact and near-duplicate images within and across
     /// splits, a group on both sides of a split, unreadable files, odd sizes,
     /// label rows without an image and images without a label.

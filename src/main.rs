@@ -127,6 +127,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pirlkit::train::checkpoint::write_atomic(&out.join("finetune.json"), &serde_json::to_vec_pretty(&r)?)?;
             println!("test AUC {:.4} (best val AUC {:.4} at epoch {} of {})", r.test_auc, r.val_auc, r.best_epoch, r.val_curve.len());
         }
+        Command::Download { dataset, dest, mirror, retries } => {
+            use pirlkit::data::download::{DownloadOptions, download};
+            use pirlkit::data::isic::Descriptor;
+            let desc = if dataset == "isic2017" { Descriptor::isic2017() } else { Descriptor::from_file(std::path::Path::new(&dataset))? };
+            let dest = dest.unwrap_or_else(|| std::path::PathBuf::from("datasets").join(&desc.name));
+            let opts = DownloadOptions { dest: dest.clone(), base_url_override: mirror, retries };
+            let report = download(&desc, &opts)?;
+            for f in &report.files {
+                println!("{} {} ({} bytes, sha256 {}{})", if f.skipped { "present" } else { "fetched" }, f.path.display(), f.bytes, f.sha256, if f.checksum_verified { ", verified" } else { ", not pinned" });
+            }
+            println!("{} ready in {}", desc.name, dest.display());
+        }
         Command::Audit { data, out, cache_dir, fail_on_leak } => {
             let cache = ImageCache::new(cache_dir.unwrap_or_else(ImageCache::default_dir));
             let ds = pirlkit::data::Dataset::open(&data)?;

@@ -443,3 +443,58 @@ fn native_variants_without_data() {
     eprintln!("{e}");
     no_secret("error", &e);
 }
+
+/// A DICOM copy of a few ISIC images goes through pretraining and the probe
+/// and gives exactly the numbers the JPEGs give.
+#[test]
+fn dicom_copies_pretrain_and_probe_like_the_jpegs() {
+    logs();
+    let Some(root) = common::isic_dir() else { return };
+    let labels = std::fs::read_to_string(root.join("labels.csv")).unwrap();
+    // image_id,split,melanoma,seborrheic_keratosis,path
+    let rows: Vec<Vec<String>> = labels.lines().skip(1).map(|l| l.split(',').map(str::to_string).collect()).collect();
+    let mut chosen = Vec::new();
+    for (split, pos, neg) in [("train", 8, 24), ("val", 4, 12), ("test", 4, 12)] {
+        for (want, n) in [("1", pos), ("0", neg)] {
+            chosen.extend(rows.iter().filter(|r| r[1] == split && r[2] == want).take(n).cloned());
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (jdir, ddir) = (tmp.path().join("jpeg"), tmp.path().join("dicom"));
+    std::fs::create_dir_all(&jdir).unwrap();
+    std::fs::create_dir_all(&ddir).unwrap();
+    let (mut jcsv, mut dcsv) = (String::from("path,label,split\n"), String::from("path,label,split\n"));
+    for r in &chosen {
+        let jpeg = std::fs::read(root.join(&r[4])).unwrap();
+        let (w, h) = image::load_from_memory(&jpeg).unwrap().to_rgb8().dimensions();
+        std::fs::write(jdir.join(format!("{}.jpg", r[0])), &jpeg).unwrap();
+        std::fs::write(ddir.join(format!("{}.dcm", r[0])), jpeg_baseline(&[&jpeg], w, h)).unwrap();
+        jcsv.push_str(&format!("{}.jpg,{},{}\n", r[0], r[2], r[1]));
+        dcsv.push_str(&format!("{}.dcm,{},{}\n", r[0], r[2], r[1]));
+    }
+    std::fs::write(jdir.join("manifest.csv"), jcsv).unwrap();
+    std::fs::write(ddir.join("manifest.csv"), dcsv).unwrap();
+    let run = |data: &Path, name: &str| {
+        let out = std::process::Command::new(common::bin())
+            .args(["reproduce", "--preset", "tiny", "--no-progress", "--run-name", name])
+            .arg("--data")
+            .arg(data)
+            .arg("--reports")
+            .arg(tmp.path().join("reports"))
+            .arg("--cache-dir")
+            .arg(tmp.path().join(format!("cache-{name}")))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        no_secret("reproduce log", &String::from_utf8_lossy(&out.stderr));
+        std::fs::read_to_string(tmp.path().join("reports").join(name).join("test_scores.csv")).unwrap()
+    };
+    let (a, b) = (run(&jdir, "jpeg"), run(&ddir, "dicom"));
+    assert_eq!(a.lines().count(), 17);
+    assert_eq!(a, b, "the DICOM copies must give the JPEGs' test scores");
+    let mut names = Vec::new();
+    all_names(tmp.path(), &mut names);
+    for n in &names {
+        no_secret("file name", n);
+    }
+}

@@ -2,14 +2,16 @@
 //! content hash and the target size. A changed file has a new hash, so its old
 //! entry is never read again. Entries are written atomically (temp + rename).
 
+use std::collections::HashSet;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
 use rayon::prelude::*;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{DataError, Result, Sample, io_err};
+use super::{DataError, Dataset, Result, Sample, io_err};
 
 /// Largest accepted image side, and decoder allocation cap: a guard against
 /// decompression bombs.
@@ -57,15 +59,49 @@ impl ImageCache {
     }
 
     /// Loads every sample at `size x size`, from the cache when the file's
-    /// content is unchanged, else by decoding it. Errors name the image.
+    /// content is unchanged, else by decoding it. Stops at the first bad
+    /// image; errors name the image.
     pub fn load_all(&self, samples: &[Sample], size: usize) -> Result<Vec<RgbImage>> {
-        let sub = self.dir.join(size.to_string());
-        std::fs::create_dir_all(&sub).map_err(io_err(&sub))?;
-        samples.par_iter().map(|s| self.load_one(&s.path, size, &sub)).collect()
+        let sub = self.cache_subdir(size)?;
+        samples.par_iter().map(|s| self.load_one(&s.path, size, &sub).map_err(Fail::into_error)).collect()
     }
 
-    fn load_one(&self, path: &Path, size: usize, sub: &Path) -> Result<RgbImage> {
-        let bytes = std::fs::read(path).map_err(io_err(path))?;
+    /// Like [`ImageCache::load_all`], but an image that cannot be read or
+    /// decoded is skipped and listed (id, path, error) instead of stopping the
+    /// load. Returns the good images and the skipped ones, both in manifest
+    /// order; [`drop_samples`] removes the skipped ones from the dataset so
+    /// images and samples line up again. A cache that cannot be written is
+    /// still an error: that is not the image's fault.
+    pub fn load_all_skip_bad(&self, samples: &[Sample], size: usize) -> Result<(Vec<RgbImage>, Vec<Skipped>)> {
+        let sub = self.cache_subdir(size)?;
+        let results: Vec<std::result::Result<RgbImage, Fail>> = samples.par_iter().map(|s| self.load_one(&s.path, size, &sub)).collect();
+        let mut good = Vec::with_capacity(samples.len());
+        let mut skipped = Vec::new();
+        for (s, r) in samples.iter().zip(results) {
+            match r {
+                Ok(img) => good.push(img),
+                Err(Fail::Image(e)) => {
+                    let error = message(&e);
+                    tracing::warn!("skipping {}: {error}", s.path.display());
+                    skipped.push(Skipped { id: s.id.clone(), path: s.path.clone(), error });
+                }
+                Err(Fail::Cache(e)) => return Err(e),
+            }
+        }
+        Ok((good, skipped))
+    }
+
+    fn cache_subdir(&self, size: usize) -> Result<PathBuf> {
+        if size == 0 {
+            return Err(DataError::Other("image size must be at least 1 pixel".into()));
+        }
+        let sub = self.dir.join(size.to_string());
+        std::fs::create_dir_all(&sub).map_err(io_err(&sub))?;
+        Ok(sub)
+    }
+
+    fn load_one(&self, path: &Path, size: usize, sub: &Path) -> std::result::Result<RgbImage, Fail> {
+        let bytes = std::fs::read(path).map_err(|e| Fail::Image(io_err(path)(e)))?;
         let key = hex::encode(&Sha256::digest(&bytes)[..16]);
         let entry = sub.join(format!("{key}.rgb"));
         let want = size * size * 3;
@@ -74,27 +110,82 @@ impl ImageCache {
         {
             return Ok(RgbImage { size, data });
         }
-        let img = decode_resize(&bytes, size).map_err(|msg| DataError::Image { path: path.into(), msg })?;
+        let img = decode_resize(&bytes, size).map_err(|msg| Fail::Image(DataError::Image { path: path.into(), msg }))?;
         let tmp = sub.join(format!(".{key}.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, &img.data).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &entry).map_err(io_err(&entry))?;
+        std::fs::write(&tmp, &img.data).map_err(|e| Fail::Cache(io_err(&tmp)(e)))?;
+        std::fs::rename(&tmp, &entry).map_err(|e| Fail::Cache(io_err(&entry)(e)))?;
         Ok(img)
     }
 }
 
+/// Why one image did not load: its own fault (unreadable, undecodable), or
+/// the cache's (cannot write an entry).
+enum Fail {
+    Image(DataError),
+    Cache(DataError),
+}
+
+impl Fail {
+    fn into_error(self) -> DataError {
+        match self {
+            Fail::Image(e) | Fail::Cache(e) => e,
+        }
+    }
+}
+
+/// The error's message without the path (the caller lists the path beside it).
+fn message(e: &DataError) -> String {
+    match e {
+        DataError::Io { source, .. } => source.to_string(),
+        DataError::Image { msg, .. } => msg.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// An image [`ImageCache::load_all_skip_bad`] left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    pub id: String,
+    pub path: PathBuf,
+    pub error: String,
+}
+
+/// Removes the skipped images from `ds`, so that its samples line up with
+/// the images [`ImageCache::load_all_skip_bad`] returned.
+pub fn drop_samples(ds: &mut Dataset, skipped: &[Skipped]) {
+    if skipped.is_empty() {
+        return;
+    }
+    let bad: HashSet<(&str, &Path)> = skipped.iter().map(|s| (s.id.as_str(), s.path.as_path())).collect();
+    ds.samples.retain(|s| !bad.contains(&(s.id.as_str(), s.path.as_path())));
+}
+
 /// Decodes any supported image (format from content), converts it to RGB,
 /// resizes its shorter side to `size` and centre-crops a square.
+///
+/// Never panics on bad input; refuses, before allocating the pixels, an image
+/// with a side over [`MAX_SIDE`] and a PNG or JPEG whose header claims more
+/// pixels than its compressed data can hold (truncated, or a decompression
+/// bomb); a JPEG without its end-of-image marker is truncated. Images with a
+/// side under [`MIN_SIDE`] are too small.
 pub fn decode_resize(bytes: &[u8], size: usize) -> std::result::Result<RgbImage, String> {
     if bytes.is_empty() {
-        return Err("empty file".into());
+        return Err("empty file (0 bytes)".into());
+    }
+    if size == 0 {
+        return Err("image size must be at least 1 pixel".into());
     }
     let rgb = if super::dicom::is_dicom(bytes) {
         // DICOM: first frame as 8-bit RGB, then the same resize and crop.
+        check_dicom_lengths(bytes)?;
         super::dicom::decode_dicom(bytes)?
     } else {
         let mut reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
-        if reader.format().is_none() {
-            return Err("not a recognised image format (JPEG, PNG or DICOM expected)".into());
+        match reader.format() {
+            None => return Err("not a recognised image format (JPEG, PNG or DICOM expected)".into()),
+            Some(image::ImageFormat::Jpeg) => check_jpeg(bytes)?,
+            Some(image::ImageFormat::Png) => check_png(bytes)?,
+            Some(_) => {}
         }
         let mut limits = image::Limits::default();
         limits.max_image_width = Some(MAX_SIDE);
@@ -104,17 +195,338 @@ pub fn decode_resize(bytes: &[u8], size: usize) -> std::result::Result<RgbImage,
         reader.decode().map_err(|e| format!("cannot decode: {e}"))?.to_rgb8()
     };
     let (w, h) = rgb.dimensions();
-    if w < 8 || h < 8 {
-        return Err(format!("image is {w}x{h}, smaller than 8x8"));
+    if w < MIN_SIDE || h < MIN_SIDE {
+        return Err(format!("image is {w}x{h} pixels, too small (each side must be at least {MIN_SIDE})"));
     }
+    Ok(resize_crop(&rgb, size))
+}
+
+/// Smallest accepted image side.
+pub const MIN_SIDE: u32 = 8;
+
+/// Above this long/short side ratio the centre square is cut out before
+/// resizing, so a 16384x8 strip does not become a `size * 2048`-pixel-wide
+/// intermediate.
+pub const CROP_FIRST_ASPECT: u32 = 4;
+
+fn resize_crop(rgb: &image::RgbImage, size: usize) -> RgbImage {
+    let (w, h) = rgb.dimensions();
     let s = size as u32;
+    let short = w.min(h);
+    if w.max(h) as u64 > CROP_FIRST_ASPECT as u64 * short as u64 {
+        let sq = image::imageops::crop_imm(rgb, (w - short) / 2, (h - short) / 2, short, short).to_image();
+        let out = image::imageops::resize(&sq, s, s, FilterType::Triangle);
+        return RgbImage { size, data: out.into_raw() };
+    }
     let (nw, nh) = if w <= h {
         (s, ((h as u64 * s as u64 + w as u64 / 2) / w as u64).max(s as u64) as u32)
     } else {
         (((w as u64 * s as u64 + h as u64 / 2) / h as u64).max(s as u64) as u32, s)
     };
-    let resized = image::imageops::resize(&rgb, nw, nh, FilterType::Triangle);
+    let resized = image::imageops::resize(rgb, nw, nh, FilterType::Triangle);
     let (x0, y0) = ((nw - s) / 2, (nh - s) / 2);
     let crop = image::imageops::crop_imm(&resized, x0, y0, s, s).to_image();
-    Ok(RgbImage { size, data: crop.into_raw() })
+    RgbImage { size, data: crop.into_raw() }
+}
+
+fn check_side(kind: &str, w: u64, h: u64) -> std::result::Result<(), String> {
+    if w > MAX_SIDE as u64 || h > MAX_SIDE as u64 {
+        return Err(format!("{kind} header claims {w}x{h} pixels; sides over {MAX_SIDE} are refused (decompression bomb guard)"));
+    }
+    Ok(())
+}
+
+/// Deflate expands at most 1032:1 (a 258-byte match in two bits).
+const DEFLATE_MAX_RATIO: u64 = 1032;
+
+/// The PNG header (IHDR, always first) against the file's size: the
+/// filtered scanlines the header implies cannot be more than deflate can
+/// expand the whole file to.
+fn check_png(bytes: &[u8]) -> std::result::Result<(), String> {
+    // 8-byte signature, then length (4), "IHDR", width, height, depth, colour type.
+    if bytes.len() < 26 || &bytes[12..16] != b"IHDR" {
+        return Ok(()); // let the decoder say what is wrong
+    }
+    let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as u64;
+    let (w, h) = (be(16), be(20));
+    check_side("PNG", w, h)?;
+    let depth = bytes[24] as u64;
+    let channels = match bytes[25] {
+        0 | 3 => 1,
+        2 => 3,
+        4 => 2,
+        6 => 4,
+        _ => return Ok(()),
+    };
+    let raw = h * (1 + (w * channels * depth).div_ceil(8));
+    let most = bytes.len() as u64 * DEFLATE_MAX_RATIO + 4096;
+    if raw > most {
+        return Err(format!(
+            "PNG header claims {w}x{h} pixels, more than its {} bytes can hold: truncated, or a decompression bomb",
+            bytes.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Walks a JPEG stream's segments (public so DICOM JPEG frames can use it
+/// too): it must end with an end-of-image marker (else it
+/// is truncated: the lenient decoder would fill the rest with grey), its
+/// frame must be within [`MAX_SIDE`], and a Huffman-coded frame needs at
+/// least one bit per 8x8 block of entropy-coded data (the DC code of every
+/// block of the full-resolution component), so a header claiming more
+/// pixels than the data can hold is refused before the pixels are allocated.
+pub fn check_jpeg(b: &[u8]) -> std::result::Result<(), String> {
+    let truncated = || "truncated JPEG (no end-of-image marker)".to_string();
+    let n = b.len();
+    let mut i = 2; // after SOI
+    let mut frame: Option<(u8, u64, u64)> = None;
+    let mut scan_bytes = 0u64;
+    loop {
+        // Next marker: skip anything that is not 0xFF, then fill bytes.
+        while i < n && b[i] != 0xFF {
+            i += 1;
+        }
+        while i < n && b[i] == 0xFF {
+            i += 1;
+        }
+        if i >= n {
+            return Err(truncated());
+        }
+        let m = b[i];
+        i += 1;
+        match m {
+            0xD9 => break,
+            0x00 | 0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        if i + 2 > n {
+            return Err(truncated());
+        }
+        let len = u16::from_be_bytes([b[i], b[i + 1]]) as usize;
+        if len < 2 {
+            return Err(format!("corrupt JPEG: segment 0xFF{m:02X} at byte {} has length {len}", i - 2));
+        }
+        if i + len > n {
+            return Err(truncated());
+        }
+        // SOF0..SOF15 except DHT (C4), JPG (C8), DAC (CC): P, Y, X.
+        if matches!(m, 0xC0..=0xCF) && !matches!(m, 0xC4 | 0xC8 | 0xCC) && len >= 7 && frame.is_none() {
+            let y = u16::from_be_bytes([b[i + 3], b[i + 4]]) as u64;
+            let x = u16::from_be_bytes([b[i + 5], b[i + 6]]) as u64;
+            check_side("JPEG", x, y)?;
+            frame = Some((m, x, y));
+        }
+        i += len;
+        if m == 0xDA {
+            // Entropy-coded data runs to the next marker that is not a
+            // stuffed 0xFF00 or a restart marker.
+            let start = i;
+            loop {
+                if i >= n {
+                    return Err(truncated());
+                }
+                if b[i] == 0xFF {
+                    if i + 1 >= n {
+                        return Err(truncated());
+                    }
+                    match b[i + 1] {
+                        0x00 | 0xD0..=0xD7 => i += 2,
+                        0xFF => i += 1,
+                        _ => break,
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            scan_bytes += (i - start) as u64;
+        }
+    }
+    if let Some((m, x, y)) = frame
+        && matches!(m, 0xC0..=0xC2)
+    {
+        let blocks = x.div_ceil(8) * y.div_ceil(8);
+        if scan_bytes * 8 < blocks {
+            return Err(format!(
+                "JPEG header claims {x}x{y} pixels but holds {scan_bytes} bytes of image data: truncated, or a decompression bomb"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Walks a DICOM file's element headers as the parser reads them (meta
+/// group up to its group length, then the data set in implicit or explicit
+/// VR, little or big endian, into sequences and items, over encapsulated
+/// pixel fragments) and refuses an element whose defined length is more than
+/// the bytes left in the file. The DICOM parser allocates and zero-fills a
+/// value's claimed length before reading it, so a 1 KB file claiming a 4 GB
+/// element would touch 4 GB of memory before failing. Anything the walk does
+/// not follow (deflate, a meta group the parser refuses at once, a stray
+/// header inside pixel fragments) ends the check without a verdict: the
+/// parser then decides. Messages hold tags and byte counts only, never a value.
+pub fn check_dicom_lengths(b: &[u8]) -> std::result::Result<(), String> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    use dicom_core::{Tag, VR};
+    const UNDEFINED: u32 = 0xFFFF_FFFF;
+    let n = b.len();
+    let u16at = |i: usize, big: bool| if big { u16::from_be_bytes([b[i], b[i + 1]]) } else { u16::from_le_bytes([b[i], b[i + 1]]) };
+    let u32at = |i: usize, big: bool| {
+        let x = [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        if big { u32::from_be_bytes(x) } else { u32::from_le_bytes(x) }
+    };
+    let too_long = |g: u16, e: u16, at: usize, len: u32, left: usize| {
+        Err(format!(
+            "DICOM element ({g:04X},{e:04X}) at byte {at} claims {len} bytes, but only {left} remain: truncated or corrupt"
+        ))
+    };
+    // Explicit VR header: these VRs have a 2-byte length, all others
+    // (unknown ones included, read as UN) 2 reserved bytes and a 4-byte one.
+    let short_len = |vr: VR| {
+        matches!(
+            vr,
+            VR::AE | VR::AS | VR::AT | VR::CS | VR::DA | VR::DS | VR::DT | VR::FL | VR::FD | VR::IS | VR::LO | VR::LT | VR::PN | VR::SH | VR::SL | VR::SS | VR::ST | VR::TM | VR::UI | VR::UL | VR::US
+        )
+    };
+    // Bytes the parser actually consumes for a value: binary VRs are read
+    // as whole numbers of samples, so a length that is not a multiple of
+    // the sample size leaves the stream where the parser is, not at `len`.
+    let consumed = |vr: VR, len: u32| -> usize {
+        let size = match vr {
+            VR::US | VR::OW | VR::SS => 2,
+            VR::AT | VR::FL | VR::OF | VR::SL | VR::OL | VR::UL => 4,
+            VR::FD | VR::OD | VR::SV | VR::OV | VR::UV => 8,
+            _ => 1,
+        };
+        (len as usize / size) * size
+    };
+
+    // The meta group: explicit VR little endian, read while the bytes read
+    // are under the group length (0002,0000), which must come first.
+    // The parser takes the group length's VR as written (so "US" with a
+    // 2-byte length of 4 passes) and needs a length of 4.
+    if n < 144 || u16at(132, false) != 0x0002 || u16at(134, false) != 0x0000 {
+        return Ok(());
+    }
+    let (group_len, mut i) = if short_len(VR::from_binary([b[136], b[137]]).unwrap_or(VR::UN)) {
+        if u16at(138, false) != 4 {
+            return Ok(());
+        }
+        (u32at(140, false) as usize, 144)
+    } else {
+        if n < 148 || u32at(140, false) != 4 {
+            return Ok(());
+        }
+        (u32at(144, false) as usize, 148)
+    };
+    let meta_start = i;
+    let mut ts: Option<String> = None;
+    while i - meta_start < group_len {
+        if i + 8 > n {
+            return Ok(());
+        }
+        let (g, e) = (u16at(i, false), u16at(i + 2, false));
+        let vr = VR::from_binary([b[i + 4], b[i + 5]]).unwrap_or(VR::UN);
+        let (len, header) = if g == 0xFFFE {
+            (u32at(i + 4, false), 8)
+        } else if short_len(vr) {
+            (u16at(i + 6, false) as u32, 8)
+        } else if i + 12 <= n {
+            (u32at(i + 8, false), 12)
+        } else {
+            return Ok(());
+        };
+        let at = i;
+        i += header;
+        if len == UNDEFINED {
+            return Ok(()); // the meta parser refuses it
+        }
+        if len as usize > n - i {
+            return too_long(g, e, at, len, n - i);
+        }
+        if (g, e) == (0x0002, 0x0010) {
+            ts = std::str::from_utf8(&b[i..i + len as usize]).ok().map(|t| t.trim_end_matches(['\0', ' ']).to_string());
+        }
+        i += len as usize;
+    }
+    let (explicit, big) = match ts.as_deref() {
+        Some("1.2.840.10008.1.2") => (false, false),
+        Some("1.2.840.10008.1.2.2") => (true, true),
+        Some("1.2.840.10008.1.2.1.99") | None => return Ok(()), // deflated, or refused by the parser
+        Some(_) => (true, false),
+    };
+
+    // The data set.
+    let mut fragments = false;
+    while i + 8 <= n {
+        let (g, e) = (u16at(i, big), u16at(i + 2, big));
+        let at = i;
+        // Items and delimiters: tag + 4-byte length, no VR.
+        if g == 0xFFFE {
+            let len = u32at(i + 4, big);
+            i += 8;
+            match e {
+                0xE000 if len != UNDEFINED => {
+                    if len as usize > n - i {
+                        return too_long(g, e, at, len, n - i);
+                    }
+                    if fragments {
+                        i += len as usize; // raw fragment bytes
+                    }
+                }
+                0xE000 => {}
+                0xE00D | 0xE0DD => {
+                    // A delimiter's length should be 0; outside a sequence
+                    // the parser reads it as an element of that length.
+                    if len != UNDEFINED && len as usize > n - i {
+                        return too_long(g, e, at, len, n - i);
+                    }
+                    fragments &= e != 0xE0DD;
+                }
+                // Any other (FFFE,xxxx) is read as a UN value of that length.
+                _ if len == UNDEFINED => return Ok(()),
+                _ => {
+                    if len as usize > n - i {
+                        return too_long(g, e, at, len, n - i);
+                    }
+                    i += len as usize;
+                }
+            }
+            continue;
+        }
+        if fragments {
+            return Ok(());
+        }
+        let (vr, len, header) = if explicit {
+            let vr = VR::from_binary([b[i + 4], b[i + 5]]).unwrap_or(VR::UN);
+            if short_len(vr) {
+                (vr, u16at(i + 6, big) as u32, 8)
+            } else if i + 12 <= n {
+                (vr, u32at(i + 8, big), 12)
+            } else {
+                return Ok(());
+            }
+        } else {
+            let vr = if (g, e) == (0x7FE0, 0x0010) || (g >> 8 == 0x60 && e == 0x3000) {
+                VR::OW
+            } else {
+                dicom_dictionary_std::StandardDataDictionary.by_tag(Tag(g, e)).map(|x| x.vr().relaxed()).unwrap_or(VR::UN)
+            };
+            (vr, u32at(i + 4, big), 8)
+        };
+        i += header;
+        if len == UNDEFINED {
+            // Encapsulated pixel data, else (any VR) a sequence, as the
+            // parser reads it: its items follow inline.
+            fragments = (g, e) == (0x7FE0, 0x0010);
+            continue;
+        }
+        if len as usize > n - i {
+            return too_long(g, e, at, len, n - i);
+        }
+        if vr != VR::SQ {
+            i += consumed(vr, len); // a sequence's items follow inline
+        }
+    }
+    Ok(())
 }

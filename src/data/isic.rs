@@ -24,8 +24,12 @@ pub struct SplitFiles {
     pub url: Option<String>,
     #[serde(default)]
     pub ground_truth_url: Option<String>,
+    /// SHA-256 (hex) of the image zip at `url`.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// SHA-256 (hex) of the ground-truth CSV at `ground_truth_url`.
+    #[serde(default)]
+    pub ground_truth_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -30,6 +30,7 @@ pub fn read_manifest(path: &Path) -> Result<Dataset> {
     let gcol = col("group");
     let mut samples = Vec::new();
     let mut seen = HashSet::new();
+    let mut id_lines: HashMap<String, (u64, String)> = HashMap::new();
     let mut unsplit = false;
     for (i, rec) in rdr.records().enumerate() {
         let line = i as u64 + 2;
@@ -57,6 +58,13 @@ pub fn read_manifest(path: &Path) -> Result<Dataset> {
             }
         };
         let id = Path::new(rel).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| rel.to_string());
+        if let Some((first, other)) = id_lines.insert(id.clone(), (line, rel.to_string())) {
+            return Err(DataError::Csv {
+                path: path.into(),
+                line,
+                msg: format!("duplicate image id {id}: {rel} and {other} (line {first}) have the same file name without extension"),
+            });
+        }
         let group = gcol.and_then(|c| rec.get(c)).map(str::trim).filter(|g| !g.is_empty()).unwrap_or(&id).to_string();
         samples.push(Sample { id, path: root.join(rel), label, split, group });
     }
@@ -71,7 +79,7 @@ pub fn read_manifest(path: &Path) -> Result<Dataset> {
 }
 
 /// A group on both sides of a split is an error: it would leak.
-fn check_groups(path: &Path, samples: &[Sample]) -> Result<()> {
+pub fn check_groups(path: &Path, samples: &[Sample]) -> Result<()> {
     let mut by_group: HashMap<&str, Split> = HashMap::new();
     for s in samples {
         if let Some(prev) = by_group.insert(&s.group, s.split)

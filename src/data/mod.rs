@@ -4,7 +4,9 @@
 pub mod audit;
 pub mod cache;
 pub mod dicom;
+pub mod download;
 pub mod isic;
+pub mod layouts;
 pub mod manifest;
 pub mod synthetic;
 
@@ -12,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use cache::{ImageCache, RgbImage};
+pub use cache::{ImageCache, RgbImage, Skipped, drop_samples};
+pub use layouts::OpenOptions;
 
 /// Errors from reading data; each names the file (and line) it is about.
 #[derive(Debug, thiserror::Error)]
@@ -93,24 +96,55 @@ impl Dataset {
     }
 
     /// Opens `path`: an ISIC challenge folder, a folder with `manifest.csv`,
-    /// or a manifest CSV file.
+    /// a HAM10000-style metadata CSV, class folders, or a manifest or
+    /// metadata CSV file (see [`Dataset::open_with`]).
     pub fn open(path: &Path) -> Result<Dataset> {
+        Self::open_with(path, &OpenOptions::default())
+    }
+
+    /// Opens `path`, trying in order: the ISIC challenge layout,
+    /// `manifest.csv`, a HAM10000-style `*metadata*.csv` (columns
+    /// `lesion_id,image_id,dx`), folder per class (`<class>/` or
+    /// `{train,val,test}/<class>/`). A CSV file is read as HAM-style metadata
+    /// when its header says so, else as a manifest. `opts.positive` names the
+    /// positive class folder or dx code; layouts with their own labels refuse it.
+    pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
+        let pos = opts.positive.as_deref();
+        let no_positive = |what: &str| match pos {
+            Some(p) => Err(DataError::Layout {
+                path: path.into(),
+                msg: format!("{what} has its own labels; a positive class ({p:?}) applies only to class folders and HAM-style metadata"),
+            }),
+            None => Ok(()),
+        };
         if path.is_file() {
+            if layouts::is_ham_csv(path) {
+                return layouts::read_ham(path, pos);
+            }
+            no_positive("a manifest CSV")?;
             return manifest::read_manifest(path);
         }
         if !path.is_dir() {
             return Err(DataError::Layout { path: path.into(), msg: "no such file or folder".into() });
         }
         if isic::Descriptor::isic2017().detect(path) {
+            no_positive("the ISIC challenge layout")?;
             return isic::Descriptor::isic2017().load(path);
         }
         let m = path.join("manifest.csv");
         if m.is_file() {
+            no_positive("manifest.csv")?;
             return manifest::read_manifest(&m);
+        }
+        if let Some(csv) = layouts::find_ham_csv(path)? {
+            return layouts::read_ham(&csv, pos);
+        }
+        if layouts::detect_folder_per_class(path) {
+            return layouts::read_folder_per_class(path, pos);
         }
         Err(DataError::Layout {
             path: path.into(),
-            msg: "not a dataset: expected the ISIC 2017 challenge layout (ISIC-2017_*_Part3_GroundTruth.csv and image folders) or a manifest.csv (path,label[,split][,group])".into(),
+            msg: "not a dataset: expected the ISIC 2017 challenge layout (ISIC-2017_*_Part3_GroundTruth.csv and image folders), a manifest.csv (path,label[,split][,group]), a HAM10000-style *metadata*.csv (lesion_id,image_id,dx) or class folders (<class>/*.jpg or {train,val,test}/<class>/*.jpg)".into(),
         })
     }
 
