@@ -199,6 +199,10 @@ pub struct RunArgs {
     /// Image cache folder (default $PIRLKIT_CACHE, else ~/.cache/pirlkit).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Leave out unreadable images (listed in the log and in the report's
+    /// skipped.csv) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad: bool,
 }
 
 impl RunArgs {

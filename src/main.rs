@@ -54,7 +54,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut ds = pipeline::open_dataset(run.data.as_deref(), &cache, cfg.seed)?;
             pipeline::limit_per_split(&mut ds, cfg.data.limit_per_split);
             let train: Vec<_> = ds.split(pirlkit::data::Split::Train).into_iter().cloned().collect();
-            let imgs = cache.load_all(&train, cfg.data.image_size)?;
+            let imgs = if run.skip_bad {
+                let (imgs, skipped) = cache.load_all_skip_bad(&train, cfg.data.image_size)?;
+                for s in &skipped {
+                    tracing::warn!("skipped {}: {}", s.path.display(), s.error);
+                }
+                imgs
+            } else {
+                cache.load_all(&train, cfg.data.image_size)?
+            };
             let o = pirlkit::train::pretrain(&cfg, &imgs, &out, progress, force_resume)?;
             println!(
                 "pretrained {} epochs ({} steps) in {:.1} min, final loss {:.4}; checkpoint {}",
@@ -79,8 +87,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cache = ImageCache::new(run.cache_dir.clone().unwrap_or_else(ImageCache::default_dir));
             let mut ds = pipeline::open_dataset(run.data.as_deref(), &cache, cfg.seed)?;
             pipeline::limit_per_split(&mut ds, cfg.data.limit_per_split);
+            let (imgs, _) = pipeline::load_images(&mut ds, &cfg, &cache, run.skip_bad)?;
             ds.check_labeled()?;
-            let imgs = pipeline::load_images(&ds, &cfg, &cache)?;
             let r = pipeline::probe_checkpoint(&cfg, checkpoint.as_deref(), &ds, &imgs)?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             pirlkit::train::checkpoint::write_atomic(&out.join("probe.json"), &serde_json::to_vec_pretty(&r)?)?;
@@ -94,7 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 setup_threads(t);
             }
             let cache = ImageCache::new(run.cache_dir.clone().unwrap_or_else(ImageCache::default_dir));
-            let summary = pipeline::run_protocol(&protocol, run.data.as_deref(), &reports, &cache, progress, force_resume)?;
+            let summary = pipeline::run_protocol(&protocol, run.data.as_deref(), &reports, &cache, progress, force_resume, run.skip_bad)?;
             println!("{summary}");
         }
         Command::Finetune { run, checkpoint, random_init, weights, fraction, freeze_up_to, ft_epochs, out } => {
@@ -115,8 +123,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cache = ImageCache::new(run.cache_dir.clone().unwrap_or_else(ImageCache::default_dir));
             let mut ds = pipeline::open_dataset(run.data.as_deref(), &cache, cfg.seed)?;
             pipeline::limit_per_split(&mut ds, cfg.data.limit_per_split);
+            let (imgs, _) = pipeline::load_images(&mut ds, &cfg, &cache, run.skip_bad)?;
             ds.check_labeled()?;
-            let imgs = pipeline::load_images(&ds, &cfg, &cache)?;
             let pd = pirlkit::protocol::probe_data(&ds, &imgs);
             let sub = pirlkit::protocol::label_subset(&pd.train.1, fraction, cfg.seed);
             let train = Labeled { images: sub.iter().map(|&i| pd.train.0[i]).collect(), labels: sub.iter().map(|&i| pd.train.1[i]).collect() };
@@ -178,9 +186,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pipeline::limit_per_split(&mut ds, cfg.data.limit_per_split);
             let name = run_name.unwrap_or_else(|| format!("{}-seed{}", if run.data.is_some() { ds.name.clone() } else { "synthetic".into() }, cfg.seed));
             pipeline::check_run_name(&name)?;
-            let imgs = pipeline::load_images(&ds, &cfg, &cache)?;
+            let (imgs, skipped) = pipeline::load_images(&mut ds, &cfg, &cache, run.skip_bad)?;
             let paths = pipeline::RunPaths::new(reports.join(&name));
-            let o = pipeline::reproduce(&cfg, &ds, &imgs, &paths, progress, force_resume)?;
+            let o = pipeline::reproduce(&cfg, &ds, &imgs, &paths, progress, force_resume, &skipped)?;
             for r in &o.rows {
                 println!("{:<28} test AUC {:.4}  (n = {}, {} positive)", r.arm, r.test_auc, r.n_test, r.n_test_pos);
             }

@@ -45,12 +45,38 @@ pub fn limit_per_split(ds: &mut Dataset, limit: usize) {
     });
 }
 
-/// The dataset's images at the config's size, via the cache.
-pub fn load_images(ds: &Dataset, cfg: &Config, cache: &ImageCache) -> Result<Vec<RgbImage>> {
+/// The dataset's images at the config's size, via the cache. With
+/// `skip_bad`, unreadable images are dropped from `ds` and listed (and the
+/// list is returned); without it, the first one is an error naming the file.
+pub fn load_images(ds: &mut Dataset, cfg: &Config, cache: &ImageCache, skip_bad: bool) -> Result<(Vec<RgbImage>, Vec<crate::data::cache::Skipped>)> {
     let t = Instant::now();
-    let imgs = cache.load_all(&ds.samples, cfg.data.image_size)?;
-    tracing::info!("{} images loaded at {} px in {:.1} s", imgs.len(), cfg.data.image_size, t.elapsed().as_secs_f64());
-    Ok(imgs)
+    let (imgs, skipped) = if skip_bad {
+        let (imgs, skipped) = cache.load_all_skip_bad(&ds.samples, cfg.data.image_size)?;
+        for s in &skipped {
+            tracing::warn!("skipped {}: {}", s.path.display(), s.error);
+        }
+        crate::data::cache::drop_samples(ds, &skipped);
+        (imgs, skipped)
+    } else {
+        (cache.load_all(&ds.samples, cfg.data.image_size)?, Vec::new())
+    };
+    tracing::info!("{} images loaded at {} px in {:.1} s ({} skipped)", imgs.len(), cfg.data.image_size, t.elapsed().as_secs_f64(), skipped.len());
+    Ok((imgs, skipped))
+}
+
+/// Writes `skipped.csv` (id,path,error) into `dir` when anything was skipped.
+pub fn write_skipped(dir: &Path, skipped: &[crate::data::cache::Skipped]) -> Result<()> {
+    if skipped.is_empty() {
+        return Ok(());
+    }
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["id", "path", "error"]).map_err(|e| Error::Report(e.to_string()))?;
+    for s in skipped {
+        w.write_record([s.id.as_str(), &s.path.display().to_string(), s.error.as_str()]).map_err(|e| Error::Report(e.to_string()))?;
+    }
+    let bytes = w.into_inner().map_err(|e| Error::Report(e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    checkpoint::write_atomic(&dir.join("skipped.csv"), &bytes)
 }
 
 /// Probes the encoder of `ckpt` (or a seeded random init when `None`).
@@ -104,7 +130,7 @@ fn write_scores(dir: &Path, ds: &Dataset, probes: &[(String, ProbeResult)]) -> R
 }
 
 /// Pretrain, probe both arms, write the report.
-pub fn reproduce(cfg: &Config, ds: &Dataset, imgs: &[RgbImage], paths: &RunPaths, progress: bool, force_resume: bool) -> Result<ReproduceOutcome> {
+pub fn reproduce(cfg: &Config, ds: &Dataset, imgs: &[RgbImage], paths: &RunPaths, progress: bool, force_resume: bool, skipped: &[crate::data::cache::Skipped]) -> Result<ReproduceOutcome> {
     ds.check_labeled()?;
     std::fs::create_dir_all(&paths.report).map_err(io(&paths.report))?;
     let train_idx = ds.indices(Split::Train);
@@ -140,13 +166,15 @@ pub fn reproduce(cfg: &Config, ds: &Dataset, imgs: &[RgbImage], paths: &RunPaths
         })
         .collect();
     write_scores(&paths.report, ds, &probes)?;
+    write_skipped(&paths.report, skipped)?;
     let ctx = format!(
-        "- data: `{}` ({} images: {} train, {} val, {} test)\n- model: {:?} width {}, {} px views, pretext {:?}\n- pretraining: {} epochs, {} steps, {:.1} min, final loss {:.4}\n- seed {}, {} threads, pirlkit {}\n- resolved config: `pretrain/config.json`",
+        "- data: `{}` ({} images: {} train, {} val, {} test; {} unreadable skipped)\n- model: {:?} width {}, {} px views, pretext {:?}\n- pretraining: {} epochs, {} steps, {:.1} min, final loss {:.4}\n- seed {}, {} threads, pirlkit {}\n- resolved config: `pretrain/config.json`",
         ds.root.display(),
         ds.samples.len(),
         ds.split(Split::Train).len(),
         ds.split(Split::Val).len(),
         ds.split(Split::Test).len(),
+        skipped.len(),
         cfg.model.arch,
         cfg.model.width,
         cfg.pretext.crop,
@@ -240,15 +268,16 @@ pub fn manifest(cfg: &Config, ds: &Dataset, checkpoints: &[PathBuf], extra: serd
 
 /// Runs a protocol file: pretraining (resumed if its folder has it), every
 /// arm not yet finished, then the full report in `<reports>/<protocol name>/`.
-pub fn run_protocol(path: &Path, data: Option<&Path>, reports: &Path, cache: &ImageCache, progress: bool, force_resume: bool) -> Result<String> {
+pub fn run_protocol(path: &Path, data: Option<&Path>, reports: &Path, cache: &ImageCache, progress: bool, force_resume: bool, skip_bad: bool) -> Result<String> {
     use crate::protocol::{Protocol, Runner};
     let (p, cfg) = Protocol::from_file(path)?;
     check_run_name(&p.name)?;
     let mut ds = open_dataset(data, cache, cfg.seed)?;
     limit_per_split(&mut ds, cfg.data.limit_per_split);
+    let (imgs, skipped) = load_images(&mut ds, &cfg, cache, skip_bad)?;
     ds.check_labeled()?;
-    let imgs = load_images(&ds, &cfg, cache)?;
     let dir = reports.join(&p.name);
+    write_skipped(&dir, &skipped)?;
     let paths = RunPaths::new(dir.clone());
     let needs_pirl = p.arms.iter().any(|a| a.inits.iter().any(|i| i == "pirl"));
     let (ckpt, losses, pre_line) = if needs_pirl {
@@ -281,6 +310,7 @@ pub fn run_protocol(path: &Path, data: Option<&Path>, reports: &Path, cache: &Im
             format!("arms: {}; label fractions {:?}; seeds {:?}; {} bootstrap resamples", p.arms.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", "), p.label_fractions, p.seeds, p.bootstrap_resamples),
             format!("downstream wall time this session: {:.1} min; {} threads", t.elapsed().as_secs_f64() / 60.0, rayon::current_num_threads()),
             "AUC CIs: DeLong (fast algorithm) and stratified bootstrap; model selection on validation only; test scored once per arm and seed".into(),
+            format!("unreadable images skipped: {}{}", skipped.len(), if skipped.is_empty() { "" } else { " (listed in skipped.csv)" }),
         ],
         pretrain_losses: &losses,
         manifest: manifest(&cfg, &ds, &ckpt.into_iter().collect::<Vec<_>>(), extra)?,

@@ -128,3 +128,40 @@ fn audit_command_reports_cross_split_duplicates() {
     // ISIC_0012175 (train) and ISIC_0015982 (test) are the same file.
     assert!(csv.lines().any(|l| l.contains("ISIC_0012175") && l.contains("ISIC_0015982")), "{csv}");
 }
+
+#[test]
+fn skip_bad_leaves_out_unreadable_images_and_lists_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    pirlkit::data::synthetic::generate(&data, 90, 48, 2).unwrap();
+    // Corrupt one training image in place (truncate it).
+    let victim = data.join("images/synth_00001.png");
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() / 3]).unwrap();
+    let run = |extra: &[&str], name: &str| {
+        Command::new(common::bin())
+            .args(["reproduce", "--preset", "tiny", "--no-progress", "--run-name", name])
+            .args(extra)
+            .arg("--data")
+            .arg(&data)
+            .arg("--reports")
+            .arg(tmp.path().join("reports"))
+            .arg("--cache-dir")
+            .arg(tmp.path().join("cache"))
+            .output()
+            .unwrap()
+    };
+    let out = run(&[], "strict");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("synth_00001.png"), "{err}");
+    assert!(!tmp.path().join("reports/strict/summary.csv").exists());
+
+    let out = run(&["--skip-bad"], "lenient");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let skipped = std::fs::read_to_string(tmp.path().join("reports/lenient/skipped.csv")).unwrap();
+    assert_eq!(skipped.lines().count(), 2, "{skipped}");
+    assert!(skipped.contains("synth_00001"), "{skipped}");
+    let md = std::fs::read_to_string(tmp.path().join("reports/lenient/summary.md")).unwrap();
+    assert!(md.contains("1 unreadable skipped"), "{md}");
+}

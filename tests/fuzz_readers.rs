@@ -317,6 +317,7 @@ fn fuzz(target: &'static str, mut seeds: Vec<Vec<u8>>, iters: u64, text: bool, c
     let t0 = Instant::now();
     let mut findings = Vec::new();
     let mut slow: Vec<(Duration, String)> = Vec::new();
+    let mut big: Vec<String> = Vec::new();
     // Every seed as is first: they must pass.
     for s in &seeds {
         findings.extend(run_one(target, s, call).err());
@@ -325,11 +326,19 @@ fn fuzz(target: &'static str, mut seeds: Vec<Vec<u8>>, iters: u64, text: bool, c
     for i in 0..iters {
         let input = nth_input(&seeds, target, i, text);
         let t = Instant::now();
-        match run_one(target, &input, call) {
+        let (r, peak) = peak_alloc(|| run_one(target, &input, call));
+        match r {
             Ok(ok) => oks += ok as u64,
             Err(f) => findings.push(f),
         }
         let el = t.elapsed();
+        if peak > MAX_REPLAY_ALLOC {
+            big.push(format!("iteration {i}, {} bytes: {} MB", input.len(), peak >> 20));
+            if let Some(dir) = std::env::var_os("PIRLKIT_FUZZ_DUMP_SLOW") {
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = std::fs::write(Path::new(&dir).join(format!("{target}-big-{i}.bin")), &input);
+            }
+        }
         if el > SLOW {
             slow.push((el, format!("iteration {i}, {} bytes", input.len())));
             if let Some(dir) = std::env::var_os("PIRLKIT_FUZZ_DUMP_SLOW") {
@@ -339,12 +348,14 @@ fn fuzz(target: &'static str, mut seeds: Vec<Vec<u8>>, iters: u64, text: bool, c
         }
     }
     eprintln!(
-        "fuzz {target}: {iters} iterations over {} seeds in {:.2} s: {oks} Ok, {} Err, {} panics, {} slow (> {SLOW:?}) calls {slow:?}",
+        "fuzz {target}: {iters} iterations over {} seeds in {:.2} s: {oks} Ok, {} Err, {} panics, {} slow (> {SLOW:?}) calls {slow:?}, {} allocations over {} MB {big:?}",
         seeds.len(),
         t0.elapsed().as_secs_f64(),
         iters - oks - findings.len() as u64,
         findings.len(),
-        slow.len()
+        slow.len(),
+        big.len(),
+        MAX_REPLAY_ALLOC >> 20
     );
     assert!(
         findings.is_empty(),
