@@ -190,7 +190,7 @@ fn built_dataset_each_kind_of_finding() {
     add(&mut s, &img_dir, "lesion9_a.jpg", &jpeg_bytes(&field(901, 96, 96), 90), Split::Train, Some(1), Some("lesion9"));
     add(&mut s, &img_dir, "lesion9_b.jpg", &jpeg_bytes(&field(902, 96, 96), 90), Split::Test, Some(1), Some("lesion9"));
 
-    let ds = Dataset { name: "built".into(), root: d.path().to_path_buf(), samples: s };
+    let ds = Dataset { name: "built".into(), root: d.path().to_path_buf(), samples: s, splits_assigned: false };
     let cache = ImageCache::new(d.path().join("cache"));
     let out = d.path().join("report/audit.csv");
     let r = audit(&ds, &cache, &out).unwrap();

@@ -136,3 +136,40 @@ fn config_rejects_unknown_keys_and_bad_values() {
     let c = Config::from_toml_over(Preset::Tiny, "seed = 9\n[train]\nepochs = 5\n").unwrap();
     assert_eq!((c.seed, c.train.epochs, c.train.batch_size), (9, 5, Config::preset(Preset::Tiny).train.batch_size));
 }
+
+#[test]
+fn splits_made_by_pirlkit_keep_duplicates_together() {
+    // 40 distinct images, each also present as an exact copy and as a
+    // brightened re-encode under another name; no split column, no groups.
+    let d = tempfile::tempdir().unwrap();
+    let mut csv = String::from("path,label\n");
+    for i in 0..40u32 {
+        let img = image::RgbImage::from_fn(48, 48, |x, y| {
+            let v = ((x * (i % 7 + 1) + y * (i / 7 + 2) + i * 13) % 256) as u8;
+            image::Rgb([v, v.wrapping_mul(3), ((x ^ y) * 4 + i) as u8])
+        });
+        img.save(d.path().join(format!("a{i}.png"))).unwrap();
+        std::fs::copy(d.path().join(format!("a{i}.png")), d.path().join(format!("b{i}.png"))).unwrap();
+        let bright = image::RgbImage::from_fn(48, 48, |x, y| {
+            let p = img.get_pixel(x, y);
+            image::Rgb([p[0].saturating_add(12), p[1].saturating_add(12), p[2].saturating_add(12)])
+        });
+        bright.save(d.path().join(format!("c{i}.png"))).unwrap();
+        let l = (i % 4 == 0) as u8;
+        csv.push_str(&format!("a{i}.png,{l}\nb{i}.png,{l}\nc{i}.png,{l}\n"));
+    }
+    std::fs::write(d.path().join("manifest.csv"), csv).unwrap();
+    let cache = ImageCache::new(d.path().join("cache"));
+    let plain = Dataset::open(d.path()).unwrap();
+    let ds = pirlkit::pipeline::open_dataset(Some(d.path()), &cache, 0).unwrap();
+    let split_of = |ds: &Dataset, id: &str| ds.samples.iter().find(|s| s.id == id).unwrap().split;
+    let straddle = |ds: &Dataset| (0..40).filter(|i| {
+        let s = [split_of(ds, &format!("a{i}")), split_of(ds, &format!("b{i}")), split_of(ds, &format!("c{i}"))];
+        s[0] != s[1] || s[0] != s[2]
+    }).count();
+    assert!(straddle(&plain) > 0, "the test needs duplicates that a plain split would separate");
+    assert_eq!(straddle(&ds), 0);
+    for s in [Split::Train, Split::Val, Split::Test] {
+        assert!(!ds.split(s).is_empty());
+    }
+}

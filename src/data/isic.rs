@@ -80,7 +80,7 @@ impl Descriptor {
                 samples.push(Sample { group: id.clone(), id, path, label: Some(label), split: sf.split });
             }
         }
-        Ok(Dataset { name: self.name.clone(), root: root.into(), samples })
+        Ok(Dataset { name: self.name.clone(), root: root.into(), samples, splits_assigned: false })
     }
 }
 

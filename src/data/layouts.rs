@@ -224,7 +224,7 @@ pub fn read_ham(path: &Path, positive: Option<&str>) -> Result<Dataset> {
     assign_splits(&mut samples);
     check_unique_ids(path, &samples)?;
     check_groups(path, &samples)?;
-    Ok(Dataset { name: dataset_name(&root), root, samples })
+    Ok(Dataset { name: dataset_name(&root), root, samples, splits_assigned: true })
 }
 
 /// The line of a CSV error, when the csv crate knows it.
@@ -349,5 +349,5 @@ pub fn read_folder_per_class(root: &Path, positive: Option<&str>) -> Result<Data
         assign_splits(&mut samples);
     }
     check_groups(root, &samples)?;
-    Ok(Dataset { name: dataset_name(root), root: root.into(), samples })
+    Ok(Dataset { name: dataset_name(root), root: root.into(), samples, splits_assigned: !given_split })
 }

@@ -75,7 +75,7 @@ pub fn read_manifest(path: &Path) -> Result<Dataset> {
         assign_splits(&mut samples);
     }
     check_groups(path, &samples)?;
-    Ok(Dataset { name: root.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(), root, samples })
+    Ok(Dataset { name: root.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(), root, samples, splits_assigned: unsplit })
 }
 
 /// A group on both sides of a split is an error: it would leak.

@@ -83,6 +83,10 @@ pub struct Dataset {
     pub name: String,
     pub root: PathBuf,
     pub samples: Vec<Sample>,
+    /// True when pirlkit made the splits (no split in the source); then
+    /// near-duplicate images are grouped before splitting (see
+    /// [`Dataset::regroup_near_duplicates`]).
+    pub splits_assigned: bool,
 }
 
 impl Dataset {
