@@ -638,7 +638,7 @@ fn fuzz_decode_resize() {
 fn fuzz_manifest_csv() {
     let d = manifest_env();
     let flip = std::cell::Cell::new(false);
-    fuzz("manifest", manifest_seeds(), iters(3000), true, &|b| {
+    fuzz("manifest", manifest_seeds(), iters(2000), true, &|b| {
         flip.set(!flip.get());
         call_manifest(d.path(), b, flip.get())
     });
@@ -657,7 +657,7 @@ fn fuzz_ham_metadata_csv() {
 #[test]
 fn fuzz_isic_ground_truth() {
     let d = tempfile::tempdir().unwrap();
-    fuzz("isic_gt", isic_gt_seeds(), iters(3000), true, &|b| call_isic_gt(d.path(), b));
+    fuzz("isic_gt", isic_gt_seeds(), iters(2000), true, &|b| call_isic_gt(d.path(), b));
 }
 
 /// The mutator itself is deterministic: same seed, same inputs.
@@ -781,6 +781,9 @@ fn write_seed_corpus() {
     for (name, b) in files {
         std::fs::write(dir.join(name), b).unwrap();
     }
+    for (name, d) in dicom_jpeg_bad_cases() {
+        std::fs::write(dir.join(name), d).unwrap();
+    }
     // What the fuzzer found before `check_dicom_lengths`: DICOM files of a
     // few KB whose element lengths (mutated, or misread after an odd-length
     // binary value) made the parser zero-fill 0.7-4 GB before failing.
@@ -808,4 +811,61 @@ fn replay_folder_timed() {
         let (r, peak) = peak_alloc(|| decode_resize(&b, 16));
         eprintln!("{}: {:?}, largest allocation {} MB, {:?}", p.display(), t.elapsed(), peak >> 20, r.map(|_| "ok"));
     }
+}
+
+/// DICOM JPEG frames get the .jpg checks: a frame header claiming
+/// 16000x16000 pixels over a 2 KB file was decoded (grey fill, 730 MB, 4 s)
+/// before `check_dicom_lengths` looked at the frame; a truncated frame too.
+fn dicom_jpeg(jpeg: &[u8]) -> Vec<u8> {
+    let mut frag = jpeg.to_vec();
+    if frag.len() % 2 == 1 {
+        frag.push(0);
+    }
+    dicom(
+        "1.2.840.10008.1.2.4.50",
+        24,
+        20,
+        3,
+        "YBR_FULL_422",
+        8,
+        1,
+        DataElement::new(tags::PIXEL_DATA, VR::OB, Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), vec![frag]))),
+    )
+}
+
+fn dicom_jpeg_bad_cases() -> Vec<(&'static str, Vec<u8>)> {
+    let jpeg = jpeg_of(&image::DynamicImage::ImageRgb8(gradient(24, 20)));
+    let mut bomb = jpeg.clone();
+    let sof = bomb.windows(2).position(|x| x == [0xFF, 0xC0]).unwrap();
+    bomb[sof + 5..sof + 9].copy_from_slice(&[0x3E, 0x80, 0x3E, 0x80]); // 16000x16000
+    vec![("decode-err-dicom-jpeg-bomb-16000x16000.dcm", dicom_jpeg(&bomb)), ("decode-err-dicom-jpeg-truncated.dcm", dicom_jpeg(&jpeg[..jpeg.len() * 2 / 3]))]
+}
+
+#[test]
+fn dicom_jpeg_frames_get_the_jpeg_checks() {
+    for (name, d) in dicom_jpeg_bad_cases() {
+        let t = Instant::now();
+        let (r, peak) = peak_alloc(|| decode_resize(&d, 16));
+        let e = r.expect_err(name);
+        assert!(e.starts_with("DICOM JPEG frame:") && (e.contains("bomb") || e.contains("truncated")), "{name}: {e}");
+        assert!(peak < 1 << 20 && t.elapsed() < SLOW, "{name}: {} bytes, {:?}", peak, t.elapsed());
+    }
+    // Split over several fragments, the frame still passes.
+    let jpeg = jpeg_of(&image::DynamicImage::ImageRgb8(gradient(24, 20)));
+    let mut j = jpeg.clone();
+    if j.len() % 2 == 1 {
+        j.push(0);
+    }
+    let frags: Vec<Vec<u8>> = j.chunks(100).map(|c| c.to_vec()).collect();
+    let d = dicom(
+        "1.2.840.10008.1.2.4.50",
+        24,
+        20,
+        3,
+        "YBR_FULL_422",
+        8,
+        1,
+        DataElement::new(tags::PIXEL_DATA, VR::OB, Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), frags))),
+    );
+    assert_eq!(decode_resize(&d, 16).unwrap(), decode_resize(&jpeg, 16).unwrap());
 }

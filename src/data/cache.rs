@@ -111,7 +111,11 @@ impl ImageCache {
             return Ok(RgbImage { size, data });
         }
         let img = decode_resize(&bytes, size).map_err(|msg| Fail::Image(DataError::Image { path: path.into(), msg }))?;
-        let tmp = sub.join(format!(".{key}.{}.tmp", std::process::id()));
+        // Unique per call: two samples with the same content (duplicates
+        // exist in real data sets) may be decoded at once.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = sub.join(format!(".{key}.{}.{n}.tmp", std::process::id()));
         std::fs::write(&tmp, &img.data).map_err(|e| Fail::Cache(io_err(&tmp)(e)))?;
         std::fs::rename(&tmp, &entry).map_err(|e| Fail::Cache(io_err(&entry)(e)))?;
         Ok(img)
@@ -456,8 +460,10 @@ pub fn check_dicom_lengths(b: &[u8]) -> std::result::Result<(), String> {
         Some(_) => (true, false),
     };
 
-    // The data set.
+    // The data set. `frags`: the byte ranges of the last encapsulated pixel
+    // data's items (the first is the basic offset table).
     let mut fragments = false;
+    let mut frags: Vec<(usize, usize)> = Vec::new();
     while i + 8 <= n {
         let (g, e) = (u16at(i, big), u16at(i + 2, big));
         let at = i;
@@ -471,6 +477,7 @@ pub fn check_dicom_lengths(b: &[u8]) -> std::result::Result<(), String> {
                         return too_long(g, e, at, len, n - i);
                     }
                     if fragments {
+                        frags.push((i, len as usize));
                         i += len as usize; // raw fragment bytes
                     }
                 }
@@ -519,6 +526,9 @@ pub fn check_dicom_lengths(b: &[u8]) -> std::result::Result<(), String> {
             // Encapsulated pixel data, else (any VR) a sequence, as the
             // parser reads it: its items follow inline.
             fragments = (g, e) == (0x7FE0, 0x0010);
+            if fragments {
+                frags.clear();
+            }
             continue;
         }
         if len as usize > n - i {
@@ -526,6 +536,17 @@ pub fn check_dicom_lengths(b: &[u8]) -> std::result::Result<(), String> {
         }
         if vr != VR::SQ {
             i += consumed(vr, len); // a sequence's items follow inline
+        }
+    }
+    // JPEG baseline/extended frames are decoded like .jpg files, so they get
+    // the same checks: the fragments after the offset table, joined, must
+    // hold a whole first frame (end-of-image marker) whose frame header does
+    // not claim more pixels than the data can hold (the walk stops at the
+    // first frame's end, so later frames do not count).
+    if matches!(ts.as_deref(), Some("1.2.840.10008.1.2.4.50") | Some("1.2.840.10008.1.2.4.51")) && frags.len() >= 2 {
+        let data: Vec<u8> = frags[1..].iter().flat_map(|&(at, len)| b[at..at + len].iter().copied()).collect();
+        if data.starts_with(&[0xFF, 0xD8]) {
+            check_jpeg(&data).map_err(|e| format!("DICOM JPEG frame: {e}"))?;
         }
     }
     Ok(())

@@ -276,6 +276,11 @@ fn classify(root: &Path) -> Result<Option<ClassLayout>> {
             }
         }
         out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (n, p) in &subs {
+            if Split::parse(n).is_none() && !images_in(p)?.is_empty() {
+                tracing::warn!("{}: ignored, not a split folder (train, val, test)", p.display());
+            }
+        }
         return Ok(Some(ClassLayout::Split(out)));
     }
     let classes = image_dirs(root)?;
