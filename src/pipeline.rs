@@ -305,8 +305,9 @@ pub fn manifest(cfg: &Config, ds: &Dataset, checkpoints: &[PathBuf], extra: serd
             "files": file_hashes.iter().map(|(id, sp, h)| serde_json::json!({"id": id, "split": sp, "sha256": h})).collect::<Vec<_>>(),
         },
         "checkpoints_sha256": ckpts,
-        "git_commit": git(&["rev-parse", "HEAD"]),
-        "git_dirty": git(&["status", "--porcelain"]).map(|s| !s.is_empty()),
+        "git_commit": env!("PIRLKIT_GIT_COMMIT"),
+        "git_dirty": env!("PIRLKIT_GIT_DIRTY"),
+        "working_dir_git_commit": git(&["rev-parse", "HEAD"]),
         "crates": versions,
         "machine": {
             "cpu": cpu,

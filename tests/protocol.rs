@@ -88,6 +88,9 @@ fn protocol_runs_every_arm_and_resumes() {
     assert_eq!(manifest["data"]["images"], 180);
     assert_eq!(manifest["data"]["sha256_all"].as_str().unwrap().len(), 64);
     assert!(manifest["checkpoints_sha256"].as_object().unwrap().len() == 1);
+    let commit = manifest["git_commit"].as_str().unwrap();
+    assert!(commit == "unknown" || (commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{commit}");
+    assert!(manifest["crates"]["candle-core"] == "0.11.1", "{}", manifest["crates"]);
     assert!(dir.join("roc_linear-probe_f1.svg").is_file());
     check_in_browser(&dir.join("report.html"), tmp.path());
 
