@@ -23,6 +23,8 @@
 //! `replay_folder_timed` test replays `PIRLKIT_FUZZ_REPLAY=DIR` through
 //! `decode_resize` with times and largest allocations.
 
+mod common;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -389,85 +391,7 @@ fn gradient(w: u32, h: u32) -> image::RgbImage {
 /// A baseline 4-component (Adobe CMYK) JPEG of flat 8x8 blocks, built by
 /// hand: the `image` encoder writes no CMYK.
 fn cmyk_jpeg(w: u16, h: u16) -> Vec<u8> {
-    fn seg(o: &mut Vec<u8>, m: u8, body: &[u8]) {
-        o.extend([0xFF, m]);
-        o.extend(((body.len() + 2) as u16).to_be_bytes());
-        o.extend(body);
-    }
-    let nc = 4usize;
-    let mut o = vec![0xFF, 0xD8];
-    seg(&mut o, 0xEE, &[b'A', b'd', b'o', b'b', b'e', 0, 100, 0, 0, 0, 0, 0]);
-    let mut dqt = vec![0u8];
-    dqt.extend([1u8; 64]);
-    seg(&mut o, 0xDB, &dqt);
-    let mut sof = vec![8u8];
-    sof.extend(h.to_be_bytes());
-    sof.extend(w.to_be_bytes());
-    sof.push(nc as u8);
-    for c in 0..nc {
-        sof.extend([c as u8 + 1, 0x11, 0]);
-    }
-    seg(&mut o, 0xC0, &sof);
-    let dc_counts = [0u8, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
-    let mut dht = vec![0x00];
-    dht.extend(dc_counts);
-    dht.extend(0u8..12);
-    seg(&mut o, 0xC4, &dht);
-    let mut dht = vec![0x10, 1];
-    dht.extend([0u8; 15]);
-    dht.push(0x00);
-    seg(&mut o, 0xC4, &dht);
-    let mut sos = vec![nc as u8];
-    for c in 0..nc {
-        sos.extend([c as u8 + 1, 0x00]);
-    }
-    sos.extend([0, 63, 0]);
-    seg(&mut o, 0xDA, &sos);
-    let mut codes = Vec::new();
-    let mut code = 0u32;
-    for (len, &count) in dc_counts.iter().enumerate() {
-        for _ in 0..count {
-            codes.push((code, len as u32 + 1));
-            code += 1;
-        }
-        code <<= 1;
-    }
-    let (mut acc, mut nbits) = (0u32, 0u32);
-    let mut put = |o: &mut Vec<u8>, bits: u32, n: u32| {
-        for i in (0..n).rev() {
-            acc = (acc << 1) | ((bits >> i) & 1);
-            nbits += 1;
-            if nbits == 8 {
-                o.push(acc as u8);
-                if acc == 0xFF {
-                    o.push(0);
-                }
-                acc = 0;
-                nbits = 0;
-            }
-        }
-    };
-    let mut prev = [0i32; 4];
-    for by in 0..(h as usize).div_ceil(8) {
-        for bx in 0..(w as usize).div_ceil(8) {
-            for c in 0..nc {
-                let v = [40u8, 120, 200, 30][c].wrapping_add((bx * 13 + by * 7) as u8);
-                let dc = (v as i32 - 128) * 8;
-                let diff = dc - prev[c];
-                prev[c] = dc;
-                let cat = 32 - diff.unsigned_abs().leading_zeros();
-                let (cd, len) = codes[cat as usize];
-                put(&mut o, cd, len);
-                if cat > 0 {
-                    put(&mut o, (if diff > 0 { diff } else { diff + (1 << cat) - 1 }) as u32, cat);
-                }
-                put(&mut o, 0, 1);
-            }
-        }
-    }
-    put(&mut o, 0x7F, 7);
-    o.extend([0xFF, 0xD9]);
-    o
+    common::flat_jpeg(w, h, 4, Some(0), |bx, by, c| [40u8, 120, 200, 30][c].wrapping_add((bx * 13 + by * 7) as u8))
 }
 
 const VL_PHOTOGRAPHIC: &str = "1.2.840.10008.5.1.4.1.1.77.1.4";

@@ -101,7 +101,7 @@ fn resnet_gradients_match_finite_differences() {
         let orig = var.as_tensor().copy().unwrap();
         let vals = orig.flatten_all().unwrap().to_vec1::<f64>().unwrap();
         for i in (0..vals.len()).step_by((vals.len() / 5).max(1)) {
-            let mut eval = |delta: f64| {
+            let eval = |delta: f64| {
                 let mut v = vals.clone();
                 v[i] += delta;
                 var.set(&Tensor::from_vec(v, orig.shape(), &dev).unwrap()).unwrap();

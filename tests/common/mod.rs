@@ -22,3 +22,91 @@ pub fn isic_dir() -> Option<PathBuf> {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pirlkit"))
 }
+
+/// A baseline JPEG built by hand: `nc` components, no subsampling, every
+/// 8x8 block flat (DC only) with component `c` of block `(bx, by)` at
+/// `val(bx, by, c)`; an Adobe APP14 marker with `adobe` as its colour
+/// transform (0 with four components: CMYK).
+pub fn flat_jpeg(w: u16, h: u16, nc: usize, adobe: Option<u8>, val: impl Fn(usize, usize, usize) -> u8) -> Vec<u8> {
+    fn seg(o: &mut Vec<u8>, m: u8, body: &[u8]) {
+        o.extend([0xFF, m]);
+        o.extend(((body.len() + 2) as u16).to_be_bytes());
+        o.extend(body);
+    }
+    let mut o = vec![0xFF, 0xD8];
+    if let Some(t) = adobe {
+        seg(&mut o, 0xEE, &[b'A', b'd', b'o', b'b', b'e', 0, 100, 0, 0, 0, 0, t]);
+    }
+    let mut dqt = vec![0u8];
+    dqt.extend([1u8; 64]);
+    seg(&mut o, 0xDB, &dqt);
+    let mut sof = vec![8u8];
+    sof.extend(h.to_be_bytes());
+    sof.extend(w.to_be_bytes());
+    sof.push(nc as u8);
+    for c in 0..nc {
+        sof.extend([c as u8 + 1, 0x11, 0]);
+    }
+    seg(&mut o, 0xC0, &sof);
+    let dc_counts = [0u8, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
+    let mut dht = vec![0x00];
+    dht.extend(dc_counts);
+    dht.extend(0u8..12);
+    seg(&mut o, 0xC4, &dht);
+    let mut dht = vec![0x10, 1];
+    dht.extend([0u8; 15]);
+    dht.push(0x00); // the one AC symbol: end of block, code "0"
+    seg(&mut o, 0xC4, &dht);
+    let mut sos = vec![nc as u8];
+    for c in 0..nc {
+        sos.extend([c as u8 + 1, 0x00]);
+    }
+    sos.extend([0, 63, 0]);
+    seg(&mut o, 0xDA, &sos);
+    // Canonical DC codes, by category.
+    let mut codes = Vec::new();
+    let mut code = 0u32;
+    for (len, &count) in dc_counts.iter().enumerate() {
+        for _ in 0..count {
+            codes.push((code, len as u32 + 1));
+            code += 1;
+        }
+        code <<= 1;
+    }
+    let (mut acc, mut nbits) = (0u32, 0u32);
+    let mut put = |o: &mut Vec<u8>, bits: u32, n: u32| {
+        for i in (0..n).rev() {
+            acc = (acc << 1) | ((bits >> i) & 1);
+            nbits += 1;
+            if nbits == 8 {
+                o.push(acc as u8);
+                if acc == 0xFF {
+                    o.push(0);
+                }
+                acc = 0;
+                nbits = 0;
+            }
+        }
+    };
+    let mut prev = vec![0i32; nc];
+    for by in 0..(h as usize).div_ceil(8) {
+        for bx in 0..(w as usize).div_ceil(8) {
+            for c in 0..nc {
+                let dc = (val(bx, by, c) as i32 - 128) * 8;
+                let diff = dc - prev[c];
+                prev[c] = dc;
+                let cat = 32 - diff.unsigned_abs().leading_zeros();
+                let (cd, len) = codes[cat as usize];
+                put(&mut o, cd, len);
+                if cat > 0 {
+                    let v = if diff > 0 { diff } else { diff + (1 << cat) - 1 };
+                    put(&mut o, v as u32, cat);
+                }
+                put(&mut o, 0, 1);
+            }
+        }
+    }
+    put(&mut o, 0x7F, 7); // pad with ones
+    o.extend([0xFF, 0xD9]);
+    o
+}
