@@ -30,7 +30,14 @@ pub struct AugmentConfig {
 
 impl Default for AugmentConfig {
     fn default() -> Self {
-        Self { crop_scale_min: 0.2, jitter: 0.4, hue: 0.1, jitter_p: 0.8, grayscale_p: 0.2, flip_p: 0.5 }
+        Self {
+            crop_scale_min: 0.2,
+            jitter: 0.4,
+            hue: 0.1,
+            jitter_p: 0.8,
+            grayscale_p: 0.2,
+            flip_p: 0.5,
+        }
     }
 }
 
@@ -65,7 +72,11 @@ pub fn crop_resize(img: &RgbImage, y0: f64, x0: f64, bh: f64, bw: f64, out: usiz
             }
         }
     }
-    Chw { h: out, w: out, data }
+    Chw {
+        h: out,
+        w: out,
+        data,
+    }
 }
 
 /// An exact copy (no resampling) of the `p x p` window at `(y0, x0)`.
@@ -137,12 +148,19 @@ pub fn color_jitter<R: Rng>(x: &mut Chw, strength: f32, hue: f32, rng: &mut R) {
         match op {
             0 => {
                 let b = f(rng);
-                x.data.iter_mut().for_each(|v| *v = (*v * b).clamp(0.0, 1.0));
+                x.data
+                    .iter_mut()
+                    .for_each(|v| *v = (*v * b).clamp(0.0, 1.0));
             }
             1 => {
                 let c = f(rng);
-                let mean = (0..n).map(|i| gray(x.data[i], x.data[n + i], x.data[2 * n + i])).sum::<f32>() / n as f32;
-                x.data.iter_mut().for_each(|v| *v = ((*v - mean) * c + mean).clamp(0.0, 1.0));
+                let mean = (0..n)
+                    .map(|i| gray(x.data[i], x.data[n + i], x.data[2 * n + i]))
+                    .sum::<f32>()
+                    / n as f32;
+                x.data
+                    .iter_mut()
+                    .for_each(|v| *v = ((*v - mean) * c + mean).clamp(0.0, 1.0));
             }
             2 => {
                 let s = f(rng);

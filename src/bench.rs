@@ -41,21 +41,42 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn input(batch: usize, size: usize, seed: u64) -> Result<Tensor> {
     let n = batch * 3 * size * size;
     let mut rng = crate::rng::stream(seed, "bench", 0, 0);
-    let v: Vec<f32> = (0..n).map(|_| crate::rng::normal(&mut rng) as f32).collect();
+    let v: Vec<f32> = (0..n)
+        .map(|_| crate::rng::normal(&mut rng) as f32)
+        .collect();
     Ok(Tensor::from_vec(v, (batch, 3, size, size), &Device::Cpu)?)
 }
 
 /// The ResNet training step as in the PyTorch reference
 /// (`../shared/reference/torch_resnet_step.py`): ResNet + Linear(d, 128)
 /// head, BatchNorm in training mode, a squared-output loss, AdamW.
-pub fn resnet_step(arch: Arch, width: f64, batch: usize, size: usize, warmup: usize, steps: usize) -> Result<BenchLine> {
-    let cfg = ResNetConfig { arch, width, bn_momentum: 0.1 };
+pub fn resnet_step(
+    arch: Arch,
+    width: f64,
+    batch: usize,
+    size: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<BenchLine> {
+    let cfg = ResNetConfig {
+        arch,
+        width,
+        bn_momentum: 0.1,
+    };
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
     let net = ResNet::new(&cfg, vb.pp("encoder"))?;
     let head = candle_nn::linear(cfg.feature_dim(), 128, vb.pp("head"))?;
     seeded_init(&vm, 0)?;
-    let mut opt = Optimizer::new(&vm, &OptimConfig { kind: OptimizerKind::Adamw, lr: 1e-4, ..Default::default() }, &[])?;
+    let mut opt = Optimizer::new(
+        &vm,
+        &OptimConfig {
+            kind: OptimizerKind::Adamw,
+            lr: 1e-4,
+            ..Default::default()
+        },
+        &[],
+    )?;
     let x = input(batch, size, 1)?;
     let (mut step_t, mut fwd_t) = (Vec::new(), Vec::new());
     for i in 0..warmup + steps {
@@ -99,10 +120,19 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize) -> Result<BenchLine>
         })
         .map(|data| RgbImage { size: s, data })
         .collect();
-    let (vm, model) = crate::model::build(&cfg.model, cfg.pretext.kind, cfg.seed, DType::F32, &Device::Cpu)?;
+    let (vm, model) = crate::model::build(
+        &cfg.model,
+        cfg.pretext.kind,
+        cfg.seed,
+        DType::F32,
+        &Device::Cpu,
+    )?;
     let mut opt = Optimizer::new(&vm, &cfg.train.optim, &[])?;
-    let mut bank = crate::memory_bank::MemoryBank::new(n, crate::model::EMBED_DIM, cfg.pirl.bank_momentum);
-    let rows: Vec<f32> = (0..n * crate::model::EMBED_DIM).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let mut bank =
+        crate::memory_bank::MemoryBank::new(n, crate::model::EMBED_DIM, cfg.pirl.bank_momentum);
+    let rows: Vec<f32> = (0..n * crate::model::EMBED_DIM)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
     bank.fill(&(0..n).collect::<Vec<_>>(), &rows);
     let mut times = Vec::new();
     for i in 0..warmup + steps {
@@ -112,7 +142,10 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize) -> Result<BenchLine>
         let f = model.embed_image(&views, true)?;
         let g = model.embed_pretext(&pre, true)?;
         let m = bank.gather(&idx, &Device::Cpu)?;
-        let neg_idx = bank.sample_negatives(cfg.pirl.negatives, &mut crate::rng::stream(cfg.seed, "negatives", i as u64, 0));
+        let neg_idx = bank.sample_negatives(
+            cfg.pirl.negatives,
+            &mut crate::rng::stream(cfg.seed, "negatives", i as u64, 0),
+        );
         let neg = bank.gather(&neg_idx, &Device::Cpu)?;
         let loss = crate::loss::pirl_loss(&m, &f, &g, &neg, cfg.pirl.tau, cfg.pirl.lambda)?;
         opt.step(&loss.backward()?, cfg.train.optim.lr)?;

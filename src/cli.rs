@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, Preset};
 
 #[derive(Debug, Parser)]
-#[command(name = "pirlkit", version, about = "PIRL pretraining and honest evaluation for medical images")]
+#[command(
+    name = "pirlkit",
+    version,
+    about = "PIRL pretraining and honest evaluation for medical images"
+)]
 pub struct Cli {
     /// More log output (-v: debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -41,7 +45,11 @@ pub enum Command {
         #[command(flatten)]
         run: RunArgs,
         /// Checkpoint folder (e.g. runs/pretrain/checkpoints/epoch-0030); its config is used.
-        #[arg(long, conflicts_with = "random_init", required_unless_present = "random_init")]
+        #[arg(
+            long,
+            conflicts_with = "random_init",
+            required_unless_present = "random_init"
+        )]
         checkpoint: Option<PathBuf>,
         /// Probe a seeded random-init encoder instead.
         #[arg(long)]
@@ -209,11 +217,17 @@ impl RunArgs {
     /// Preset, then config file, then flags; validated.
     pub fn resolve(&self) -> anyhow::Result<Config> {
         use anyhow::Context;
-        let preset = self.preset.unwrap_or(if self.data.is_some() { Preset::Cpu } else { Preset::Demo });
+        let preset = self.preset.unwrap_or(if self.data.is_some() {
+            Preset::Cpu
+        } else {
+            Preset::Demo
+        });
         let mut cfg = match &self.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-                Config::from_toml_over(preset, &text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                Config::from_toml_over(preset, &text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
             }
             None => Config::preset(preset),
         };

@@ -21,7 +21,10 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { image_size: 96, limit_per_split: 0 }
+        Self {
+            image_size: 96,
+            limit_per_split: 0,
+        }
     }
 }
 
@@ -41,7 +44,12 @@ pub struct PretextConfig {
 
 impl Default for PretextConfig {
     fn default() -> Self {
-        Self { kind: PretextKind::Jigsaw, crop: 64, patch: 28, augment: AugmentConfig::default() }
+        Self {
+            kind: PretextKind::Jigsaw,
+            crop: 64,
+            patch: 28,
+            augment: AugmentConfig::default(),
+        }
     }
 }
 
@@ -61,7 +69,12 @@ pub struct PirlConfig {
 
 impl Default for PirlConfig {
     fn default() -> Self {
-        Self { tau: 0.07, negatives: 1023, lambda: 0.5, bank_momentum: 0.5 }
+        Self {
+            tau: 0.07,
+            negatives: 1023,
+            lambda: 0.5,
+            bank_momentum: 0.5,
+        }
     }
 }
 
@@ -88,7 +101,18 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { epochs: 80, batch_size: 64, checkpoint_every_steps: 0, keep_checkpoints: 2, skip_nonfinite: false, nonfinite_lr_factor: 0.5, optim: OptimConfig { lr: 0.0075, ..Default::default() } }
+        Self {
+            epochs: 80,
+            batch_size: 64,
+            checkpoint_every_steps: 0,
+            keep_checkpoints: 2,
+            skip_nonfinite: false,
+            nonfinite_lr_factor: 0.5,
+            optim: OptimConfig {
+                lr: 0.0075,
+                ..Default::default()
+            },
+        }
     }
 }
 
@@ -111,7 +135,12 @@ pub struct ProbeConfig {
 
 impl Default for ProbeConfig {
     fn default() -> Self {
-        Self { alphas: vec![1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0], recompute_bn: true, max_iterations: 300, refit_on_train_val: true }
+        Self {
+            alphas: vec![1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0],
+            recompute_bn: true,
+            max_iterations: 300,
+            refit_on_train_val: true,
+        }
     }
 }
 
@@ -164,33 +193,129 @@ impl Config {
         };
         match p {
             Preset::Cpu => Config {
-                model: ResNetConfig { arch: Arch::Resnet18, width: 0.5, ..Default::default() },
-                train: TrainConfig { epochs: 30, batch_size: 64, checkpoint_every_steps: 0, keep_checkpoints: 2, skip_nonfinite: false, nonfinite_lr_factor: 0.5, optim: OptimConfig { lr: 0.03, warmup_epochs: 1.0, ..Default::default() } },
+                model: ResNetConfig {
+                    arch: Arch::Resnet18,
+                    width: 0.5,
+                    ..Default::default()
+                },
+                train: TrainConfig {
+                    epochs: 30,
+                    batch_size: 64,
+                    checkpoint_every_steps: 0,
+                    keep_checkpoints: 2,
+                    skip_nonfinite: false,
+                    nonfinite_lr_factor: 0.5,
+                    optim: OptimConfig {
+                        lr: 0.03,
+                        warmup_epochs: 1.0,
+                        ..Default::default()
+                    },
+                },
                 ..base
             },
             Preset::Paper => Config {
-                data: DataConfig { image_size: 255, ..Default::default() },
-                model: ResNetConfig { arch: Arch::Resnet50, width: 1.0, ..Default::default() },
-                pretext: PretextConfig { crop: 224, patch: 64, ..Default::default() },
-                pirl: PirlConfig { negatives: 32000, ..Default::default() },
-                train: TrainConfig { epochs: 200, batch_size: 256, checkpoint_every_steps: 0, keep_checkpoints: 2, skip_nonfinite: false, nonfinite_lr_factor: 0.5, optim: OptimConfig { lr: 0.12, warmup_epochs: 5.0, ..Default::default() } },
+                data: DataConfig {
+                    image_size: 255,
+                    ..Default::default()
+                },
+                model: ResNetConfig {
+                    arch: Arch::Resnet50,
+                    width: 1.0,
+                    ..Default::default()
+                },
+                pretext: PretextConfig {
+                    crop: 224,
+                    patch: 64,
+                    ..Default::default()
+                },
+                pirl: PirlConfig {
+                    negatives: 32000,
+                    ..Default::default()
+                },
+                train: TrainConfig {
+                    epochs: 200,
+                    batch_size: 256,
+                    checkpoint_every_steps: 0,
+                    keep_checkpoints: 2,
+                    skip_nonfinite: false,
+                    nonfinite_lr_factor: 0.5,
+                    optim: OptimConfig {
+                        lr: 0.12,
+                        warmup_epochs: 5.0,
+                        ..Default::default()
+                    },
+                },
                 ..base
             },
             Preset::Demo => Config {
-                data: DataConfig { image_size: 48, ..Default::default() },
-                model: ResNetConfig { arch: Arch::Resnet18, width: 0.25, ..Default::default() },
-                pretext: PretextConfig { crop: 32, patch: 14, ..Default::default() },
-                pirl: PirlConfig { negatives: 255, ..Default::default() },
-                train: TrainConfig { epochs: 8, batch_size: 32, checkpoint_every_steps: 0, keep_checkpoints: 2, skip_nonfinite: false, nonfinite_lr_factor: 0.5, optim: OptimConfig { lr: 0.03, ..Default::default() } },
+                data: DataConfig {
+                    image_size: 48,
+                    ..Default::default()
+                },
+                model: ResNetConfig {
+                    arch: Arch::Resnet18,
+                    width: 0.25,
+                    ..Default::default()
+                },
+                pretext: PretextConfig {
+                    crop: 32,
+                    patch: 14,
+                    ..Default::default()
+                },
+                pirl: PirlConfig {
+                    negatives: 255,
+                    ..Default::default()
+                },
+                train: TrainConfig {
+                    epochs: 8,
+                    batch_size: 32,
+                    checkpoint_every_steps: 0,
+                    keep_checkpoints: 2,
+                    skip_nonfinite: false,
+                    nonfinite_lr_factor: 0.5,
+                    optim: OptimConfig {
+                        lr: 0.03,
+                        ..Default::default()
+                    },
+                },
                 ..base
             },
             Preset::Tiny => Config {
-                data: DataConfig { image_size: 32, ..Default::default() },
-                model: ResNetConfig { arch: Arch::Resnet18, width: 0.125, ..Default::default() },
-                pretext: PretextConfig { crop: 32, patch: 10, ..Default::default() },
-                pirl: PirlConfig { negatives: 31, ..Default::default() },
-                train: TrainConfig { epochs: 2, batch_size: 16, checkpoint_every_steps: 0, keep_checkpoints: 2, skip_nonfinite: false, nonfinite_lr_factor: 0.5, optim: OptimConfig { lr: 0.03, ..Default::default() } },
-                probe: ProbeConfig { alphas: vec![0.1, 10.0], max_iterations: 100, ..Default::default() },
+                data: DataConfig {
+                    image_size: 32,
+                    ..Default::default()
+                },
+                model: ResNetConfig {
+                    arch: Arch::Resnet18,
+                    width: 0.125,
+                    ..Default::default()
+                },
+                pretext: PretextConfig {
+                    crop: 32,
+                    patch: 10,
+                    ..Default::default()
+                },
+                pirl: PirlConfig {
+                    negatives: 31,
+                    ..Default::default()
+                },
+                train: TrainConfig {
+                    epochs: 2,
+                    batch_size: 16,
+                    checkpoint_every_steps: 0,
+                    keep_checkpoints: 2,
+                    skip_nonfinite: false,
+                    nonfinite_lr_factor: 0.5,
+                    optim: OptimConfig {
+                        lr: 0.03,
+                        ..Default::default()
+                    },
+                },
+                probe: ProbeConfig {
+                    alphas: vec![0.1, 10.0],
+                    max_iterations: 100,
+                    ..Default::default()
+                },
                 ..base
             },
         }
@@ -202,7 +327,9 @@ impl Config {
         let mut base = toml::Value::try_from(Config::preset(p)).map_err(|e| e.to_string())?;
         let over: toml::Value = toml::from_str(toml_text).map_err(|e| e.to_string())?;
         merge(&mut base, over);
-        let cfg: Config = base.try_into().map_err(|e: toml::de::Error| e.to_string())?;
+        let cfg: Config = base
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
         cfg.check()?;
         Ok(cfg)
     }
@@ -214,24 +341,42 @@ impl Config {
         let d = &self.data;
         let p = &self.pretext;
         if d.image_size < 24 {
-            return Err(format!("data.image_size must be >= 24, got {}", d.image_size));
+            return Err(format!(
+                "data.image_size must be >= 24, got {}",
+                d.image_size
+            ));
         }
         if p.crop < 16 || p.crop > d.image_size {
-            return Err(format!("pretext.crop must be in [16, data.image_size = {}], got {}", d.image_size, p.crop));
+            return Err(format!(
+                "pretext.crop must be in [16, data.image_size = {}], got {}",
+                d.image_size, p.crop
+            ));
         }
         if p.kind == PretextKind::Jigsaw && (p.patch < 8 || p.patch > d.image_size / 3) {
-            return Err(format!("pretext.patch must be in [8, data.image_size / 3 = {}], got {}", d.image_size / 3, p.patch));
+            return Err(format!(
+                "pretext.patch must be in [8, data.image_size / 3 = {}], got {}",
+                d.image_size / 3,
+                p.patch
+            ));
         }
         let a = &p.augment;
         if !(a.crop_scale_min > 0.0 && a.crop_scale_min <= 1.0) {
-            return Err(format!("pretext.augment.crop_scale_min must be in (0, 1], got {}", a.crop_scale_min));
+            return Err(format!(
+                "pretext.augment.crop_scale_min must be in (0, 1], got {}",
+                a.crop_scale_min
+            ));
         }
-        for (k, v) in [("jitter_p", a.jitter_p), ("grayscale_p", a.grayscale_p), ("flip_p", a.flip_p)] {
+        for (k, v) in [
+            ("jitter_p", a.jitter_p),
+            ("grayscale_p", a.grayscale_p),
+            ("flip_p", a.flip_p),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("pretext.augment.{k} must be in [0, 1], got {v}"));
             }
         }
-        if !(a.jitter.is_finite() && (0.0..1.0).contains(&a.jitter) && (0.0..=0.5).contains(&a.hue)) {
+        if !(a.jitter.is_finite() && (0.0..1.0).contains(&a.jitter) && (0.0..=0.5).contains(&a.hue))
+        {
             return Err("pretext.augment.jitter must be in [0, 1) and hue in [0, 0.5]".into());
         }
         let q = &self.pirl;
@@ -245,15 +390,27 @@ impl Config {
             return Err("pirl.negatives must be > 0".into());
         }
         if !(self.train.nonfinite_lr_factor > 0.0 && self.train.nonfinite_lr_factor <= 1.0) {
-            return Err(format!("train.nonfinite_lr_factor must be in (0, 1], got {}", self.train.nonfinite_lr_factor));
+            return Err(format!(
+                "train.nonfinite_lr_factor must be in (0, 1], got {}",
+                self.train.nonfinite_lr_factor
+            ));
         }
         if self.train.keep_checkpoints == 0 {
             return Err("train.keep_checkpoints must be >= 1".into());
         }
         if self.train.batch_size < 2 {
-            return Err(format!("train.batch_size must be >= 2 (BatchNorm), got {}", self.train.batch_size));
+            return Err(format!(
+                "train.batch_size must be >= 2 (BatchNorm), got {}",
+                self.train.batch_size
+            ));
         }
-        if self.probe.alphas.is_empty() || self.probe.alphas.iter().any(|a| !(a.is_finite() && *a >= 0.0)) {
+        if self.probe.alphas.is_empty()
+            || self
+                .probe
+                .alphas
+                .iter()
+                .any(|a| !(a.is_finite() && *a >= 0.0))
+        {
             return Err("probe.alphas must be a non-empty list of finite values >= 0".into());
         }
         Ok(())

@@ -9,14 +9,24 @@ pub enum Error {
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config: {0}")]
     Config(String),
     #[error("{path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },
     #[error("non-finite loss ({loss}) at epoch {epoch}, step {step}; stopped. {last_good}")]
-    NonFinite { loss: f64, epoch: usize, step: usize, last_good: String },
-    #[error("interrupted; checkpoint written to {checkpoint}. Run the same command again to continue.")]
+    NonFinite {
+        loss: f64,
+        epoch: usize,
+        step: usize,
+        last_good: String,
+    },
+    #[error(
+        "interrupted; checkpoint written to {checkpoint}. Run the same command again to continue."
+    )]
     Interrupted { checkpoint: PathBuf },
     #[error("stopped by a signal; {0}. Run the same command again to continue.")]
     Stopped(String),

@@ -20,7 +20,14 @@ pub fn nce_loss(m: &Tensor, x: &Tensor, negatives: &Tensor, tau: f64) -> Result<
 }
 
 /// L = λ L_NCE(m, g(v_It)) + (1 - λ) L_NCE(m, f(v_I)).
-pub fn pirl_loss(m: &Tensor, f: &Tensor, g: &Tensor, negatives: &Tensor, tau: f64, lambda: f64) -> Result<Tensor> {
+pub fn pirl_loss(
+    m: &Tensor,
+    f: &Tensor,
+    g: &Tensor,
+    negatives: &Tensor,
+    tau: f64,
+    lambda: f64,
+) -> Result<Tensor> {
     let lg = nce_loss(m, g, negatives, tau)?;
     let lf = nce_loss(m, f, negatives, tau)?;
     (lg * lambda)? + (lf * (1.0 - lambda))?

@@ -8,16 +8,29 @@ use pirlkit::pipeline;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = if cli.quiet { "error" } else if cli.verbose > 0 { "debug" } else { "info" };
+    let level = if cli.quiet {
+        "error"
+    } else if cli.verbose > 0 {
+        "debug"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PIRLKIT_LOG").unwrap_or_else(|_| level.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PIRLKIT_LOG")
+                .unwrap_or_else(|_| level.into()),
+        )
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
     // Ctrl-C / SIGTERM: finish the step, checkpoint, stop (see train::STOP).
     // A second signal while the first is being handled exits at once.
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, &pirlkit::train::pretrain::STOP);
+        let _ = signal_hook::flag::register_conditional_shutdown(
+            sig,
+            130,
+            &pirlkit::train::pretrain::STOP,
+        );
         if let Err(e) = signal_hook::flag::register(sig, &pirlkit::train::pretrain::STOP) {
             eprintln!("warning: cannot install the handler for signal {sig}: {e}");
         }
@@ -25,7 +38,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            if let Some(pirlkit::Error::Interrupted { .. } | pirlkit::Error::Stopped(_)) = e.downcast_ref::<pirlkit::Error>() {
+            if let Some(pirlkit::Error::Interrupted { .. } | pirlkit::Error::Stopped(_)) =
+                e.downcast_ref::<pirlkit::Error>()
+            {
                 eprintln!("{e:#}");
                 return ExitCode::from(130);
             }
@@ -40,20 +55,34 @@ fn setup_threads(n: usize) {
         // candle's CPU kernels read RAYON_NUM_THREADS; set before any pool starts.
         // SAFETY: single-threaded here, nothing else reads the environment yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let progress = !cli.no_progress && !cli.quiet;
     match cli.command {
-        Command::Pretrain { run, out, force_resume } => {
+        Command::Pretrain {
+            run,
+            out,
+            force_resume,
+        } => {
             let cfg = run.resolve()?;
             setup_threads(cfg.threads);
-            let cache = ImageCache::new(run.cache_dir.clone().unwrap_or_else(ImageCache::default_dir));
+            let cache = ImageCache::new(
+                run.cache_dir
+                    .clone()
+                    .unwrap_or_else(ImageCache::default_dir),
+            );
             let mut ds = pipeline::open_dataset(run.data.as_deref(), &cache, cfg.seed)?;
             pipeline::limit_per_split(&mut ds, cfg.data.limit_per_split);
-            let train: Vec<_> = ds.split(pirlkit::data::Split::Train).into_iter().cloned().collect();
+            let train: Vec<_> = ds
+                .split(pirlkit::data::Split::Train)
+                .into_iter()
+                .cloned()
+                .collect();
             let imgs = if run.skip_bad {
                 let (imgs, skipped) = cache.load_all_skip_bad(&train, cfg.data.image_size)?;
                 for s in &skipped {
@@ -73,7 +102,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 o.checkpoint.display()
             );
         }
-        Command::Probe { run, checkpoint, random_init, out } => {
+        Command::Probe {
+            run,
+            checkpoint,
+            random_init,
+            out,
+        } => {
             let mut cfg = run.resolve()?;
             if let Some(ck) = &checkpoint {
                 // The checkpoint's own config decides the architecture and views.
@@ -84,28 +118,71 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let _ = random_init;
             setup_threads(cfg.threads);
-            let cache = ImageCache::new(run.cache_dir.clone().unwrap_or_else(ImageCache::default_dir));
+            let cache = ImageCache::new(
+                run.cache_dir
+                    .clone()
+                    .unwrap_or_else(ImageCache::default_dir),
+            );
             let mut ds = pipeline::open_dataset(run.data.as_deref(), &cache, cfg.seed)?;
             pipeline::limit_per_split(&mut ds, cfg.data.limit_per_split);
             let (imgs, _) = pipeline::load_images(&mut ds, &cfg, &cache, run.skip_bad)?;
             ds.check_labeled()?;
             let r = pipeline::probe_checkpoint(&cfg, checkpoint.as_deref(), &ds, &imgs)?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            pirlkit::train::checkpoint::write_atomic(&out.join("probe.json"), &serde_json::to_vec_pretty(&r)?)?;
-            println!("test AUC {:.4} on {} images ({} positive); val AUC {:.4} at alpha {}", r.test_auc, r.n_test, r.n_test_pos, r.val_auc, r.alpha);
+            pirlkit::train::checkpoint::write_atomic(
+                &out.join("probe.json"),
+                &serde_json::to_vec_pretty(&r)?,
+            )?;
+            println!(
+                "test AUC {:.4} on {} images ({} positive); val AUC {:.4} at alpha {}",
+                r.test_auc, r.n_test, r.n_test_pos, r.val_auc, r.alpha
+            );
         }
-        Command::Reproduce { protocol: Some(protocol), run, reports, force_resume, .. } => {
-            if run.preset.is_some() || run.config.is_some() || run.epochs.is_some() || run.seed.is_some() {
-                anyhow::bail!("with a protocol file, settings come from its [config] table: drop --preset/--config/--epochs/--seed");
+        Command::Reproduce {
+            protocol: Some(protocol),
+            run,
+            reports,
+            force_resume,
+            ..
+        } => {
+            if run.preset.is_some()
+                || run.config.is_some()
+                || run.epochs.is_some()
+                || run.seed.is_some()
+            {
+                anyhow::bail!(
+                    "with a protocol file, settings come from its [config] table: drop --preset/--config/--epochs/--seed"
+                );
             }
             if let Some(t) = run.threads {
                 setup_threads(t);
             }
-            let cache = ImageCache::new(run.cache_dir.clone().unwrap_or_else(ImageCache::default_dir));
-            let summary = pipeline::run_protocol(&protocol, run.data.as_deref(), &reports, &cache, progress, force_resume, run.skip_bad)?;
+            let cache = ImageCache::new(
+                run.cache_dir
+                    .clone()
+                    .unwrap_or_else(ImageCache::default_dir),
+            );
+            let summary = pipeline::run_protocol(
+                &protocol,
+                run.data.as_deref(),
+                &reports,
+                &cache,
+                progress,
+                force_resume,
+                run.skip_bad,
+            )?;
             println!("{summary}");
         }
-        Command::Finetune { run, checkpoint, random_init, weights, fraction, freeze_up_to, ft_epochs, out } => {
+        Command::Finetune {
+            run,
+            checkpoint,
+            random_init,
+            weights,
+            fraction,
+            freeze_up_to,
+            ft_epochs,
+            out,
+        } => {
             use pirlkit::train::finetune::{FinetuneConfig, Init, Labeled, Stage};
             let mut cfg = run.resolve()?;
             if let Some(ck) = &checkpoint {
@@ -118,36 +195,96 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, None) if random_init => Init::Random,
                 _ => anyhow::bail!("give --checkpoint, --weights or --random-init"),
             };
-            let freeze = freeze_up_to.map(|s| toml::Value::String(s).try_into::<Stage>()).transpose()?;
-            let ft = FinetuneConfig { epochs: ft_epochs, freeze_up_to: freeze, ..Default::default() };
-            let cache = ImageCache::new(run.cache_dir.clone().unwrap_or_else(ImageCache::default_dir));
+            let freeze = freeze_up_to
+                .map(|s| toml::Value::String(s).try_into::<Stage>())
+                .transpose()?;
+            let ft = FinetuneConfig {
+                epochs: ft_epochs,
+                freeze_up_to: freeze,
+                ..Default::default()
+            };
+            let cache = ImageCache::new(
+                run.cache_dir
+                    .clone()
+                    .unwrap_or_else(ImageCache::default_dir),
+            );
             let mut ds = pipeline::open_dataset(run.data.as_deref(), &cache, cfg.seed)?;
             pipeline::limit_per_split(&mut ds, cfg.data.limit_per_split);
             let (imgs, _) = pipeline::load_images(&mut ds, &cfg, &cache, run.skip_bad)?;
             ds.check_labeled()?;
             let pd = pirlkit::protocol::probe_data(&ds, &imgs);
             let sub = pirlkit::protocol::label_subset(&pd.train.1, fraction, cfg.seed);
-            let train = Labeled { images: sub.iter().map(|&i| pd.train.0[i]).collect(), labels: sub.iter().map(|&i| pd.train.1[i]).collect() };
-            let val = Labeled { images: pd.val.0.clone(), labels: pd.val.1.clone() };
-            let test = Labeled { images: pd.test.0.clone(), labels: pd.test.1.clone() };
-            let r = pirlkit::train::finetune::finetune(&cfg, &ft, &init, &train, &val, &test, cfg.seed)?;
+            let train = Labeled {
+                images: sub.iter().map(|&i| pd.train.0[i]).collect(),
+                labels: sub.iter().map(|&i| pd.train.1[i]).collect(),
+            };
+            let val = Labeled {
+                images: pd.val.0.clone(),
+                labels: pd.val.1.clone(),
+            };
+            let test = Labeled {
+                images: pd.test.0.clone(),
+                labels: pd.test.1.clone(),
+            };
+            let r = pirlkit::train::finetune::finetune(
+                &cfg, &ft, &init, &train, &val, &test, cfg.seed,
+            )?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            pirlkit::train::checkpoint::write_atomic(&out.join("finetune.json"), &serde_json::to_vec_pretty(&r)?)?;
-            println!("test AUC {:.4} (best val AUC {:.4} at epoch {} of {})", r.test_auc, r.val_auc, r.best_epoch, r.val_curve.len());
+            pirlkit::train::checkpoint::write_atomic(
+                &out.join("finetune.json"),
+                &serde_json::to_vec_pretty(&r)?,
+            )?;
+            println!(
+                "test AUC {:.4} (best val AUC {:.4} at epoch {} of {})",
+                r.test_auc,
+                r.val_auc,
+                r.best_epoch,
+                r.val_curve.len()
+            );
         }
-        Command::Download { dataset, dest, mirror, retries } => {
+        Command::Download {
+            dataset,
+            dest,
+            mirror,
+            retries,
+        } => {
             use pirlkit::data::download::{DownloadOptions, download};
             use pirlkit::data::isic::Descriptor;
-            let desc = if dataset == "isic2017" { Descriptor::isic2017() } else { Descriptor::from_file(std::path::Path::new(&dataset))? };
-            let dest = dest.unwrap_or_else(|| std::path::PathBuf::from("datasets").join(&desc.name));
-            let opts = DownloadOptions { dest: dest.clone(), base_url_override: mirror, retries };
+            let desc = if dataset == "isic2017" {
+                Descriptor::isic2017()
+            } else {
+                Descriptor::from_file(std::path::Path::new(&dataset))?
+            };
+            let dest =
+                dest.unwrap_or_else(|| std::path::PathBuf::from("datasets").join(&desc.name));
+            let opts = DownloadOptions {
+                dest: dest.clone(),
+                base_url_override: mirror,
+                retries,
+            };
             let report = download(&desc, &opts)?;
             for f in &report.files {
-                println!("{} {} ({} bytes, sha256 {}{})", if f.skipped { "present" } else { "fetched" }, f.path.display(), f.bytes, f.sha256, if f.checksum_verified { ", verified" } else { ", not pinned" });
+                println!(
+                    "{} {} ({} bytes, sha256 {}{})",
+                    if f.skipped { "present" } else { "fetched" },
+                    f.path.display(),
+                    f.bytes,
+                    f.sha256,
+                    if f.checksum_verified {
+                        ", verified"
+                    } else {
+                        ", not pinned"
+                    }
+                );
             }
             println!("{} ready in {}", desc.name, dest.display());
         }
-        Command::Audit { data, out, cache_dir, fail_on_leak } => {
+        Command::Audit {
+            data,
+            out,
+            cache_dir,
+            fail_on_leak,
+        } => {
             let cache = ImageCache::new(cache_dir.unwrap_or_else(ImageCache::default_dir));
             let ds = pirlkit::data::Dataset::open(&data)?;
             let report = pirlkit::data::audit::audit(&ds, &cache, &out)?;
@@ -157,7 +294,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(3));
             }
         }
-        Command::Bench { arch, width, batch, size, threads, steps, pirl_preset } => {
+        Command::Bench {
+            arch,
+            width,
+            batch,
+            size,
+            threads,
+            steps,
+            pirl_preset,
+        } => {
             setup_threads(threads);
             let arch: pirlkit::model::Arch = toml::Value::String(arch).try_into()?;
             for &b in &batch {
@@ -171,26 +316,56 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(&l)?);
             }
         }
-        Command::Evaluate { scores, label_column, resamples, seed, out } => {
+        Command::Evaluate {
+            scores,
+            label_column,
+            resamples,
+            seed,
+            out,
+        } => {
             let m = pirlkit::eval::evaluate_file(&scores, &label_column, resamples, seed)?;
             println!("{}", serde_json::to_string_pretty(&m)?);
             if let Some(o) = out {
                 pirlkit::train::checkpoint::write_atomic(&o, &serde_json::to_vec_pretty(&m)?)?;
             }
         }
-        Command::Reproduce { protocol: None, run, run_name, reports, force_resume } => {
+        Command::Reproduce {
+            protocol: None,
+            run,
+            run_name,
+            reports,
+            force_resume,
+        } => {
             let cfg = run.resolve()?;
             setup_threads(cfg.threads);
-            let cache = ImageCache::new(run.cache_dir.clone().unwrap_or_else(ImageCache::default_dir));
+            let cache = ImageCache::new(
+                run.cache_dir
+                    .clone()
+                    .unwrap_or_else(ImageCache::default_dir),
+            );
             let mut ds = pipeline::open_dataset(run.data.as_deref(), &cache, cfg.seed)?;
             pipeline::limit_per_split(&mut ds, cfg.data.limit_per_split);
-            let name = run_name.unwrap_or_else(|| format!("{}-seed{}", if run.data.is_some() { ds.name.clone() } else { "synthetic".into() }, cfg.seed));
+            let name = run_name.unwrap_or_else(|| {
+                format!(
+                    "{}-seed{}",
+                    if run.data.is_some() {
+                        ds.name.clone()
+                    } else {
+                        "synthetic".into()
+                    },
+                    cfg.seed
+                )
+            });
             pipeline::check_run_name(&name)?;
             let (imgs, skipped) = pipeline::load_images(&mut ds, &cfg, &cache, run.skip_bad)?;
             let paths = pipeline::RunPaths::new(reports.join(&name));
-            let o = pipeline::reproduce(&cfg, &ds, &imgs, &paths, progress, force_resume, &skipped)?;
+            let o =
+                pipeline::reproduce(&cfg, &ds, &imgs, &paths, progress, force_resume, &skipped)?;
             for r in &o.rows {
-                println!("{:<28} test AUC {:.4}  (n = {}, {} positive)", r.arm, r.test_auc, r.n_test, r.n_test_pos);
+                println!(
+                    "{:<28} test AUC {:.4}  (n = {}, {} positive)",
+                    r.arm, r.test_auc, r.n_test, r.n_test_pos
+                );
             }
             println!("report: {}", paths.report.join("summary.md").display());
         }

@@ -20,7 +20,12 @@ fn normalize(row: &mut [f32]) {
 
 impl MemoryBank {
     pub fn new(n: usize, dim: usize, momentum: f32) -> Self {
-        Self { data: vec![0.0; n * dim], n, dim, momentum }
+        Self {
+            data: vec![0.0; n * dim],
+            n,
+            dim,
+            momentum,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -41,7 +46,11 @@ impl MemoryBank {
 
     /// Sets rows `idx` to the L2-normalised `rows` (`idx.len() x dim`).
     pub fn fill(&mut self, idx: &[usize], rows: &[f32]) {
-        assert_eq!(rows.len(), idx.len() * self.dim, "memory bank: row count mismatch");
+        assert_eq!(
+            rows.len(),
+            idx.len() * self.dim,
+            "memory bank: row count mismatch"
+        );
         for (k, &i) in idx.iter().enumerate() {
             let dst = &mut self.data[i * self.dim..(i + 1) * self.dim];
             dst.copy_from_slice(&rows[k * self.dim..(k + 1) * self.dim]);
@@ -51,7 +60,11 @@ impl MemoryBank {
 
     /// m_i <- normalize(momentum * m_i + (1 - momentum) * f_i) for each i in `idx`.
     pub fn update(&mut self, idx: &[usize], rows: &[f32]) {
-        assert_eq!(rows.len(), idx.len() * self.dim, "memory bank: row count mismatch");
+        assert_eq!(
+            rows.len(),
+            idx.len() * self.dim,
+            "memory bank: row count mismatch"
+        );
         let (a, b) = (self.momentum, 1.0 - self.momentum);
         for (k, &i) in idx.iter().enumerate() {
             let dst = &mut self.data[i * self.dim..(i + 1) * self.dim];
@@ -94,6 +107,11 @@ impl MemoryBank {
 
     pub fn from_tensor(t: &Tensor, momentum: f32) -> Result<Self> {
         let (n, dim) = t.dims2()?;
-        Ok(Self { data: t.flatten_all()?.to_vec1()?, n, dim, momentum })
+        Ok(Self {
+            data: t.flatten_all()?.to_vec1()?,
+            n,
+            dim,
+            momentum,
+        })
     }
 }

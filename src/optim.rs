@@ -53,7 +53,15 @@ impl Default for OptimConfig {
 
 impl OptimConfig {
     pub fn check(&self) -> std::result::Result<(), String> {
-        let finite = [self.lr, self.momentum, self.weight_decay, self.betas.0, self.betas.1, self.warmup_epochs, self.final_lr_fraction];
+        let finite = [
+            self.lr,
+            self.momentum,
+            self.weight_decay,
+            self.betas.0,
+            self.betas.1,
+            self.warmup_epochs,
+            self.final_lr_fraction,
+        ];
         if finite.iter().any(|v| !v.is_finite()) {
             return Err("optim: every value must be finite".into());
         }
@@ -61,10 +69,19 @@ impl OptimConfig {
             return Err(format!("optim.lr must be > 0, got {}", self.lr));
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return Err(format!("optim.momentum must be in [0, 1), got {}", self.momentum));
+            return Err(format!(
+                "optim.momentum must be in [0, 1), got {}",
+                self.momentum
+            ));
         }
-        if self.weight_decay < 0.0 || self.warmup_epochs < 0.0 || !(0.0..=1.0).contains(&self.final_lr_fraction) {
-            return Err("optim: weight_decay, warmup_epochs >= 0 and final_lr_fraction in [0, 1] required".into());
+        if self.weight_decay < 0.0
+            || self.warmup_epochs < 0.0
+            || !(0.0..=1.0).contains(&self.final_lr_fraction)
+        {
+            return Err(
+                "optim: weight_decay, warmup_epochs >= 0 and final_lr_fraction in [0, 1] required"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -120,8 +137,15 @@ impl Optimizer {
         let data = vm.data().lock().expect("varmap lock");
         let mut params: Vec<Param> = data
             .iter()
-            .filter(|(n, _)| is_trainable(n) && (prefixes.is_empty() || prefixes.iter().any(|p| n.starts_with(p))))
-            .map(|(n, v)| Param { name: n.clone(), var: v.clone(), decay: v.rank() > 1 })
+            .filter(|(n, _)| {
+                is_trainable(n)
+                    && (prefixes.is_empty() || prefixes.iter().any(|p| n.starts_with(p)))
+            })
+            .map(|(n, v)| Param {
+                name: n.clone(),
+                var: v.clone(),
+                decay: v.rank() > 1,
+            })
             .collect();
         params.sort_by(|a, b| a.name.cmp(&b.name));
         let state = params
@@ -134,7 +158,12 @@ impl Optimizer {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { cfg: cfg.clone(), params, state, steps: 0 })
+        Ok(Self {
+            cfg: cfg.clone(),
+            params,
+            state,
+            steps: 0,
+        })
     }
 
     pub fn steps(&self) -> usize {
@@ -147,13 +176,23 @@ impl Optimizer {
         let c = &self.cfg;
         let t = (self.steps + 1) as i32;
         for (p, st) in self.params.iter().zip(self.state.iter_mut()) {
-            let Some(g) = grads.get(p.var.as_tensor()) else { continue };
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
             let w = p.var.as_tensor().detach();
             match c.kind {
                 OptimizerKind::Sgd => {
-                    let g = if p.decay && c.weight_decay > 0.0 { (g + (&w * c.weight_decay)?)? } else { g.clone() };
+                    let g = if p.decay && c.weight_decay > 0.0 {
+                        (g + (&w * c.weight_decay)?)?
+                    } else {
+                        g.clone()
+                    };
                     // PyTorch: the first step sets the buffer to the gradient.
-                    let buf = if self.steps == 0 { g } else { ((&st[0] * c.momentum)? + g)? };
+                    let buf = if self.steps == 0 {
+                        g
+                    } else {
+                        ((&st[0] * c.momentum)? + g)?
+                    };
                     p.var.set(&(w - (&buf * lr)?)?)?;
                     st[0] = buf;
                 }
@@ -163,7 +202,11 @@ impl Optimizer {
                     let v = ((&st[1] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
                     let mhat = (&m / (1.0 - b1.powi(t)))?;
                     let vhat = (&v / (1.0 - b2.powi(t)))?;
-                    let w = if p.decay { (&w * (1.0 - lr * c.weight_decay))? } else { w };
+                    let w = if p.decay {
+                        (&w * (1.0 - lr * c.weight_decay))?
+                    } else {
+                        w
+                    };
                     let upd = (mhat / (vhat.sqrt()? + 1e-8)?)?;
                     p.var.set(&(w - (upd * lr)?)?)?;
                     st[0] = m;
@@ -181,7 +224,11 @@ impl Optimizer {
         let mut total = 0f64;
         for p in &self.params {
             if let Some(g) = grads.get(p.var.as_tensor()) {
-                total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                total += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
             }
         }
         Ok(total)
@@ -195,7 +242,11 @@ impl Optimizer {
                 out.insert(format!("slot{k}.{}", p.name), t.clone());
             }
         }
-        let dev = self.params.first().map(|p| p.var.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        let dev = self
+            .params
+            .first()
+            .map(|p| p.var.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
         out.insert("steps".into(), Tensor::new(&[self.steps as u32], &dev)?);
         Ok(out)
     }
@@ -205,11 +256,15 @@ impl Optimizer {
         for (p, st) in self.params.iter().zip(self.state.iter_mut()) {
             for (k, t) in st.iter_mut().enumerate() {
                 let key = format!("slot{k}.{}", p.name);
-                let s = saved.get(&key).ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks {key}")))?;
+                let s = saved.get(&key).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("optimizer state lacks {key}"))
+                })?;
                 *t = s.to_device(p.var.device())?.to_dtype(p.var.dtype())?;
             }
         }
-        let steps = saved.get("steps").ok_or_else(|| candle_core::Error::Msg("optimizer state lacks steps".into()))?;
+        let steps = saved
+            .get("steps")
+            .ok_or_else(|| candle_core::Error::Msg("optimizer state lacks steps".into()))?;
         self.steps = steps.to_vec1::<u32>()?[0] as usize;
         Ok(())
     }

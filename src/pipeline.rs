@@ -26,9 +26,17 @@ pub fn group_near_duplicates(ds: &mut Dataset, cache: &ImageCache) -> Result<usi
     if !ds.splits_assigned {
         return Ok(0);
     }
-    let csv = cache.dir.join(format!("audit-{}.csv", ds.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")));
+    let csv = cache.dir.join(format!(
+        "audit-{}.csv",
+        ds.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    ));
     let report = crate::data::audit::audit(ds, cache, &csv)?;
-    let index: std::collections::HashMap<String, usize> = ds.samples.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+    let index: std::collections::HashMap<String, usize> = ds
+        .samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.clone(), i))
+        .collect();
     // Union-find over sample indices, seeded with the existing groups.
     let mut parent: Vec<usize> = (0..ds.samples.len()).collect();
     fn find(p: &mut [usize], mut i: usize) -> usize {
@@ -38,7 +46,8 @@ pub fn group_near_duplicates(ds: &mut Dataset, cache: &ImageCache) -> Result<usi
         }
         i
     }
-    let mut first_of_group: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut first_of_group: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::new();
     for i in 0..ds.samples.len() {
         let g = ds.samples[i].group.clone();
         let r = *first_of_group.entry(g).or_insert(i);
@@ -46,7 +55,11 @@ pub fn group_near_duplicates(ds: &mut Dataset, cache: &ImageCache) -> Result<usi
         parent[a.max(b)] = a.min(b);
     }
     let mut merged = 0;
-    for pair in report.exact_duplicates.iter().chain(&report.near_duplicates) {
+    for pair in report
+        .exact_duplicates
+        .iter()
+        .chain(&report.near_duplicates)
+    {
         if let (Some(&a), Some(&b)) = (index.get(&pair.id_a), index.get(&pair.id_b)) {
             let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
             if ra != rb {
@@ -56,13 +69,18 @@ pub fn group_near_duplicates(ds: &mut Dataset, cache: &ImageCache) -> Result<usi
         }
     }
     if merged > 0 {
-        let roots: Vec<usize> = (0..ds.samples.len()).map(|i| find(&mut parent, i)).collect();
+        let roots: Vec<usize> = (0..ds.samples.len())
+            .map(|i| find(&mut parent, i))
+            .collect();
         let names: Vec<String> = roots.iter().map(|&r| ds.samples[r].group.clone()).collect();
         for (s, g) in ds.samples.iter_mut().zip(names) {
             s.group = g;
         }
         crate::data::manifest::assign_splits(&mut ds.samples);
-        tracing::info!("grouped {merged} duplicate pairs before splitting (audit: {})", csv.display());
+        tracing::info!(
+            "grouped {merged} duplicate pairs before splitting (audit: {})",
+            csv.display()
+        );
     }
     Ok(merged)
 }
@@ -77,9 +95,14 @@ pub fn open_dataset(data: Option<&Path>, cache: &ImageCache, seed: u64) -> Resul
             Ok(ds)
         }
         None => {
-            let dir = cache.dir.join(format!("synthetic-v1-n{SYNTHETIC_N}-px{SYNTHETIC_PX}-seed{seed}"));
+            let dir = cache.dir.join(format!(
+                "synthetic-v1-n{SYNTHETIC_N}-px{SYNTHETIC_PX}-seed{seed}"
+            ));
             let pos = crate::data::synthetic::generate(&dir, SYNTHETIC_N, SYNTHETIC_PX, seed)?;
-            tracing::info!("built-in synthetic data set: {SYNTHETIC_N} images, {pos} positive, in {}", dir.display());
+            tracing::info!(
+                "built-in synthetic data set: {SYNTHETIC_N} images, {pos} positive, in {}",
+                dir.display()
+            );
             Ok(Dataset::open(&dir)?)
         }
     }
@@ -101,7 +124,12 @@ pub fn limit_per_split(ds: &mut Dataset, limit: usize) {
 /// The dataset's images at the config's size, via the cache. With
 /// `skip_bad`, unreadable images are dropped from `ds` and listed (and the
 /// list is returned); without it, the first one is an error naming the file.
-pub fn load_images(ds: &mut Dataset, cfg: &Config, cache: &ImageCache, skip_bad: bool) -> Result<(Vec<RgbImage>, Vec<crate::data::cache::Skipped>)> {
+pub fn load_images(
+    ds: &mut Dataset,
+    cfg: &Config,
+    cache: &ImageCache,
+    skip_bad: bool,
+) -> Result<(Vec<RgbImage>, Vec<crate::data::cache::Skipped>)> {
     let t = Instant::now();
     let (imgs, skipped) = if skip_bad {
         let (imgs, skipped) = cache.load_all_skip_bad(&ds.samples, cfg.data.image_size)?;
@@ -111,9 +139,18 @@ pub fn load_images(ds: &mut Dataset, cfg: &Config, cache: &ImageCache, skip_bad:
         crate::data::cache::drop_samples(ds, &skipped);
         (imgs, skipped)
     } else {
-        (cache.load_all(&ds.samples, cfg.data.image_size)?, Vec::new())
+        (
+            cache.load_all(&ds.samples, cfg.data.image_size)?,
+            Vec::new(),
+        )
     };
-    tracing::info!("{} images loaded at {} px in {:.1} s ({} skipped)", imgs.len(), cfg.data.image_size, t.elapsed().as_secs_f64(), skipped.len());
+    tracing::info!(
+        "{} images loaded at {} px in {:.1} s ({} skipped)",
+        imgs.len(),
+        cfg.data.image_size,
+        t.elapsed().as_secs_f64(),
+        skipped.len()
+    );
     Ok((imgs, skipped))
 }
 
@@ -123,9 +160,15 @@ pub fn write_skipped(dir: &Path, skipped: &[crate::data::cache::Skipped]) -> Res
         return Ok(());
     }
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["id", "path", "error"]).map_err(|e| Error::Report(e.to_string()))?;
+    w.write_record(["id", "path", "error"])
+        .map_err(|e| Error::Report(e.to_string()))?;
     for s in skipped {
-        w.write_record([s.id.as_str(), &s.path.display().to_string(), s.error.as_str()]).map_err(|e| Error::Report(e.to_string()))?;
+        w.write_record([
+            s.id.as_str(),
+            &s.path.display().to_string(),
+            s.error.as_str(),
+        ])
+        .map_err(|e| Error::Report(e.to_string()))?;
     }
     let bytes = w.into_inner().map_err(|e| Error::Report(e.to_string()))?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -133,12 +176,29 @@ pub fn write_skipped(dir: &Path, skipped: &[crate::data::cache::Skipped]) -> Res
 }
 
 /// Probes the encoder of `ckpt` (or a seeded random init when `None`).
-pub fn probe_checkpoint(cfg: &Config, ckpt: Option<&Path>, ds: &Dataset, imgs: &[RgbImage]) -> Result<ProbeResult> {
-    let (mut vm, m) = model::build(&cfg.model, cfg.pretext.kind, cfg.seed, DType::F32, &Device::Cpu)?;
+pub fn probe_checkpoint(
+    cfg: &Config,
+    ckpt: Option<&Path>,
+    ds: &Dataset,
+    imgs: &[RgbImage],
+) -> Result<ProbeResult> {
+    let (mut vm, m) = model::build(
+        &cfg.model,
+        cfg.pretext.kind,
+        cfg.seed,
+        DType::F32,
+        &Device::Cpu,
+    )?;
     if let Some(ck) = ckpt {
         checkpoint::load_weights(&mut vm, ck)?;
     }
-    run_probe(&vm, &m.encoder, "encoder", cfg, &crate::protocol::probe_data(ds, imgs))
+    run_probe(
+        &vm,
+        &m.encoder,
+        "encoder",
+        cfg,
+        &crate::protocol::probe_data(ds, imgs),
+    )
 }
 
 /// Where a reproduce run writes.
@@ -183,7 +243,15 @@ fn write_scores(dir: &Path, ds: &Dataset, probes: &[(String, ProbeResult)]) -> R
 }
 
 /// Pretrain, probe both arms, write the report.
-pub fn reproduce(cfg: &Config, ds: &Dataset, imgs: &[RgbImage], paths: &RunPaths, progress: bool, force_resume: bool, skipped: &[crate::data::cache::Skipped]) -> Result<ReproduceOutcome> {
+pub fn reproduce(
+    cfg: &Config,
+    ds: &Dataset,
+    imgs: &[RgbImage],
+    paths: &RunPaths,
+    progress: bool,
+    force_resume: bool,
+    skipped: &[crate::data::cache::Skipped],
+) -> Result<ReproduceOutcome> {
     ds.check_labeled()?;
     std::fs::create_dir_all(&paths.report).map_err(io(&paths.report))?;
     let train_idx = ds.indices(Split::Train);
@@ -197,10 +265,19 @@ pub fn reproduce(cfg: &Config, ds: &Dataset, imgs: &[RgbImage], paths: &RunPaths
     checkpoint::write_atomic(&paths.report.join("pretrain_loss.csv"), log.as_bytes())?;
 
     let mut probes = Vec::new();
-    for (arm, ck) in [("pirl", Some(pre.checkpoint.as_path())), ("random-init", None)] {
+    for (arm, ck) in [
+        ("pirl", Some(pre.checkpoint.as_path())),
+        ("random-init", None),
+    ] {
         let t = Instant::now();
         let r = probe_checkpoint(cfg, ck, ds, imgs)?;
-        tracing::info!("{arm} linear probe: val AUC {:.4} (alpha {}), test AUC {:.4}, {:.1} s", r.val_auc, r.alpha, r.test_auc, t.elapsed().as_secs_f64());
+        tracing::info!(
+            "{arm} linear probe: val AUC {:.4} (alpha {}), test AUC {:.4}, {:.1} s",
+            r.val_auc,
+            r.alpha,
+            r.test_auc,
+            t.elapsed().as_secs_f64()
+        );
         probes.push((arm.to_string(), r));
     }
     let rows: Vec<ArmRow> = probes
@@ -241,13 +318,19 @@ pub fn reproduce(cfg: &Config, ds: &Dataset, imgs: &[RgbImage], paths: &RunPaths
         env!("CARGO_PKG_VERSION"),
     );
     write_summary(&paths.report, &rows, &ctx)?;
-    Ok(ReproduceOutcome { rows, pretrain: pre, probes })
+    Ok(ReproduceOutcome {
+        rows,
+        pretrain: pre,
+        probes,
+    })
 }
 
 /// Refuses an output folder name that would escape `reports/`.
 pub fn check_run_name(name: &str) -> Result<()> {
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-        return Err(Error::Config(format!("run name {name:?} must be a plain folder name")));
+        return Err(Error::Config(format!(
+            "run name {name:?} must be a plain folder name"
+        )));
     }
     Ok(())
 }
@@ -255,7 +338,12 @@ pub fn check_run_name(name: &str) -> Result<()> {
 /// Provenance for `manifest.json`: hashes of the config, the data (per file
 /// and whole), the split and each checkpoint; seeds; git commit; crate
 /// versions; machine and threads.
-pub fn manifest(cfg: &Config, ds: &Dataset, checkpoints: &[PathBuf], extra: serde_json::Value) -> Result<serde_json::Value> {
+pub fn manifest(
+    cfg: &Config,
+    ds: &Dataset,
+    checkpoints: &[PathBuf],
+    extra: serde_json::Value,
+) -> Result<serde_json::Value> {
     use rayon::prelude::*;
     use sha2::{Digest, Sha256};
     let file_hashes: Vec<(String, String, String)> = ds
@@ -263,7 +351,11 @@ pub fn manifest(cfg: &Config, ds: &Dataset, checkpoints: &[PathBuf], extra: serd
         .par_iter()
         .map(|s| {
             let b = std::fs::read(&s.path).map_err(io(&s.path))?;
-            Ok((s.id.clone(), s.split.as_str().to_string(), hex::encode(Sha256::digest(&b))))
+            Ok((
+                s.id.clone(),
+                s.split.as_str().to_string(),
+                hex::encode(Sha256::digest(&b)),
+            ))
         })
         .collect::<Result<_>>()?;
     let mut whole = Sha256::new();
@@ -276,9 +368,19 @@ pub fn manifest(cfg: &Config, ds: &Dataset, checkpoints: &[PathBuf], extra: serd
     for c in checkpoints {
         let p = c.join(checkpoint::MODEL_FILE);
         let b = std::fs::read(&p).map_err(io(&p))?;
-        ckpts.insert(c.display().to_string(), hex::encode(Sha256::digest(&b)).into());
+        ckpts.insert(
+            c.display().to_string(),
+            hex::encode(Sha256::digest(&b)).into(),
+        );
     }
-    let git = |args: &[&str]| std::process::Command::new("git").args(args).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
     let lock = include_str!("../Cargo.lock");
     let mut versions = serde_json::Map::new();
     let mut name = "";
@@ -286,12 +388,26 @@ pub fn manifest(cfg: &Config, ds: &Dataset, checkpoints: &[PathBuf], extra: serd
         if let Some(n) = line.strip_prefix("name = \"") {
             name = n.trim_end_matches('"');
         } else if let Some(v) = line.strip_prefix("version = \"")
-            && ["candle-core", "candle-nn", "polars", "linfa", "linfa-logistic", "image", "gemm", "dicom-object"].contains(&name)
+            && [
+                "candle-core",
+                "candle-nn",
+                "polars",
+                "linfa",
+                "linfa-logistic",
+                "image",
+                "gemm",
+                "dicom-object",
+            ]
+            .contains(&name)
         {
             versions.insert(name.to_string(), v.trim_end_matches('"').into());
         }
     }
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+        c.lines()
+            .find(|l| l.starts_with("model name"))
+            .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+    });
     Ok(serde_json::json!({
         "pirlkit_version": env!("CARGO_PKG_VERSION"),
         "config_sha256": checkpoint::config_hash(cfg),
@@ -322,7 +438,15 @@ pub fn manifest(cfg: &Config, ds: &Dataset, checkpoints: &[PathBuf], extra: serd
 
 /// Runs a protocol file: pretraining (resumed if its folder has it), every
 /// arm not yet finished, then the full report in `<reports>/<protocol name>/`.
-pub fn run_protocol(path: &Path, data: Option<&Path>, reports: &Path, cache: &ImageCache, progress: bool, force_resume: bool, skip_bad: bool) -> Result<String> {
+pub fn run_protocol(
+    path: &Path,
+    data: Option<&Path>,
+    reports: &Path,
+    cache: &ImageCache,
+    progress: bool,
+    force_resume: bool,
+    skip_bad: bool,
+) -> Result<String> {
     use crate::protocol::{Protocol, Runner};
     let (p, cfg) = Protocol::from_file(path)?;
     check_run_name(&p.name)?;
@@ -335,9 +459,19 @@ pub fn run_protocol(path: &Path, data: Option<&Path>, reports: &Path, cache: &Im
     let paths = RunPaths::new(dir.clone());
     let needs_pirl = p.arms.iter().any(|a| a.inits.iter().any(|i| i == "pirl"));
     let (ckpt, losses, pre_line) = if needs_pirl {
-        let train_imgs: Vec<RgbImage> = ds.indices(Split::Train).iter().map(|&i| imgs[i].clone()).collect();
+        let train_imgs: Vec<RgbImage> = ds
+            .indices(Split::Train)
+            .iter()
+            .map(|&i| imgs[i].clone())
+            .collect();
         let pre = train::pretrain(&cfg, &train_imgs, &paths.pretrain, progress, force_resume)?;
-        let line = format!("PIRL pretraining: {} epochs, {} steps, {:.1} min, final loss {:.4}", pre.epochs, pre.steps, pre.wall_s / 60.0, pre.epoch_losses.last().copied().unwrap_or(f64::NAN));
+        let line = format!(
+            "PIRL pretraining: {} epochs, {} steps, {:.1} min, final loss {:.4}",
+            pre.epochs,
+            pre.steps,
+            pre.wall_s / 60.0,
+            pre.epoch_losses.last().copied().unwrap_or(f64::NAN)
+        );
         (Some(pre.checkpoint), pre.epoch_losses, line)
     } else {
         (None, Vec::new(), "no PIRL arm: no pretraining".into())
@@ -352,7 +486,12 @@ pub fn run_protocol(path: &Path, data: Option<&Path>, reports: &Path, cache: &Im
         protocol_dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
     };
     let results = runner.run(&p)?;
-    let labels = |s: Split| ds.indices(s).iter().map(|&i| ds.samples[i].label.unwrap_or(0)).collect::<Vec<u8>>();
+    let labels = |s: Split| {
+        ds.indices(s)
+            .iter()
+            .map(|&i| ds.samples[i].label.unwrap_or(0))
+            .collect::<Vec<u8>>()
+    };
     let (val_y, test_y) = (labels(Split::Val), labels(Split::Test));
     let extra = serde_json::to_value(&p).map_err(|e| Error::Report(e.to_string()))?;
     let ctx = crate::report::protocol::Context {

@@ -19,9 +19,17 @@ pub struct Jigsaw {
 /// `patch x patch` crop inside each cell, jitters each patch's colour
 /// independently (`cfg`, or none), and shuffles the patches by a uniformly
 /// random permutation.
-pub fn jigsaw<R: Rng>(img: &RgbImage, patch: usize, cfg: Option<&AugmentConfig>, rng: &mut R) -> Jigsaw {
+pub fn jigsaw<R: Rng>(
+    img: &RgbImage,
+    patch: usize,
+    cfg: Option<&AugmentConfig>,
+    rng: &mut R,
+) -> Jigsaw {
     let cell = img.size / 3;
-    assert!(patch <= cell, "jigsaw patch {patch} larger than the cell {cell}");
+    assert!(
+        patch <= cell,
+        "jigsaw patch {patch} larger than the cell {cell}"
+    );
     let mut offsets = [(0, 0); 9];
     let mut cells = Vec::with_capacity(9);
     for (c, off) in offsets.iter_mut().enumerate() {
@@ -38,11 +46,20 @@ pub fn jigsaw<R: Rng>(img: &RgbImage, patch: usize, cfg: Option<&AugmentConfig>,
     let mut perm = [0, 1, 2, 3, 4, 5, 6, 7, 8];
     crate::rng::shuffle(&mut perm, rng);
     let patches = perm.iter().map(|&c| cells[c].clone()).collect();
-    Jigsaw { patches, perm, offsets }
+    Jigsaw {
+        patches,
+        perm,
+        offsets,
+    }
 }
 
 /// A rotation sample: an augmented view turned by `quarter_turns * 90` degrees.
-pub fn rotation<R: Rng>(img: &RgbImage, out: usize, cfg: &AugmentConfig, rng: &mut R) -> (Chw, usize) {
+pub fn rotation<R: Rng>(
+    img: &RgbImage,
+    out: usize,
+    cfg: &AugmentConfig,
+    rng: &mut R,
+) -> (Chw, usize) {
     let v = augment::image_view(img, out, cfg, rng);
     let k = rng.random_range(0..4usize);
     (augment::rotate90(&v, k), k)

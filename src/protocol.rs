@@ -96,10 +96,13 @@ impl Protocol {
     /// Reads and validates a protocol file.
     pub fn from_file(path: &Path) -> Result<(Protocol, Config)> {
         let text = std::fs::read_to_string(path).map_err(io(path))?;
-        let p: Protocol = toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let p: Protocol =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let cfg_text = toml::to_string(&p.config).map_err(|e| Error::Config(e.to_string()))?;
-        let cfg = Config::from_toml_over(p.preset, &cfg_text).map_err(|e| Error::Config(format!("{}: [config] {e}", path.display())))?;
-        p.check().map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let cfg = Config::from_toml_over(p.preset, &cfg_text)
+            .map_err(|e| Error::Config(format!("{}: [config] {e}", path.display())))?;
+        p.check()
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         Ok((p, cfg))
     }
 
@@ -107,7 +110,11 @@ impl Protocol {
         if self.arms.is_empty() || self.seeds.is_empty() || self.label_fractions.is_empty() {
             return Err("a protocol needs at least one arm, seed and label fraction".into());
         }
-        if let Some(f) = self.label_fractions.iter().find(|f| !(**f > 0.0 && **f <= 1.0)) {
+        if let Some(f) = self
+            .label_fractions
+            .iter()
+            .find(|f| !(**f > 0.0 && **f <= 1.0))
+        {
             return Err(format!("label fraction {f} is not in (0, 1]"));
         }
         let mut names = std::collections::HashSet::new();
@@ -120,7 +127,10 @@ impl Protocol {
             }
             for i in &a.inits {
                 if !(i == "pirl" || i == "random" || i.starts_with("weights:")) {
-                    return Err(format!("arm {}: init {i:?} is not pirl, random or weights:<file>", a.name));
+                    return Err(format!(
+                        "arm {}: init {i:?} is not pirl, random or weights:<file>",
+                        a.name
+                    ));
                 }
             }
             if a.kind == ArmKind::Knn && a.k == 0 {
@@ -138,8 +148,12 @@ pub fn label_subset(labels: &[u8], fraction: f64, seed: u64) -> Vec<usize> {
     let mut out = Vec::new();
     for class in [0u8, 1] {
         let mut idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
-        crate::rng::shuffle(&mut idx, &mut crate::rng::stream(seed, "label-fraction", class as u64, 0));
-        let take = ((idx.len() as f64 * fraction).ceil() as usize).clamp(1.min(idx.len()), idx.len());
+        crate::rng::shuffle(
+            &mut idx,
+            &mut crate::rng::stream(seed, "label-fraction", class as u64, 0),
+        );
+        let take =
+            ((idx.len() as f64 * fraction).ceil() as usize).clamp(1.min(idx.len()), idx.len());
         out.extend_from_slice(&idx[..take]);
     }
     out.sort();
@@ -189,14 +203,23 @@ impl Runner<'_> {
     fn init(&self, s: &str) -> Result<Init> {
         Ok(match s {
             "random" => Init::Random,
-            "pirl" => Init::Checkpoint(self.pirl_checkpoint.clone().ok_or_else(|| Error::Config("init pirl needs a pretrained checkpoint".into()))?),
+            "pirl" => {
+                Init::Checkpoint(self.pirl_checkpoint.clone().ok_or_else(|| {
+                    Error::Config("init pirl needs a pretrained checkpoint".into())
+                })?)
+            }
             w => Init::Torchvision(self.protocol_dir.join(w.trim_start_matches("weights:"))),
         })
     }
 
     fn split(&self, s: Split) -> (Vec<&RgbImage>, Vec<u8>) {
         let idx = self.ds.indices(s);
-        (idx.iter().map(|&i| &self.imgs[i]).collect(), idx.iter().map(|&i| self.ds.samples[i].label.unwrap_or(0)).collect())
+        (
+            idx.iter().map(|&i| &self.imgs[i]).collect(),
+            idx.iter()
+                .map(|&i| self.ds.samples[i].label.unwrap_or(0))
+                .collect(),
+        )
     }
 
     /// Runs every (arm, init, fraction, seed) not finished yet; returns all results.
@@ -212,7 +235,8 @@ impl Runner<'_> {
             for init_s in &arm.inits {
                 for &fraction in &p.label_fractions {
                     for &seed in &p.seeds {
-                        let path = result_path(&self.results_dir, &arm.name, init_s, fraction, seed);
+                        let path =
+                            result_path(&self.results_dir, &arm.name, init_s, fraction, seed);
                         if let Ok(bytes) = std::fs::read(&path)
                             && let Ok(r) = serde_json::from_slice::<ArmResult>(&bytes)
                         {
@@ -220,7 +244,11 @@ impl Runner<'_> {
                             continue;
                         }
                         if crate::train::pretrain::STOP.load(std::sync::atomic::Ordering::SeqCst) {
-                            return Err(Error::Stopped(format!("{} finished runs are saved in {}", results.len(), self.results_dir.display())));
+                            return Err(Error::Stopped(format!(
+                                "{} finished runs are saved in {}",
+                                results.len(),
+                                self.results_dir.display()
+                            )));
                         }
                         let t = std::time::Instant::now();
                         let sub = label_subset(&tr_y, fraction, seed);
@@ -229,17 +257,45 @@ impl Runner<'_> {
                         let (val_auc, test_auc, val_scores, test_scores, detail) = match arm.kind {
                             ArmKind::LinearProbe | ArmKind::Knn => {
                                 if !feats.contains_key(init_s) {
-                                    feats.insert(init_s.clone(), self.frozen_features(&self.init(init_s)?, &tr_i, &va_i, &te_i)?);
+                                    feats.insert(
+                                        init_s.clone(),
+                                        self.frozen_features(
+                                            &self.init(init_s)?,
+                                            &tr_i,
+                                            &va_i,
+                                            &te_i,
+                                        )?,
+                                    );
                                 }
                                 let [ftr, fva, fte] = &feats[init_s];
                                 let ftr_sub = ftr.select(ndarray::Axis(0), &sub);
                                 if arm.kind == ArmKind::LinearProbe {
-                                    let r = probe::fit_probe(&ftr_sub, &sub_y, fva, &va_y, fte, &te_y, &self.cfg.probe)?;
-                                    (r.val_auc, r.test_auc, r.val_scores, r.test_scores, format!("alpha {}", r.alpha))
+                                    let r = probe::fit_probe(
+                                        &ftr_sub,
+                                        &sub_y,
+                                        fva,
+                                        &va_y,
+                                        fte,
+                                        &te_y,
+                                        &self.cfg.probe,
+                                    )?;
+                                    (
+                                        r.val_auc,
+                                        r.test_auc,
+                                        r.val_scores,
+                                        r.test_scores,
+                                        format!("alpha {}", r.alpha),
+                                    )
                                 } else {
                                     let vs = probe::knn_scores(&ftr_sub, &sub_y, fva, arm.k);
                                     let ts = probe::knn_scores(&ftr_sub, &sub_y, fte, arm.k);
-                                    (crate::eval::auc(&vs, &va_y)?, crate::eval::auc(&ts, &te_y)?, vs, ts, format!("k {}", arm.k))
+                                    (
+                                        crate::eval::auc(&vs, &va_y)?,
+                                        crate::eval::auc(&ts, &te_y)?,
+                                        vs,
+                                        ts,
+                                        format!("k {}", arm.k),
+                                    )
                                 }
                             }
                             ArmKind::Finetune => {
@@ -248,12 +304,27 @@ impl Runner<'_> {
                                     self.cfg,
                                     &arm.finetune,
                                     &init,
-                                    &Labeled { images: sub_i.clone(), labels: sub_y.clone() },
-                                    &Labeled { images: va_i.clone(), labels: va_y.clone() },
-                                    &Labeled { images: te_i.clone(), labels: te_y.clone() },
+                                    &Labeled {
+                                        images: sub_i.clone(),
+                                        labels: sub_y.clone(),
+                                    },
+                                    &Labeled {
+                                        images: va_i.clone(),
+                                        labels: va_y.clone(),
+                                    },
+                                    &Labeled {
+                                        images: te_i.clone(),
+                                        labels: te_y.clone(),
+                                    },
                                     seed,
                                 )?;
-                                (r.val_auc, r.test_auc, r.val_scores, r.test_scores, format!("best epoch {} of {}", r.best_epoch, r.val_curve.len()))
+                                (
+                                    r.val_auc,
+                                    r.test_auc,
+                                    r.val_scores,
+                                    r.test_scores,
+                                    format!("best epoch {} of {}", r.best_epoch, r.val_curve.len()),
+                                )
                             }
                         };
                         let r = ArmResult {
@@ -294,15 +365,31 @@ impl Runner<'_> {
 
     /// Frozen features (train, val, test) of the encoder from `init`, with
     /// BatchNorm statistics recomputed on the training images if configured.
-    fn frozen_features(&self, init: &Init, tr: &[&RgbImage], va: &[&RgbImage], te: &[&RgbImage]) -> Result<[ndarray::Array2<f64>; 3]> {
-        let (vm, m) = crate::model::build(&self.cfg.model, self.cfg.pretext.kind, self.cfg.seed, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    fn frozen_features(
+        &self,
+        init: &Init,
+        tr: &[&RgbImage],
+        va: &[&RgbImage],
+        te: &[&RgbImage],
+    ) -> Result<[ndarray::Array2<f64>; 3]> {
+        let (vm, m) = crate::model::build(
+            &self.cfg.model,
+            self.cfg.pretext.kind,
+            self.cfg.seed,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )?;
         finetune::load_encoder(&vm, init)?;
         let crop = self.cfg.pretext.crop;
         let bs = self.cfg.train.batch_size.max(2);
         if self.cfg.probe.recompute_bn {
             probe::recompute_bn(&vm, m.encoder.config(), "encoder", tr, crop, bs)?;
         }
-        Ok([probe::features(&m.encoder, tr, crop, bs)?, probe::features(&m.encoder, va, crop, bs)?, probe::features(&m.encoder, te, crop, bs)?])
+        Ok([
+            probe::features(&m.encoder, tr, crop, bs)?,
+            probe::features(&m.encoder, va, crop, bs)?,
+            probe::features(&m.encoder, te, crop, bs)?,
+        ])
     }
 }
 
@@ -310,7 +397,16 @@ impl Runner<'_> {
 pub fn probe_data<'a>(ds: &Dataset, imgs: &'a [RgbImage]) -> ProbeData<'a> {
     let take = |s: Split| {
         let idx = ds.indices(s);
-        (idx.iter().map(|&i| &imgs[i]).collect(), idx.iter().map(|&i| ds.samples[i].label.unwrap_or(0)).collect())
+        (
+            idx.iter().map(|&i| &imgs[i]).collect(),
+            idx.iter()
+                .map(|&i| ds.samples[i].label.unwrap_or(0))
+                .collect(),
+        )
     };
-    ProbeData { train: take(Split::Train), val: take(Split::Val), test: take(Split::Test) }
+    ProbeData {
+        train: take(Split::Train),
+        val: take(Split::Val),
+        test: take(Split::Test),
+    }
 }

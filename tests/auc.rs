@@ -36,5 +36,10 @@ fn auc_rejects_one_class_mismatch_and_nan() {
     let e = auc(&[0.1, 0.2], &[1, 1]).unwrap_err().to_string();
     assert!(e.contains("both classes"), "{e}");
     assert!(auc(&[0.1], &[1, 0]).is_err());
-    assert!(auc(&[0.1, f64::NAN], &[1, 0]).unwrap_err().to_string().contains("not finite"));
+    assert!(
+        auc(&[0.1, f64::NAN], &[1, 0])
+            .unwrap_err()
+            .to_string()
+            .contains("not finite")
+    );
 }

@@ -6,16 +6,26 @@ use pirlkit::ops::conv::conv2d;
 
 /// Deterministic pseudo-random values in [-0.5, 0.5).
 fn seeded(len: usize, salt: usize) -> Vec<f64> {
-    (0..len).map(|i| (((i + salt * 131) * 7919) % 1000) as f64 / 1000.0 - 0.5).collect()
+    (0..len)
+        .map(|i| (((i + salt * 131) * 7919) % 1000) as f64 / 1000.0 - 0.5)
+        .collect()
 }
 
 fn tensor(dims: &[usize], salt: usize, dtype: DType) -> Tensor {
     let len = dims.iter().product();
-    Tensor::from_vec(seeded(len, salt), dims, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    Tensor::from_vec(seeded(len, salt), dims, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
 }
 
 fn flat(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Max abs difference must be within `tol` of the reference's scale.
@@ -23,8 +33,14 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
     assert_eq!(got.dims(), want.dims(), "{what}: shape");
     let (a, b) = (flat(got), flat(want));
     let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    let diff = a.iter().zip(&b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-    assert!(diff <= tol * scale, "{what}: max abs diff {diff:e} > {tol:e} * {scale}");
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        diff <= tol * scale,
+        "{what}: max abs diff {diff:e} > {tol:e} * {scale}"
+    );
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -39,8 +55,26 @@ struct Case {
     p: usize,
 }
 
-const fn case(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, s: usize, p: usize) -> Case {
-    Case { n, cin, cout, h, w, k, s, p }
+const fn case(
+    n: usize,
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+) -> Case {
+    Case {
+        n,
+        cin,
+        cout,
+        h,
+        w,
+        k,
+        s,
+        p,
+    }
 }
 
 const CASES: &[Case] = &[
@@ -51,9 +85,9 @@ const CASES: &[Case] = &[
     case(1, 4, 6, 9, 7, 1, 2, 0),
     case(3, 5, 3, 9, 7, 1, 1, 1),
     case(3, 3, 5, 16, 13, 7, 2, 3), // stem-like
-    case(1, 3, 5, 5, 6, 7, 1, 3), // kernel larger than the input
-    case(1, 2, 3, 4, 5, 3, 1, 3), // padding wider than the kernel
-    case(9, 3, 5, 6, 5, 3, 2, 1), // several weight-gradient chunks, last one partial
+    case(1, 3, 5, 5, 6, 7, 1, 3),   // kernel larger than the input
+    case(1, 2, 3, 4, 5, 3, 1, 3),   // padding wider than the kernel
+    case(9, 3, 5, 6, 5, 3, 2, 1),   // several weight-gradient chunks, last one partial
     case(3, 8, 16, 8, 8, 3, 2, 1),
 ];
 
@@ -96,7 +130,10 @@ fn naive(c: Case) -> (Tensor, Tensor, Tensor) {
                     for ci in 0..c.cin {
                         for ky in 0..c.k {
                             for kx in 0..c.k {
-                                let (iy, ix) = ((oy * c.s + ky) as isize - c.p as isize, (ox * c.s + kx) as isize - c.p as isize);
+                                let (iy, ix) = (
+                                    (oy * c.s + ky) as isize - c.p as isize,
+                                    (ox * c.s + kx) as isize - c.p as isize,
+                                );
                                 if iy < 0 || ix < 0 || iy >= c.h as isize || ix >= c.w as isize {
                                     continue;
                                 }
@@ -113,7 +150,11 @@ fn naive(c: Case) -> (Tensor, Tensor, Tensor) {
         }
     }
     let t = |v: Vec<f64>, d: &[usize]| Tensor::from_vec(v, d, &Device::Cpu).unwrap();
-    (t(y, &[c.n, c.cout, ho, wo]), t(dx, &[c.n, c.cin, c.h, c.w]), t(dw, &[c.cout, c.cin, c.k, c.k]))
+    (
+        t(y, &[c.n, c.cout, ho, wo]),
+        t(dx, &[c.n, c.cin, c.h, c.w]),
+        t(dw, &[c.cout, c.cin, c.k, c.k]),
+    )
 }
 
 #[test]
@@ -125,7 +166,13 @@ fn matches_candle_and_naive_forward_and_backward_f32() {
         assert_close(&format!("dx vs naive {c:?}"), &dx, &dxn, 1e-4);
         assert_close(&format!("dw vs naive {c:?}"), &dw, &dwn, 1e-4);
         let y0 = tensor(&[c.n, c.cin, c.h, c.w], 1, DType::F32)
-            .conv2d(&tensor(&[c.cout, c.cin, c.k, c.k], 2, DType::F32), c.p, c.s, 1, 1)
+            .conv2d(
+                &tensor(&[c.cout, c.cin, c.k, c.k], 2, DType::F32),
+                c.p,
+                c.s,
+                1,
+                1,
+            )
             .unwrap();
         assert_close(&format!("y vs candle {c:?}"), &y, &y0, 1e-4);
         match try_run(c, false, DType::F32) {
@@ -145,7 +192,9 @@ fn matches_candle_and_naive_forward_and_backward_f32() {
 
 #[test]
 fn non_contiguous_input_is_accepted() {
-    let x = tensor(&[2, 3, 7, 9], 1, DType::F32).transpose(2, 3).unwrap();
+    let x = tensor(&[2, 3, 7, 9], 1, DType::F32)
+        .transpose(2, 3)
+        .unwrap();
     assert!(!x.is_contiguous());
     let w = tensor(&[4, 3, 3, 3], 2, DType::F32);
     let y = conv2d(&x, &w, 2, 1).unwrap();
@@ -158,17 +207,31 @@ fn finite_difference_check(c: Case) {
     let dev = Device::Cpu;
     let xd = [c.n, c.cin, c.h, c.w];
     let wd = [c.cout, c.cin, c.k, c.k];
-    let (xv, wv) = (flat(&tensor(&xd, 1, DType::F64)), flat(&tensor(&wd, 2, DType::F64)));
+    let (xv, wv) = (
+        flat(&tensor(&xd, 1, DType::F64)),
+        flat(&tensor(&wd, 2, DType::F64)),
+    );
     let (_, dx, dw) = run(c, true, DType::F64);
     let r = {
-        let y = conv2d(&tensor(&xd, 1, DType::F64), &tensor(&wd, 2, DType::F64), c.s, c.p).unwrap();
+        let y = conv2d(
+            &tensor(&xd, 1, DType::F64),
+            &tensor(&wd, 2, DType::F64),
+            c.s,
+            c.p,
+        )
+        .unwrap();
         tensor(y.dims(), 3, DType::F64)
     };
     let loss = |xv: &[f64], wv: &[f64]| -> f64 {
         let x = Tensor::from_slice(xv, &xd, &dev).unwrap();
         let w = Tensor::from_slice(wv, &wd, &dev).unwrap();
         let y = conv2d(&x, &w, c.s, c.p).unwrap();
-        (&y * &r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+        (&y * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
     };
     let h = 1e-6;
     let check = |name: &str, analytic: &[f64], which_x: bool| {
@@ -177,10 +240,17 @@ fn finite_difference_check(c: Case) {
             let (mut plus, mut minus) = (base.clone(), base.clone());
             plus[i] += h;
             minus[i] -= h;
-            let (lp, lm) = if which_x { (loss(&plus, &wv), loss(&minus, &wv)) } else { (loss(&xv, &plus), loss(&xv, &minus)) };
+            let (lp, lm) = if which_x {
+                (loss(&plus, &wv), loss(&minus, &wv))
+            } else {
+                (loss(&xv, &plus), loss(&xv, &minus))
+            };
             let fd = (lp - lm) / (2.0 * h);
             let an = analytic[i];
-            assert!((fd - an).abs() <= 1e-6 * an.abs().max(1.0), "{name}[{i}] {c:?}: fd {fd} vs analytic {an}");
+            assert!(
+                (fd - an).abs() <= 1e-6 * an.abs().max(1.0),
+                "{name}[{i}] {c:?}: fd {fd} vs analytic {an}"
+            );
         }
     };
     check("dx", &flat(&dx), true);
@@ -194,14 +264,27 @@ fn gradients_match_finite_differences_f64() {
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
 }
 
 #[test]
 fn bit_identical_across_thread_counts() {
-    for c in [case(9, 3, 5, 9, 7, 3, 1, 1), case(10, 6, 4, 8, 8, 1, 1, 0), case(7, 8, 16, 12, 10, 3, 2, 1)] {
+    for c in [
+        case(9, 3, 5, 9, 7, 3, 1, 1),
+        case(10, 6, 4, 8, 8, 1, 1, 0),
+        case(7, 8, 16, 12, 10, 3, 2, 1),
+    ] {
         let with = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             pool.install(|| {
                 let (y, dx, dw) = run(c, true, DType::F32);
                 (bits(&y), bits(&dx), bits(&dw))
@@ -219,12 +302,33 @@ fn invalid_shapes_are_errors() {
     let x = tensor(&[1, 3, 5, 5], 1, DType::F32);
     let w = tensor(&[4, 3, 3, 3], 2, DType::F32);
     assert!(conv2d(&x.flatten_all().unwrap(), &w, 1, 0).is_err(), "rank");
-    assert!(conv2d(&x, &tensor(&[4, 2, 3, 3], 2, DType::F32), 1, 0).is_err(), "cin");
-    assert!(conv2d(&x, &tensor(&[4, 3, 7, 7], 2, DType::F32), 1, 0).is_err(), "kernel too large");
-    assert!(conv2d(&x, &tensor(&[4, 3, 7, 7], 2, DType::F32), 1, 1).is_ok(), "fits with padding");
+    assert!(
+        conv2d(&x, &tensor(&[4, 2, 3, 3], 2, DType::F32), 1, 0).is_err(),
+        "cin"
+    );
+    assert!(
+        conv2d(&x, &tensor(&[4, 3, 7, 7], 2, DType::F32), 1, 0).is_err(),
+        "kernel too large"
+    );
+    assert!(
+        conv2d(&x, &tensor(&[4, 3, 7, 7], 2, DType::F32), 1, 1).is_ok(),
+        "fits with padding"
+    );
     assert!(conv2d(&x, &w, 0, 0).is_err(), "stride 0");
-    assert!(conv2d(&x, &w.to_dtype(DType::F64).unwrap(), 1, 0).is_err(), "dtype");
-    assert!(conv2d(&x.to_dtype(DType::BF16).unwrap(), &w.to_dtype(DType::BF16).unwrap(), 1, 0).is_err(), "bf16");
+    assert!(
+        conv2d(&x, &w.to_dtype(DType::F64).unwrap(), 1, 0).is_err(),
+        "dtype"
+    );
+    assert!(
+        conv2d(
+            &x.to_dtype(DType::BF16).unwrap(),
+            &w.to_dtype(DType::BF16).unwrap(),
+            1,
+            0
+        )
+        .is_err(),
+        "bf16"
+    );
 }
 
 fn median_ms(mut f: impl FnMut()) -> f64 {
@@ -253,7 +357,10 @@ fn conv_speed_report() {
             x.as_tensor().conv2d(w.as_tensor(), c.p, c.s, 1, 1).unwrap()
         }
     };
-    println!("conv2d {c:?}, f32, {} rayon threads, median of 5", rayon::current_num_threads());
+    println!(
+        "conv2d {c:?}, f32, {} rayon threads, median of 5",
+        rayon::current_num_threads()
+    );
     for (name, ours) in [("candle ", false), ("pirlkit", true)] {
         let fwd = median_ms(|| {
             conv(ours);

@@ -8,19 +8,29 @@ use std::path::Path;
 use pirlkit::data::{Dataset, ImageCache, Split};
 
 fn write_png(path: &Path, w: u32, h: u32, shade: u8) {
-    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([shade, (x * 3) as u8, (y * 5) as u8]));
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([shade, (x * 3) as u8, (y * 5) as u8])
+    });
     img.save(path).unwrap();
 }
 
 #[test]
 fn isic2017_layout_as_shipped() {
-    let Some(dir) = common::isic_dir() else { return };
+    let Some(dir) = common::isic_dir() else {
+        return;
+    };
     let ds = Dataset::open(&dir).unwrap();
     let count = |s: Split| ds.split(s).len();
     let pos = |s: Split| ds.split(s).iter().filter(|x| x.label == Some(1)).count();
-    assert_eq!((count(Split::Train), count(Split::Val), count(Split::Test)), (2000, 150, 600));
+    assert_eq!(
+        (count(Split::Train), count(Split::Val), count(Split::Test)),
+        (2000, 150, 600)
+    );
     // The data README: 374, 30 and 117 melanomas.
-    assert_eq!((pos(Split::Train), pos(Split::Val), pos(Split::Test)), (374, 30, 117));
+    assert_eq!(
+        (pos(Split::Train), pos(Split::Val), pos(Split::Test)),
+        (374, 30, 117)
+    );
     assert!(ds.samples.iter().all(|s| s.path.is_file()));
     ds.check_labeled().unwrap();
 }
@@ -36,7 +46,9 @@ fn manifest_dir(csv: &str) -> tempfile::TempDir {
 
 #[test]
 fn manifest_reads_paths_labels_splits_groups() {
-    let d = manifest_dir("path,label,split,group\nimg0.png,1,train,a\nimg1.png,0.0,train,a\nimg2.png,true,val,b\nimg3.png,0,test,c\n");
+    let d = manifest_dir(
+        "path,label,split,group\nimg0.png,1,train,a\nimg1.png,0.0,train,a\nimg2.png,true,val,b\nimg3.png,0,test,c\n",
+    );
     let ds = Dataset::open(d.path()).unwrap();
     assert_eq!(ds.samples.len(), 4);
     assert_eq!(ds.samples[0].label, Some(1));
@@ -49,7 +61,10 @@ fn manifest_reads_paths_labels_splits_groups() {
 fn manifest_errors_name_file_and_line() {
     let d = manifest_dir("path,label\nimg0.png,1\nimg1.png,maybe\n");
     let e = Dataset::open(d.path()).unwrap_err().to_string();
-    assert!(e.contains("manifest.csv") && e.contains("line 3") && e.contains("maybe"), "{e}");
+    assert!(
+        e.contains("manifest.csv") && e.contains("line 3") && e.contains("maybe"),
+        "{e}"
+    );
 
     let d = manifest_dir("file,label\nimg0.png,1\n");
     let e = Dataset::open(d.path()).unwrap_err().to_string();
@@ -78,20 +93,29 @@ fn manifest_without_splits_keeps_groups_together() {
         assert!(!ds.split(s).is_empty(), "{s:?} empty");
     }
     for g in 0..20 {
-        let splits: std::collections::HashSet<_> = ds.samples.iter().filter(|s| s.group == g.to_string()).map(|s| s.split).collect();
+        let splits: std::collections::HashSet<_> = ds
+            .samples
+            .iter()
+            .filter(|s| s.group == g.to_string())
+            .map(|s| s.split)
+            .collect();
         assert_eq!(splits.len(), 1, "group {g} split across {splits:?}");
     }
 }
 
 #[test]
 fn cache_is_reused_and_invalidated_by_content() {
-    let d = manifest_dir("path,label,split\nimg0.png,1,train\nimg1.png,0,train\nimg2.png,1,test\nimg3.png,0,test\n");
+    let d = manifest_dir(
+        "path,label,split\nimg0.png,1,train\nimg1.png,0,train\nimg2.png,1,test\nimg3.png,0,test\n",
+    );
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = ImageCache::new(cache_dir.path());
     let ds = Dataset::open(d.path()).unwrap();
     let a = cache.load_all(&ds.samples, 12).unwrap();
     assert_eq!(a[0].data.len(), 12 * 12 * 3);
-    let entries = std::fs::read_dir(cache_dir.path().join("12")).unwrap().count();
+    let entries = std::fs::read_dir(cache_dir.path().join("12"))
+        .unwrap()
+        .count();
     assert_eq!(entries, 4);
     let b = cache.load_all(&ds.samples, 12).unwrap();
     assert_eq!(a, b);
@@ -100,7 +124,12 @@ fn cache_is_reused_and_invalidated_by_content() {
     let c = cache.load_all(&ds.samples, 12).unwrap();
     assert_ne!(a[0], c[0]);
     assert_eq!(a[1], c[1]);
-    assert_eq!(std::fs::read_dir(cache_dir.path().join("12")).unwrap().count(), 5);
+    assert_eq!(
+        std::fs::read_dir(cache_dir.path().join("12"))
+            .unwrap()
+            .count(),
+        5
+    );
     // Non-square images are resized on the short side and centre-cropped.
     assert_eq!(c[2].size, 12);
 }
@@ -115,14 +144,32 @@ fn bad_images_are_errors_that_name_the_file() {
     std::fs::write(d.path().join("truncated.png"), &bytes[..bytes.len() / 2]).unwrap();
     write_png(&d.path().join("tiny.png"), 3, 3, 9);
     let cache = ImageCache::new(d.path().join("cache"));
-    for name in ["empty.png", "text.jpg", "truncated.png", "tiny.png", "missing.png"] {
-        let s = pirlkit::data::Sample { id: name.into(), path: d.path().join(name), label: Some(0), split: Split::Train, group: name.into() };
+    for name in [
+        "empty.png",
+        "text.jpg",
+        "truncated.png",
+        "tiny.png",
+        "missing.png",
+    ] {
+        let s = pirlkit::data::Sample {
+            id: name.into(),
+            path: d.path().join(name),
+            label: Some(0),
+            split: Split::Train,
+            group: name.into(),
+        };
         let e = cache.load_all(&[s], 16).unwrap_err().to_string();
         assert!(e.contains(name), "{name}: {e}");
     }
     // A PNG with a .jpg name still decodes (format from content).
     std::fs::copy(d.path().join("good.png"), d.path().join("really_png.jpg")).unwrap();
-    let s = pirlkit::data::Sample { id: "x".into(), path: d.path().join("really_png.jpg"), label: Some(0), split: Split::Train, group: "x".into() };
+    let s = pirlkit::data::Sample {
+        id: "x".into(),
+        path: d.path().join("really_png.jpg"),
+        label: Some(0),
+        split: Split::Train,
+        group: "x".into(),
+    };
     assert!(cache.load_all(&[s], 16).is_ok());
 }
 
@@ -134,7 +181,10 @@ fn config_rejects_unknown_keys_and_bad_values() {
     let e = Config::from_toml_over(Preset::Tiny, "[pirl]\ntau = -1.0\n").unwrap_err();
     assert!(e.contains("tau"), "{e}");
     let c = Config::from_toml_over(Preset::Tiny, "seed = 9\n[train]\nepochs = 5\n").unwrap();
-    assert_eq!((c.seed, c.train.epochs, c.train.batch_size), (9, 5, Config::preset(Preset::Tiny).train.batch_size));
+    assert_eq!(
+        (c.seed, c.train.epochs, c.train.batch_size),
+        (9, 5, Config::preset(Preset::Tiny).train.batch_size)
+    );
 }
 
 #[test]
@@ -149,10 +199,18 @@ fn splits_made_by_pirlkit_keep_duplicates_together() {
             image::Rgb([v, v.wrapping_mul(3), ((x ^ y) * 4 + i) as u8])
         });
         img.save(d.path().join(format!("a{i}.png"))).unwrap();
-        std::fs::copy(d.path().join(format!("a{i}.png")), d.path().join(format!("b{i}.png"))).unwrap();
+        std::fs::copy(
+            d.path().join(format!("a{i}.png")),
+            d.path().join(format!("b{i}.png")),
+        )
+        .unwrap();
         let bright = image::RgbImage::from_fn(48, 48, |x, y| {
             let p = img.get_pixel(x, y);
-            image::Rgb([p[0].saturating_add(12), p[1].saturating_add(12), p[2].saturating_add(12)])
+            image::Rgb([
+                p[0].saturating_add(12),
+                p[1].saturating_add(12),
+                p[2].saturating_add(12),
+            ])
         });
         bright.save(d.path().join(format!("c{i}.png"))).unwrap();
         let l = (i % 4 == 0) as u8;
@@ -163,11 +221,22 @@ fn splits_made_by_pirlkit_keep_duplicates_together() {
     let plain = Dataset::open(d.path()).unwrap();
     let ds = pirlkit::pipeline::open_dataset(Some(d.path()), &cache, 0).unwrap();
     let split_of = |ds: &Dataset, id: &str| ds.samples.iter().find(|s| s.id == id).unwrap().split;
-    let straddle = |ds: &Dataset| (0..40).filter(|i| {
-        let s = [split_of(ds, &format!("a{i}")), split_of(ds, &format!("b{i}")), split_of(ds, &format!("c{i}"))];
-        s[0] != s[1] || s[0] != s[2]
-    }).count();
-    assert!(straddle(&plain) > 0, "the test needs duplicates that a plain split would separate");
+    let straddle = |ds: &Dataset| {
+        (0..40)
+            .filter(|i| {
+                let s = [
+                    split_of(ds, &format!("a{i}")),
+                    split_of(ds, &format!("b{i}")),
+                    split_of(ds, &format!("c{i}")),
+                ];
+                s[0] != s[1] || s[0] != s[2]
+            })
+            .count()
+    };
+    assert!(
+        straddle(&plain) > 0,
+        "the test needs duplicates that a plain split would separate"
+    );
     assert_eq!(straddle(&ds), 0);
     for s in [Split::Train, Split::Val, Split::Test] {
         assert!(!ds.split(s).is_empty());

@@ -43,7 +43,11 @@ fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let w = Capture(buf.clone());
-        tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_ansi(false).with_writer(move || w.clone()).init();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || w.clone())
+            .init();
         tracing::info!("log capture on");
         buf
     })
@@ -78,20 +82,40 @@ fn el(tag: dicom_core::Tag, vr: VR, v: PrimitiveValue) -> InMemElement {
 /// The attributes every fixture has, with the patient identifiers.
 fn base(w: u32, h: u32, spp: u16, pi: &str, bits: u16) -> Vec<InMemElement> {
     vec![
-        el(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(VL_PHOTOGRAPHIC)),
-        el(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("2.25.1234567890")),
+        el(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(VL_PHOTOGRAPHIC),
+        ),
+        el(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from("2.25.1234567890"),
+        ),
         el(tags::MODALITY, VR::CS, PrimitiveValue::from("XC")),
         el(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from(NAME)),
         el(tags::PATIENT_ID, VR::LO, PrimitiveValue::from(PID)),
-        el(tags::PATIENT_BIRTH_DATE, VR::DA, PrimitiveValue::from("19700101")),
+        el(
+            tags::PATIENT_BIRTH_DATE,
+            VR::DA,
+            PrimitiveValue::from("19700101"),
+        ),
         el(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(spp)),
-        el(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from(pi)),
+        el(
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            PrimitiveValue::from(pi),
+        ),
         el(tags::ROWS, VR::US, PrimitiveValue::from(h as u16)),
         el(tags::COLUMNS, VR::US, PrimitiveValue::from(w as u16)),
         el(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(bits)),
         el(tags::BITS_STORED, VR::US, PrimitiveValue::from(bits)),
         el(tags::HIGH_BIT, VR::US, PrimitiveValue::from(bits - 1)),
-        el(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)),
+        el(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ),
     ]
 }
 
@@ -118,9 +142,17 @@ fn uncompressed_rgb(frames: &[&image::RgbImage]) -> Vec<u8> {
     for f in frames {
         px.extend_from_slice(f.as_raw());
     }
-    let mut extra = vec![el(tags::PLANAR_CONFIGURATION, VR::US, PrimitiveValue::from(0u16))];
+    let mut extra = vec![el(
+        tags::PLANAR_CONFIGURATION,
+        VR::US,
+        PrimitiveValue::from(0u16),
+    )];
     if frames.len() > 1 {
-        extra.push(el(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from(frames.len().to_string())));
+        extra.push(el(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from(frames.len().to_string()),
+        ));
     }
     extra.push(el(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(px)));
     write(EXPLICIT_LE, base(w, h, 3, "RGB", 8), extra)
@@ -133,12 +165,30 @@ fn jpeg_baseline(jpegs: &[&[u8]], w: u32, h: u32) -> Vec<u8> {
 }
 
 /// JPEG baseline with the fragments and basic offset table given.
-fn jpeg_fragments(frags: Vec<Vec<u8>>, offsets: Vec<u32>, frames: usize, w: u32, h: u32) -> Vec<u8> {
-    let mut extra = vec![el(tags::PLANAR_CONFIGURATION, VR::US, PrimitiveValue::from(0u16))];
+fn jpeg_fragments(
+    frags: Vec<Vec<u8>>,
+    offsets: Vec<u32>,
+    frames: usize,
+    w: u32,
+    h: u32,
+) -> Vec<u8> {
+    let mut extra = vec![el(
+        tags::PLANAR_CONFIGURATION,
+        VR::US,
+        PrimitiveValue::from(0u16),
+    )];
     if frames > 1 {
-        extra.push(el(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from(frames.to_string())));
+        extra.push(el(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from(frames.to_string()),
+        ));
     }
-    extra.push(DataElement::new(tags::PIXEL_DATA, VR::OB, Value::PixelSequence(PixelFragmentSequence::new(offsets, frags))));
+    extra.push(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        Value::PixelSequence(PixelFragmentSequence::new(offsets, frags)),
+    ));
     write(JPEG_BASELINE, base(w, h, 3, "YBR_FULL_422", 8), extra)
 }
 
@@ -156,7 +206,11 @@ fn split_even(bytes: &[u8], n: usize) -> Vec<Vec<u8>> {
 fn mono(grey: &image::GrayImage, bits: u16) -> Vec<u8> {
     let (w, h) = grey.dimensions();
     let px = if bits == 8 {
-        el(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(grey.as_raw().clone()))
+        el(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PrimitiveValue::from(grey.as_raw().clone()),
+        )
     } else {
         let v: Vec<u16> = grey.as_raw().iter().map(|&g| g as u16 * 257).collect();
         el(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(v.into()))
@@ -173,12 +227,21 @@ fn grey_as_rgb(g: &image::GrayImage) -> image::RgbImage {
 
 fn sample(path: PathBuf) -> Sample {
     let id = path.file_stem().unwrap().to_string_lossy().into_owned();
-    Sample { group: id.clone(), id, path, label: Some(0), split: Split::Train }
+    Sample {
+        group: id.clone(),
+        id,
+        path,
+        label: Some(0),
+        split: Split::Train,
+    }
 }
 
 fn no_secret(what: &str, s: &str) {
     for secret in [NAME, PID, "DOE", "JOHN", "19700101"] {
-        assert!(!s.contains(secret), "{what} holds the patient identifier {secret:?}: {s}");
+        assert!(
+            !s.contains(secret),
+            "{what} holds the patient identifier {secret:?}: {s}"
+        );
     }
 }
 
@@ -204,7 +267,10 @@ fn uncompressed_rgb_equals_the_jpeg_decode() {
         assert!(!is_dicom(&s.jpeg));
         let got = decode_dicom(&dcm).unwrap();
         assert_eq!(got.dimensions(), s.rgb.dimensions());
-        assert!(got == s.rgb, "decoded uncompressed DICOM differs from the JPEG's pixels");
+        assert!(
+            got == s.rgb,
+            "decoded uncompressed DICOM differs from the JPEG's pixels"
+        );
     }
 }
 
@@ -216,7 +282,10 @@ fn jpeg_baseline_encapsulated_equals_the_jpeg_decode() {
         let (w, h) = s.rgb.dimensions();
         let dcm = jpeg_baseline(&[&s.jpeg], w, h);
         let got = decode_dicom(&dcm).unwrap();
-        assert!(got == s.rgb, "decoded JPEG-baseline DICOM differs from the JPEG's pixels");
+        assert!(
+            got == s.rgb,
+            "decoded JPEG-baseline DICOM differs from the JPEG's pixels"
+        );
     }
 }
 
@@ -227,9 +296,15 @@ fn monochrome2_8_and_16_bit_become_grey_rgb() {
     for s in &src {
         let grey = image::DynamicImage::ImageRgb8(s.rgb.clone()).to_luma8();
         let want = grey_as_rgb(&grey);
-        assert!(decode_dicom(&mono(&grey, 8)).unwrap() == want, "MONOCHROME2 8-bit");
+        assert!(
+            decode_dicom(&mono(&grey, 8)).unwrap() == want,
+            "MONOCHROME2 8-bit"
+        );
         // 16-bit samples g * 257 scale back to exactly g.
-        assert!(decode_dicom(&mono(&grey, 16)).unwrap() == want, "MONOCHROME2 16-bit");
+        assert!(
+            decode_dicom(&mono(&grey, 16)).unwrap() == want,
+            "MONOCHROME2 16-bit"
+        );
     }
 }
 
@@ -240,12 +315,21 @@ fn multi_frame_gives_the_first_frame() {
     let (a, b) = (&src[0], &src[1]);
     assert_eq!(a.rgb.dimensions(), b.rgb.dimensions());
     let dcm = uncompressed_rgb(&[&a.rgb, &b.rgb]);
-    assert!(decode_dicom(&dcm).unwrap() == a.rgb, "uncompressed 2-frame: not frame 1");
+    assert!(
+        decode_dicom(&dcm).unwrap() == a.rgb,
+        "uncompressed 2-frame: not frame 1"
+    );
     let dcm = uncompressed_rgb(&[&b.rgb, &a.rgb]);
-    assert!(decode_dicom(&dcm).unwrap() == b.rgb, "uncompressed 2-frame (swapped): not frame 1");
+    assert!(
+        decode_dicom(&dcm).unwrap() == b.rgb,
+        "uncompressed 2-frame (swapped): not frame 1"
+    );
     let (w, h) = a.rgb.dimensions();
     let dcm = jpeg_baseline(&[&a.jpeg, &b.jpeg], w, h);
-    assert!(decode_dicom(&dcm).unwrap() == a.rgb, "JPEG 2-frame: not frame 1");
+    assert!(
+        decode_dicom(&dcm).unwrap() == a.rgb,
+        "JPEG 2-frame: not frame 1"
+    );
     // One frame in three fragments.
     let dcm = jpeg_fragments(split_even(&a.jpeg, 3), Vec::new(), 1, w, h);
     assert!(decode_dicom(&dcm).unwrap() == a.rgb, "JPEG in 3 fragments");
@@ -254,9 +338,15 @@ fn multi_frame_gives_the_first_frame() {
     let second = fa.iter().map(|f| f.len() as u32 + 8).sum::<u32>();
     let frags: Vec<Vec<u8>> = fa.into_iter().chain(fb).collect();
     let dcm = jpeg_fragments(frags.clone(), vec![0, second], 2, w, h);
-    assert!(decode_dicom(&dcm).unwrap() == a.rgb, "JPEG 2 frames x 3 fragments, offset table");
+    assert!(
+        decode_dicom(&dcm).unwrap() == a.rgb,
+        "JPEG 2 frames x 3 fragments, offset table"
+    );
     let dcm = jpeg_fragments(frags, Vec::new(), 2, w, h);
-    assert!(decode_dicom(&dcm).unwrap() == a.rgb, "JPEG 2 frames x 3 fragments, no offset table");
+    assert!(
+        decode_dicom(&dcm).unwrap() == a.rgb,
+        "JPEG 2 frames x 3 fragments, no offset table"
+    );
 }
 
 #[test]
@@ -268,7 +358,15 @@ fn errors_are_clear_and_hold_no_patient_identifier() {
     assert!(e.contains("no pixel data"), "{e}");
     no_secret("error", &e);
     // Too few pixel bytes.
-    let dcm = write(EXPLICIT_LE, base(16, 16, 3, "RGB", 8), vec![el(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(vec![0u8; 10]))]);
+    let dcm = write(
+        EXPLICIT_LE,
+        base(16, 16, 3, "RGB", 8),
+        vec![el(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PrimitiveValue::from(vec![0u8; 10]),
+        )],
+    );
     let e = decode_dicom(&dcm).unwrap_err();
     assert!(e.contains("truncated") && e.contains("16x16"), "{e}");
     no_secret("error", &e);
@@ -277,23 +375,42 @@ fn errors_are_clear_and_hold_no_patient_identifier() {
     let dcm = write(
         "1.2.840.10008.1.2.4.90",
         base(16, 16, 3, "RGB", 8),
-        vec![DataElement::new(tags::PIXEL_DATA, VR::OB, Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), frag)))],
+        vec![DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), frag)),
+        )],
     );
     let e = decode_dicom(&dcm).unwrap_err();
-    assert!(e.contains("1.2.840.10008.1.2.4.90") && e.contains("not supported"), "{e}");
+    assert!(
+        e.contains("1.2.840.10008.1.2.4.90") && e.contains("not supported"),
+        "{e}"
+    );
     no_secret("error", &e);
     // A broken JPEG fragment.
     let frag = vec![b"\xff\xd8\xff\xe0 not a jpeg, DOE^JOHN".to_vec()];
     let dcm = write(
         JPEG_BASELINE,
         base(16, 16, 3, "YBR_FULL_422", 8),
-        vec![DataElement::new(tags::PIXEL_DATA, VR::OB, Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), frag)))],
+        vec![DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), frag)),
+        )],
     );
     let e = decode_dicom(&dcm).unwrap_err();
     eprintln!("{e}");
     no_secret("error", &e);
     // Truncated in the middle of the data set, after the patient module.
-    let good = write(EXPLICIT_LE, base(16, 16, 3, "RGB", 8), vec![el(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(vec![7u8; 16 * 16 * 3]))]);
+    let good = write(
+        EXPLICIT_LE,
+        base(16, 16, 3, "RGB", 8),
+        vec![el(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PrimitiveValue::from(vec![7u8; 16 * 16 * 3]),
+        )],
+    );
     assert!(decode_dicom(&good).is_ok());
     for cut in [200, good.len() / 2, good.len() - 100] {
         let e = decode_dicom(&good[..cut]).unwrap_err();
@@ -301,7 +418,11 @@ fn errors_are_clear_and_hold_no_patient_identifier() {
         no_secret("error", &e);
     }
     // Not DICOM.
-    assert!(decode_dicom(b"hello").unwrap_err().contains("not a DICOM file"));
+    assert!(
+        decode_dicom(b"hello")
+            .unwrap_err()
+            .contains("not a DICOM file")
+    );
 }
 
 #[test]
@@ -336,7 +457,9 @@ fn cache_gives_the_same_pixels_for_a_jpeg_and_its_dicom_copies() {
         assert_eq!(cache.load_all(&samples, size).unwrap(), imgs);
     }
     // Keys are content hashes: 3 different files per source image.
-    let entries = std::fs::read_dir(d.path().join("cache/64")).unwrap().count();
+    let entries = std::fs::read_dir(d.path().join("cache/64"))
+        .unwrap()
+        .count();
     assert_eq!(entries, 3 * src.len());
 }
 
@@ -363,14 +486,30 @@ fn patient_identifiers_reach_no_error_cache_name_or_log() {
         assert!(bytes.windows(PID.len()).any(|x| x == PID.as_bytes()));
     }
     let cache = ImageCache::new(d.path().join("cache"));
-    assert!(cache.load_all(&[sample(good_a.clone()), sample(good_b.clone())], 64).is_ok());
+    assert!(
+        cache
+            .load_all(&[sample(good_a.clone()), sample(good_b.clone())], 64)
+            .is_ok()
+    );
     for p in [&nopix, &short] {
-        let e = cache.load_all(&[sample(p.clone())], 64).unwrap_err().to_string();
-        assert!(e.contains(&*p.file_name().unwrap().to_string_lossy()), "error names the file: {e}");
+        let e = cache
+            .load_all(&[sample(p.clone())], 64)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&*p.file_name().unwrap().to_string_lossy()),
+            "error names the file: {e}"
+        );
         no_secret("cache error", &e);
-        no_secret("debug error", &format!("{:?}", decode_dicom(&std::fs::read(p).unwrap())));
+        no_secret(
+            "debug error",
+            &format!("{:?}", decode_dicom(&std::fs::read(p).unwrap())),
+        );
     }
-    let e = cache.load_all(&[sample(nopix.clone())], 64).unwrap_err().to_string();
+    let e = cache
+        .load_all(&[sample(nopix.clone())], 64)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no pixel data"), "{e}");
     let mut names = Vec::new();
     all_names(&d.path().join("cache"), &mut names);
@@ -385,14 +524,37 @@ fn patient_identifiers_reach_no_error_cache_name_or_log() {
 
 /// A small native fixture with every imaging attribute chosen by the caller.
 #[allow(clippy::too_many_arguments)]
-fn native(ts: &str, w: u32, h: u32, spp: u16, pi: &str, bits: u16, stored: u16, signed: bool, planar: u16, px: PrimitiveValue) -> Vec<u8> {
+fn native(
+    ts: &str,
+    w: u32,
+    h: u32,
+    spp: u16,
+    pi: &str,
+    bits: u16,
+    stored: u16,
+    signed: bool,
+    planar: u16,
+    px: PrimitiveValue,
+) -> Vec<u8> {
     let mut e = base(w, h, spp, pi, bits);
-    e.retain(|x| x.header().tag != tags::BITS_STORED && x.header().tag != tags::HIGH_BIT && x.header().tag != tags::PIXEL_REPRESENTATION);
+    e.retain(|x| {
+        x.header().tag != tags::BITS_STORED
+            && x.header().tag != tags::HIGH_BIT
+            && x.header().tag != tags::PIXEL_REPRESENTATION
+    });
     e.push(el(tags::BITS_STORED, VR::US, PrimitiveValue::from(stored)));
     e.push(el(tags::HIGH_BIT, VR::US, PrimitiveValue::from(stored - 1)));
-    e.push(el(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(signed as u16)));
+    e.push(el(
+        tags::PIXEL_REPRESENTATION,
+        VR::US,
+        PrimitiveValue::from(signed as u16),
+    ));
     if spp == 3 {
-        e.push(el(tags::PLANAR_CONFIGURATION, VR::US, PrimitiveValue::from(planar)));
+        e.push(el(
+            tags::PLANAR_CONFIGURATION,
+            VR::US,
+            PrimitiveValue::from(planar),
+        ));
     }
     let vr = if bits == 16 { VR::OW } else { VR::OB };
     write(ts, e, vec![el(tags::PIXEL_DATA, vr, px)])
@@ -410,36 +572,162 @@ fn native_variants_without_data() {
     // RGB, pixel-interleaved and colour-by-plane, explicit and implicit VR.
     let rgb = vec![10u8, 20, 30, 40, 50, 60];
     for ts in [EXPLICIT_LE, "1.2.840.10008.1.2"] {
-        assert_eq!(rgb_of(&native(ts, 2, 1, 3, "RGB", 8, 8, false, 0, px8(rgb.clone()))), rgb, "{ts}");
+        assert_eq!(
+            rgb_of(&native(
+                ts,
+                2,
+                1,
+                3,
+                "RGB",
+                8,
+                8,
+                false,
+                0,
+                px8(rgb.clone())
+            )),
+            rgb,
+            "{ts}"
+        );
     }
     let planar = vec![10u8, 40, 20, 50, 30, 60];
-    assert_eq!(rgb_of(&native(EXPLICIT_LE, 2, 1, 3, "RGB", 8, 8, false, 1, px8(planar))), rgb);
+    assert_eq!(
+        rgb_of(&native(
+            EXPLICIT_LE,
+            2,
+            1,
+            3,
+            "RGB",
+            8,
+            8,
+            false,
+            1,
+            px8(planar)
+        )),
+        rgb
+    );
     // 16-bit RGB scaled to 8 bits: v * 257 -> v.
     let v16: Vec<u16> = rgb.iter().map(|&v| v as u16 * 257).collect();
-    assert_eq!(rgb_of(&native(EXPLICIT_LE, 2, 1, 3, "RGB", 16, 16, false, 0, px16(v16))), rgb);
+    assert_eq!(
+        rgb_of(&native(
+            EXPLICIT_LE,
+            2,
+            1,
+            3,
+            "RGB",
+            16,
+            16,
+            false,
+            0,
+            px16(v16)
+        )),
+        rgb
+    );
     // 12 bits stored in 16: 0, 4095, 2048 -> 0, 255, 128.
-    let got = rgb_of(&native(EXPLICIT_LE, 3, 1, 1, "MONOCHROME2", 16, 12, false, 0, px16(vec![0, 4095, 2048])));
+    let got = rgb_of(&native(
+        EXPLICIT_LE,
+        3,
+        1,
+        1,
+        "MONOCHROME2",
+        16,
+        12,
+        false,
+        0,
+        px16(vec![0, 4095, 2048]),
+    ));
     assert_eq!(got, [0, 0, 0, 255, 255, 255, 128, 128, 128]);
     // Signed 12-bit: -2048, 2047, 0 -> 0, 255, 128.
     let s: Vec<u16> = [-2048i16, 2047, 0].iter().map(|&v| v as u16).collect();
-    let got = rgb_of(&native(EXPLICIT_LE, 3, 1, 1, "MONOCHROME2", 16, 12, true, 0, px16(s)));
+    let got = rgb_of(&native(
+        EXPLICIT_LE,
+        3,
+        1,
+        1,
+        "MONOCHROME2",
+        16,
+        12,
+        true,
+        0,
+        px16(s),
+    ));
     assert_eq!(got, [0, 0, 0, 255, 255, 255, 128, 128, 128]);
     // MONOCHROME1: the minimum is white.
-    let got = rgb_of(&native(EXPLICIT_LE, 2, 1, 1, "MONOCHROME1", 8, 8, false, 0, px8(vec![0, 200])));
+    let got = rgb_of(&native(
+        EXPLICIT_LE,
+        2,
+        1,
+        1,
+        "MONOCHROME1",
+        8,
+        8,
+        false,
+        0,
+        px8(vec![0, 200]),
+    ));
     assert_eq!(got, [255, 255, 255, 55, 55, 55]);
     // YBR_FULL: neutral chroma is grey; Cr up is red.
-    let got = rgb_of(&native(EXPLICIT_LE, 2, 1, 3, "YBR_FULL", 8, 8, false, 0, px8(vec![100, 128, 128, 100, 128, 200])));
+    let got = rgb_of(&native(
+        EXPLICIT_LE,
+        2,
+        1,
+        3,
+        "YBR_FULL",
+        8,
+        8,
+        false,
+        0,
+        px8(vec![100, 128, 128, 100, 128, 200]),
+    ));
     assert_eq!(got[..3], [100, 100, 100]);
     assert!(got[3] > 180 && got[4] < 60 && got[5] == 100, "{got:?}");
     // Unsupported photometric interpretation and sample count: clear errors.
-    let e = decode_dicom(&native(EXPLICIT_LE, 2, 1, 1, "PALETTE COLOR", 8, 8, false, 0, px8(vec![0, 1]))).unwrap_err();
-    assert!(e.contains("PALETTE COLOR") && e.contains("not supported"), "{e}");
-    let e = decode_dicom(&native(EXPLICIT_LE, 2, 1, 3, "MONOCHROME2", 8, 8, false, 0, px8(vec![0; 6]))).unwrap_err();
+    let e = decode_dicom(&native(
+        EXPLICIT_LE,
+        2,
+        1,
+        1,
+        "PALETTE COLOR",
+        8,
+        8,
+        false,
+        0,
+        px8(vec![0, 1]),
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("PALETTE COLOR") && e.contains("not supported"),
+        "{e}"
+    );
+    let e = decode_dicom(&native(
+        EXPLICIT_LE,
+        2,
+        1,
+        3,
+        "MONOCHROME2",
+        8,
+        8,
+        false,
+        0,
+        px8(vec![0; 6]),
+    ))
+    .unwrap_err();
     assert!(e.contains("SamplesPerPixel"), "{e}");
     eprintln!("{e}");
     // An error that quotes attribute text is scrubbed of the patient's name.
     let bad = format!("X{NAME}");
-    let e = decode_dicom(&native(EXPLICIT_LE, 2, 1, 1, &bad, 8, 8, false, 0, px8(vec![0, 1]))).unwrap_err();
+    let e = decode_dicom(&native(
+        EXPLICIT_LE,
+        2,
+        1,
+        1,
+        &bad,
+        8,
+        8,
+        false,
+        0,
+        px8(vec![0, 1]),
+    ))
+    .unwrap_err();
     eprintln!("{e}");
     no_secret("error", &e);
 }
@@ -449,26 +737,47 @@ fn native_variants_without_data() {
 #[test]
 fn dicom_copies_pretrain_and_probe_like_the_jpegs() {
     logs();
-    let Some(root) = common::isic_dir() else { return };
+    let Some(root) = common::isic_dir() else {
+        return;
+    };
     let labels = std::fs::read_to_string(root.join("labels.csv")).unwrap();
     // image_id,split,melanoma,seborrheic_keratosis,path
-    let rows: Vec<Vec<String>> = labels.lines().skip(1).map(|l| l.split(',').map(str::to_string).collect()).collect();
+    let rows: Vec<Vec<String>> = labels
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
     let mut chosen = Vec::new();
     for (split, pos, neg) in [("train", 8, 24), ("val", 4, 12), ("test", 4, 12)] {
         for (want, n) in [("1", pos), ("0", neg)] {
-            chosen.extend(rows.iter().filter(|r| r[1] == split && r[2] == want).take(n).cloned());
+            chosen.extend(
+                rows.iter()
+                    .filter(|r| r[1] == split && r[2] == want)
+                    .take(n)
+                    .cloned(),
+            );
         }
     }
     let tmp = tempfile::tempdir().unwrap();
     let (jdir, ddir) = (tmp.path().join("jpeg"), tmp.path().join("dicom"));
     std::fs::create_dir_all(&jdir).unwrap();
     std::fs::create_dir_all(&ddir).unwrap();
-    let (mut jcsv, mut dcsv) = (String::from("path,label,split\n"), String::from("path,label,split\n"));
+    let (mut jcsv, mut dcsv) = (
+        String::from("path,label,split\n"),
+        String::from("path,label,split\n"),
+    );
     for r in &chosen {
         let jpeg = std::fs::read(root.join(&r[4])).unwrap();
-        let (w, h) = image::load_from_memory(&jpeg).unwrap().to_rgb8().dimensions();
+        let (w, h) = image::load_from_memory(&jpeg)
+            .unwrap()
+            .to_rgb8()
+            .dimensions();
         std::fs::write(jdir.join(format!("{}.jpg", r[0])), &jpeg).unwrap();
-        std::fs::write(ddir.join(format!("{}.dcm", r[0])), jpeg_baseline(&[&jpeg], w, h)).unwrap();
+        std::fs::write(
+            ddir.join(format!("{}.dcm", r[0])),
+            jpeg_baseline(&[&jpeg], w, h),
+        )
+        .unwrap();
         jcsv.push_str(&format!("{}.jpg,{},{}\n", r[0], r[2], r[1]));
         dcsv.push_str(&format!("{}.dcm,{},{}\n", r[0], r[2], r[1]));
     }
@@ -476,7 +785,14 @@ fn dicom_copies_pretrain_and_probe_like_the_jpegs() {
     std::fs::write(ddir.join("manifest.csv"), dcsv).unwrap();
     let run = |data: &Path, name: &str| {
         let out = std::process::Command::new(common::bin())
-            .args(["reproduce", "--preset", "tiny", "--no-progress", "--run-name", name])
+            .args([
+                "reproduce",
+                "--preset",
+                "tiny",
+                "--no-progress",
+                "--run-name",
+                name,
+            ])
             .arg("--data")
             .arg(data)
             .arg("--reports")
@@ -485,9 +801,19 @@ fn dicom_copies_pretrain_and_probe_like_the_jpegs() {
             .arg(tmp.path().join(format!("cache-{name}")))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         no_secret("reproduce log", &String::from_utf8_lossy(&out.stderr));
-        std::fs::read_to_string(tmp.path().join("reports").join(name).join("test_scores.csv")).unwrap()
+        std::fs::read_to_string(
+            tmp.path()
+                .join("reports")
+                .join(name)
+                .join("test_scores.csv"),
+        )
+        .unwrap()
     };
     let (a, b) = (run(&jdir, "jpeg"), run(&ddir, "dicom"));
     assert_eq!(a.lines().count(), 17);

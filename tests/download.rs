@@ -46,7 +46,10 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State { files, ..State::default() }));
+        let state = Arc::new(Mutex::new(State {
+            files,
+            ..State::default()
+        }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
@@ -56,12 +59,19 @@ impl Server {
                     Ok((s, _)) => {
                         let _ = serve(s, &st);
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2))
+                    }
                     Err(_) => break,
                 }
             }
         });
-        Server { addr, state, stop, thread: Some(thread) }
+        Server {
+            addr,
+            state,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     fn base(&self) -> String {
@@ -81,7 +91,11 @@ impl Server {
     }
 
     fn cut_once(&self, path: &str, after: usize) {
-        self.state.lock().unwrap().cut_after.insert(path.into(), after);
+        self.state
+            .lock()
+            .unwrap()
+            .cut_after
+            .insert(path.into(), after);
     }
 }
 
@@ -119,19 +133,27 @@ fn serve(mut s: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     st.log.push((path.clone(), range.clone()));
     let (Some(body), true) = (st.files.get(&path).cloned(), first.first() == Some(&"GET")) else {
         drop(st);
-        return s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return s.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
     };
     let cut = st.cut_after.remove(&path);
     let start = if st.ignore_range {
         None
     } else {
-        range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.strip_suffix('-')).and_then(|n| n.parse::<usize>().ok())
+        range
+            .as_deref()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|n| n.parse::<usize>().ok())
     };
     drop(st);
     let len = body.len();
     let (head, part) = match start {
         Some(n) if n >= len => {
-            let h = format!("HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let h = format!(
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
             (h, &body[..0])
         }
         Some(n) => {
@@ -142,7 +164,12 @@ fn serve(mut s: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             );
             (h, &body[n..])
         }
-        None => (format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n"), &body[..]),
+        None => (
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n"
+            ),
+            &body[..],
+        ),
     };
     s.write_all(head.as_bytes())?;
     let part = &part[..cut.unwrap_or(part.len()).min(part.len())];
@@ -155,16 +182,22 @@ fn serve(mut s: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
 // ---------------------------------------------------------------- data
 
 fn jpeg(seed: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([seed.wrapping_mul(53), (x * 30) as u8, (y * 30) as u8]));
+    let img = image::RgbImage::from_fn(8, 8, |x, y| {
+        image::Rgb([seed.wrapping_mul(53), (x * 30) as u8, (y * 30) as u8])
+    });
     let mut c = Cursor::new(Vec::new());
-    image::DynamicImage::ImageRgb8(img).write_to(&mut c, image::ImageFormat::Jpeg).unwrap();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut c, image::ImageFormat::Jpeg)
+        .unwrap();
     c.into_inner()
 }
 
 fn png(seed: u8) -> Vec<u8> {
     let img = image::GrayImage::from_fn(8, 8, |x, y| image::Luma([seed ^ (x * y) as u8]));
     let mut c = Cursor::new(Vec::new());
-    image::DynamicImage::ImageLuma8(img).write_to(&mut c, image::ImageFormat::Png).unwrap();
+    image::DynamicImage::ImageLuma8(img)
+        .write_to(&mut c, image::ImageFormat::Png)
+        .unwrap();
     c.into_inner()
 }
 
@@ -198,16 +231,29 @@ fn image_zip(folder: &str, ids: &[&str], superpixels: bool) -> Vec<u8> {
     for (k, id) in ids.iter().enumerate() {
         e.push(Entry::File(format!("{folder}/{id}.jpg"), jpeg(k as u8 + 1)));
         if superpixels {
-            e.push(Entry::File(format!("{folder}/{id}_superpixels.png"), png(k as u8)));
+            e.push(Entry::File(
+                format!("{folder}/{id}_superpixels.png"),
+                png(k as u8),
+            ));
         }
     }
-    let meta: String = ids.iter().map(|id| format!("{id},unknown,unknown\n")).collect();
-    e.push(Entry::File(format!("{folder}/{folder}_metadata.csv"), format!("image_id,age_approximate,sex\n{meta}").into_bytes()));
+    let meta: String = ids
+        .iter()
+        .map(|id| format!("{id},unknown,unknown\n"))
+        .collect();
+    e.push(Entry::File(
+        format!("{folder}/{folder}_metadata.csv"),
+        format!("image_id,age_approximate,sex\n{meta}").into_bytes(),
+    ));
     zip_of(e)
 }
 
 fn ground_truth(rows: &[(&str, u8)], with_sk: bool) -> Vec<u8> {
-    let mut s = String::from(if with_sk { "image_id,melanoma,seborrheic_keratosis\n" } else { "image_id,melanoma\n" });
+    let mut s = String::from(if with_sk {
+        "image_id,melanoma,seborrheic_keratosis\n"
+    } else {
+        "image_id,melanoma\n"
+    });
     for (id, m) in rows {
         if with_sk {
             s += &format!("{id},{m}.0,{}.0\n", 1 - m);
@@ -218,9 +264,18 @@ fn ground_truth(rows: &[(&str, u8)], with_sk: bool) -> Vec<u8> {
     s.into_bytes()
 }
 
-const TRAIN: [(&str, u8); 4] = [("ISIC_0000000", 1), ("ISIC_0000001", 0), ("ISIC_0000002", 0), ("ISIC_0000003", 1)];
+const TRAIN: [(&str, u8); 4] = [
+    ("ISIC_0000000", 1),
+    ("ISIC_0000001", 0),
+    ("ISIC_0000002", 0),
+    ("ISIC_0000003", 1),
+];
 const VAL: [(&str, u8); 2] = [("ISIC_0001769", 0), ("ISIC_0001852", 1)];
-const TEST: [(&str, u8); 3] = [("ISIC_0012086", 1), ("ISIC_0012092", 0), ("ISIC_0012095", 0)];
+const TEST: [(&str, u8); 3] = [
+    ("ISIC_0012086", 1),
+    ("ISIC_0012092", 0),
+    ("ISIC_0012095", 0),
+];
 
 const TRAIN_ZIP: &str = "/2017/ISIC-2017_Training_Data.zip";
 
@@ -228,12 +283,30 @@ const TRAIN_ZIP: &str = "/2017/ISIC-2017_Training_Data.zip";
 fn challenge_files() -> HashMap<String, Vec<u8>> {
     let ids = |r: &[(&'static str, u8)]| r.iter().map(|x| x.0).collect::<Vec<_>>();
     let mut f = HashMap::new();
-    f.insert(TRAIN_ZIP.into(), image_zip("ISIC-2017_Training_Data", &ids(&TRAIN), true));
-    f.insert("/2017/ISIC-2017_Training_Part3_GroundTruth.csv".into(), ground_truth(&TRAIN, true));
-    f.insert("/2017/ISIC-2017_Validation_Data.zip".into(), image_zip("ISIC-2017_Validation_Data", &ids(&VAL), false));
-    f.insert("/2017/ISIC-2017_Validation_Part3_GroundTruth.csv".into(), ground_truth(&VAL, false));
-    f.insert("/2017/ISIC-2017_Test_v2_Data.zip".into(), image_zip("ISIC-2017_Test_v2_Data", &ids(&TEST), false));
-    f.insert("/2017/ISIC-2017_Test_v2_Part3_GroundTruth.csv".into(), ground_truth(&TEST, true));
+    f.insert(
+        TRAIN_ZIP.into(),
+        image_zip("ISIC-2017_Training_Data", &ids(&TRAIN), true),
+    );
+    f.insert(
+        "/2017/ISIC-2017_Training_Part3_GroundTruth.csv".into(),
+        ground_truth(&TRAIN, true),
+    );
+    f.insert(
+        "/2017/ISIC-2017_Validation_Data.zip".into(),
+        image_zip("ISIC-2017_Validation_Data", &ids(&VAL), false),
+    );
+    f.insert(
+        "/2017/ISIC-2017_Validation_Part3_GroundTruth.csv".into(),
+        ground_truth(&VAL, false),
+    );
+    f.insert(
+        "/2017/ISIC-2017_Test_v2_Data.zip".into(),
+        image_zip("ISIC-2017_Test_v2_Data", &ids(&TEST), false),
+    );
+    f.insert(
+        "/2017/ISIC-2017_Test_v2_Part3_GroundTruth.csv".into(),
+        ground_truth(&TEST, true),
+    );
     f
 }
 
@@ -247,7 +320,11 @@ fn opts(dest: &Path, server: &Server, desc: &Descriptor, retries: usize) -> Down
             assert!(r.starts_with(&format!("{base}/")), "{u} -> {r}");
         }
     }
-    DownloadOptions { dest: dest.to_path_buf(), base_url_override: Some(base), retries }
+    DownloadOptions {
+        dest: dest.to_path_buf(),
+        base_url_override: Some(base),
+        retries,
+    }
 }
 
 fn sha(b: &[u8]) -> String {
@@ -281,8 +358,14 @@ fn base_url_override_replaces_scheme_and_host() {
     use pirlkit::data::download::resolve_url;
     let u = "https://isic-challenge-data.s3.amazonaws.com/2017/ISIC-2017_Training_Data.zip";
     assert_eq!(resolve_url(u, None).unwrap(), u);
-    assert_eq!(resolve_url(u, Some("http://127.0.0.1:8080/")).unwrap(), "http://127.0.0.1:8080/2017/ISIC-2017_Training_Data.zip");
-    assert_eq!(resolve_url(u, Some("http://mirror.example/isic")).unwrap(), "http://mirror.example/isic/2017/ISIC-2017_Training_Data.zip");
+    assert_eq!(
+        resolve_url(u, Some("http://127.0.0.1:8080/")).unwrap(),
+        "http://127.0.0.1:8080/2017/ISIC-2017_Training_Data.zip"
+    );
+    assert_eq!(
+        resolve_url(u, Some("http://mirror.example/isic")).unwrap(),
+        "http://mirror.example/isic/2017/ISIC-2017_Training_Data.zip"
+    );
     for bad in ["ftp://host/x.zip", "no-scheme/x.zip"] {
         let e = resolve_url(bad, None).unwrap_err().to_string();
         assert!(e.contains(bad), "{e}");
@@ -304,8 +387,15 @@ fn full_download_reads_as_isic_layout() {
     for f in &report.files {
         let served = &files[&format!("/2017/{}", f.url.rsplit('/').next().unwrap())];
         assert!(!f.skipped && !f.resumed && !f.checksum_verified, "{f:?}");
-        assert_eq!((f.bytes, f.received_bytes), (served.len() as u64, served.len() as u64));
-        assert_eq!(f.sha256, sha(served), "the report records the computed checksum");
+        assert_eq!(
+            (f.bytes, f.received_bytes),
+            (served.len() as u64, served.len() as u64)
+        );
+        assert_eq!(
+            f.sha256,
+            sha(served),
+            "the report records the computed checksum"
+        );
         assert_eq!(std::fs::read(&f.path).unwrap(), *served);
         match f.kind {
             FileKind::Images => {
@@ -316,19 +406,37 @@ fn full_download_reads_as_isic_layout() {
         }
     }
     assert_eq!(report.unpinned().count(), 6);
-    let train = report.files.iter().find(|f| f.kind == FileKind::Images && f.split == Split::Train).unwrap();
+    let train = report
+        .files
+        .iter()
+        .find(|f| f.kind == FileKind::Images && f.split == Split::Train)
+        .unwrap();
     assert_eq!(train.extracted.as_ref().unwrap().entries, 4 * 2 + 1);
     let json = serde_json::to_string(&report).unwrap();
-    assert!(json.contains("\"kind\":\"ground_truth\"") && json.contains("\"resumed\":false"), "{json}");
+    assert!(
+        json.contains("\"kind\":\"ground_truth\"") && json.contains("\"resumed\":false"),
+        "{json}"
+    );
 
     // Nothing half-written is left.
     let all = tree(&dest);
-    assert!(all.iter().all(|p| !p.ends_with(".part") && !p.ends_with(".tmp")), "{all:?}");
+    assert!(
+        all.iter()
+            .all(|p| !p.ends_with(".part") && !p.ends_with(".tmp")),
+        "{all:?}"
+    );
 
     let ds = Dataset::open(&dest).unwrap();
     let count = |s: Split| ds.split(s).len();
-    assert_eq!((count(Split::Train), count(Split::Val), count(Split::Test)), (4, 2, 3));
-    for (rows, split) in [(&TRAIN[..], Split::Train), (&VAL[..], Split::Val), (&TEST[..], Split::Test)] {
+    assert_eq!(
+        (count(Split::Train), count(Split::Val), count(Split::Test)),
+        (4, 2, 3)
+    );
+    for (rows, split) in [
+        (&TRAIN[..], Split::Train),
+        (&VAL[..], Split::Val),
+        (&TEST[..], Split::Test),
+    ] {
         for (id, label) in rows {
             let s = ds.samples.iter().find(|s| s.id == *id).unwrap();
             assert_eq!((s.split, s.label), (split, Some(*label)), "{id}");
@@ -354,40 +462,75 @@ fn cut_connection_is_resumed_with_range() {
     server.cut_once(TRAIN_ZIP, half);
     let report = download(&desc, &opts(&dest, &server, &desc, 2)).unwrap();
     let want = (TRAIN_ZIP.to_string(), Some(format!("bytes={half}-")));
-    assert!(server.log().contains(&want), "no Range request: {:?}", server.log());
-    assert_eq!(std::fs::read(dest.join("ISIC-2017_Training_Data.zip")).unwrap(), zip);
+    assert!(
+        server.log().contains(&want),
+        "no Range request: {:?}",
+        server.log()
+    );
+    assert_eq!(
+        std::fs::read(dest.join("ISIC-2017_Training_Data.zip")).unwrap(),
+        zip
+    );
     let f = &report.files[0];
     assert!(f.resumed && !f.skipped, "{f:?}");
-    assert_eq!((f.bytes, f.received_bytes), (zip.len() as u64, zip.len() as u64));
+    assert_eq!(
+        (f.bytes, f.received_bytes),
+        (zip.len() as u64, zip.len() as u64)
+    );
     assert_eq!(f.sha256, sha(&zip));
-    assert!(dest.join("ISIC-2017_Training_Data/ISIC_0000003.jpg").is_file());
+    assert!(
+        dest.join("ISIC-2017_Training_Data/ISIC_0000003.jpg")
+            .is_file()
+    );
 
     // Across runs: with no retries the run fails naming the URL and keeps the
     // part; the next run resumes it.
     let dest = tmp.path().join("e");
     server.cut_once(TRAIN_ZIP, 1000);
-    let err = download(&desc, &opts(&dest, &server, &desc, 0)).unwrap_err().to_string();
+    let err = download(&desc, &opts(&dest, &server, &desc, 0))
+        .unwrap_err()
+        .to_string();
     eprintln!("{err}");
-    assert!(err.contains(&format!("{}{TRAIN_ZIP}", server.base())), "{err}");
+    assert!(
+        err.contains(&format!("{}{TRAIN_ZIP}", server.base())),
+        "{err}"
+    );
     let part = dest.join("ISIC-2017_Training_Data.zip.part");
     assert_eq!(std::fs::read(&part).unwrap(), zip[..1000]);
     assert!(!dest.join("ISIC-2017_Training_Data.zip").exists());
     let report = download(&desc, &opts(&dest, &server, &desc, 0)).unwrap();
-    assert_eq!(server.log().last().unwrap().0, "/2017/ISIC-2017_Training_Part3_GroundTruth.csv");
-    assert!(server.log().contains(&(TRAIN_ZIP.to_string(), Some("bytes=1000-".into()))));
+    assert_eq!(
+        server.log().last().unwrap().0,
+        "/2017/ISIC-2017_Training_Part3_GroundTruth.csv"
+    );
+    assert!(
+        server
+            .log()
+            .contains(&(TRAIN_ZIP.to_string(), Some("bytes=1000-".into())))
+    );
     assert!(report.files[0].resumed);
     assert_eq!(report.files[0].received_bytes, (zip.len() - 1000) as u64);
-    assert_eq!(std::fs::read(dest.join("ISIC-2017_Training_Data.zip")).unwrap(), zip);
+    assert_eq!(
+        std::fs::read(dest.join("ISIC-2017_Training_Data.zip")).unwrap(),
+        zip
+    );
     assert!(!part.exists());
 
     // A server that ignores Range answers 200: the part is restarted from zero.
     let dest = tmp.path().join("f");
     std::fs::create_dir_all(&dest).unwrap();
-    std::fs::write(dest.join("ISIC-2017_Training_Data.zip.part"), b"stale bytes from another file").unwrap();
+    std::fs::write(
+        dest.join("ISIC-2017_Training_Data.zip.part"),
+        b"stale bytes from another file",
+    )
+    .unwrap();
     server.state.lock().unwrap().ignore_range = true;
     let report = download(&desc, &opts(&dest, &server, &desc, 0)).unwrap();
     assert!(!report.files[0].resumed);
-    assert_eq!(std::fs::read(dest.join("ISIC-2017_Training_Data.zip")).unwrap(), zip);
+    assert_eq!(
+        std::fs::read(dest.join("ISIC-2017_Training_Data.zip")).unwrap(),
+        zip
+    );
     assert!(!dest.join("ISIC-2017_Training_Data.zip.part").exists());
 }
 
@@ -404,34 +547,59 @@ fn checksum_mismatch_removes_the_file() {
     let wrong = "ab".repeat(32);
     desc.splits[0].sha256 = Some(wrong.clone());
     let dest = tmp.path().join("bad");
-    let err = download(&desc, &opts(&dest, &server, &desc, 0)).unwrap_err().to_string();
+    let err = download(&desc, &opts(&dest, &server, &desc, 0))
+        .unwrap_err()
+        .to_string();
     eprintln!("{err}");
     assert!(err.contains("ISIC-2017_Training_Data.zip"), "{err}");
-    assert!(err.contains(&wrong) && err.contains(&sha(&zip)), "expected and actual hashes: {err}");
+    assert!(
+        err.contains(&wrong) && err.contains(&sha(&zip)),
+        "expected and actual hashes: {err}"
+    );
     assert!(!dest.join("ISIC-2017_Training_Data.zip").exists());
     assert!(!dest.join("ISIC-2017_Training_Data.zip.part").exists());
-    assert!(!dest.join("ISIC-2017_Training_Data").exists(), "nothing extracted from a bad zip");
+    assert!(
+        !dest.join("ISIC-2017_Training_Data").exists(),
+        "nothing extracted from a bad zip"
+    );
 
     // The CSV's checksum too (`ground_truth_sha256`).
     desc.splits[0].sha256 = Some(sha(&zip).to_uppercase());
     desc.splits[0].ground_truth_sha256 = Some("00".repeat(32));
-    let err = download(&desc, &opts(&dest, &server, &desc, 0)).unwrap_err().to_string();
+    let err = download(&desc, &opts(&dest, &server, &desc, 0))
+        .unwrap_err()
+        .to_string();
     eprintln!("{err}");
-    assert!(err.contains("ISIC-2017_Training_Part3_GroundTruth.csv") && err.contains(&sha(&csv)), "{err}");
-    assert!(!dest.join("ISIC-2017_Training_Part3_GroundTruth.csv").exists());
+    assert!(
+        err.contains("ISIC-2017_Training_Part3_GroundTruth.csv") && err.contains(&sha(&csv)),
+        "{err}"
+    );
+    assert!(
+        !dest
+            .join("ISIC-2017_Training_Part3_GroundTruth.csv")
+            .exists()
+    );
 
     // Right checksums: verified, and said so.
     desc.splits[0].ground_truth_sha256 = Some(sha(&csv));
     let report = download(&desc, &opts(&dest, &server, &desc, 0)).unwrap();
-    assert!(report.files.iter().all(|f| f.checksum_verified), "{report:?}");
+    assert!(
+        report.files.iter().all(|f| f.checksum_verified),
+        "{report:?}"
+    );
     assert_eq!(report.unpinned().count(), 0);
 
     // A malformed checksum in the descriptor is refused before any request.
     let n = server.requests();
     desc.splits[0].sha256 = Some("not-a-hash".into());
-    let err = download(&desc, &opts(&tmp.path().join("x"), &server, &desc, 0)).unwrap_err().to_string();
+    let err = download(&desc, &opts(&tmp.path().join("x"), &server, &desc, 0))
+        .unwrap_err()
+        .to_string();
     eprintln!("{err}");
-    assert!(err.contains("sha256") && err.contains("not-a-hash"), "{err}");
+    assert!(
+        err.contains("sha256") && err.contains("not-a-hash"),
+        "{err}"
+    );
     assert_eq!(server.requests(), n);
 }
 
@@ -444,33 +612,74 @@ fn unsafe_zip_entries_are_refused() {
     let abs = format!("{}/abs_evil.txt", tmp.path().display());
     let ok = |n: &str| Entry::File(format!("ISIC-2017_Training_Data/{n}"), jpeg(1));
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("../evil.txt", zip_of(vec![ok("ISIC_0000000.jpg"), Entry::File("../evil.txt".into(), b"pwned".to_vec())])),
-        (&abs, zip_of(vec![ok("ISIC_0000000.jpg"), Entry::File(abs.clone(), b"pwned".to_vec())])),
+        (
+            "../evil.txt",
+            zip_of(vec![
+                ok("ISIC_0000000.jpg"),
+                Entry::File("../evil.txt".into(), b"pwned".to_vec()),
+            ]),
+        ),
+        (
+            &abs,
+            zip_of(vec![
+                ok("ISIC_0000000.jpg"),
+                Entry::File(abs.clone(), b"pwned".to_vec()),
+            ]),
+        ),
         (
             "ISIC-2017_Training_Data/link.jpg",
-            zip_of(vec![ok("ISIC_0000000.jpg"), Entry::Symlink("ISIC-2017_Training_Data/link.jpg", "/etc/passwd")]),
+            zip_of(vec![
+                ok("ISIC_0000000.jpg"),
+                Entry::Symlink("ISIC-2017_Training_Data/link.jpg", "/etc/passwd"),
+            ]),
         ),
         (
             "ISIC-2017_Training_Data\\..\\..\\evil.txt",
-            zip_of(vec![ok("ISIC_0000000.jpg"), Entry::File("ISIC-2017_Training_Data\\..\\..\\evil.txt".into(), b"x".to_vec())]),
+            zip_of(vec![
+                ok("ISIC_0000000.jpg"),
+                Entry::File(
+                    "ISIC-2017_Training_Data\\..\\..\\evil.txt".into(),
+                    b"x".to_vec(),
+                ),
+            ]),
         ),
         (
             "ISIC-2017_Training_Data/../../evil.txt",
-            zip_of(vec![ok("ISIC_0000000.jpg"), Entry::File("ISIC-2017_Training_Data/../../evil.txt".into(), b"x".to_vec())]),
+            zip_of(vec![
+                ok("ISIC_0000000.jpg"),
+                Entry::File(
+                    "ISIC-2017_Training_Data/../../evil.txt".into(),
+                    b"x".to_vec(),
+                ),
+            ]),
         ),
     ];
     for (k, (entry, bytes)) in cases.into_iter().enumerate() {
         server.set_file(TRAIN_ZIP, bytes);
         let dest = tmp.path().join(format!("case{k}")).join("data");
-        let err = download(&desc, &opts(&dest, &server, &desc, 0)).unwrap_err().to_string();
+        let err = download(&desc, &opts(&dest, &server, &desc, 0))
+            .unwrap_err()
+            .to_string();
         eprintln!("{err}");
-        assert!(err.contains(&format!("{entry:?}")), "error must name {entry:?}: {err}");
+        assert!(
+            err.contains(&format!("{entry:?}")),
+            "error must name {entry:?}: {err}"
+        );
         assert!(err.contains("ISIC-2017_Training_Data.zip"), "{err}");
         // Nothing written outside dest, nor any entry inside it.
-        assert!(!tmp.path().join("evil.txt").exists() && !tmp.path().join(format!("case{k}/evil.txt")).exists());
+        assert!(
+            !tmp.path().join("evil.txt").exists()
+                && !tmp.path().join(format!("case{k}/evil.txt")).exists()
+        );
         assert!(!Path::new(&abs).exists());
-        assert!(!dest.join("ISIC-2017_Training_Data").exists(), "case {k}: extracted before checking");
-        assert_eq!(tree(&tmp.path().join(format!("case{k}"))), vec!["data/ISIC-2017_Training_Data.zip".to_string()]);
+        assert!(
+            !dest.join("ISIC-2017_Training_Data").exists(),
+            "case {k}: extracted before checking"
+        );
+        assert_eq!(
+            tree(&tmp.path().join(format!("case{k}"))),
+            vec!["data/ISIC-2017_Training_Data.zip".to_string()]
+        );
     }
 }
 
@@ -485,16 +694,39 @@ fn second_run_downloads_nothing() {
     let first = download(&desc, &o).unwrap();
     let n = server.requests();
     assert_eq!(n, 6);
-    let before = std::fs::metadata(dest.join("ISIC-2017_Training_Data/ISIC_0000000.jpg")).unwrap().modified().unwrap();
+    let before = std::fs::metadata(dest.join("ISIC-2017_Training_Data/ISIC_0000000.jpg"))
+        .unwrap()
+        .modified()
+        .unwrap();
 
     let again = download(&desc, &o).unwrap();
-    assert_eq!(server.requests(), n, "the second run made requests: {:?}", &server.log()[n..]);
-    assert!(again.files.iter().all(|f| f.skipped && f.received_bytes == 0), "{again:?}");
-    assert!(again.files.iter().filter_map(|f| f.extracted.as_ref()).all(|x| x.skipped));
+    assert_eq!(
+        server.requests(),
+        n,
+        "the second run made requests: {:?}",
+        &server.log()[n..]
+    );
+    assert!(
+        again
+            .files
+            .iter()
+            .all(|f| f.skipped && f.received_bytes == 0),
+        "{again:?}"
+    );
+    assert!(
+        again
+            .files
+            .iter()
+            .filter_map(|f| f.extracted.as_ref())
+            .all(|x| x.skipped)
+    );
     for (a, b) in first.files.iter().zip(&again.files) {
         assert_eq!((&a.sha256, a.bytes), (&b.sha256, b.bytes));
     }
-    let after = std::fs::metadata(dest.join("ISIC-2017_Training_Data/ISIC_0000000.jpg")).unwrap().modified().unwrap();
+    let after = std::fs::metadata(dest.join("ISIC-2017_Training_Data/ISIC_0000000.jpg"))
+        .unwrap()
+        .modified()
+        .unwrap();
     assert_eq!(before, after, "not extracted again");
 
     // Deleting a zip after extraction does not fetch it again (the folder is
@@ -502,7 +734,13 @@ fn second_run_downloads_nothing() {
     std::fs::remove_file(dest.join("ISIC-2017_Validation_Data.zip")).unwrap();
     std::fs::remove_file(dest.join("ISIC-2017_Test_v2_Part3_GroundTruth.csv")).unwrap();
     let third = download(&desc, &o).unwrap();
-    assert_eq!(server.log()[n..], [("/2017/ISIC-2017_Test_v2_Part3_GroundTruth.csv".to_string(), None)]);
+    assert_eq!(
+        server.log()[n..],
+        [(
+            "/2017/ISIC-2017_Test_v2_Part3_GroundTruth.csv".to_string(),
+            None
+        )]
+    );
     assert_eq!(third.files.iter().filter(|f| !f.skipped).count(), 1);
     assert_eq!(Dataset::open(&dest).unwrap().samples.len(), 9);
 }

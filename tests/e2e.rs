@@ -5,9 +5,23 @@ mod common;
 
 use std::process::Command;
 
-fn reproduce(data: &std::path::Path, reports: &std::path::Path, cache: &std::path::Path, name: &str) -> std::process::Output {
+fn reproduce(
+    data: &std::path::Path,
+    reports: &std::path::Path,
+    cache: &std::path::Path,
+    name: &str,
+) -> std::process::Output {
     Command::new(common::bin())
-        .args(["reproduce", "--preset", "tiny", "--limit-per-split", "64", "--run-name", name, "--no-progress"])
+        .args([
+            "reproduce",
+            "--preset",
+            "tiny",
+            "--limit-per-split",
+            "64",
+            "--run-name",
+            name,
+            "--no-progress",
+        ])
         .arg("--data")
         .arg(data)
         .arg("--reports")
@@ -19,27 +33,46 @@ fn reproduce(data: &std::path::Path, reports: &std::path::Path, cache: &std::pat
 }
 
 fn read_csv(p: &std::path::Path) -> Vec<Vec<String>> {
-    std::fs::read_to_string(p).unwrap().lines().map(|l| l.split(',').map(str::to_string).collect()).collect()
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
 }
 
 #[test]
 fn reproduce_on_isic_subset_writes_the_report() {
-    let Some(data) = common::isic_dir() else { return };
+    let Some(data) = common::isic_dir() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let (reports, cache) = (tmp.path().join("reports"), tmp.path().join("cache"));
     let out = reproduce(&data, &reports, &cache, "e2e");
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let dir = reports.join("e2e");
     let rows = read_csv(&dir.join("summary.csv"));
     let h = &rows[0];
-    let col = |name: &str| h.iter().position(|c| c == name).unwrap_or_else(|| panic!("no column {name} in {h:?}"));
+    let col = |name: &str| {
+        h.iter()
+            .position(|c| c == name)
+            .unwrap_or_else(|| panic!("no column {name} in {h:?}"))
+    };
     assert_eq!(rows.len(), 3, "{rows:?}");
     assert_eq!(rows[1][col("arm")], "pirl-linear-probe");
     assert_eq!(rows[2][col("arm")], "random-init-linear-probe");
     // The first 64 rows of the test ground truth.
     let gt = std::fs::read_to_string(data.join("ISIC-2017_Test_v2_Part3_GroundTruth.csv")).unwrap();
-    let want_pos = gt.lines().skip(1).take(64).filter(|l| l.split(',').nth(1) == Some("1.0")).count();
+    let want_pos = gt
+        .lines()
+        .skip(1)
+        .take(64)
+        .filter(|l| l.split(',').nth(1) == Some("1.0"))
+        .count();
     for r in &rows[1..] {
         let auc: f64 = r[col("test_auc")].parse().unwrap();
         assert!((0.0..=1.0).contains(&auc), "{auc}");
@@ -49,31 +82,52 @@ fn reproduce_on_isic_subset_writes_the_report() {
     assert_eq!(rows[1][col("pretrain_epochs")], "2");
     assert!(rows[1][col("pretrain_wall_s")].parse::<f64>().unwrap() > 0.0);
     let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
-    assert!(md.contains("| pirl-linear-probe |") && md.contains("| random-init-linear-probe |"), "{md}");
+    assert!(
+        md.contains("| pirl-linear-probe |") && md.contains("| random-init-linear-probe |"),
+        "{md}"
+    );
     // Checkpoint and resolved config beside it.
     assert!(dir.join("pretrain/config.json").is_file());
-    assert!(dir.join("pretrain/checkpoints/step-00000008/model.safetensors").is_file());
+    assert!(
+        dir.join("pretrain/checkpoints/step-00000008/model.safetensors")
+            .is_file()
+    );
     let scores = read_csv(&dir.join("test_scores.csv"));
     assert_eq!(scores.len(), 65);
     assert!(scores[1][0].starts_with("ISIC_"));
 
     // Same seed, fresh folder, cache reused: the same numbers.
     let out2 = reproduce(&data, &reports, &cache, "e2e-again");
-    assert!(out2.status.success(), "stderr: {}", String::from_utf8_lossy(&out2.stderr));
+    assert!(
+        out2.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out2.stderr)
+    );
     let rows2 = read_csv(&reports.join("e2e-again/summary.csv"));
     for (a, b) in rows[1..].iter().zip(&rows2[1..]) {
         assert_eq!(a[col("test_auc")], b[col("test_auc")]);
     }
-    assert_eq!(std::fs::read(dir.join("test_scores.csv")).unwrap(), std::fs::read(reports.join("e2e-again/test_scores.csv")).unwrap());
+    assert_eq!(
+        std::fs::read(dir.join("test_scores.csv")).unwrap(),
+        std::fs::read(reports.join("e2e-again/test_scores.csv")).unwrap()
+    );
 }
 
 #[test]
 fn bad_data_folder_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = reproduce(tmp.path(), &tmp.path().join("r"), &tmp.path().join("c"), "x");
+    let out = reproduce(
+        tmp.path(),
+        &tmp.path().join("r"),
+        &tmp.path().join("c"),
+        "x",
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not a dataset") && err.contains(tmp.path().to_str().unwrap()), "{err}");
+    assert!(
+        err.contains("not a dataset") && err.contains(tmp.path().to_str().unwrap()),
+        "{err}"
+    );
     assert!(!tmp.path().join("r/x/summary.csv").exists());
 }
 
@@ -82,7 +136,13 @@ fn unknown_config_key_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("c.toml");
     std::fs::write(&cfg, "[model]\nwidht = 0.5\n").unwrap();
-    let out = Command::new(common::bin()).args(["pretrain", "--preset", "tiny", "--config"]).arg(&cfg).arg("--out").arg(tmp.path().join("o")).output().unwrap();
+    let out = Command::new(common::bin())
+        .args(["pretrain", "--preset", "tiny", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(tmp.path().join("o"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("widht") && err.contains("c.toml"), "{err}");
@@ -91,17 +151,45 @@ fn unknown_config_key_is_refused() {
 #[test]
 fn bench_prints_one_json_line_per_configuration() {
     let out = Command::new(common::bin())
-        .args(["bench", "--width", "0.125", "--batch", "2,4", "--size", "32", "--steps", "2", "--pirl-preset", "tiny"])
+        .args([
+            "bench",
+            "--width",
+            "0.125",
+            "--batch",
+            "2,4",
+            "--size",
+            "32",
+            "--steps",
+            "2",
+            "--pirl-preset",
+            "tiny",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     for l in &lines[..2] {
         assert_eq!(l["what"], "resnet-train-step");
-        let (step, fwd) = (l["median_s"].as_f64().unwrap(), l["forward_median_s"].as_f64().unwrap());
-        assert!(fwd > 0.0 && fwd < step, "the forward is part of the step: {l}");
-        assert!((l["images_per_s"].as_f64().unwrap() - l["batch"].as_f64().unwrap() / step).abs() < 1e-6);
+        let (step, fwd) = (
+            l["median_s"].as_f64().unwrap(),
+            l["forward_median_s"].as_f64().unwrap(),
+        );
+        assert!(
+            fwd > 0.0 && fwd < step,
+            "the forward is part of the step: {l}"
+        );
+        assert!(
+            (l["images_per_s"].as_f64().unwrap() - l["batch"].as_f64().unwrap() / step).abs()
+                < 1e-6
+        );
     }
     assert_eq!(lines[2]["what"], "pirl-step");
     assert_eq!(lines[2]["batch"], 16);
@@ -109,7 +197,9 @@ fn bench_prints_one_json_line_per_configuration() {
 
 #[test]
 fn audit_command_reports_cross_split_duplicates() {
-    let Some(data) = common::isic_dir() else { return };
+    let Some(data) = common::isic_dir() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(common::bin())
         .arg("audit")
@@ -121,12 +211,24 @@ fn audit_command_reports_cross_split_duplicates() {
         .arg("--fail-on-leak")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("across splits") && text.contains("LEAK"), "{text}");
+    assert!(
+        text.contains("across splits") && text.contains("LEAK"),
+        "{text}"
+    );
     let csv = std::fs::read_to_string(tmp.path().join("audit.csv")).unwrap();
     // ISIC_0012175 (train) and ISIC_0015982 (test) are the same file.
-    assert!(csv.lines().any(|l| l.contains("ISIC_0012175") && l.contains("ISIC_0015982")), "{csv}");
+    assert!(
+        csv.lines()
+            .any(|l| l.contains("ISIC_0012175") && l.contains("ISIC_0015982")),
+        "{csv}"
+    );
 }
 
 #[test]
@@ -140,7 +242,14 @@ fn skip_bad_leaves_out_unreadable_images_and_lists_them() {
     std::fs::write(&victim, &bytes[..bytes.len() / 3]).unwrap();
     let run = |extra: &[&str], name: &str| {
         Command::new(common::bin())
-            .args(["reproduce", "--preset", "tiny", "--no-progress", "--run-name", name])
+            .args([
+                "reproduce",
+                "--preset",
+                "tiny",
+                "--no-progress",
+                "--run-name",
+                name,
+            ])
             .args(extra)
             .arg("--data")
             .arg(&data)
@@ -158,7 +267,11 @@ fn skip_bad_leaves_out_unreadable_images_and_lists_them() {
     assert!(!tmp.path().join("reports/strict/summary.csv").exists());
 
     let out = run(&["--skip-bad"], "lenient");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let skipped = std::fs::read_to_string(tmp.path().join("reports/lenient/skipped.csv")).unwrap();
     assert_eq!(skipped.lines().count(), 2, "{skipped}");
     assert!(skipped.contains("synth_00001"), "{skipped}");

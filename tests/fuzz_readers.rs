@@ -102,17 +102,41 @@ fn corpus_dir() -> PathBuf {
 }
 
 fn scale() -> u64 {
-    std::env::var("PIRLKIT_FUZZ_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1).max(1)
+    std::env::var("PIRLKIT_FUZZ_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// `PIRLKIT_FUZZ_ITERS=N`: run N iterations per target instead (a quick look).
 fn iters(default: u64) -> u64 {
-    std::env::var("PIRLKIT_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(default * scale())
+    std::env::var("PIRLKIT_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default * scale())
 }
 
 // ---------------------------------------------------------------- mutations
 
-const INTERESTING: [u32; 16] = [0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0x100, 0x3FFF, 0x4000, 0x4001, 0x7FFF, 0x8000, 0xFFFF, 0xFFFF_FFFF];
+const INTERESTING: [u32; 16] = [
+    0,
+    1,
+    2,
+    7,
+    8,
+    0x7F,
+    0x80,
+    0xFF,
+    0x100,
+    0x3FFF,
+    0x4000,
+    0x4001,
+    0x7FFF,
+    0x8000,
+    0xFFFF,
+    0xFFFF_FFFF,
+];
 
 const BINARY_TOKENS: [&[u8]; 14] = [
     b"\xFF\xD8",
@@ -161,7 +185,13 @@ fn mutate(rng: &mut ChaCha8Rng, seed: &[u8], text: bool) -> Vec<u8> {
     let n = rng.random_range(1..=4);
     for _ in 0..n {
         let len = d.len();
-        let pos = |rng: &mut ChaCha8Rng| if len == 0 { 0 } else { rng.random_range(0..len) };
+        let pos = |rng: &mut ChaCha8Rng| {
+            if len == 0 {
+                0
+            } else {
+                rng.random_range(0..len)
+            }
+        };
         let op = rng.random_range(0..10);
         match op {
             0 if len > 0 => {
@@ -209,7 +239,13 @@ fn mutate(rng: &mut ChaCha8Rng, seed: &[u8], text: bool) -> Vec<u8> {
                     0 => vec![v as u8],
                     1 => (v as u16).to_be_bytes().to_vec(),
                     2 => (v as u16).to_le_bytes().to_vec(),
-                    _ => if rng.random() { v.to_be_bytes().to_vec() } else { v.to_le_bytes().to_vec() },
+                    _ => {
+                        if rng.random() {
+                            v.to_be_bytes().to_vec()
+                        } else {
+                            v.to_le_bytes().to_vec()
+                        }
+                    }
                 };
                 let end = (p + bytes.len()).min(len);
                 d[p..end].copy_from_slice(&bytes[..end - p]);
@@ -240,7 +276,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &x in data {
         c ^= x as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -251,7 +291,9 @@ fn fix_png_crcs(d: &mut [u8]) {
     let mut i = 8;
     while i + 12 <= d.len() {
         let len = u32::from_be_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]) as usize;
-        let Some(end) = (i + 8).checked_add(len).filter(|&e| e + 4 <= d.len()) else { return };
+        let Some(end) = (i + 8).checked_add(len).filter(|&e| e + 4 <= d.len()) else {
+            return;
+        };
         let crc = crc32(&d[i + 4..end]);
         d[end..end + 4].copy_from_slice(&crc.to_be_bytes());
         i = end + 4;
@@ -267,13 +309,21 @@ struct Finding {
 }
 
 /// Runs `call` on `input`; a panic is saved to the corpus and returned.
-fn run_one(target: &'static str, input: &[u8], call: &dyn Fn(&[u8]) -> bool) -> Result<bool, Finding> {
+fn run_one(
+    target: &'static str,
+    input: &[u8],
+    call: &dyn Fn(&[u8]) -> bool,
+) -> Result<bool, Finding> {
     let r = catch_unwind(AssertUnwindSafe(|| call(input)));
     let p = match r {
         Ok(ok) => return Ok(ok),
         Err(p) => p,
     };
-    let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "(non-string panic)".into());
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string panic)".into());
     let name = format!("{target}-{}.bin", &hex::encode(Sha256::digest(input))[..16]);
     let file = corpus_dir().join(name);
     let _ = std::fs::create_dir_all(corpus_dir());
@@ -283,7 +333,11 @@ fn run_one(target: &'static str, input: &[u8], call: &dyn Fn(&[u8]) -> bool) -> 
         "PANIC in {target}: {msg}\n  saved as {}\n  input ({} bytes{}): {}",
         file.display(),
         input.len(),
-        if shown.len() < input.len() { ", first 4096 shown" } else { "" },
+        if shown.len() < input.len() {
+            ", first 4096 shown"
+        } else {
+            ""
+        },
         hex::encode(shown)
     );
     Err(Finding { target, file, msg })
@@ -296,7 +350,9 @@ fn corpus_seeds(target: &str) -> Vec<Vec<u8>> {
         let mut names: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
         names.sort();
         for p in names {
-            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{target}-"))) {
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{target}-")))
+            {
                 out.push(std::fs::read(&p).unwrap());
             }
         }
@@ -314,7 +370,13 @@ fn nth_input(seeds: &[Vec<u8>], target: &str, i: u64, text: bool) -> Vec<u8> {
 
 /// Fuzzes `call` for `iters` iterations over `seeds` (and the target's
 /// corpus files); fails listing every panicking input.
-fn fuzz(target: &'static str, mut seeds: Vec<Vec<u8>>, iters: u64, text: bool, call: &dyn Fn(&[u8]) -> bool) {
+fn fuzz(
+    target: &'static str,
+    mut seeds: Vec<Vec<u8>>,
+    iters: u64,
+    text: bool,
+    call: &dyn Fn(&[u8]) -> bool,
+) {
     seeds.extend(corpus_seeds(target));
     let t0 = Instant::now();
     let mut findings = Vec::new();
@@ -335,17 +397,27 @@ fn fuzz(target: &'static str, mut seeds: Vec<Vec<u8>>, iters: u64, text: bool, c
         }
         let el = t.elapsed();
         if peak > MAX_REPLAY_ALLOC {
-            big.push(format!("iteration {i}, {} bytes: {} MB", input.len(), peak >> 20));
+            big.push(format!(
+                "iteration {i}, {} bytes: {} MB",
+                input.len(),
+                peak >> 20
+            ));
             if let Some(dir) = std::env::var_os("PIRLKIT_FUZZ_DUMP_SLOW") {
                 let _ = std::fs::create_dir_all(&dir);
-                let _ = std::fs::write(Path::new(&dir).join(format!("{target}-big-{i}.bin")), &input);
+                let _ = std::fs::write(
+                    Path::new(&dir).join(format!("{target}-big-{i}.bin")),
+                    &input,
+                );
             }
         }
         if el > SLOW {
             slow.push((el, format!("iteration {i}, {} bytes", input.len())));
             if let Some(dir) = std::env::var_os("PIRLKIT_FUZZ_DUMP_SLOW") {
                 let _ = std::fs::create_dir_all(&dir);
-                let _ = std::fs::write(Path::new(&dir).join(format!("{target}-slow-{i}.bin")), &input);
+                let _ = std::fs::write(
+                    Path::new(&dir).join(format!("{target}-slow-{i}.bin")),
+                    &input,
+                );
             }
         }
     }
@@ -363,35 +435,34 @@ fn fuzz(target: &'static str, mut seeds: Vec<Vec<u8>>, iters: u64, text: bool, c
         findings.is_empty(),
         "{} panicking input(s) for {target}, saved in tests/fuzz_corpus/:\n{}",
         findings.len(),
-        findings.iter().map(|f| format!("  {} ({}): {}", f.file.display(), f.target, f.msg)).collect::<Vec<_>>().join("\n")
+        findings
+            .iter()
+            .map(|f| format!("  {} ({}): {}", f.file.display(), f.target, f.msg))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
 // ---------------------------------------------------------------- seeds
 
-fn png_of<P: image::PixelWithColorType>(img: &image::ImageBuffer<P, Vec<P::Subpixel>>) -> Vec<u8>
-where
-    [P::Subpixel]: image::EncodableLayout,
-{
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
+use common::png_of;
 
 fn jpeg_of(img: &image::DynamicImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85).encode_image(img).unwrap();
-    out
+    common::jpeg_of(img, 85)
 }
 
 fn gradient(w: u32, h: u32) -> image::RgbImage {
-    image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 9) as u8, (y * 11) as u8, ((x + y) * 5) as u8]))
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 9) as u8, (y * 11) as u8, ((x + y) * 5) as u8])
+    })
 }
 
 /// A baseline 4-component (Adobe CMYK) JPEG of flat 8x8 blocks, built by
 /// hand: the `image` encoder writes no CMYK.
 fn cmyk_jpeg(w: u16, h: u16) -> Vec<u8> {
-    common::flat_jpeg(w, h, 4, Some(0), |bx, by, c| [40u8, 120, 200, 30][c].wrapping_add((bx * 13 + by * 7) as u8))
+    common::flat_jpeg(w, h, 4, Some(0), |bx, by, c| {
+        [40u8, 120, 200, 30][c].wrapping_add((bx * 13 + by * 7) as u8)
+    })
 }
 
 const VL_PHOTOGRAPHIC: &str = "1.2.840.10008.5.1.4.1.1.77.1.4";
@@ -400,28 +471,70 @@ fn el(tag: dicom_core::Tag, vr: VR, v: PrimitiveValue) -> InMemElement {
     DataElement::new(tag, vr, v)
 }
 
-fn dicom(ts: &str, w: u16, h: u16, spp: u16, pi: &str, bits: u16, frames: usize, pixel: InMemElement) -> Vec<u8> {
+fn dicom(
+    ts: &str,
+    w: u16,
+    h: u16,
+    spp: u16,
+    pi: &str,
+    bits: u16,
+    frames: usize,
+    pixel: InMemElement,
+) -> Vec<u8> {
     let mut e = vec![
-        el(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(VL_PHOTOGRAPHIC)),
-        el(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("2.25.42")),
+        el(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(VL_PHOTOGRAPHIC),
+        ),
+        el(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from("2.25.42"),
+        ),
         el(tags::MODALITY, VR::CS, PrimitiveValue::from("XC")),
-        el(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("FUZZ^SEED")),
+        el(
+            tags::PATIENT_NAME,
+            VR::PN,
+            PrimitiveValue::from("FUZZ^SEED"),
+        ),
         el(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(spp)),
-        el(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from(pi)),
+        el(
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            PrimitiveValue::from(pi),
+        ),
         el(tags::ROWS, VR::US, PrimitiveValue::from(h)),
         el(tags::COLUMNS, VR::US, PrimitiveValue::from(w)),
         el(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(bits)),
         el(tags::BITS_STORED, VR::US, PrimitiveValue::from(bits)),
         el(tags::HIGH_BIT, VR::US, PrimitiveValue::from(bits - 1)),
-        el(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)),
-        el(tags::PLANAR_CONFIGURATION, VR::US, PrimitiveValue::from(0u16)),
+        el(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ),
+        el(
+            tags::PLANAR_CONFIGURATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ),
     ];
     if frames > 1 {
-        e.push(el(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from(frames.to_string())));
+        e.push(el(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from(frames.to_string()),
+        ));
     }
     e.push(pixel);
     let file = InMemDicomObject::from_element_iter(e)
-        .with_meta(FileMetaTableBuilder::new().media_storage_sop_class_uid(VL_PHOTOGRAPHIC).media_storage_sop_instance_uid("2.25.42").transfer_syntax(ts))
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .media_storage_sop_class_uid(VL_PHOTOGRAPHIC)
+                .media_storage_sop_instance_uid("2.25.42")
+                .transfer_syntax(ts),
+        )
         .unwrap();
     let mut out = Vec::new();
     file.write_all(&mut out).unwrap();
@@ -431,8 +544,12 @@ fn dicom(ts: &str, w: u16, h: u16, spp: u16, pi: &str, bits: u16, frames: usize,
 fn decode_seeds() -> Vec<Vec<u8>> {
     let rgb = gradient(24, 20);
     let grey = image::GrayImage::from_fn(16, 12, |x, y| image::Luma([(x * 13 + y * 3) as u8]));
-    let rgb16 = image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_fn(10, 10, |x, y| image::Rgb([(x * 6000) as u16, (y * 5000) as u16, 0x8080]));
-    let rgba = image::RgbaImage::from_fn(9, 9, |x, y| image::Rgba([x as u8 * 20, y as u8 * 20, 7, 200]));
+    let rgb16 = image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_fn(10, 10, |x, y| {
+        image::Rgb([(x * 6000) as u16, (y * 5000) as u16, 0x8080])
+    });
+    let rgba = image::RgbaImage::from_fn(9, 9, |x, y| {
+        image::Rgba([x as u8 * 20, y as u8 * 20, 7, 200])
+    });
     let jpeg = jpeg_of(&image::DynamicImage::ImageRgb8(rgb.clone()));
     let mut px2 = rgb.as_raw().clone();
     px2.extend(gradient(24, 20).as_raw().iter().map(|v| 255 - v));
@@ -449,9 +566,40 @@ fn decode_seeds() -> Vec<Vec<u8>> {
         jpeg.clone(),
         jpeg_of(&image::DynamicImage::ImageLuma8(grey.clone())),
         cmyk_jpeg(16, 16),
-        dicom("1.2.840.10008.1.2.1", 24, 20, 3, "RGB", 8, 1, el(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(rgb.as_raw().clone()))),
-        dicom("1.2.840.10008.1.2.1", 24, 20, 3, "RGB", 8, 2, el(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(px2))),
-        dicom("1.2.840.10008.1.2", 16, 12, 1, "MONOCHROME2", 16, 1, el(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(grey16.into()))),
+        dicom(
+            "1.2.840.10008.1.2.1",
+            24,
+            20,
+            3,
+            "RGB",
+            8,
+            1,
+            el(
+                tags::PIXEL_DATA,
+                VR::OB,
+                PrimitiveValue::from(rgb.as_raw().clone()),
+            ),
+        ),
+        dicom(
+            "1.2.840.10008.1.2.1",
+            24,
+            20,
+            3,
+            "RGB",
+            8,
+            2,
+            el(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(px2)),
+        ),
+        dicom(
+            "1.2.840.10008.1.2",
+            16,
+            12,
+            1,
+            "MONOCHROME2",
+            16,
+            1,
+            el(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(grey16.into())),
+        ),
         dicom(
             "1.2.840.10008.1.2.4.50",
             24,
@@ -460,7 +608,11 @@ fn decode_seeds() -> Vec<Vec<u8>> {
             "YBR_FULL_422",
             8,
             1,
-            DataElement::new(tags::PIXEL_DATA, VR::OB, Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), vec![frag]))),
+            DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OB,
+                Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), vec![frag])),
+            ),
         ),
     ]
 }
@@ -489,13 +641,21 @@ fn manifest_env() -> tempfile::TempDir {
 fn call_manifest(dir: &Path, b: &[u8], direct: bool) -> bool {
     let p = dir.join("manifest.csv");
     std::fs::write(&p, b).unwrap();
-    if direct { Dataset::open(&p).is_ok() } else { Dataset::open(dir).is_ok() }
+    if direct {
+        Dataset::open(&p).is_ok()
+    } else {
+        Dataset::open(dir).is_ok()
+    }
 }
 
 fn ham_env() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     for i in 0..4 {
-        let part = if i % 2 == 0 { "HAM10000_images_part_1" } else { "HAM10000_images_part_2" };
+        let part = if i % 2 == 0 {
+            "HAM10000_images_part_1"
+        } else {
+            "HAM10000_images_part_2"
+        };
         write_png(&d.path().join(part).join(format!("ISIC_{i:07}.jpg")));
     }
     d
@@ -504,7 +664,11 @@ fn ham_env() -> tempfile::TempDir {
 fn call_ham(dir: &Path, b: &[u8], via_open: bool) -> bool {
     let p = dir.join("HAM10000_metadata.csv");
     std::fs::write(&p, b).unwrap();
-    if via_open { Dataset::open(dir).is_ok() } else { layouts::read_ham(&p, None).is_ok() }
+    if via_open {
+        Dataset::open(dir).is_ok()
+    } else {
+        layouts::read_ham(&p, None).is_ok()
+    }
 }
 
 fn call_isic_gt(dir: &Path, b: &[u8]) -> bool {
@@ -553,9 +717,19 @@ fn isic_gt_seeds() -> Vec<Vec<u8>> {
 #[test]
 fn fuzz_decode_resize() {
     for (i, s) in decode_seeds().iter().enumerate() {
-        assert!(decode_resize(s, 16).is_ok(), "seed {i}: {:?}", decode_resize(s, 16).err());
+        assert!(
+            decode_resize(s, 16).is_ok(),
+            "seed {i}: {:?}",
+            decode_resize(s, 16).err()
+        );
     }
-    fuzz("decode", decode_seeds(), iters(200_000), false, &call_decode);
+    fuzz(
+        "decode",
+        decode_seeds(),
+        iters(200_000),
+        false,
+        &call_decode,
+    );
 }
 
 #[test]
@@ -581,14 +755,26 @@ fn fuzz_ham_metadata_csv() {
 #[test]
 fn fuzz_isic_ground_truth() {
     let d = tempfile::tempdir().unwrap();
-    fuzz("isic_gt", isic_gt_seeds(), iters(2000), true, &|b| call_isic_gt(d.path(), b));
+    fuzz("isic_gt", isic_gt_seeds(), iters(2000), true, &|b| {
+        call_isic_gt(d.path(), b)
+    });
 }
 
 /// The mutator itself is deterministic: same seed, same inputs.
 #[test]
 fn mutations_are_reproducible() {
     let seeds = decode_seeds();
-    let run = || (0..50u64).map(|i| mutate(&mut pirlkit::rng::stream(SEED, "fuzz-decode", i, 0), &seeds[i as usize % seeds.len()], false)).collect::<Vec<_>>();
+    let run = || {
+        (0..50u64)
+            .map(|i| {
+                mutate(
+                    &mut pirlkit::rng::stream(SEED, "fuzz-decode", i, 0),
+                    &seeds[i as usize % seeds.len()],
+                    false,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
     assert_eq!(run(), run());
 }
 
@@ -598,13 +784,18 @@ fn mutations_are_reproducible() {
 #[test]
 fn corpus_replays_cleanly() {
     let dir = corpus_dir();
-    let Ok(rd) = std::fs::read_dir(&dir) else { return };
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return;
+    };
     let menv = manifest_env();
     let henv = ham_env();
     let genv = tempfile::tempdir().unwrap();
     let mut n = 0;
     let mut failures = Vec::new();
-    let mut paths: Vec<PathBuf> = rd.map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
+    let mut paths: Vec<PathBuf> = rd
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
     paths.sort();
     for p in paths {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
@@ -613,36 +804,43 @@ fn corpus_replays_cleanly() {
         }
         let bytes = std::fs::read(&p).unwrap();
         let target = name.split('-').next().unwrap_or("");
-        let outcome: std::thread::Result<Option<bool>> = catch_unwind(AssertUnwindSafe(|| match target {
-            "decode" => {
-                let t = Instant::now();
-                let (r, peak) = peak_alloc(|| decode_resize(&bytes, 16));
-                if peak > MAX_REPLAY_ALLOC || t.elapsed() > SLOW {
-                    failures.push(format!("{name}: {:?} and a {} MB allocation ({r:?})", t.elapsed(), peak >> 20));
+        let outcome: std::thread::Result<Option<bool>> =
+            catch_unwind(AssertUnwindSafe(|| match target {
+                "decode" => {
+                    let t = Instant::now();
+                    let (r, peak) = peak_alloc(|| decode_resize(&bytes, 16));
+                    if peak > MAX_REPLAY_ALLOC || t.elapsed() > SLOW {
+                        failures.push(format!(
+                            "{name}: {:?} and a {} MB allocation ({r:?})",
+                            t.elapsed(),
+                            peak >> 20
+                        ));
+                    }
+                    Some(r.is_ok())
                 }
-                Some(r.is_ok())
-            }
-            "manifest" => {
-                std::fs::write(menv.path().join("manifest.csv"), &bytes).unwrap();
-                Some(Dataset::open(menv.path()).is_ok())
-            }
-            "ham" => {
-                let p = henv.path().join("HAM10000_metadata.csv");
-                std::fs::write(&p, &bytes).unwrap();
-                let direct = layouts::read_ham(&p, None).is_ok();
-                let _ = Dataset::open(henv.path());
-                Some(direct)
-            }
-            "isic_gt" => {
-                let p = genv.path().join("gt.csv");
-                std::fs::write(&p, &bytes).unwrap();
-                Some(read_ground_truth(&p, "melanoma").is_ok())
-            }
-            _ => None,
-        }));
+                "manifest" => {
+                    std::fs::write(menv.path().join("manifest.csv"), &bytes).unwrap();
+                    Some(Dataset::open(menv.path()).is_ok())
+                }
+                "ham" => {
+                    let p = henv.path().join("HAM10000_metadata.csv");
+                    std::fs::write(&p, &bytes).unwrap();
+                    let direct = layouts::read_ham(&p, None).is_ok();
+                    let _ = Dataset::open(henv.path());
+                    Some(direct)
+                }
+                "isic_gt" => {
+                    let p = genv.path().join("gt.csv");
+                    std::fs::write(&p, &bytes).unwrap();
+                    Some(read_ground_truth(&p, "melanoma").is_ok())
+                }
+                _ => None,
+            }));
         match outcome {
             Err(_) => failures.push(format!("{name}: panics")),
-            Ok(None) => failures.push(format!("{name}: unknown target prefix (decode-, manifest-, ham-, isic_gt-)")),
+            Ok(None) => failures.push(format!(
+                "{name}: unknown target prefix (decode-, manifest-, ham-, isic_gt-)"
+            )),
             Ok(Some(ok)) => {
                 if name.contains("-err-") && ok {
                     failures.push(format!("{name}: loads, expected an error"));
@@ -684,10 +882,22 @@ fn write_seed_corpus() {
         b
     };
     let files: Vec<(&str, Vec<u8>)> = vec![
-        ("decode-err-bomb-100000x100000.png", png_claiming(100_000, 100_000)),
-        ("decode-err-bomb-16000x16000.png", png_claiming(16_000, 16_000)),
-        ("decode-err-bomb-65535x65535.jpg", jpeg_claiming(65_535, 65_535)),
-        ("decode-err-bomb-16000x16000.jpg", jpeg_claiming(16_000, 16_000)),
+        (
+            "decode-err-bomb-100000x100000.png",
+            png_claiming(100_000, 100_000),
+        ),
+        (
+            "decode-err-bomb-16000x16000.png",
+            png_claiming(16_000, 16_000),
+        ),
+        (
+            "decode-err-bomb-65535x65535.jpg",
+            jpeg_claiming(65_535, 65_535),
+        ),
+        (
+            "decode-err-bomb-16000x16000.jpg",
+            jpeg_claiming(16_000, 16_000),
+        ),
         ("decode-err-truncated.jpg", jpeg[..jpeg.len() / 2].to_vec()),
         ("decode-err-no-eoi.jpg", jpeg[..jpeg.len() - 2].to_vec()),
         ("decode-err-truncated.png", png[..png.len() / 2].to_vec()),
@@ -696,11 +906,28 @@ fn write_seed_corpus() {
         ("decode-err-1x1.png", png_of(&gradient(1, 1))),
         ("decode-ok-png-named.jpg", png.clone()),
         ("decode-ok-cmyk.jpg", cmyk_jpeg(16, 16)),
-        ("decode-ok-4000x8.png", png_of(&image::RgbImage::from_fn(4000, 8, |x, _| image::Rgb([(x / 16) as u8, 40, 80])))),
-        ("manifest-err-quote.csv", b"path,label\n\"img0.png,1\n".to_vec()),
-        ("manifest-err-invalid-utf8.csv", b"path,label\nimg\xFF.png,1\n".to_vec()),
-        ("ham-err-dup.csv", b"lesion_id,image_id,dx\nL1,ISIC_0000000,mel\nL2,ISIC_0000000,nv\n".to_vec()),
-        ("isic_gt-err-ragged.csv", b"image_id,melanoma\nISIC_0000000\n".to_vec()),
+        (
+            "decode-ok-4000x8.png",
+            png_of(&image::RgbImage::from_fn(4000, 8, |x, _| {
+                image::Rgb([(x / 16) as u8, 40, 80])
+            })),
+        ),
+        (
+            "manifest-err-quote.csv",
+            b"path,label\n\"img0.png,1\n".to_vec(),
+        ),
+        (
+            "manifest-err-invalid-utf8.csv",
+            b"path,label\nimg\xFF.png,1\n".to_vec(),
+        ),
+        (
+            "ham-err-dup.csv",
+            b"lesion_id,image_id,dx\nL1,ISIC_0000000,mel\nL2,ISIC_0000000,nv\n".to_vec(),
+        ),
+        (
+            "isic_gt-err-ragged.csv",
+            b"image_id,melanoma\nISIC_0000000\n".to_vec(),
+        ),
     ];
     for (name, b) in files {
         std::fs::write(dir.join(name), b).unwrap();
@@ -717,7 +944,11 @@ fn write_seed_corpus() {
         let input = nth_input(&seeds, "decode", i, false);
         let e = decode_resize(&input, 16).unwrap_err();
         assert!(e.contains("claims"), "iteration {i}: {e}");
-        std::fs::write(dir.join(format!("decode-err-dicom-alloc-iter{i}.dcm")), input).unwrap();
+        std::fs::write(
+            dir.join(format!("decode-err-dicom-alloc-iter{i}.dcm")),
+            input,
+        )
+        .unwrap();
     }
 }
 
@@ -726,14 +957,25 @@ fn write_seed_corpus() {
 #[test]
 #[ignore]
 fn replay_folder_timed() {
-    let Some(dir) = std::env::var_os("PIRLKIT_FUZZ_REPLAY") else { return };
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let Some(dir) = std::env::var_os("PIRLKIT_FUZZ_REPLAY") else {
+        return;
+    };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     paths.sort();
     for p in paths {
         let b = std::fs::read(&p).unwrap();
         let t = Instant::now();
         let (r, peak) = peak_alloc(|| decode_resize(&b, 16));
-        eprintln!("{}: {:?}, largest allocation {} MB, {:?}", p.display(), t.elapsed(), peak >> 20, r.map(|_| "ok"));
+        eprintln!(
+            "{}: {:?}, largest allocation {} MB, {:?}",
+            p.display(),
+            t.elapsed(),
+            peak >> 20,
+            r.map(|_| "ok")
+        );
     }
 }
 
@@ -753,7 +995,11 @@ fn dicom_jpeg(jpeg: &[u8]) -> Vec<u8> {
         "YBR_FULL_422",
         8,
         1,
-        DataElement::new(tags::PIXEL_DATA, VR::OB, Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), vec![frag]))),
+        DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), vec![frag])),
+        ),
     )
 }
 
@@ -762,7 +1008,16 @@ fn dicom_jpeg_bad_cases() -> Vec<(&'static str, Vec<u8>)> {
     let mut bomb = jpeg.clone();
     let sof = bomb.windows(2).position(|x| x == [0xFF, 0xC0]).unwrap();
     bomb[sof + 5..sof + 9].copy_from_slice(&[0x3E, 0x80, 0x3E, 0x80]); // 16000x16000
-    vec![("decode-err-dicom-jpeg-bomb-16000x16000.dcm", dicom_jpeg(&bomb)), ("decode-err-dicom-jpeg-truncated.dcm", dicom_jpeg(&jpeg[..jpeg.len() * 2 / 3]))]
+    vec![
+        (
+            "decode-err-dicom-jpeg-bomb-16000x16000.dcm",
+            dicom_jpeg(&bomb),
+        ),
+        (
+            "decode-err-dicom-jpeg-truncated.dcm",
+            dicom_jpeg(&jpeg[..jpeg.len() * 2 / 3]),
+        ),
+    ]
 }
 
 #[test]
@@ -771,8 +1026,16 @@ fn dicom_jpeg_frames_get_the_jpeg_checks() {
         let t = Instant::now();
         let (r, peak) = peak_alloc(|| decode_resize(&d, 16));
         let e = r.expect_err(name);
-        assert!(e.starts_with("DICOM JPEG frame:") && (e.contains("bomb") || e.contains("truncated")), "{name}: {e}");
-        assert!(peak < 1 << 20 && t.elapsed() < SLOW, "{name}: {} bytes, {:?}", peak, t.elapsed());
+        assert!(
+            e.starts_with("DICOM JPEG frame:") && (e.contains("bomb") || e.contains("truncated")),
+            "{name}: {e}"
+        );
+        assert!(
+            peak < 1 << 20 && t.elapsed() < SLOW,
+            "{name}: {} bytes, {:?}",
+            peak,
+            t.elapsed()
+        );
     }
     // Split over several fragments, the frame still passes.
     let jpeg = jpeg_of(&image::DynamicImage::ImageRgb8(gradient(24, 20)));
@@ -789,7 +1052,14 @@ fn dicom_jpeg_frames_get_the_jpeg_checks() {
         "YBR_FULL_422",
         8,
         1,
-        DataElement::new(tags::PIXEL_DATA, VR::OB, Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), frags))),
+        DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), frags)),
+        ),
     );
-    assert_eq!(decode_resize(&d, 16).unwrap(), decode_resize(&jpeg, 16).unwrap());
+    assert_eq!(
+        decode_resize(&d, 16).unwrap(),
+        decode_resize(&jpeg, 16).unwrap()
+    );
 }

@@ -8,7 +8,9 @@ use pirlkit::ops::MaxPool2d;
 
 fn det(n: usize, salt: usize) -> Vec<f64> {
     // Distinct, deterministic values (no ties, so the max-pool is differentiable).
-    (0..n).map(|i| (((i * 7919 + salt * 104729) % 10007) as f64 / 10007.0) - 0.5 + i as f64 * 1e-7).collect()
+    (0..n)
+        .map(|i| (((i * 7919 + salt * 104729) % 10007) as f64 / 10007.0) - 0.5 + i as f64 * 1e-7)
+        .collect()
 }
 
 #[test]
@@ -35,8 +37,20 @@ fn maxpool_forward_matches_a_naive_pool() {
         }
     }
     // kernel == stride agrees with candle's own pool.
-    let a = MaxPool2d::new(2, 2, 0).forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let b = x.max_pool2d(2).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let a = MaxPool2d::new(2, 2, 0)
+        .forward(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let b = x
+        .max_pool2d(2)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     assert_eq!(a, b);
 }
 
@@ -47,18 +61,52 @@ fn maxpool_gradient_matches_finite_differences() {
     let x = Var::from_tensor(&Tensor::from_vec(det(n, 3), shape, &Device::Cpu).unwrap()).unwrap();
     let pool = MaxPool2d::new(3, 2, 1);
     let wout = Tensor::from_vec(det(2 * 2 * 5 * 4, 5), (2, 2, 5, 4), &Device::Cpu).unwrap();
-    let loss = |t: &Tensor| pool.forward(t).unwrap().mul(&wout).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-    let l = pool.forward(x.as_tensor()).unwrap().mul(&wout).unwrap().sum_all().unwrap();
-    let g = l.backward().unwrap().get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let base = x.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let loss = |t: &Tensor| {
+        pool.forward(t)
+            .unwrap()
+            .mul(&wout)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let l = pool
+        .forward(x.as_tensor())
+        .unwrap()
+        .mul(&wout)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let g = l
+        .backward()
+        .unwrap()
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let base = x
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     let h = 1e-6;
     for i in 0..n {
         let mut p = base.clone();
         p[i] += h;
         let mut m = base.clone();
         m[i] -= h;
-        let fd = (loss(&Tensor::from_vec(p, shape, &Device::Cpu).unwrap()) - loss(&Tensor::from_vec(m, shape, &Device::Cpu).unwrap())) / (2.0 * h);
-        assert!((fd - g[i]).abs() < 1e-6, "input {i}: analytic {} vs numeric {fd}", g[i]);
+        let fd = (loss(&Tensor::from_vec(p, shape, &Device::Cpu).unwrap())
+            - loss(&Tensor::from_vec(m, shape, &Device::Cpu).unwrap()))
+            / (2.0 * h);
+        assert!(
+            (fd - g[i]).abs() < 1e-6,
+            "input {i}: analytic {} vs numeric {fd}",
+            g[i]
+        );
     }
 }
 
@@ -67,50 +115,98 @@ fn resnet_gradients_match_finite_differences() {
     let dev = Device::Cpu;
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F64, &dev);
-    let cfg = ResNetConfig { arch: Arch::Resnet18, width: 4.0 / 64.0, bn_momentum: 0.1 };
+    let cfg = ResNetConfig {
+        arch: Arch::Resnet18,
+        width: 4.0 / 64.0,
+        bn_momentum: 0.1,
+    };
     let net = ResNet::new(&cfg, vb).unwrap();
     pirlkit::model::seeded_init(&vm, 3).unwrap();
     let shape = (3, 3, 20, 18);
-    let x = Var::from_tensor(&Tensor::from_vec(det(3 * 3 * 20 * 18, 9), shape, &dev).unwrap()).unwrap();
+    let x =
+        Var::from_tensor(&Tensor::from_vec(det(3 * 3 * 20 * 18, 9), shape, &dev).unwrap()).unwrap();
     let d = cfg.feature_dim();
     let w = Tensor::from_vec(det(3 * d, 11), (3, d), &dev).unwrap();
-    let loss_of = |inp: &Tensor| net.forward_t(inp, true).unwrap().mul(&w).unwrap().sum_all().unwrap();
+    let loss_of = |inp: &Tensor| {
+        net.forward_t(inp, true)
+            .unwrap()
+            .mul(&w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
     let l = loss_of(x.as_tensor());
     let grads = l.backward().unwrap();
 
     let h = 1e-5;
     let rel = |a: f64, b: f64| (a - b).abs() / (a.abs().max(b.abs()).max(1e-4));
     // Input gradient at a spread of positions.
-    let gx = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let base = x.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let gx = grads
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let base = x
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     for i in (0..base.len()).step_by(97) {
         let mut p = base.clone();
         p[i] += h;
         let mut m = base.clone();
         m[i] -= h;
-        let lp = loss_of(&Tensor::from_vec(p, shape, &dev).unwrap()).to_scalar::<f64>().unwrap();
-        let lm = loss_of(&Tensor::from_vec(m, shape, &dev).unwrap()).to_scalar::<f64>().unwrap();
+        let lp = loss_of(&Tensor::from_vec(p, shape, &dev).unwrap())
+            .to_scalar::<f64>()
+            .unwrap();
+        let lm = loss_of(&Tensor::from_vec(m, shape, &dev).unwrap())
+            .to_scalar::<f64>()
+            .unwrap();
         let fd = (lp - lm) / (2.0 * h);
-        assert!(rel(fd, gx[i]) < 1e-4, "input {i}: analytic {} vs numeric {fd}", gx[i]);
+        assert!(
+            rel(fd, gx[i]) < 1e-4,
+            "input {i}: analytic {} vs numeric {fd}",
+            gx[i]
+        );
     }
     // Parameter gradients: the stem conv, a BN scale, a downsample conv, the last block.
     let data = vm.data().lock().unwrap();
-    for name in ["conv1.weight", "bn1.weight", "layer2.0.downsample.0.weight", "layer4.1.conv2.weight", "layer3.0.bn2.bias"] {
+    for name in [
+        "conv1.weight",
+        "bn1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer4.1.conv2.weight",
+        "layer3.0.bn2.bias",
+    ] {
         let var = data.get(name).unwrap_or_else(|| panic!("no {name}"));
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no grad for {name}")).flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no grad for {name}"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
         let orig = var.as_tensor().copy().unwrap();
         let vals = orig.flatten_all().unwrap().to_vec1::<f64>().unwrap();
         for i in (0..vals.len()).step_by((vals.len() / 5).max(1)) {
             let eval = |delta: f64| {
                 let mut v = vals.clone();
                 v[i] += delta;
-                var.set(&Tensor::from_vec(v, orig.shape(), &dev).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(v, orig.shape(), &dev).unwrap())
+                    .unwrap();
                 let r = loss_of(x.as_tensor()).to_scalar::<f64>().unwrap();
                 var.set(&orig).unwrap();
                 r
             };
             let fd = (eval(h) - eval(-h)) / (2.0 * h);
-            assert!(rel(fd, g[i]) < 1e-4, "{name}[{i}]: analytic {} vs numeric {fd}", g[i]);
+            assert!(
+                rel(fd, g[i]) < 1e-4,
+                "{name}[{i}]: analytic {} vs numeric {fd}",
+                g[i]
+            );
         }
     }
 }
@@ -118,12 +214,25 @@ fn resnet_gradients_match_finite_differences() {
 #[test]
 fn resnet_shapes_for_each_arch() {
     let dev = Device::Cpu;
-    for (arch, d) in [(Arch::Resnet18, 64), (Arch::Resnet34, 64), (Arch::Resnet50, 256)] {
+    for (arch, d) in [
+        (Arch::Resnet18, 64),
+        (Arch::Resnet34, 64),
+        (Arch::Resnet50, 256),
+    ] {
         let vm = VarMap::new();
-        let cfg = ResNetConfig { arch, width: 0.125, bn_momentum: 0.1 };
+        let cfg = ResNetConfig {
+            arch,
+            width: 0.125,
+            bn_momentum: 0.1,
+        };
         let net = ResNet::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
         assert_eq!(cfg.feature_dim(), d);
-        let y = net.forward_t(&Tensor::zeros((2, 3, 32, 32), DType::F32, &dev).unwrap(), true).unwrap();
+        let y = net
+            .forward_t(
+                &Tensor::zeros((2, 3, 32, 32), DType::F32, &dev).unwrap(),
+                true,
+            )
+            .unwrap();
         assert_eq!(y.dims(), &[2, d]);
         // torchvision naming.
         let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();

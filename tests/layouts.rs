@@ -67,19 +67,17 @@ fn peak_alloc<T>(f: impl FnOnce() -> T) -> (T, usize, Duration) {
 // ---- fixtures ----
 
 fn rgb(w: u32, h: u32, shade: u8) -> image::RgbImage {
-    image::RgbImage::from_fn(w, h, |x, y| image::Rgb([shade, (x * 7) as u8, (y * 5) as u8]))
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([shade, (x * 7) as u8, (y * 5) as u8])
+    })
 }
 
 fn png_bytes(img: &image::RgbImage) -> Vec<u8> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
+    common::png_of(img)
 }
 
 fn jpeg_bytes(img: &image::RgbImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(img).unwrap();
-    out
+    common::jpeg_of(&image::DynamicImage::ImageRgb8(img.clone()), 90)
 }
 
 fn write_img(path: &Path, w: u32, h: u32, shade: u8) {
@@ -87,13 +85,26 @@ fn write_img(path: &Path, w: u32, h: u32, shade: u8) {
     rgb(w, h, shade).save(path).unwrap();
 }
 
-
 fn sample(dir: &Path, name: &str) -> Sample {
-    Sample { id: Path::new(name).file_stem().unwrap().to_string_lossy().into(), path: dir.join(name), label: Some(0), split: Split::Train, group: name.into() }
+    Sample {
+        id: Path::new(name)
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into(),
+        path: dir.join(name),
+        label: Some(0),
+        split: Split::Train,
+        group: name.into(),
+    }
 }
 
 fn splits_of(ds: &Dataset) -> [usize; 3] {
-    [ds.split(Split::Train).len(), ds.split(Split::Val).len(), ds.split(Split::Test).len()]
+    [
+        ds.split(Split::Train).len(),
+        ds.split(Split::Val).len(),
+        ds.split(Split::Test).len(),
+    ]
 }
 
 // ---- folder per class ----
@@ -102,10 +113,20 @@ fn splits_of(ds: &Dataset) -> [usize; 3] {
 fn folder_per_class_flat_splits_70_15_15_and_finds_the_positive_class() {
     let d = tempfile::tempdir().unwrap();
     for i in 0..40 {
-        write_img(&d.path().join("nevus").join(format!("n{i}.png")), 16, 12, i as u8);
+        write_img(
+            &d.path().join("nevus").join(format!("n{i}.png")),
+            16,
+            12,
+            i as u8,
+        );
     }
     for i in 0..20 {
-        write_img(&d.path().join("Melanoma").join(format!("m{i}.jpg")), 16, 12, i as u8);
+        write_img(
+            &d.path().join("Melanoma").join(format!("m{i}.jpg")),
+            16,
+            12,
+            i as u8,
+        );
     }
     // Not images, hidden, or empty: ignored.
     std::fs::write(d.path().join("nevus").join("notes.txt"), "x").unwrap();
@@ -114,10 +135,18 @@ fn folder_per_class_flat_splits_70_15_15_and_finds_the_positive_class() {
     std::fs::create_dir_all(d.path().join("empty")).unwrap();
     let ds = Dataset::open(d.path()).unwrap();
     assert_eq!(ds.samples.len(), 60);
-    assert!(ds.samples.iter().all(|s| s.label == Some(s.id.starts_with('m') as u8)), "labels from the folder names");
+    assert!(
+        ds.samples
+            .iter()
+            .all(|s| s.label == Some(s.id.starts_with('m') as u8)),
+        "labels from the folder names"
+    );
     let [tr, va, te] = splits_of(&ds);
     assert_eq!(tr + va + te, 60);
-    assert!((40..=44).contains(&tr) && (8..=10).contains(&va) && (8..=10).contains(&te), "{tr}/{va}/{te}");
+    assert!(
+        (40..=44).contains(&tr) && (8..=10).contains(&va) && (8..=10).contains(&te),
+        "{tr}/{va}/{te}"
+    );
     ds.check_labeled().unwrap();
     // Stable: the same split on every open.
     let again = Dataset::open(d.path()).unwrap();
@@ -129,14 +158,35 @@ fn folder_per_class_with_split_folders_keeps_the_given_split() {
     let d = tempfile::tempdir().unwrap();
     for (split, n) in [("train", 8), ("val", 3), ("test", 4)] {
         for i in 0..n {
-            write_img(&d.path().join(split).join("benign").join(format!("{split}_b{i}.png")), 12, 12, i as u8);
-            write_img(&d.path().join(split).join("malignant").join(format!("{split}_m{i}.png")), 12, 12, i as u8);
+            write_img(
+                &d.path()
+                    .join(split)
+                    .join("benign")
+                    .join(format!("{split}_b{i}.png")),
+                12,
+                12,
+                i as u8,
+            );
+            write_img(
+                &d.path()
+                    .join(split)
+                    .join("malignant")
+                    .join(format!("{split}_m{i}.png")),
+                12,
+                12,
+                i as u8,
+            );
         }
     }
     let ds = Dataset::open(d.path()).unwrap();
     assert_eq!(splits_of(&ds), [16, 6, 8]);
     for s in &ds.samples {
-        assert!(s.id.starts_with(s.split.as_str()), "{} in {:?}", s.id, s.split);
+        assert!(
+            s.id.starts_with(s.split.as_str()),
+            "{} in {:?}",
+            s.id,
+            s.split
+        );
         assert_eq!(s.label, Some(s.id.contains("_m") as u8));
     }
     ds.check_labeled().unwrap();
@@ -151,16 +201,39 @@ fn folder_per_class_positive_class_must_be_decidable() {
         }
     }
     let e = Dataset::open(d.path()).unwrap_err().to_string();
-    assert!(e.contains("alpha") && e.contains("beta") && e.contains("positive"), "{e}");
-    let ds = Dataset::open_with(d.path(), &OpenOptions { positive: Some("beta".into()) }).unwrap();
-    assert!(ds.samples.iter().all(|s| s.label == Some(s.id.starts_with("beta") as u8)));
-    let e = Dataset::open_with(d.path(), &OpenOptions { positive: Some("gamma".into()) }).unwrap_err().to_string();
+    assert!(
+        e.contains("alpha") && e.contains("beta") && e.contains("positive"),
+        "{e}"
+    );
+    let ds = Dataset::open_with(
+        d.path(),
+        &OpenOptions {
+            positive: Some("beta".into()),
+        },
+    )
+    .unwrap();
+    assert!(
+        ds.samples
+            .iter()
+            .all(|s| s.label == Some(s.id.starts_with("beta") as u8))
+    );
+    let e = Dataset::open_with(
+        d.path(),
+        &OpenOptions {
+            positive: Some("gamma".into()),
+        },
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("gamma") && e.contains("alpha, beta"), "{e}");
 
     // Three classes: an error listing them.
     write_img(&d.path().join("delta").join("d0.png"), 12, 12, 0);
     let e = Dataset::open(d.path()).unwrap_err().to_string();
-    assert!(e.contains("exactly two") && e.contains("alpha, beta, delta"), "{e}");
+    assert!(
+        e.contains("exactly two") && e.contains("alpha, beta, delta"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -170,7 +243,10 @@ fn folder_per_class_rejects_duplicate_ids() {
     write_img(&d.path().join("nevus").join("x1.jpg"), 12, 12, 0);
     write_img(&d.path().join("nevus").join("x2.jpg"), 12, 12, 0);
     let e = Dataset::open(d.path()).unwrap_err().to_string();
-    assert!(e.contains("x1") && e.contains("x1.png") && e.contains("x1.jpg"), "{e}");
+    assert!(
+        e.contains("x1") && e.contains("x1.png") && e.contains("x1.jpg"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -178,8 +254,18 @@ fn a_positive_class_is_refused_by_layouts_with_their_own_labels() {
     let d = tempfile::tempdir().unwrap();
     write_img(&d.path().join("a.png"), 12, 12, 0);
     std::fs::write(d.path().join("manifest.csv"), "path,label\na.png,1\n").unwrap();
-    let e = Dataset::open_with(d.path(), &OpenOptions { positive: Some("x".into()) }).unwrap_err().to_string();
-    assert!(e.contains("manifest.csv") && e.contains("own labels"), "{e}");
+    let e = Dataset::open_with(
+        d.path(),
+        &OpenOptions {
+            positive: Some("x".into()),
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("manifest.csv") && e.contains("own labels"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -187,9 +273,16 @@ fn manifest_rejects_two_paths_with_one_id() {
     let d = tempfile::tempdir().unwrap();
     write_img(&d.path().join("a").join("x.png"), 12, 12, 0);
     write_img(&d.path().join("b").join("x.png"), 12, 12, 0);
-    std::fs::write(d.path().join("manifest.csv"), "path,label\na/x.png,1\nb/x.png,0\n").unwrap();
+    std::fs::write(
+        d.path().join("manifest.csv"),
+        "path,label\na/x.png,1\nb/x.png,0\n",
+    )
+    .unwrap();
     let e = Dataset::open(d.path()).unwrap_err().to_string();
-    assert!(e.contains("manifest.csv") && e.contains("line 3") && e.contains("duplicate image id x"), "{e}");
+    assert!(
+        e.contains("manifest.csv") && e.contains("line 3") && e.contains("duplicate image id x"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -197,7 +290,10 @@ fn not_a_dataset_lists_every_layout() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("readme.txt"), "x").unwrap();
     let e = Dataset::open(d.path()).unwrap_err().to_string();
-    assert!(e.contains("manifest.csv") && e.contains("metadata") && e.contains("<class>"), "{e}");
+    assert!(
+        e.contains("manifest.csv") && e.contains("metadata") && e.contains("<class>"),
+        "{e}"
+    );
 }
 
 // ---- HAM10000-style metadata ----
@@ -210,11 +306,26 @@ fn ham_dir() -> (tempfile::TempDir, HashMap<String, String>) {
     let mut lesion_of = HashMap::new();
     let mut n = 0;
     for l in 0..60 {
-        let dx = if l % 4 == 0 { "mel" } else if l % 4 == 1 { "nv" } else { "bkl" };
+        let dx = if l % 4 == 0 {
+            "mel"
+        } else if l % 4 == 1 {
+            "nv"
+        } else {
+            "bkl"
+        };
         for _ in 0..(1 + l % 3) {
             let id = format!("ISIC_{:07}", 24000 + n);
-            let part = if n % 2 == 0 { "HAM10000_images_part_1" } else { "HAM10000_images_part_2" };
-            write_img(&d.path().join(part).join(format!("{id}.jpg")), 12, 12, n as u8);
+            let part = if n % 2 == 0 {
+                "HAM10000_images_part_1"
+            } else {
+                "HAM10000_images_part_2"
+            };
+            write_img(
+                &d.path().join(part).join(format!("{id}.jpg")),
+                12,
+                12,
+                n as u8,
+            );
             csv.push_str(&format!("HAM_{l:07},{id},{dx},histo,45.0,male,back\n"));
             lesion_of.insert(id, format!("HAM_{l:07}"));
             n += 1;
@@ -239,13 +350,19 @@ fn ham_metadata_keeps_every_lesion_in_one_split() {
     let mut split_of: HashMap<&str, HashSet<Split>> = HashMap::new();
     for s in &ds.samples {
         assert_eq!(s.group, lesion_of[&s.id]);
-        assert!(s.path.is_file() && s.path.file_name().unwrap().to_string_lossy() == format!("{}.jpg", s.id));
+        assert!(
+            s.path.is_file()
+                && s.path.file_name().unwrap().to_string_lossy() == format!("{}.jpg", s.id)
+        );
         split_of.entry(&s.group).or_default().insert(s.split);
     }
     for (l, sp) in &split_of {
         assert_eq!(sp.len(), 1, "lesion {l} split across {sp:?}");
     }
-    assert!(split_of.len() == 60 && lesion_of.len() > 100, "several images share a lesion");
+    assert!(
+        split_of.len() == 60 && lesion_of.len() > 100,
+        "several images share a lesion"
+    );
     // Labels: dx == mel.
     for s in &ds.samples {
         let l: usize = s.group[4..].parse().unwrap();
@@ -258,13 +375,29 @@ fn ham_metadata_keeps_every_lesion_in_one_split() {
     let direct = Dataset::open(&d.path().join("HAM10000_metadata.csv")).unwrap();
     assert_eq!(direct.samples, ds.samples);
     // Another dx code as the positive class.
-    let bkl = Dataset::open_with(d.path(), &OpenOptions { positive: Some("bkl".into()) }).unwrap();
+    let bkl = Dataset::open_with(
+        d.path(),
+        &OpenOptions {
+            positive: Some("bkl".into()),
+        },
+    )
+    .unwrap();
     assert!(bkl.samples.iter().all(|s| {
         let l: usize = s.group[4..].parse().unwrap();
         s.label == Some((l % 4 >= 2) as u8)
     }));
-    let e = Dataset::open_with(d.path(), &OpenOptions { positive: Some("xyz".into()) }).unwrap_err().to_string();
-    assert!(e.contains("xyz") && e.contains("mel") && e.contains("nv"), "{e}");
+    let e = Dataset::open_with(
+        d.path(),
+        &OpenOptions {
+            positive: Some("xyz".into()),
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("xyz") && e.contains("mel") && e.contains("nv"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -275,16 +408,28 @@ fn ham_metadata_errors_name_file_and_line() {
     let set = |s: &str| std::fs::write(&csv_path, s).unwrap();
 
     // A listed image without a file.
-    set(&format!("{orig}HAM_9999999,ISIC_9999999,mel,histo,1,male,back\n"));
+    set(&format!(
+        "{orig}HAM_9999999,ISIC_9999999,mel,histo,1,male,back\n"
+    ));
     let e = Dataset::open(d.path()).unwrap_err().to_string();
     let last = orig.lines().count() + 1;
-    assert!(e.contains("HAM10000_metadata.csv") && e.contains(&format!("line {last}")) && e.contains("ISIC_9999999"), "{e}");
+    assert!(
+        e.contains("HAM10000_metadata.csv")
+            && e.contains(&format!("line {last}"))
+            && e.contains("ISIC_9999999"),
+        "{e}"
+    );
 
     // The same image id twice.
     let first = orig.lines().nth(1).unwrap();
     set(&format!("{orig}{first}\n"));
     let e = Dataset::open(d.path()).unwrap_err().to_string();
-    assert!(e.contains("HAM10000_metadata.csv") && e.contains(&format!("line {last}")) && e.contains("twice"), "{e}");
+    assert!(
+        e.contains("HAM10000_metadata.csv")
+            && e.contains(&format!("line {last}"))
+            && e.contains("twice"),
+        "{e}"
+    );
 
     // No lesion id.
     set(&orig.replacen("HAM_0000000,", ",", 1));
@@ -302,9 +447,16 @@ fn ham_metadata_errors_name_file_and_line() {
     // A metadata CSV without the HAM columns is not taken for one: the part
     // folders then read as two class folders with no positive name.
     std::fs::remove_file(&csv_path).unwrap();
-    std::fs::write(d.path().join("my_metadata.csv"), "image,diagnosis\nISIC_0024000,mel\n").unwrap();
+    std::fs::write(
+        d.path().join("my_metadata.csv"),
+        "image,diagnosis\nISIC_0024000,mel\n",
+    )
+    .unwrap();
     let e = Dataset::open(d.path()).unwrap_err().to_string();
-    assert!(e.contains("HAM10000_images_part_1") && e.contains("positive"), "{e}");
+    assert!(
+        e.contains("HAM10000_images_part_1") && e.contains("positive"),
+        "{e}"
+    );
 }
 
 // ---- skip-bad ----
@@ -327,7 +479,11 @@ fn skip_bad_lists_every_bad_file_with_its_error() {
     let mut csv = String::from("path,label,split\n");
     for (i, (name, bytes)) in files.iter().enumerate() {
         std::fs::write(d.path().join(name), bytes).unwrap();
-        csv.push_str(&format!("{name},{},{}\n", i % 2, ["train", "val", "test"][i % 3]));
+        csv.push_str(&format!(
+            "{name},{},{}\n",
+            i % 2,
+            ["train", "val", "test"][i % 3]
+        ));
     }
     csv.push_str("missing.png,0,train\n");
     std::fs::write(d.path().join("manifest.csv"), csv).unwrap();
@@ -335,26 +491,60 @@ fn skip_bad_lists_every_bad_file_with_its_error() {
     let cache = ImageCache::new(d.path().join("cache"));
 
     // load_all stops, naming one bad file.
-    let bad = ["empty.png", "text.jpg", "trunc_png.png", "trunc_jpg.jpg", "tiny.png", "missing.png"];
+    let bad = [
+        "empty.png",
+        "text.jpg",
+        "trunc_png.png",
+        "trunc_jpg.jpg",
+        "tiny.png",
+        "missing.png",
+    ];
     let e = cache.load_all(&ds.samples, 16).unwrap_err().to_string();
     assert!(bad.iter().any(|b| e.contains(b)), "{e}");
 
     let (imgs, skipped) = cache.load_all_skip_bad(&ds.samples, 16).unwrap();
     let ids: Vec<&str> = skipped.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(ids, ["empty", "text", "trunc_png", "trunc_jpg", "tiny", "missing"], "{skipped:#?}");
+    assert_eq!(
+        ids,
+        ["empty", "text", "trunc_png", "trunc_jpg", "tiny", "missing"],
+        "{skipped:#?}"
+    );
     for (s, name) in skipped.iter().zip(bad) {
         assert!(s.path.ends_with(name), "{s:?}");
         assert!(!s.error.is_empty());
     }
-    let err = |name: &str| skipped.iter().find(|s| s.path.ends_with(name)).unwrap().error.clone();
+    let err = |name: &str| {
+        skipped
+            .iter()
+            .find(|s| s.path.ends_with(name))
+            .unwrap()
+            .error
+            .clone()
+    };
     assert!(err("empty.png").contains("empty"), "{}", err("empty.png"));
-    assert!(err("text.jpg").contains("not a recognised image format"), "{}", err("text.jpg"));
-    assert!(err("trunc_jpg.jpg").contains("truncated"), "{}", err("trunc_jpg.jpg"));
+    assert!(
+        err("text.jpg").contains("not a recognised image format"),
+        "{}",
+        err("text.jpg")
+    );
+    assert!(
+        err("trunc_jpg.jpg").contains("truncated"),
+        "{}",
+        err("trunc_jpg.jpg")
+    );
     assert!(err("tiny.png").contains("too small"), "{}", err("tiny.png"));
-    assert!(err("missing.png").to_lowercase().contains("no such file"), "{}", err("missing.png"));
+    assert!(
+        err("missing.png").to_lowercase().contains("no such file"),
+        "{}",
+        err("missing.png")
+    );
     assert_eq!(imgs.len(), 3);
     let json = serde_json::to_value(&skipped).unwrap();
-    assert!(json[0]["id"] == "empty" && json[0]["path"].as_str().unwrap().ends_with("empty.png") && json[0]["error"].is_string());
+    assert!(
+        json[0]["id"] == "empty"
+            && json[0]["path"].as_str().unwrap().ends_with("empty.png")
+            && json[0]["error"].is_string()
+    );
 
     drop_samples(&mut ds, &skipped);
     let kept: Vec<&str> = ds.samples.iter().map(|s| s.id.as_str()).collect();
@@ -368,7 +558,10 @@ fn skip_bad_lists_every_bad_file_with_its_error() {
 fn load_err(dir: &Path, name: &str, bytes: &[u8]) -> String {
     std::fs::write(dir.join(name), bytes).unwrap();
     let cache = ImageCache::new(dir.join("cache"));
-    let e = cache.load_all(&[sample(dir, name)], 16).unwrap_err().to_string();
+    let e = cache
+        .load_all(&[sample(dir, name)], 16)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains(name), "error does not name {name}: {e}");
     e
 }
@@ -380,11 +573,17 @@ fn truncated_empty_and_mislabelled_files() {
     let png = png_bytes(&rgb(64, 48, 30));
     for cut in [jpg.len() / 2, jpg.len() - 2, 200, 3] {
         let e = load_err(d.path(), "t.jpg", &jpg[..cut]);
-        assert!(e.contains("truncated") || e.contains("cannot decode"), "{cut}: {e}");
+        assert!(
+            e.contains("truncated") || e.contains("cannot decode"),
+            "{cut}: {e}"
+        );
     }
     for cut in [png.len() / 2, png.len() - 12, 40, 9] {
         let e = load_err(d.path(), "t.png", &png[..cut]);
-        assert!(e.contains("cannot decode") || e.contains("truncated") || e.contains("recognised"), "{cut}: {e}");
+        assert!(
+            e.contains("cannot decode") || e.contains("truncated") || e.contains("recognised"),
+            "{cut}: {e}"
+        );
     }
     let e = load_err(d.path(), "zero.jpg", b"");
     assert!(e.contains("empty file"), "{e}");
@@ -394,7 +593,12 @@ fn truncated_empty_and_mislabelled_files() {
     std::fs::write(d.path().join("png.jpg"), &png).unwrap();
     std::fs::write(d.path().join("jpg.png"), &jpg).unwrap();
     let cache = ImageCache::new(d.path().join("cache"));
-    let imgs = cache.load_all(&[sample(d.path(), "png.jpg"), sample(d.path(), "jpg.png")], 16).unwrap();
+    let imgs = cache
+        .load_all(
+            &[sample(d.path(), "png.jpg"), sample(d.path(), "jpg.png")],
+            16,
+        )
+        .unwrap();
     assert_eq!(imgs[0], decode_resize(&png, 16).unwrap());
     // Trailing bytes after the end-of-image marker are fine.
     let mut tail = jpg.clone();
@@ -405,18 +609,29 @@ fn truncated_empty_and_mislabelled_files() {
 #[test]
 fn hand_built_jpeg_decodes_to_its_block_values() {
     // Checks the fixture writer the CMYK case relies on.
-    let j = common::flat_jpeg(16, 16, 3, None, |bx, by, c| if c == 0 { 60 + 100 * ((bx + by) % 2) as u8 } else { 128 });
+    let j = common::flat_jpeg(16, 16, 3, None, |bx, by, c| {
+        if c == 0 {
+            60 + 100 * ((bx + by) % 2) as u8
+        } else {
+            128
+        }
+    });
     let img = image::load_from_memory(&j).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (16, 16));
     let p = img.get_pixel(2, 2).0;
     let q = img.get_pixel(10, 2).0;
-    assert!(p.iter().all(|&v| v.abs_diff(60) <= 2) && q.iter().all(|&v| v.abs_diff(160) <= 2), "{p:?} {q:?}");
+    assert!(
+        p.iter().all(|&v| v.abs_diff(60) <= 2) && q.iter().all(|&v| v.abs_diff(160) <= 2),
+        "{p:?} {q:?}"
+    );
 }
 
 #[test]
 fn cmyk_jpeg_decodes_to_rgb_or_is_a_clear_error() {
     let d = tempfile::tempdir().unwrap();
-    let j = common::flat_jpeg(24, 16, 4, Some(0), |bx, _, c| [40u8, 120, 200, 30][c].wrapping_add(bx as u8 * 10));
+    let j = common::flat_jpeg(24, 16, 4, Some(0), |bx, _, c| {
+        [40u8, 120, 200, 30][c].wrapping_add(bx as u8 * 10)
+    });
     std::fs::write(d.path().join("cmyk.jpg"), &j).unwrap();
     let cache = ImageCache::new(d.path().join("cache"));
     match cache.load_all(&[sample(d.path(), "cmyk.jpg")], 16) {
@@ -434,12 +649,19 @@ fn cmyk_jpeg_decodes_to_rgb_or_is_a_clear_error() {
     // YCCK (Adobe transform 2) too.
     let j = common::flat_jpeg(16, 16, 4, Some(2), |_, _, c| [90u8, 130, 140, 20][c]);
     let r = decode_resize(&j, 8);
-    assert!(r.is_ok() || r.as_ref().unwrap_err().contains("decode"), "{r:?}");
+    assert!(
+        r.is_ok() || r.as_ref().unwrap_err().contains("decode"),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn sixteen_bit_png_is_scaled_to_8_bits() {
-    let img = image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_pixel(20, 20, image::Rgb([0xFFFF, 0x8080, 0x0101]));
+    let img = image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_pixel(
+        20,
+        20,
+        image::Rgb([0xFFFF, 0x8080, 0x0101]),
+    );
     let mut bytes = std::io::Cursor::new(Vec::new());
     img.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
     let bytes = bytes.into_inner();
@@ -448,7 +670,8 @@ fn sixteen_bit_png_is_scaled_to_8_bits() {
     for p in out.data.chunks(3) {
         assert!(p[0] >= 254 && p[1].abs_diff(128) <= 1 && p[2] <= 2, "{p:?}");
     }
-    let grey = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_pixel(12, 12, image::Luma([0x4000]));
+    let grey =
+        image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_pixel(12, 12, image::Luma([0x4000]));
     let mut b = std::io::Cursor::new(Vec::new());
     grey.write_to(&mut b, image::ImageFormat::Png).unwrap();
     let out = decode_resize(&b.into_inner(), 12).unwrap();
@@ -471,7 +694,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &x in data {
         c ^= x as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -501,7 +728,10 @@ fn decompression_bombs_are_refused_fast_without_allocating() {
         assert!(bytes.len() < 2000, "{name} is a small file");
         let (r, peak, t) = peak_alloc(|| decode_resize(bytes, 16));
         let e = r.expect_err(name);
-        assert!(e.contains("bomb") || e.contains("refused") || e.contains("truncated"), "{name}: {e}");
+        assert!(
+            e.contains("bomb") || e.contains("refused") || e.contains("truncated"),
+            "{name}: {e}"
+        );
         assert!(peak < 1 << 20, "{name}: allocated {peak} bytes at once");
         assert!(t < Duration::from_secs(1), "{name}: {t:?}");
         let e = load_err(d.path(), name, bytes);
@@ -522,14 +752,22 @@ fn too_small_and_extreme_aspect_ratio() {
     // 4000x8 (and 16384x8): valid; the centre square is cut out first, so
     // nothing near `size * 2048` pixels wide is allocated.
     for w in [4000u32, 16_384] {
-        let strip = image::RgbImage::from_fn(w, 8, |x, _| image::Rgb([(x * 255 / w) as u8, 50, 50]));
+        let strip =
+            image::RgbImage::from_fn(w, 8, |x, _| image::Rgb([(x * 255 / w) as u8, 50, 50]));
         let bytes = png_bytes(&strip);
         let (r, peak, t) = peak_alloc(|| decode_resize(&bytes, 224));
         let img = r.unwrap();
         assert_eq!(img.data.len(), 224 * 224 * 3);
         // Centre of the strip: red about 127.
-        assert!(img.px(112, 112, 0).abs_diff(127) <= 3, "{}", img.px(112, 112, 0));
-        assert!(peak <= (w as usize * 8 * 3).max(224 * 224 * 16), "{w}x8: {peak} bytes at once");
+        assert!(
+            img.px(112, 112, 0).abs_diff(127) <= 3,
+            "{}",
+            img.px(112, 112, 0)
+        );
+        assert!(
+            peak <= (w as usize * 8 * 3).max(224 * 224 * 16),
+            "{w}x8: {peak} bytes at once"
+        );
         assert!(t < Duration::from_secs(2), "{t:?}");
     }
     // Tall too.
@@ -539,9 +777,16 @@ fn too_small_and_extreme_aspect_ratio() {
 
 #[test]
 fn isic_jpegs_pass_the_new_checks() {
-    let Some(dir) = common::isic_dir() else { return };
+    let Some(dir) = common::isic_dir() else {
+        return;
+    };
     let ds = Dataset::open(&dir).unwrap();
-    let picked: Vec<PathBuf> = ds.samples.iter().step_by(97).map(|s| s.path.clone()).collect();
+    let picked: Vec<PathBuf> = ds
+        .samples
+        .iter()
+        .step_by(97)
+        .map(|s| s.path.clone())
+        .collect();
     for p in picked {
         let b = std::fs::read(&p).unwrap();
         decode_resize(&b, 32).unwrap_or_else(|e| panic!("{}: {e}", p.display()));

@@ -20,9 +20,15 @@ const NEG: [f32; 6] = [1.0, 0.0, 0.0, 1.0, -1.0, 0.0];
 
 #[test]
 fn nce_loss_matches_hand_computation() {
-    let l = nce_loss(&t(&M, 2, 2), &t(&F, 2, 2), &t(&NEG, 3, 2), 0.5).unwrap().to_scalar::<f32>().unwrap();
+    let l = nce_loss(&t(&M, 2, 2), &t(&F, 2, 2), &t(&NEG, 3, 2), 0.5)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!((l as f64 - 1.2718811500986886).abs() < 1e-5, "{l}");
-    let l = nce_loss(&t(&M, 2, 2), &t(&G, 2, 2), &t(&NEG, 3, 2), 0.5).unwrap().to_scalar::<f32>().unwrap();
+    let l = nce_loss(&t(&M, 2, 2), &t(&G, 2, 2), &t(&NEG, 3, 2), 0.5)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!((l as f64 - 0.7936198484546433).abs() < 1e-5, "{l}");
 }
 
@@ -30,7 +36,10 @@ fn nce_loss_matches_hand_computation() {
 fn pirl_loss_weighs_the_two_terms_by_lambda() {
     let (m, f, g, n) = (t(&M, 2, 2), t(&F, 2, 2), t(&G, 2, 2), t(&NEG, 3, 2));
     for lambda in [0.0, 0.5, 0.9] {
-        let l = pirl_loss(&m, &f, &g, &n, 0.5, lambda).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let l = pirl_loss(&m, &f, &g, &n, 0.5, lambda)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
         let want = lambda * 0.7936198484546433 + (1.0 - lambda) * 1.2718811500986886;
         assert!((l - want).abs() < 1e-5, "lambda {lambda}: {l} vs {want}");
     }
@@ -41,8 +50,14 @@ fn loss_of_a_perfect_match_falls_with_temperature() {
     // The positive equals x and the negatives are orthogonal: a lower τ
     // sharpens the softmax and lowers the loss.
     let (m, n) = (t(&M, 2, 2), t(&[0.0, 0.0, 0.0, 0.0], 2, 2));
-    let hi = nce_loss(&m, &m, &n, 1.0).unwrap().to_scalar::<f32>().unwrap();
-    let lo = nce_loss(&m, &m, &n, 0.07).unwrap().to_scalar::<f32>().unwrap();
+    let hi = nce_loss(&m, &m, &n, 1.0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let lo = nce_loss(&m, &m, &n, 0.07)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     // τ = 1: -log(e / (e + 2)) = 0.551444713932051
     assert!((hi as f64 - 0.551444713932051).abs() < 1e-5, "{hi}");
     assert!(lo < 1e-5, "{lo}");
@@ -58,14 +73,20 @@ fn bank_update_is_normalized_momentum_average() {
     // m0 <- normalize(0.5 [1, 0] + 0.5 [0, 1]) = [0.70710678, 0.70710678]
     b.update(&[0], &[0.0, 1.0]);
     let r = std::f32::consts::FRAC_1_SQRT_2;
-    assert!((b.row(0)[0] - r).abs() < 1e-6 && (b.row(0)[1] - r).abs() < 1e-6, "{:?}", b.row(0));
+    assert!(
+        (b.row(0)[0] - r).abs() < 1e-6 && (b.row(0)[1] - r).abs() < 1e-6,
+        "{:?}",
+        b.row(0)
+    );
     // Rows not in the batch are untouched.
     assert_eq!(b.row(1), &[0.0, 1.0]);
     // Momentum 0.75: normalize(0.75 [0, 1] + 0.25 [1, 0]) = [0.31622777, 0.9486833]
     let mut b2 = MemoryBank::new(1, 2, 0.75);
     b2.fill(&[0], &[0.0, 1.0]);
     b2.update(&[0], &[1.0, 0.0]);
-    assert!((b2.row(0)[0] - 0.316_227_77).abs() < 1e-6 && (b2.row(0)[1] - 0.948_683_3).abs() < 1e-6);
+    assert!(
+        (b2.row(0)[0] - 0.316_227_77).abs() < 1e-6 && (b2.row(0)[1] - 0.948_683_3).abs() < 1e-6
+    );
 }
 
 #[test]

@@ -35,7 +35,11 @@ fn jigsaw_patches_map_back_to_source_pixels() {
                 for y in 0..28 {
                     for x in 0..28 {
                         let want = img.px(y0 + y, x0 + x, c) as f32 / 255.0;
-                        assert_eq!(patch.data[(c * 28 + y) * 28 + x], want, "seed {seed} patch {k}");
+                        assert_eq!(
+                            patch.data[(c * 28 + y) * 28 + x],
+                            want,
+                            "seed {seed} patch {k}"
+                        );
                     }
                 }
             }
@@ -46,21 +50,43 @@ fn jigsaw_patches_map_back_to_source_pixels() {
 #[test]
 fn jigsaw_permutations_vary_and_are_seeded() {
     let img = test_image(48);
-    let perms: Vec<[usize; 9]> = (0..30).map(|s| jigsaw(&img, 14, None, &mut pirlkit::rng::stream(s, "t", 0, 0)).perm).collect();
+    let perms: Vec<[usize; 9]> = (0..30)
+        .map(|s| jigsaw(&img, 14, None, &mut pirlkit::rng::stream(s, "t", 0, 0)).perm)
+        .collect();
     let mut distinct = perms.clone();
     distinct.sort();
     distinct.dedup();
-    assert!(distinct.len() > 25, "only {} distinct permutations of 30", distinct.len());
-    assert_eq!(perms[3], jigsaw(&img, 14, None, &mut pirlkit::rng::stream(3, "t", 0, 0)).perm);
+    assert!(
+        distinct.len() > 25,
+        "only {} distinct permutations of 30",
+        distinct.len()
+    );
+    assert_eq!(
+        perms[3],
+        jigsaw(&img, 14, None, &mut pirlkit::rng::stream(3, "t", 0, 0)).perm
+    );
 }
 
 #[test]
 fn colour_jitter_changes_patches_but_stays_in_range() {
     let img = test_image(48);
-    let cfg = AugmentConfig { jitter_p: 1.0, ..Default::default() };
-    let j = jigsaw(&img, 14, Some(&cfg), &mut pirlkit::rng::stream(1, "t", 0, 0));
+    let cfg = AugmentConfig {
+        jitter_p: 1.0,
+        ..Default::default()
+    };
+    let j = jigsaw(
+        &img,
+        14,
+        Some(&cfg),
+        &mut pirlkit::rng::stream(1, "t", 0, 0),
+    );
     let plain = jigsaw(&img, 14, None, &mut pirlkit::rng::stream(1, "t", 0, 0));
-    assert!(j.patches.iter().flat_map(|p| &p.data).all(|v| (0.0..=1.0).contains(v)));
+    assert!(
+        j.patches
+            .iter()
+            .flat_map(|p| &p.data)
+            .all(|v| (0.0..=1.0).contains(v))
+    );
     assert_ne!(j.patches[0].data, plain.patches[0].data);
 }
 

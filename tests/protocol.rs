@@ -51,7 +51,11 @@ fn run(protocol: &Path, reports: &Path, cache: &Path) -> std::process::Output {
 }
 
 fn lines(p: &Path) -> Vec<String> {
-    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).lines().map(str::to_string).collect()
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -61,50 +65,88 @@ fn protocol_runs_every_arm_and_resumes() {
     std::fs::write(&proto, PROTOCOL).unwrap();
     let (reports, cache) = (tmp.path().join("reports"), tmp.path().join("cache"));
     let out = run(&proto, &reports, &cache);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dir = reports.join("tiny-protocol");
     // 3 arms x 2 inits x 2 fractions x 2 seeds.
     let runs = lines(&dir.join("runs.csv"));
     assert_eq!(runs.len(), 1 + 24, "{runs:?}");
     assert!(runs[0].starts_with("arm,init,fraction,seed,n_train,n_train_pos,val_auc,test_auc,delong_lo,delong_hi,boot_lo,boot_hi"));
     // Nested, stratified label fractions: half the labels -> half the images.
-    let n_train: Vec<u64> = runs[1..].iter().map(|l| l.split(',').nth(4).unwrap().parse().unwrap()).collect();
-    assert!(n_train.iter().all(|&n| n == 60 || n == 30 || n == 31), "{n_train:?}");
+    let n_train: Vec<u64> = runs[1..]
+        .iter()
+        .map(|l| l.split(',').nth(4).unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        n_train.iter().all(|&n| n == 60 || n == 30 || n == 31),
+        "{n_train:?}"
+    );
     let paired = lines(&dir.join("paired.csv"));
     assert_eq!(paired.len(), 1 + 12);
     assert!(paired[0].contains("delong_p"));
     let summary = lines(&dir.join("summary.csv"));
     assert_eq!(summary.len(), 1 + 12);
     for l in &runs[1..] {
-        let f: Vec<f64> = l.split(',').skip(6).take(6).map(|v| v.parse().unwrap()).collect();
+        let f: Vec<f64> = l
+            .split(',')
+            .skip(6)
+            .take(6)
+            .map(|v| v.parse().unwrap())
+            .collect();
         // test AUC inside its DeLong CI; CIs inside [0, 1].
         assert!(f[2] <= f[1] + 1e-12 && f[1] <= f[3] + 1e-12, "{l}");
         assert!(f.iter().all(|v| (0.0..=1.0).contains(v)), "{l}");
     }
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
-    assert!(html.contains("<svg") && html.contains("PIRL vs. random init") && html.contains("partial-finetune"));
-    assert!(!html.contains("src=\"http"), "report.html must open offline");
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert!(
+        html.contains("<svg")
+            && html.contains("PIRL vs. random init")
+            && html.contains("partial-finetune")
+    );
+    assert!(
+        !html.contains("src=\"http"),
+        "report.html must open offline"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["data"]["images"], 180);
     assert_eq!(manifest["data"]["sha256_all"].as_str().unwrap().len(), 64);
     assert!(manifest["checkpoints_sha256"].as_object().unwrap().len() == 1);
     let commit = manifest["git_commit"].as_str().unwrap();
-    assert!(commit == "unknown" || (commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{commit}");
-    assert!(manifest["crates"]["candle-core"] == "0.11.1", "{}", manifest["crates"]);
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{commit}"
+    );
+    assert!(
+        manifest["crates"]["candle-core"] == "0.11.1",
+        "{}",
+        manifest["crates"]
+    );
     assert!(dir.join("roc_linear-probe_f1.svg").is_file());
     check_in_browser(&dir.join("report.html"), tmp.path());
 
     // Interrupted halfway: drop two finished runs; the rerun redoes only
     // those and rebuilds the same report.
     let done = dir.join("runs");
-    let mut files: Vec<_> = std::fs::read_dir(&done).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&done)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert_eq!(files.len(), 24);
     std::fs::remove_file(&files[3]).unwrap();
     std::fs::remove_file(&files[17]).unwrap();
     let before = std::fs::read_to_string(dir.join("runs.csv")).unwrap();
     let out = run(&proto, &reports, &cache);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(log.matches("test AUC").count(), 2, "{log}");
     let after = std::fs::read_to_string(dir.join("runs.csv")).unwrap();
@@ -138,7 +180,15 @@ fn protocol_with_unknown_key_is_refused() {
 /// Renders report.html in headless Chromium (offline) and checks what it
 /// shows: the tables' text in the DOM, and the ROC curves' colours on screen.
 fn check_in_browser(html: &Path, tmp: &Path) {
-    let Some(chrome) = ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success())) else {
+    let Some(chrome) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("CI=true but no chromium to render report.html (.ci/run installs it)");
         }
@@ -146,19 +196,53 @@ fn check_in_browser(html: &Path, tmp: &Path) {
         return;
     };
     let url = format!("file://{}", html.display());
-    let common = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"];
+    let common = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+    ];
     let profile = format!("--user-data-dir={}", tmp.join("chrome-profile").display());
-    let dom = Command::new(chrome).args(common).arg(&profile).arg("--dump-dom").arg(&url).output().unwrap();
+    let dom = Command::new(chrome)
+        .args(common)
+        .arg(&profile)
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .unwrap();
     let dom = String::from_utf8_lossy(&dom.stdout);
-    assert!(dom.contains("Summary: test AUC over seeds") && dom.contains("<td>partial-finetune</td>"), "{}", &dom[..dom.len().min(2000)]);
+    assert!(
+        dom.contains("Summary: test AUC over seeds") && dom.contains("<td>partial-finetune</td>"),
+        "{}",
+        &dom[..dom.len().min(2000)]
+    );
     assert!(dom.matches("<svg").count() >= 6, "ROC and loss plots");
     let shot = tmp.join("report.png");
-    let st = Command::new(chrome).args(common).arg(&profile).arg(format!("--screenshot={}", shot.display())).arg("--window-size=1200,3000").arg(&url).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let st = Command::new(chrome)
+        .args(common)
+        .arg(&profile)
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--window-size=1200,3000")
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let img = image::open(&shot).unwrap().to_rgb8();
     // The first curve colour (#1f77b4) and the second (#d62728) are drawn.
-    let near = |p: &image::Rgb<u8>, c: [u8; 3]| p.0.iter().zip(c).all(|(a, b)| (*a as i32 - b as i32).abs() < 40);
+    let near = |p: &image::Rgb<u8>, c: [u8; 3]| {
+        p.0.iter()
+            .zip(c)
+            .all(|(a, b)| (*a as i32 - b as i32).abs() < 40)
+    };
     let blue = img.pixels().filter(|p| near(p, [0x1f, 0x77, 0xb4])).count();
     let red = img.pixels().filter(|p| near(p, [0xd6, 0x27, 0x28])).count();
-    assert!(blue > 200 && red > 200, "curves not visible: {blue} blue, {red} red pixels");
+    assert!(
+        blue > 200 && red > 200,
+        "curves not visible: {blue} blue, {red} red pixels"
+    );
 }

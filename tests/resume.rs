@@ -23,21 +23,34 @@ fn data_dir() -> tempfile::TempDir {
 
 fn pretrain_cmd(data: &Path, out: &Path, cache: &Path, cfg: &Path) -> Command {
     let mut c = Command::new(common::bin());
-    c.args(["pretrain", "--preset", "tiny", "--epochs", EPOCHS, "--threads", "2", "--no-progress"])
-        .arg("--data")
-        .arg(data)
-        .arg("--out")
-        .arg(out)
-        .arg("--cache-dir")
-        .arg(cache)
-        .arg("--config")
-        .arg(cfg);
+    c.args([
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--epochs",
+        EPOCHS,
+        "--threads",
+        "2",
+        "--no-progress",
+    ])
+    .arg("--data")
+    .arg(data)
+    .arg("--out")
+    .arg(out)
+    .arg("--cache-dir")
+    .arg(cache)
+    .arg("--config")
+    .arg(cfg);
     c
 }
 
 fn every_step_config(dir: &Path) -> PathBuf {
     let p = dir.join("every-step.toml");
-    std::fs::write(&p, "[train]\ncheckpoint_every_steps = 1\nkeep_checkpoints = 3\n").unwrap();
+    std::fs::write(
+        &p,
+        "[train]\ncheckpoint_every_steps = 1\nkeep_checkpoints = 3\n",
+    )
+    .unwrap();
     p
 }
 
@@ -47,12 +60,24 @@ fn latest_step(out: &Path) -> Option<usize> {
 }
 
 fn final_tensors(out: &Path) -> HashMap<String, Vec<f32>> {
-    let ck = out.join(format!("checkpoints/{}", std::fs::read_to_string(out.join("checkpoints/latest")).unwrap().trim()));
+    let ck = out.join(format!(
+        "checkpoints/{}",
+        std::fs::read_to_string(out.join("checkpoints/latest"))
+            .unwrap()
+            .trim()
+    ));
     let mut all = HashMap::new();
-    for f in ["model.safetensors", "optimizer.safetensors", "bank.safetensors"] {
+    for f in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "bank.safetensors",
+    ] {
         for (k, t) in candle_core::safetensors::load(ck.join(f), &Device::Cpu).unwrap() {
             let t: Tensor = t.to_dtype(candle_core::DType::F32).unwrap();
-            all.insert(format!("{f}/{k}"), t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            all.insert(
+                format!("{f}/{k}"),
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
         }
     }
     all
@@ -62,14 +87,27 @@ fn assert_same(a: &HashMap<String, Vec<f32>>, b: &HashMap<String, Vec<f32>>) {
     assert_eq!(a.len(), b.len());
     for (k, v) in a {
         let w = b.get(k).unwrap_or_else(|| panic!("missing {k}"));
-        assert!(v.iter().zip(w).all(|(x, y)| x.to_bits() == y.to_bits()), "{k} differs");
+        assert!(
+            v.iter().zip(w).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{k} differs"
+        );
     }
 }
 
 /// Starts the run and kills it (SIGKILL or SIGINT) once a checkpoint at or
 /// past `step` exists, after `delay_ms` more. Returns the exit status.
-fn run_until(cmd: &mut Command, out: &Path, step: usize, delay_ms: u64, signal: &str) -> std::process::ExitStatus {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+fn run_until(
+    cmd: &mut Command,
+    out: &Path,
+    step: usize,
+    delay_ms: u64,
+    signal: &str,
+) -> std::process::ExitStatus {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
     loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -77,10 +115,16 @@ fn run_until(cmd: &mut Command, out: &Path, step: usize, delay_ms: u64, signal: 
         }
         if latest_step(out).is_some_and(|s| s >= step) {
             std::thread::sleep(Duration::from_millis(delay_ms));
-            Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+            Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .unwrap();
             return child.wait().unwrap();
         }
-        assert!(t0.elapsed() < Duration::from_secs(120), "run did not reach step {step}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "run did not reach step {step}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -92,7 +136,9 @@ fn sigkill_at_arbitrary_steps_then_resume_is_bit_identical() {
     let cfg = every_step_config(tmp.path());
     let cache = tmp.path().join("cache");
     let reference = tmp.path().join("ref");
-    let st = pretrain_cmd(data.path(), &reference, &cache, &cfg).status().unwrap();
+    let st = pretrain_cmd(data.path(), &reference, &cache, &cfg)
+        .status()
+        .unwrap();
     assert!(st.success());
     let want = final_tensors(&reference);
     assert_eq!(latest_step(&reference), Some(12)); // 48 images / batch 16 x 4 epochs
@@ -102,13 +148,21 @@ fn sigkill_at_arbitrary_steps_then_resume_is_bit_identical() {
     let out = tmp.path().join("killed");
     let mut kills = 0;
     for (step, delay) in [(1, 0), (3, 7), (5, 1), (8, 13)] {
-        let st = run_until(&mut pretrain_cmd(data.path(), &out, &cache, &cfg), &out, step, delay, "-KILL");
+        let st = run_until(
+            &mut pretrain_cmd(data.path(), &out, &cache, &cfg),
+            &out,
+            step,
+            delay,
+            "-KILL",
+        );
         if !st.success() {
             kills += 1;
         }
     }
     assert!(kills >= 3, "only {kills} of 4 runs were actually killed");
-    let st = pretrain_cmd(data.path(), &out, &cache, &cfg).status().unwrap();
+    let st = pretrain_cmd(data.path(), &out, &cache, &cfg)
+        .status()
+        .unwrap();
     assert!(st.success());
     assert_eq!(latest_step(&out), Some(12));
     assert_same(&want, &final_tensors(&out));
@@ -122,26 +176,46 @@ fn sigint_writes_a_checkpoint_and_says_how_to_continue() {
     std::fs::write(&cfg, "seed = 3\n").unwrap();
     let cache = tmp.path().join("cache");
     let reference = tmp.path().join("ref");
-    assert!(pretrain_cmd(data.path(), &reference, &cache, &cfg).status().unwrap().success());
+    assert!(
+        pretrain_cmd(data.path(), &reference, &cache, &cfg)
+            .status()
+            .unwrap()
+            .success()
+    );
 
     let out = tmp.path().join("int");
     // Checkpoints only at epoch ends here: the one after SIGINT is mid-epoch.
-    let mut child = pretrain_cmd(data.path(), &out, &cache, &cfg).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = pretrain_cmd(data.path(), &out, &cache, &cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
     while latest_step(&out).is_none() {
         assert!(t0.elapsed() < Duration::from_secs(120));
         std::thread::sleep(Duration::from_millis(5));
     }
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     let output = std::mem::take(&mut child.stderr);
     let status = child.wait().unwrap();
     let mut err = String::new();
     std::io::Read::read_to_string(&mut output.unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted") && err.contains("Run the same command again"), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("Run the same command again"),
+        "{err}"
+    );
     let at = latest_step(&out).unwrap();
     assert!(at < 12);
-    assert!(pretrain_cmd(data.path(), &out, &cache, &cfg).status().unwrap().success());
+    assert!(
+        pretrain_cmd(data.path(), &out, &cache, &cfg)
+            .status()
+            .unwrap()
+            .success()
+    );
     assert_same(&final_tensors(&reference), &final_tensors(&out));
 }
 
@@ -151,16 +225,25 @@ fn nan_loss_stops_with_last_good_checkpoint_intact() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = every_step_config(tmp.path());
     let out = tmp.path().join("nan");
-    let o = pretrain_cmd(data.path(), &out, &tmp.path().join("cache"), &cfg).env("PIRLKIT_INJECT_NAN_AT_STEP", "5").output().unwrap();
+    let o = pretrain_cmd(data.path(), &out, &tmp.path().join("cache"), &cfg)
+        .env("PIRLKIT_INJECT_NAN_AT_STEP", "5")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("non-finite loss") && err.contains("step 5") && err.contains("step-00000005"), "{err}");
+    assert!(
+        err.contains("non-finite loss") && err.contains("step 5") && err.contains("step-00000005"),
+        "{err}"
+    );
     // The last good checkpoint loads and is the one before the bad step.
     assert_eq!(latest_step(&out), Some(5));
     let t = final_tensors(&out);
     assert!(t.values().all(|v| v.iter().all(|x| x.is_finite())));
     // Nothing half-written is left behind.
-    let names: Vec<String> = std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert!(names.iter().all(|n| !n.contains("tmp")), "{names:?}");
 }
 
@@ -172,12 +255,22 @@ fn resume_with_changed_config_is_refused_naming_keys() {
     std::fs::write(&cfg, "seed = 1\n").unwrap();
     let out = tmp.path().join("run");
     let cache = tmp.path().join("cache");
-    assert!(pretrain_cmd(data.path(), &out, &cache, &cfg).status().unwrap().success());
+    assert!(
+        pretrain_cmd(data.path(), &out, &cache, &cfg)
+            .status()
+            .unwrap()
+            .success()
+    );
     std::fs::write(&cfg, "seed = 2\n[pirl]\ntau = 0.2\n").unwrap();
-    let o = pretrain_cmd(data.path(), &out, &cache, &cfg).output().unwrap();
+    let o = pretrain_cmd(data.path(), &out, &cache, &cfg)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("pirl.tau") && err.contains("seed") && err.contains("--force-resume"), "{err}");
+    assert!(
+        err.contains("pirl.tau") && err.contains("seed") && err.contains("--force-resume"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -185,13 +278,24 @@ fn skip_nonfinite_skips_the_batch_and_lowers_the_learning_rate() {
     let data = data_dir();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("skip.toml");
-    std::fs::write(&cfg, "[train]\nskip_nonfinite = true\nnonfinite_lr_factor = 0.5\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[train]\nskip_nonfinite = true\nnonfinite_lr_factor = 0.5\n",
+    )
+    .unwrap();
     let out = tmp.path().join("skip");
-    let o = pretrain_cmd(data.path(), &out, &tmp.path().join("cache"), &cfg).env("PIRLKIT_INJECT_NAN_AT_STEP", "5").output().unwrap();
+    let o = pretrain_cmd(data.path(), &out, &tmp.path().join("cache"), &cfg)
+        .env("PIRLKIT_INJECT_NAN_AT_STEP", "5")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("step 5: batch skipped"), "{err}");
-    let ck = out.join("checkpoints").join(std::fs::read_to_string(out.join("checkpoints/latest")).unwrap().trim());
+    let ck = out.join("checkpoints").join(
+        std::fs::read_to_string(out.join("checkpoints/latest"))
+            .unwrap()
+            .trim(),
+    );
     let meta = pirlkit::train::checkpoint::read_meta(&ck).unwrap();
     assert_eq!((meta.step, meta.skipped_steps, meta.lr_scale), (12, 1, 0.5));
     assert!(meta.epoch_losses.iter().all(|l| l.is_finite()));
@@ -206,7 +310,11 @@ fn disk_full_leaves_the_previous_checkpoint_loadable() {
     std::fs::create_dir_all(&mnt).unwrap();
     // A 4 MiB tmpfs holds two or so of these checkpoints (~1.5 MiB each),
     // not the four that keep_checkpoints = 3 needs while writing the next.
-    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&mnt).status().is_ok_and(|s| s.success());
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
     if !mounted {
         eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
         return;
@@ -219,20 +327,35 @@ fn disk_full_leaves_the_previous_checkpoint_loadable() {
     }
     let _guard = Unmount(mnt.clone());
     let out = mnt.join("run");
-    let o = pretrain_cmd(data.path(), &out, &tmp.path().join("cache"), &cfg).output().unwrap();
+    let o = pretrain_cmd(data.path(), &out, &tmp.path().join("cache"), &cfg)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1), "expected a disk-full failure");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("No space left on device") || err.contains("os error 28"), "{err}");
+    assert!(
+        err.contains("No space left on device") || err.contains("os error 28"),
+        "{err}"
+    );
     // The checkpoint `latest` names is complete and loads; nothing half-written is left.
     let at = latest_step(&out).expect("at least one checkpoint fitted");
     let t = final_tensors(&out);
     assert!(!t.is_empty());
-    let names: Vec<String> = std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert!(names.iter().all(|n| !n.contains("tmp")), "{names:?}");
     // With room again, the same command resumes from it and finishes.
     let out2 = tmp.path().join("moved");
-    Command::new("cp").arg("-r").arg(&out).arg(&out2).status().unwrap();
-    let o = pretrain_cmd(data.path(), &out2, &tmp.path().join("cache"), &cfg).output().unwrap();
+    Command::new("cp")
+        .arg("-r")
+        .arg(&out)
+        .arg(&out2)
+        .status()
+        .unwrap();
+    let o = pretrain_cmd(data.path(), &out2, &tmp.path().join("cache"), &cfg)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("step {at}")));
     assert_eq!(latest_step(&out2), Some(12));
@@ -251,7 +374,17 @@ fn same_seed_same_tensors_with_one_or_two_threads() {
     for threads in ["1", "2"] {
         let out = tmp.path().join(format!("t{threads}"));
         let st = Command::new(common::bin())
-            .args(["pretrain", "--preset", "tiny", "--epochs", "2", "--no-progress", "-q", "--threads", threads])
+            .args([
+                "pretrain",
+                "--preset",
+                "tiny",
+                "--epochs",
+                "2",
+                "--no-progress",
+                "-q",
+                "--threads",
+                threads,
+            ])
             .arg("--data")
             .arg(data.path())
             .arg("--out")
@@ -276,16 +409,30 @@ fn unwritable_folder_is_a_clear_error() {
     let mnt = tmp.path().join("ro");
     std::fs::create_dir_all(&mnt).unwrap();
     // Root ignores permission bits, so use a read-only file system.
-    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m,ro", "tmpfs"]).arg(&mnt).status().is_ok_and(|s| s.success());
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,ro", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
     if !mounted {
         eprintln!("SKIPPED: cannot mount a read-only tmpfs here (needs root)");
         return;
     }
-    let o = pretrain_cmd(data.path(), &mnt.join("run"), &tmp.path().join("cache"), &cfg).output().unwrap();
+    let o = pretrain_cmd(
+        data.path(),
+        &mnt.join("run"),
+        &tmp.path().join("cache"),
+        &cfg,
+    )
+    .output()
+    .unwrap();
     let _ = Command::new("umount").arg(&mnt).status();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("Read-only file system") && err.contains("/ro/run"), "{err}");
+    assert!(
+        err.contains("Read-only file system") && err.contains("/ro/run"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -293,17 +440,39 @@ fn best_checkpoint_by_epoch_loss_survives_pruning() {
     let data = data_dir();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("keep1.toml");
-    std::fs::write(&cfg, "[train]\ncheckpoint_every_steps = 1\nkeep_checkpoints = 1\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[train]\ncheckpoint_every_steps = 1\nkeep_checkpoints = 1\n",
+    )
+    .unwrap();
     let out = tmp.path().join("run");
-    assert!(pretrain_cmd(data.path(), &out, &tmp.path().join("cache"), &cfg).output().unwrap().status.success());
+    assert!(
+        pretrain_cmd(data.path(), &out, &tmp.path().join("cache"), &cfg)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
     let best = std::fs::read_to_string(out.join("checkpoints/best")).unwrap();
     let best_dir = out.join("checkpoints").join(best.trim());
     let meta = pirlkit::train::checkpoint::read_meta(&best_dir).unwrap();
     // The best is an epoch end with the lowest mean loss so far.
     assert_eq!(meta.step % 3, 0);
-    let last = pirlkit::train::checkpoint::read_meta(&out.join("checkpoints/step-00000012")).unwrap();
-    let min = last.epoch_losses.iter().cloned().fold(f64::INFINITY, f64::min);
+    let last =
+        pirlkit::train::checkpoint::read_meta(&out.join("checkpoints/step-00000012")).unwrap();
+    let min = last
+        .epoch_losses
+        .iter()
+        .cloned()
+        .fold(f64::INFINITY, f64::min);
     assert_eq!(*meta.epoch_losses.last().unwrap(), min);
-    let kept: Vec<String> = std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("step-")).collect();
-    assert!(kept.len() <= 2 && kept.contains(&best.trim().to_string()), "{kept:?}");
+    let kept: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    assert!(
+        kept.len() <= 2 && kept.contains(&best.trim().to_string()),
+        "{kept:?}"
+    );
 }

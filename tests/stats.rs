@@ -16,14 +16,14 @@
 //! Y3/S3 20 cases, perfectly separated; Y5/A5/B5 60 cases, no ties, two
 //! scorings.
 
+use pirlkit::eval::auc;
 use pirlkit::eval::roc::{
-    at_threshold, partial_auc_above_tpr, roc_curve, sensitivity_at_specificity, specificity_at_sensitivity,
-    youden_threshold,
+    at_threshold, partial_auc_above_tpr, roc_curve, sensitivity_at_specificity,
+    specificity_at_sensitivity, youden_threshold,
 };
 use pirlkit::eval::stats::{
     bootstrap_ci, bootstrap_paired, clopper_pearson, delong_ci, delong_paired, mean_sd,
 };
-use pirlkit::eval::auc;
 
 #[rustfmt::skip]
 mod data {
@@ -41,7 +41,10 @@ mod data {
 use data::*;
 
 fn close(got: f64, want: f64, tol: f64, what: &str) {
-    assert!((got - want).abs() <= tol, "{what}: got {got:.17}, want {want:.17} (tol {tol:e})");
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: got {got:.17}, want {want:.17} (tol {tol:e})"
+    );
 }
 
 // ---------------------------------------------------------------- DeLong
@@ -51,11 +54,56 @@ fn delong_ci_matches_proc() {
     // r <- mk(y, s); ci.auc(r, method = "delong"); sqrt(var(r, method = "delong"))
     let cases: [(&[f64], &[u8], [f64; 4]); 6] = [
         // (lo, auc, hi, se)
-        (&S1, &Y1, [0.39375640034092663, 0.57196969696969702, 0.75018299359846741, 0.090926822142903721]),
-        (&S2, &Y1, [0.35339309152599402, 0.53787878787878796, 0.72236448423158195, 0.094127084889311041]),
-        (&S4, &Y4, [0.47090819440371212, 0.66203703703703698, 0.85316587967036184, 0.097516507517956874]),
-        (&A5, &Y5, [0.65559456870900712, 0.77485714285714291, 0.8941197170052787, 0.060849370237853216]),
-        (&B5, &Y5, [0.49447243552778686, 0.63885714285714279, 0.78324185018649872, 0.073667020653565118]),
+        (
+            &S1,
+            &Y1,
+            [
+                0.39375640034092663,
+                0.57196969696969702,
+                0.75018299359846741,
+                0.090926822142903721,
+            ],
+        ),
+        (
+            &S2,
+            &Y1,
+            [
+                0.35339309152599402,
+                0.53787878787878796,
+                0.72236448423158195,
+                0.094127084889311041,
+            ],
+        ),
+        (
+            &S4,
+            &Y4,
+            [
+                0.47090819440371212,
+                0.66203703703703698,
+                0.85316587967036184,
+                0.097516507517956874,
+            ],
+        ),
+        (
+            &A5,
+            &Y5,
+            [
+                0.65559456870900712,
+                0.77485714285714291,
+                0.8941197170052787,
+                0.060849370237853216,
+            ],
+        ),
+        (
+            &B5,
+            &Y5,
+            [
+                0.49447243552778686,
+                0.63885714285714279,
+                0.78324185018649872,
+                0.073667020653565118,
+            ],
+        ),
         // Perfect separation: pROC gives 1-1 with se 0 (and warns).
         (&S3, &Y3, [1.0, 1.0, 1.0, 0.0]),
     ];
@@ -65,7 +113,12 @@ fn delong_ci_matches_proc() {
         close(ci.se, *se, 1e-9, &format!("case {i} se"));
         close(ci.lo, *lo, 1e-9, &format!("case {i} lo"));
         close(ci.hi, *hi, 1e-9, &format!("case {i} hi"));
-        close(ci.auc, auc(s, y).unwrap(), 1e-12, &format!("case {i} auc vs eval::auc"));
+        close(
+            ci.auc,
+            auc(s, y).unwrap(),
+            1e-12,
+            &format!("case {i} auc vs eval::auc"),
+        );
     }
 }
 
@@ -75,10 +128,32 @@ fn delong_paired_matches_proc_roc_test() {
     // t$estimate, t$statistic, t$p.value, t$conf.int
     let cases: [(&[f64], &[f64], &[u8], [f64; 6]); 2] = [
         // (auc_a, auc_b, Z, p, lo, hi)
-        (&S1, &S2, &Y1, [0.57196969696969691, 0.53787878787878785, 0.40265342984327102, 0.68720319789304063,
-                         -0.13185068997710014, 0.20003250815891827]),
-        (&A5, &B5, &Y5, [0.7748571428571428, 0.6388571428571429, 1.8194130226025913, 0.068848441411854838,
-                         -0.01050609761831417, 0.28250609761831441]),
+        (
+            &S1,
+            &S2,
+            &Y1,
+            [
+                0.57196969696969691,
+                0.53787878787878785,
+                0.40265342984327102,
+                0.68720319789304063,
+                -0.13185068997710014,
+                0.20003250815891827,
+            ],
+        ),
+        (
+            &A5,
+            &B5,
+            &Y5,
+            [
+                0.7748571428571428,
+                0.6388571428571429,
+                1.8194130226025913,
+                0.068848441411854838,
+                -0.01050609761831417,
+                0.28250609761831441,
+            ],
+        ),
     ];
     for (i, (a, b, y, [aa, ab, z, p, lo, hi])) in cases.iter().enumerate() {
         let t = delong_paired(a, b, y).unwrap();
@@ -89,7 +164,12 @@ fn delong_paired_matches_proc_roc_test() {
         close(t.p, *p, 1e-9, &format!("case {i} p"));
         close(t.lo, *lo, 1e-9, &format!("case {i} lo"));
         close(t.hi, *hi, 1e-9, &format!("case {i} hi"));
-        close(t.se, (aa - ab) / z, 1e-9, &format!("case {i} se = diff / Z"));
+        close(
+            t.se,
+            (aa - ab) / z,
+            1e-9,
+            &format!("case {i} se = diff / Z"),
+        );
     }
 }
 
@@ -98,11 +178,18 @@ fn delong_paired_identical_scorings() {
     // roc.test(mk(y1, s1), mk(y1, s1), method = "delong", paired = TRUE): Z = 0, p = 1, conf.int 0 0
     for (s, y) in [(&S1[..], &Y1[..]), (&S3[..], &Y3[..]), (&A5[..], &Y5[..])] {
         let t = delong_paired(s, s, y).unwrap();
-        assert_eq!((t.diff, t.se, t.z, t.p, t.lo, t.hi), (0.0, 0.0, 0.0, 1.0, 0.0, 0.0), "{t:?}");
+        assert_eq!(
+            (t.diff, t.se, t.z, t.p, t.lo, t.hi),
+            (0.0, 0.0, 0.0, 1.0, 0.0, 0.0),
+            "{t:?}"
+        );
         assert!(t.auc_a == t.auc_b && !t.auc_a.is_nan());
     }
     // Swapping the scorings flips the sign of diff, z and the interval; p is unchanged.
-    let (t, u) = (delong_paired(&A5, &B5, &Y5).unwrap(), delong_paired(&B5, &A5, &Y5).unwrap());
+    let (t, u) = (
+        delong_paired(&A5, &B5, &Y5).unwrap(),
+        delong_paired(&B5, &A5, &Y5).unwrap(),
+    );
     close(u.diff, -t.diff, 1e-15, "diff");
     close(u.z, -t.z, 1e-12, "z");
     close(u.p, t.p, 1e-12, "p");
@@ -125,17 +212,26 @@ fn delong_ci_shrinks_with_more_data() {
 
 #[test]
 fn delong_rejects_bad_input() {
-    let e = delong_ci(&[0.1, 0.2, 0.3], &[1, 1, 1]).unwrap_err().to_string();
+    let e = delong_ci(&[0.1, 0.2, 0.3], &[1, 1, 1])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("both classes"), "{e}");
     let e = delong_ci(&[0.1, 0.2], &[1, 0, 1]).unwrap_err().to_string();
     assert!(e.contains("2 scores but 3 labels"), "{e}");
-    let e = delong_ci(&[0.1, f64::NAN, 0.3, 0.4], &[1, 0, 1, 0]).unwrap_err().to_string();
+    let e = delong_ci(&[0.1, f64::NAN, 0.3, 0.4], &[1, 0, 1, 0])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not finite"), "{e}");
-    let e = delong_ci(&[0.1, 0.2, 0.3], &[1, 0, 0]).unwrap_err().to_string();
+    let e = delong_ci(&[0.1, 0.2, 0.3], &[1, 0, 0])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("at least 2 positives"), "{e}");
     let e = delong_paired(&S1, &S2[..39], &Y1).unwrap_err().to_string();
     assert!(e.contains("39 scores but 40 labels"), "{e}");
-    assert!(matches!(delong_ci(&[1.0], &[1]), Err(pirlkit::Error::Eval(_))));
+    assert!(matches!(
+        delong_ci(&[1.0], &[1]),
+        Err(pirlkit::Error::Eval(_))
+    ));
 }
 
 // ---------------------------------------------------------------- bootstrap
@@ -147,8 +243,15 @@ fn bootstrap_ci_properties() {
     let c = bootstrap_ci(&A5, &Y5, 2000, 8).unwrap();
     close(a.auc, 0.7748571428571428, 1e-12, "auc is the data's AUC");
     assert!(a.lo < a.auc && a.auc < a.hi, "{a:?}");
-    assert_eq!((a.lo, a.hi, a.se), (b.lo, b.hi, b.se), "same seed, same result");
-    assert!((a.lo, a.hi, a.se) != (c.lo, c.hi, c.se), "another seed, another result");
+    assert_eq!(
+        (a.lo, a.hi, a.se),
+        (b.lo, b.hi, b.se),
+        "same seed, same result"
+    );
+    assert!(
+        (a.lo, a.hi, a.se) != (c.lo, c.hi, c.se),
+        "another seed, another result"
+    );
     // The bootstrap se is close to the DeLong se (0.0608 from pROC).
     assert!((a.se - 0.060849370237853216).abs() < 0.01, "{a:?}");
     assert!(a.hi - a.lo > 0.15 && a.hi - a.lo < 0.35, "{a:?}");
@@ -162,8 +265,14 @@ fn bootstrap_ci_properties() {
 
 #[test]
 fn bootstrap_is_independent_of_thread_count() {
-    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let three = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
     let a = one.install(|| bootstrap_ci(&S1, &Y1, 500, 42).unwrap());
     let b = three.install(|| bootstrap_ci(&S1, &Y1, 500, 42).unwrap());
     assert_eq!((a.auc, a.lo, a.hi, a.se), (b.auc, b.lo, b.hi, b.se));
@@ -178,19 +287,46 @@ fn bootstrap_paired_properties() {
     close(d, 0.7748571428571428 - 0.6388571428571429, 1e-12, "diff");
     assert!(lo < d && d < hi, "({d}, {lo}, {hi})");
     // Same ballpark as DeLong's paired interval (-0.0105, 0.2825) from pROC.
-    assert!((lo - -0.0105).abs() < 0.05 && (hi - 0.2825).abs() < 0.05, "({lo}, {hi})");
-    assert_eq!(bootstrap_paired(&A5, &B5, &Y5, 2000, 11).unwrap(), (d, lo, hi));
-    assert_ne!(bootstrap_paired(&A5, &B5, &Y5, 2000, 12).unwrap(), (d, lo, hi));
+    assert!(
+        (lo - -0.0105).abs() < 0.05 && (hi - 0.2825).abs() < 0.05,
+        "({lo}, {hi})"
+    );
+    assert_eq!(
+        bootstrap_paired(&A5, &B5, &Y5, 2000, 11).unwrap(),
+        (d, lo, hi)
+    );
+    assert_ne!(
+        bootstrap_paired(&A5, &B5, &Y5, 2000, 12).unwrap(),
+        (d, lo, hi)
+    );
     // Identical scorings: every resampled difference is exactly 0.
-    assert_eq!(bootstrap_paired(&S1, &S1, &Y1, 300, 5).unwrap(), (0.0, 0.0, 0.0));
+    assert_eq!(
+        bootstrap_paired(&S1, &S1, &Y1, 300, 5).unwrap(),
+        (0.0, 0.0, 0.0)
+    );
 }
 
 #[test]
 fn bootstrap_rejects_bad_input() {
-    assert!(bootstrap_ci(&S1, &Y1, 0, 1).unwrap_err().to_string().contains("at least one resample"));
-    assert!(bootstrap_ci(&[0.1, 0.2], &[0, 0], 10, 1).unwrap_err().to_string().contains("both classes"));
+    assert!(
+        bootstrap_ci(&S1, &Y1, 0, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("at least one resample")
+    );
+    assert!(
+        bootstrap_ci(&[0.1, 0.2], &[0, 0], 10, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("both classes")
+    );
     assert!(bootstrap_paired(&S1, &S2[..3], &Y1, 10, 1).is_err());
-    assert!(bootstrap_ci(&[0.1, f64::INFINITY], &[0, 1], 10, 1).unwrap_err().to_string().contains("not finite"));
+    assert!(
+        bootstrap_ci(&[0.1, f64::INFINITY], &[0, 1], 10, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("not finite")
+    );
 }
 
 // ---------------------------------------------------------------- Clopper-Pearson, mean/sd
@@ -228,8 +364,18 @@ fn clopper_pearson_matches_scipy_and_binom_test() {
     close(l, 0.15247968742967724, 1e-10, "lo 90%");
     close(h, 0.4964350837140628, 1e-10, "hi 90%");
     // Closed forms at the edges: k = 0 gives hi = 1 - (alpha/2)^(1/n), k = n gives lo = (alpha/2)^(1/n).
-    close(clopper_pearson(0, 37, 0.95).1, 1.0 - 0.025f64.powf(1.0 / 37.0), 1e-12, "k = 0");
-    close(clopper_pearson(37, 37, 0.95).0, 0.025f64.powf(1.0 / 37.0), 1e-12, "k = n");
+    close(
+        clopper_pearson(0, 37, 0.95).1,
+        1.0 - 0.025f64.powf(1.0 / 37.0),
+        1e-12,
+        "k = 0",
+    );
+    close(
+        clopper_pearson(37, 37, 0.95).0,
+        0.025f64.powf(1.0 / 37.0),
+        1e-12,
+        "k = n",
+    );
     assert_eq!(clopper_pearson(0, 0, 0.95), (0.0, 1.0));
 }
 
@@ -252,7 +398,12 @@ fn check_curve(s: &[f64], y: &[u8], fpr: &[f64], tpr: &[f64], thr: &[f64]) {
     for (i, p) in c.iter().enumerate() {
         close(p.fpr, fpr[i], 1e-12, &format!("fpr[{i}]"));
         close(p.tpr, tpr[i], 1e-12, &format!("tpr[{i}]"));
-        assert!(p.threshold == thr[i], "thr[{i}]: {} vs {}", p.threshold, thr[i]);
+        assert!(
+            p.threshold == thr[i],
+            "thr[{i}]: {} vs {}",
+            p.threshold,
+            thr[i]
+        );
     }
 }
 
@@ -260,41 +411,171 @@ fn check_curve(s: &[f64], y: &[u8], fpr: &[f64], tpr: &[f64], thr: &[f64]) {
 fn roc_curve_matches_sklearn() {
     const INF: f64 = f64::INFINITY;
     // fpr, tpr, thr = sklearn.metrics.roc_curve(y1, s1)   (drop_intermediate=True)
-    check_curve(&S1, &Y1,
-        &[0.0, 0.0, 0.09090909090909091, 0.2727272727272727, 0.4090909090909091, 0.6363636363636364, 0.8181818181818182, 0.9090909090909091, 1.0],
-        &[0.0, 0.1111111111111111, 0.1111111111111111, 0.2777777777777778, 0.5, 0.7777777777777778, 0.8888888888888888, 1.0, 1.0],
-        &[INF, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]);
+    check_curve(
+        &S1,
+        &Y1,
+        &[
+            0.0,
+            0.0,
+            0.09090909090909091,
+            0.2727272727272727,
+            0.4090909090909091,
+            0.6363636363636364,
+            0.8181818181818182,
+            0.9090909090909091,
+            1.0,
+        ],
+        &[
+            0.0,
+            0.1111111111111111,
+            0.1111111111111111,
+            0.2777777777777778,
+            0.5,
+            0.7777777777777778,
+            0.8888888888888888,
+            1.0,
+            1.0,
+        ],
+        &[INF, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2],
+    );
     // roc_curve(y1, s2)
-    check_curve(&S2, &Y1,
-        &[0.0, 0.045454545454545456, 0.13636363636363635, 0.3181818181818182, 0.5454545454545454, 0.6818181818181818, 0.8181818181818182, 0.9545454545454546, 1.0],
-        &[0.0, 0.16666666666666666, 0.2222222222222222, 0.3888888888888889, 0.4444444444444444, 0.7777777777777778, 0.8888888888888888, 0.9444444444444444, 1.0],
-        &[INF, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]);
+    check_curve(
+        &S2,
+        &Y1,
+        &[
+            0.0,
+            0.045454545454545456,
+            0.13636363636363635,
+            0.3181818181818182,
+            0.5454545454545454,
+            0.6818181818181818,
+            0.8181818181818182,
+            0.9545454545454546,
+            1.0,
+        ],
+        &[
+            0.0,
+            0.16666666666666666,
+            0.2222222222222222,
+            0.3888888888888889,
+            0.4444444444444444,
+            0.7777777777777778,
+            0.8888888888888888,
+            0.9444444444444444,
+            1.0,
+        ],
+        &[INF, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2],
+    );
     // roc_curve(y4, s4)   (sklearn prints the last threshold as -0.0)
-    check_curve(&S4, &Y4,
-        &[0.0, 0.1111111111111111, 0.3333333333333333, 0.6666666666666666, 1.0],
-        &[0.0, 0.16666666666666666, 0.5833333333333334, 0.9166666666666666, 1.0],
-        &[INF, 3.0, 2.0, 1.0, 0.0]);
+    check_curve(
+        &S4,
+        &Y4,
+        &[
+            0.0,
+            0.1111111111111111,
+            0.3333333333333333,
+            0.6666666666666666,
+            1.0,
+        ],
+        &[
+            0.0,
+            0.16666666666666666,
+            0.5833333333333334,
+            0.9166666666666666,
+            1.0,
+        ],
+        &[INF, 3.0, 2.0, 1.0, 0.0],
+    );
     // roc_curve(y3, s3): perfect separation, intermediate points dropped
-    check_curve(&S3, &Y3, &[0.0, 0.0, 0.0, 1.0], &[0.0, 0.1, 1.0, 1.0], &[INF, 0.972, 0.611, 0.001]);
+    check_curve(
+        &S3,
+        &Y3,
+        &[0.0, 0.0, 0.0, 1.0],
+        &[0.0, 0.1, 1.0, 1.0],
+        &[INF, 0.972, 0.611, 0.001],
+    );
     // roc_curve(y5, a5): no ties, 60 cases reduced to 30 points
-    check_curve(&A5, &Y5,
-        &[0.0, 0.0, 0.0, 0.02857142857142857, 0.02857142857142857, 0.05714285714285714, 0.05714285714285714, 0.14285714285714285, 0.14285714285714285, 0.17142857142857143, 0.17142857142857143, 0.22857142857142856, 0.22857142857142856, 0.3142857142857143, 0.3142857142857143, 0.34285714285714286, 0.34285714285714286, 0.4, 0.4, 0.45714285714285713, 0.45714285714285713, 0.5714285714285714, 0.5714285714285714, 0.6, 0.6, 0.6285714285714286, 0.6285714285714286, 0.7428571428571429, 0.7428571428571429, 1.0],
-        &[0.0, 0.04, 0.08, 0.08, 0.12, 0.12, 0.4, 0.4, 0.56, 0.56, 0.64, 0.64, 0.68, 0.68, 0.72, 0.72, 0.76, 0.76, 0.8, 0.8, 0.84, 0.84, 0.88, 0.88, 0.92, 0.92, 0.96, 0.96, 1.0, 1.0],
-        &[INF, 3.164, 2.0098, 1.7921, 1.6267, 1.4741, 0.8938, 0.8143, 0.6414, 0.5613, 0.5402, 0.4827, 0.4181, 0.3581, 0.3409, 0.3264, 0.2294, 0.1597, 0.1403, 0.1169, 0.1066, -0.0601, -0.0884, -0.0901, -0.1259, -0.171, -0.3036, -0.3839, -0.4445, -1.9486]);
+    check_curve(
+        &A5,
+        &Y5,
+        &[
+            0.0,
+            0.0,
+            0.0,
+            0.02857142857142857,
+            0.02857142857142857,
+            0.05714285714285714,
+            0.05714285714285714,
+            0.14285714285714285,
+            0.14285714285714285,
+            0.17142857142857143,
+            0.17142857142857143,
+            0.22857142857142856,
+            0.22857142857142856,
+            0.3142857142857143,
+            0.3142857142857143,
+            0.34285714285714286,
+            0.34285714285714286,
+            0.4,
+            0.4,
+            0.45714285714285713,
+            0.45714285714285713,
+            0.5714285714285714,
+            0.5714285714285714,
+            0.6,
+            0.6,
+            0.6285714285714286,
+            0.6285714285714286,
+            0.7428571428571429,
+            0.7428571428571429,
+            1.0,
+        ],
+        &[
+            0.0, 0.04, 0.08, 0.08, 0.12, 0.12, 0.4, 0.4, 0.56, 0.56, 0.64, 0.64, 0.68, 0.68, 0.72,
+            0.72, 0.76, 0.76, 0.8, 0.8, 0.84, 0.84, 0.88, 0.88, 0.92, 0.92, 0.96, 0.96, 1.0, 1.0,
+        ],
+        &[
+            INF, 3.164, 2.0098, 1.7921, 1.6267, 1.4741, 0.8938, 0.8143, 0.6414, 0.5613, 0.5402,
+            0.4827, 0.4181, 0.3581, 0.3409, 0.3264, 0.2294, 0.1597, 0.1403, 0.1169, 0.1066,
+            -0.0601, -0.0884, -0.0901, -0.1259, -0.171, -0.3036, -0.3839, -0.4445, -1.9486,
+        ],
+    );
     // sklearn's docstring: roc_curve([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
-    check_curve(&[0.1, 0.4, 0.35, 0.8], &[0, 0, 1, 1],
-        &[0.0, 0.0, 0.5, 0.5, 1.0], &[0.0, 0.5, 0.5, 1.0, 1.0], &[INF, 0.8, 0.4, 0.35, 0.1]);
+    check_curve(
+        &[0.1, 0.4, 0.35, 0.8],
+        &[0, 0, 1, 1],
+        &[0.0, 0.0, 0.5, 0.5, 1.0],
+        &[0.0, 0.5, 0.5, 1.0, 1.0],
+        &[INF, 0.8, 0.4, 0.35, 0.1],
+    );
     // Collinear but kept (cumulative fps 1, 3, 7 / tps 1, 2, 4, the case in sklearn's comment):
     // roc_curve([0,1, 0,0,1, 0,0,0,0,1,1, 1,0], [3,3, 2,2,2, 1,1,1,1,1,1, 0,0])
-    check_curve(&[3.0, 3.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0],
+    check_curve(
+        &[
+            3.0, 3.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0,
+        ],
         &[0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 0],
-        &[0.0, 0.125, 0.375, 0.875, 1.0], &[0.0, 0.2, 0.4, 0.8, 1.0], &[INF, 3.0, 2.0, 1.0, 0.0]);
+        &[0.0, 0.125, 0.375, 0.875, 1.0],
+        &[0.0, 0.2, 0.4, 0.8, 1.0],
+        &[INF, 3.0, 2.0, 1.0, 0.0],
+    );
     // Equal steps along the diagonal, middle one dropped:
     // roc_curve([1,0,1,0,1,0,0,1], [5,5,4,4,3,3,2,1])
-    check_curve(&[5.0, 5.0, 4.0, 4.0, 3.0, 3.0, 2.0, 1.0], &[1, 0, 1, 0, 1, 0, 0, 1],
-        &[0.0, 0.25, 0.75, 1.0, 1.0], &[0.0, 0.25, 0.75, 0.75, 1.0], &[INF, 5.0, 3.0, 2.0, 1.0]);
+    check_curve(
+        &[5.0, 5.0, 4.0, 4.0, 3.0, 3.0, 2.0, 1.0],
+        &[1, 0, 1, 0, 1, 0, 0, 1],
+        &[0.0, 0.25, 0.75, 1.0, 1.0],
+        &[0.0, 0.25, 0.75, 0.75, 1.0],
+        &[INF, 5.0, 3.0, 2.0, 1.0],
+    );
     // Two distinct scores: nothing to drop.
-    check_curve(&[1.0, 2.0], &[0, 1], &[0.0, 0.0, 1.0], &[0.0, 1.0, 1.0], &[INF, 2.0, 1.0]);
+    check_curve(
+        &[1.0, 2.0],
+        &[0, 1],
+        &[0.0, 0.0, 1.0],
+        &[0.0, 1.0, 1.0],
+        &[INF, 2.0, 1.0],
+    );
 }
 
 #[test]
@@ -309,23 +590,59 @@ fn roc_trapezoid_area_is_sklearn_auc() {
     ];
     for (s, y, want) in cases {
         let c = roc_curve(s, y).unwrap();
-        let area: f64 = c.windows(2).map(|w| (w[1].fpr - w[0].fpr) * (w[0].tpr + w[1].tpr) / 2.0).sum();
+        let area: f64 = c
+            .windows(2)
+            .map(|w| (w[1].fpr - w[0].fpr) * (w[0].tpr + w[1].tpr) / 2.0)
+            .sum();
         close(area, want, 1e-12, "trapezoid area");
         close(auc(s, y).unwrap(), want, 1e-12, "eval::auc");
         // Thresholds strictly decreasing, first +inf at (0, 0).
-        assert_eq!((c[0].fpr, c[0].tpr, c[0].threshold), (0.0, 0.0, f64::INFINITY));
+        assert_eq!(
+            (c[0].fpr, c[0].tpr, c[0].threshold),
+            (0.0, 0.0, f64::INFINITY)
+        );
         assert!(c.windows(2).all(|w| w[1].threshold < w[0].threshold));
     }
 }
 
 #[test]
 fn roc_rejects_bad_input() {
-    assert!(roc_curve(&[0.1, 0.2], &[1, 1]).unwrap_err().to_string().contains("both classes"));
-    assert!(roc_curve(&[0.1], &[1, 0]).unwrap_err().to_string().contains("1 scores but 2 labels"));
-    assert!(roc_curve(&[f64::NAN, 0.1], &[1, 0]).unwrap_err().to_string().contains("not finite"));
-    assert!(sensitivity_at_specificity(&S1, &Y1, 1.5).unwrap_err().to_string().contains("min_spec"));
-    assert!(specificity_at_sensitivity(&S1, &Y1, -0.1).unwrap_err().to_string().contains("min_sens"));
-    assert!(partial_auc_above_tpr(&S1, &Y1, 2.0).unwrap_err().to_string().contains("min_tpr"));
+    assert!(
+        roc_curve(&[0.1, 0.2], &[1, 1])
+            .unwrap_err()
+            .to_string()
+            .contains("both classes")
+    );
+    assert!(
+        roc_curve(&[0.1], &[1, 0])
+            .unwrap_err()
+            .to_string()
+            .contains("1 scores but 2 labels")
+    );
+    assert!(
+        roc_curve(&[f64::NAN, 0.1], &[1, 0])
+            .unwrap_err()
+            .to_string()
+            .contains("not finite")
+    );
+    assert!(
+        sensitivity_at_specificity(&S1, &Y1, 1.5)
+            .unwrap_err()
+            .to_string()
+            .contains("min_spec")
+    );
+    assert!(
+        specificity_at_sensitivity(&S1, &Y1, -0.1)
+            .unwrap_err()
+            .to_string()
+            .contains("min_sens")
+    );
+    assert!(
+        partial_auc_above_tpr(&S1, &Y1, 2.0)
+            .unwrap_err()
+            .to_string()
+            .contains("min_tpr")
+    );
     assert!(youden_threshold(&[0.3], &[0]).is_err());
 }
 
@@ -335,7 +652,12 @@ fn check_op(op: &pirlkit::eval::OperatingPoint, thr: f64, tp: u64, p: u64, tn: u
     assert!(op.threshold == thr, "threshold {} vs {thr}", op.threshold);
     close(op.sensitivity, tp as f64 / p as f64, 1e-12, "sensitivity");
     close(op.specificity, tn as f64 / n as f64, 1e-12, "specificity");
-    close(op.balanced_accuracy, (op.sensitivity + op.specificity) / 2.0, 1e-15, "balanced accuracy");
+    close(
+        op.balanced_accuracy,
+        (op.sensitivity + op.specificity) / 2.0,
+        1e-15,
+        "balanced accuracy",
+    );
     assert_eq!((op.sens_lo, op.sens_hi), clopper_pearson(tp, p, 0.95));
     assert_eq!((op.spec_lo, op.spec_hi), clopper_pearson(tn, n, 0.95));
 }
@@ -348,49 +670,238 @@ fn operating_points_match_sklearn_roc() {
     //   youden: thr[np.argmax(tpr - fpr)]. Counts tp = tpr * P, tn = (1 - fpr) * N.
     const INF: f64 = f64::INFINITY;
     let (p1, n1) = (18, 22);
-    check_op(&sensitivity_at_specificity(&S1, &Y1, 0.9).unwrap(), 0.9, 2, p1, 22, n1);
-    check_op(&sensitivity_at_specificity(&S1, &Y1, 0.5).unwrap(), 0.6, 9, p1, 13, n1);
-    check_op(&specificity_at_sensitivity(&S1, &Y1, 0.9).unwrap(), 0.3, 18, p1, 2, n1);
-    check_op(&specificity_at_sensitivity(&S1, &Y1, 0.8).unwrap(), 0.4, 16, p1, 4, n1);
-    check_op(&specificity_at_sensitivity(&S1, &Y1, 0.5).unwrap(), 0.6, 9, p1, 13, n1);
+    check_op(
+        &sensitivity_at_specificity(&S1, &Y1, 0.9).unwrap(),
+        0.9,
+        2,
+        p1,
+        22,
+        n1,
+    );
+    check_op(
+        &sensitivity_at_specificity(&S1, &Y1, 0.5).unwrap(),
+        0.6,
+        9,
+        p1,
+        13,
+        n1,
+    );
+    check_op(
+        &specificity_at_sensitivity(&S1, &Y1, 0.9).unwrap(),
+        0.3,
+        18,
+        p1,
+        2,
+        n1,
+    );
+    check_op(
+        &specificity_at_sensitivity(&S1, &Y1, 0.8).unwrap(),
+        0.4,
+        16,
+        p1,
+        4,
+        n1,
+    );
+    check_op(
+        &specificity_at_sensitivity(&S1, &Y1, 0.5).unwrap(),
+        0.6,
+        9,
+        p1,
+        13,
+        n1,
+    );
     assert_eq!(youden_threshold(&S1, &Y1).unwrap(), 0.5);
 
-    check_op(&sensitivity_at_specificity(&S2, &Y1, 0.9).unwrap(), 0.9, 3, p1, 21, n1);
-    check_op(&sensitivity_at_specificity(&S2, &Y1, 0.8).unwrap(), 0.8, 4, p1, 19, n1);
-    check_op(&sensitivity_at_specificity(&S2, &Y1, 0.5).unwrap(), 0.7, 7, p1, 15, n1);
-    check_op(&specificity_at_sensitivity(&S2, &Y1, 0.9).unwrap(), 0.3, 17, p1, 1, n1);
-    check_op(&specificity_at_sensitivity(&S2, &Y1, 0.5).unwrap(), 0.5, 14, p1, 7, n1);
+    check_op(
+        &sensitivity_at_specificity(&S2, &Y1, 0.9).unwrap(),
+        0.9,
+        3,
+        p1,
+        21,
+        n1,
+    );
+    check_op(
+        &sensitivity_at_specificity(&S2, &Y1, 0.8).unwrap(),
+        0.8,
+        4,
+        p1,
+        19,
+        n1,
+    );
+    check_op(
+        &sensitivity_at_specificity(&S2, &Y1, 0.5).unwrap(),
+        0.7,
+        7,
+        p1,
+        15,
+        n1,
+    );
+    check_op(
+        &specificity_at_sensitivity(&S2, &Y1, 0.9).unwrap(),
+        0.3,
+        17,
+        p1,
+        1,
+        n1,
+    );
+    check_op(
+        &specificity_at_sensitivity(&S2, &Y1, 0.5).unwrap(),
+        0.5,
+        14,
+        p1,
+        7,
+        n1,
+    );
     assert_eq!(youden_threshold(&S2, &Y1).unwrap(), 0.9);
 
     let (p4, n4) = (12, 18);
     // No score reaches specificity 0.9: the +inf threshold (nothing positive).
-    check_op(&sensitivity_at_specificity(&S4, &Y4, 0.9).unwrap(), INF, 0, p4, 18, n4);
-    check_op(&sensitivity_at_specificity(&S4, &Y4, 0.8).unwrap(), 3.0, 2, p4, 16, n4);
-    check_op(&sensitivity_at_specificity(&S4, &Y4, 0.5).unwrap(), 2.0, 7, p4, 12, n4);
-    check_op(&specificity_at_sensitivity(&S4, &Y4, 0.9).unwrap(), 1.0, 11, p4, 6, n4);
-    check_op(&specificity_at_sensitivity(&S4, &Y4, 0.8).unwrap(), 1.0, 11, p4, 6, n4);
+    check_op(
+        &sensitivity_at_specificity(&S4, &Y4, 0.9).unwrap(),
+        INF,
+        0,
+        p4,
+        18,
+        n4,
+    );
+    check_op(
+        &sensitivity_at_specificity(&S4, &Y4, 0.8).unwrap(),
+        3.0,
+        2,
+        p4,
+        16,
+        n4,
+    );
+    check_op(
+        &sensitivity_at_specificity(&S4, &Y4, 0.5).unwrap(),
+        2.0,
+        7,
+        p4,
+        12,
+        n4,
+    );
+    check_op(
+        &specificity_at_sensitivity(&S4, &Y4, 0.9).unwrap(),
+        1.0,
+        11,
+        p4,
+        6,
+        n4,
+    );
+    check_op(
+        &specificity_at_sensitivity(&S4, &Y4, 0.8).unwrap(),
+        1.0,
+        11,
+        p4,
+        6,
+        n4,
+    );
     assert_eq!(youden_threshold(&S4, &Y4).unwrap(), 2.0);
 
     for m in [0.9, 0.8, 0.5] {
-        check_op(&sensitivity_at_specificity(&S3, &Y3, m).unwrap(), 0.611, 10, 10, 10, 10);
-        check_op(&specificity_at_sensitivity(&S3, &Y3, m).unwrap(), 0.611, 10, 10, 10, 10);
+        check_op(
+            &sensitivity_at_specificity(&S3, &Y3, m).unwrap(),
+            0.611,
+            10,
+            10,
+            10,
+            10,
+        );
+        check_op(
+            &specificity_at_sensitivity(&S3, &Y3, m).unwrap(),
+            0.611,
+            10,
+            10,
+            10,
+            10,
+        );
     }
     assert_eq!(youden_threshold(&S3, &Y3).unwrap(), 0.611);
 
     let (p5, n5) = (25, 35);
-    check_op(&sensitivity_at_specificity(&A5, &Y5, 0.9).unwrap(), 0.8938, 10, p5, 33, n5);
-    check_op(&sensitivity_at_specificity(&A5, &Y5, 0.8).unwrap(), 0.5402, 16, p5, 29, n5);
-    check_op(&sensitivity_at_specificity(&A5, &Y5, 0.5).unwrap(), 0.1066, 21, p5, 19, n5);
-    check_op(&specificity_at_sensitivity(&A5, &Y5, 0.9).unwrap(), -0.1259, 23, p5, 14, n5);
-    check_op(&specificity_at_sensitivity(&A5, &Y5, 0.8).unwrap(), 0.1403, 20, p5, 21, n5);
-    check_op(&specificity_at_sensitivity(&A5, &Y5, 0.5).unwrap(), 0.6414, 14, p5, 30, n5);
+    check_op(
+        &sensitivity_at_specificity(&A5, &Y5, 0.9).unwrap(),
+        0.8938,
+        10,
+        p5,
+        33,
+        n5,
+    );
+    check_op(
+        &sensitivity_at_specificity(&A5, &Y5, 0.8).unwrap(),
+        0.5402,
+        16,
+        p5,
+        29,
+        n5,
+    );
+    check_op(
+        &sensitivity_at_specificity(&A5, &Y5, 0.5).unwrap(),
+        0.1066,
+        21,
+        p5,
+        19,
+        n5,
+    );
+    check_op(
+        &specificity_at_sensitivity(&A5, &Y5, 0.9).unwrap(),
+        -0.1259,
+        23,
+        p5,
+        14,
+        n5,
+    );
+    check_op(
+        &specificity_at_sensitivity(&A5, &Y5, 0.8).unwrap(),
+        0.1403,
+        20,
+        p5,
+        21,
+        n5,
+    );
+    check_op(
+        &specificity_at_sensitivity(&A5, &Y5, 0.5).unwrap(),
+        0.6414,
+        14,
+        p5,
+        30,
+        n5,
+    );
     assert_eq!(youden_threshold(&A5, &Y5).unwrap(), 0.5402);
     // Edges (same rules, the first and last points of roc_curve(y5, a5) after +inf):
     // min 0 gives the best attainable point, ties broken towards the other rate.
-    check_op(&specificity_at_sensitivity(&A5, &Y5, 0.0).unwrap(), 2.0098, 2, p5, 35, n5);
-    check_op(&sensitivity_at_specificity(&A5, &Y5, 0.0).unwrap(), -0.4445, 25, p5, 9, n5);
-    check_op(&sensitivity_at_specificity(&A5, &Y5, 1.0).unwrap(), 2.0098, 2, p5, 35, n5);
-    check_op(&specificity_at_sensitivity(&A5, &Y5, 1.0).unwrap(), -0.4445, 25, p5, 9, n5);
+    check_op(
+        &specificity_at_sensitivity(&A5, &Y5, 0.0).unwrap(),
+        2.0098,
+        2,
+        p5,
+        35,
+        n5,
+    );
+    check_op(
+        &sensitivity_at_specificity(&A5, &Y5, 0.0).unwrap(),
+        -0.4445,
+        25,
+        p5,
+        9,
+        n5,
+    );
+    check_op(
+        &sensitivity_at_specificity(&A5, &Y5, 1.0).unwrap(),
+        2.0098,
+        2,
+        p5,
+        35,
+        n5,
+    );
+    check_op(
+        &specificity_at_sensitivity(&A5, &Y5, 1.0).unwrap(),
+        -0.4445,
+        25,
+        p5,
+        9,
+        n5,
+    );
 }
 
 #[test]
@@ -404,18 +915,43 @@ fn at_threshold_counts_and_intervals() {
     close(op.spec_lo, 0.6635016999818029, 1e-9, "spec_lo");
     close(op.spec_hi, 0.9343781988437493, 1e-9, "spec_hi");
     // Between scores (0.5402 < 0.545 < 0.5547): the same counts as the next score up.
-    let (mid, up) = (at_threshold(&A5, &Y5, 0.545), at_threshold(&A5, &Y5, 0.5547));
-    assert_eq!((mid.sensitivity, mid.specificity), (up.sensitivity, up.specificity));
+    let (mid, up) = (
+        at_threshold(&A5, &Y5, 0.545),
+        at_threshold(&A5, &Y5, 0.5547),
+    );
+    assert_eq!(
+        (mid.sensitivity, mid.specificity),
+        (up.sensitivity, up.specificity)
+    );
     // Ties at the threshold are all positive: S1 at 0.5.
     let t = at_threshold(&S1, &Y1, 0.5);
-    let tp = S1.iter().zip(&Y1).filter(|(s, y)| **s >= 0.5 && **y == 1).count() as u64;
-    let tn = S1.iter().zip(&Y1).filter(|(s, y)| **s < 0.5 && **y == 0).count() as u64;
+    let tp = S1
+        .iter()
+        .zip(&Y1)
+        .filter(|(s, y)| **s >= 0.5 && **y == 1)
+        .count() as u64;
+    let tn = S1
+        .iter()
+        .zip(&Y1)
+        .filter(|(s, y)| **s < 0.5 && **y == 0)
+        .count() as u64;
     check_op(&t, 0.5, tp, 18, tn, 22);
     // Extremes.
     let all = at_threshold(&S1, &Y1, f64::NEG_INFINITY);
-    assert_eq!((all.sensitivity, all.specificity, all.sens_hi, all.spec_lo), (1.0, 0.0, 1.0, 0.0));
+    assert_eq!(
+        (all.sensitivity, all.specificity, all.sens_hi, all.spec_lo),
+        (1.0, 0.0, 1.0, 0.0)
+    );
     let none = at_threshold(&S1, &Y1, f64::INFINITY);
-    assert_eq!((none.sensitivity, none.specificity, none.sens_lo, none.spec_hi), (0.0, 1.0, 0.0, 1.0));
+    assert_eq!(
+        (
+            none.sensitivity,
+            none.specificity,
+            none.sens_lo,
+            none.spec_hi
+        ),
+        (0.0, 1.0, 0.0, 1.0)
+    );
 }
 
 // ---------------------------------------------------------------- partial AUC
@@ -425,12 +961,72 @@ fn partial_auc_matches_proc() {
     // as.numeric(auc(mk(y, s), partial.auc = c(1, t), partial.auc.focus = "sensitivity"))
     let cases: [(&[f64], &[u8], [f64; 5]); 6] = [
         // t = 0.8, 0.9, 0.5, 0.0, 0.95
-        (&S1, &Y1, [0.037777777777777757, 0.013181818181818175, 0.17803030303030304, 0.57196969696969702, 0.0055681818181818237]),
-        (&S2, &Y1, [0.028585858585858565, 0.0057070707070706996, 0.13952020202020202, 0.53787878787878785, 0.0010227272727272741]),
-        (&S4, &Y4, [0.059583333333333301, 0.019583333333333317, 0.23796296296296296, 0.66203703703703698, 0.005000000000000007]),
-        (&S3, &Y3, [0.19999999999999996, 0.099999999999999978, 0.5, 1.0, 0.050000000000000044]),
-        (&A5, &Y5, [0.07999999999999996, 0.033142857142857127, 0.30628571428571433, 0.77485714285714291, 0.014000000000000012]),
-        (&B5, &Y5, [0.045714285714285693, 0.0068571428571428568, 0.22, 0.6388571428571429, 0.00057142857142857191]),
+        (
+            &S1,
+            &Y1,
+            [
+                0.037777777777777757,
+                0.013181818181818175,
+                0.17803030303030304,
+                0.57196969696969702,
+                0.0055681818181818237,
+            ],
+        ),
+        (
+            &S2,
+            &Y1,
+            [
+                0.028585858585858565,
+                0.0057070707070706996,
+                0.13952020202020202,
+                0.53787878787878785,
+                0.0010227272727272741,
+            ],
+        ),
+        (
+            &S4,
+            &Y4,
+            [
+                0.059583333333333301,
+                0.019583333333333317,
+                0.23796296296296296,
+                0.66203703703703698,
+                0.005000000000000007,
+            ],
+        ),
+        (
+            &S3,
+            &Y3,
+            [
+                0.19999999999999996,
+                0.099999999999999978,
+                0.5,
+                1.0,
+                0.050000000000000044,
+            ],
+        ),
+        (
+            &A5,
+            &Y5,
+            [
+                0.07999999999999996,
+                0.033142857142857127,
+                0.30628571428571433,
+                0.77485714285714291,
+                0.014000000000000012,
+            ],
+        ),
+        (
+            &B5,
+            &Y5,
+            [
+                0.045714285714285693,
+                0.0068571428571428568,
+                0.22,
+                0.6388571428571429,
+                0.00057142857142857191,
+            ],
+        ),
     ];
     for (i, (s, y, want)) in cases.iter().enumerate() {
         for (t, w) in [0.8, 0.9, 0.5, 0.0, 0.95].into_iter().zip(want) {

@@ -43,7 +43,16 @@ pub const SMALL_FRACTION: f64 = 0.5;
 pub const MAX_ASPECT: f64 = 1.5;
 
 /// The eight orientations tried, as applied to the second image of a pair.
-const TRANSFORMS: [&str; 8] = ["identity", "hflip", "vflip", "rot180", "transpose", "rot90", "rot270", "antitranspose"];
+const TRANSFORMS: [&str; 8] = [
+    "identity",
+    "hflip",
+    "vflip",
+    "rot180",
+    "transpose",
+    "rot90",
+    "rot270",
+    "antitranspose",
+];
 
 /// A pair of images with the same or nearly the same content.
 #[derive(Debug, Clone, Serialize)]
@@ -131,17 +140,32 @@ pub struct AuditReport {
 impl AuditReport {
     /// True when the splits leak: duplicates or groups across splits.
     pub fn has_leaks(&self) -> bool {
-        self.counts.exact_duplicate_pairs_cross_split + self.counts.near_duplicate_pairs_cross_split + self.counts.group_leaks > 0
+        self.counts.exact_duplicate_pairs_cross_split
+            + self.counts.near_duplicate_pairs_cross_split
+            + self.counts.group_leaks
+            > 0
     }
 
     /// A few human-readable lines.
     pub fn summary(&self) -> String {
         let c = &self.counts;
-        let sizes: Vec<String> = self.split_sizes.iter().map(|(s, n)| format!("{} {n}", s.as_str())).collect();
-        let mut out = format!("audit of {}: {} images ({})\n", self.dataset, c.images, sizes.join(", "));
+        let sizes: Vec<String> = self
+            .split_sizes
+            .iter()
+            .map(|(s, n)| format!("{} {n}", s.as_str()))
+            .collect();
+        let mut out = format!(
+            "audit of {}: {} images ({})\n",
+            self.dataset,
+            c.images,
+            sizes.join(", ")
+        );
         out += &format!(
             "duplicates: {} exact pairs ({} across splits), {} near-duplicate pairs ({} across splits)\n",
-            c.exact_duplicate_pairs, c.exact_duplicate_pairs_cross_split, c.near_duplicate_pairs, c.near_duplicate_pairs_cross_split
+            c.exact_duplicate_pairs,
+            c.exact_duplicate_pairs_cross_split,
+            c.near_duplicate_pairs,
+            c.near_duplicate_pairs_cross_split
         );
         out += &format!("groups on both sides of a split: {}\n", c.group_leaks);
         out += &format!(
@@ -172,9 +196,16 @@ struct Probe {
 /// every finding to `out_csv`.
 pub fn audit(ds: &Dataset, cache: &ImageCache, out_csv: &Path) -> crate::Result<AuditReport> {
     let sub = cache.dir.join(THUMB_CACHE_SIZE.to_string());
-    std::fs::create_dir_all(&sub).map_err(|source| DataError::Io { path: sub.clone(), source })?;
+    std::fs::create_dir_all(&sub).map_err(|source| DataError::Io {
+        path: sub.clone(),
+        source,
+    })?;
     let dct = dct_table();
-    let probes: Vec<Probe> = ds.samples.par_iter().map(|s| probe(s, cache, &dct)).collect();
+    let probes: Vec<Probe> = ds
+        .samples
+        .par_iter()
+        .map(|s| probe(s, cache, &dct))
+        .collect();
     let samples = &ds.samples;
 
     let mut split_sizes = BTreeMap::new();
@@ -188,7 +219,10 @@ pub fn audit(ds: &Dataset, cache: &ImageCache, out_csv: &Path) -> crate::Result<
     let mut unlabeled = Vec::new();
     for (s, p) in samples.iter().zip(&probes) {
         if p.missing {
-            missing_images.push(issue(s, format!("image file not found: {}", rel(&ds.root, &s.path))));
+            missing_images.push(issue(
+                s,
+                format!("image file not found: {}", rel(&ds.root, &s.path)),
+            ));
         } else if let Some(e) = &p.error {
             unreadable.push(issue(s, e.clone()));
         }
@@ -219,7 +253,9 @@ pub fn audit(ds: &Dataset, cache: &ImageCache, out_csv: &Path) -> crate::Result<
     }
 
     // Near-duplicates: hash candidates, then the pixel check.
-    let usable: Vec<usize> = (0..probes.len()).filter(|&i| !probes[i].hashes.is_empty()).collect();
+    let usable: Vec<usize> = (0..probes.len())
+        .filter(|&i| !probes[i].hashes.is_empty())
+        .collect();
     let mut near: Vec<(usize, usize, u32, f32, f32, usize)> = usable
         .par_iter()
         .enumerate()
@@ -236,8 +272,15 @@ pub fn audit(ds: &Dataset, cache: &ImageCache, out_csv: &Path) -> crate::Result<
                     if ham > MAX_HAMMING {
                         continue;
                     }
-                    let budget = best.map_or(MAX_SCORE, |b| b.0.min(MAX_SCORE)) - HAMMING_WEIGHT * ham as f32;
-                    let Some(mad) = mean_abs_diff_within(&probes[i].thumb, &orient(&probes[j].thumb, t), budget) else { continue };
+                    let budget = best.map_or(MAX_SCORE, |b| b.0.min(MAX_SCORE))
+                        - HAMMING_WEIGHT * ham as f32;
+                    let Some(mad) = mean_abs_diff_within(
+                        &probes[i].thumb,
+                        &orient(&probes[j].thumb, t),
+                        budget,
+                    ) else {
+                        continue;
+                    };
                     let score = mad + HAMMING_WEIGHT * ham as f32;
                     if best.is_none_or(|b| score < b.0) {
                         best = Some((score, ham, mad, t));
@@ -249,13 +292,22 @@ pub fn audit(ds: &Dataset, cache: &ImageCache, out_csv: &Path) -> crate::Result<
         })
         .collect();
     near.sort_by_key(|x| (x.0, x.1));
-    let near_duplicates: Vec<DuplicatePair> =
-        near.iter().map(|&(i, j, ham, mad, score, t)| pair(&samples[i], &samples[j], ham, mad, score, TRANSFORMS[t])).collect();
+    let near_duplicates: Vec<DuplicatePair> = near
+        .iter()
+        .map(|&(i, j, ham, mad, score, t)| {
+            pair(&samples[i], &samples[j], ham, mad, score, TRANSFORMS[t])
+        })
+        .collect();
 
     // Groups on both sides of a split.
     let mut by_group: BTreeMap<&str, BTreeMap<Split, Vec<usize>>> = BTreeMap::new();
     for (i, s) in samples.iter().enumerate() {
-        by_group.entry(&s.group).or_default().entry(s.split).or_default().push(i);
+        by_group
+            .entry(&s.group)
+            .or_default()
+            .entry(s.split)
+            .or_default()
+            .push(i);
     }
     let mut group_leaks = Vec::new();
     for (g, splits) in &by_group {
@@ -280,7 +332,10 @@ pub fn audit(ds: &Dataset, cache: &ImageCache, out_csv: &Path) -> crate::Result<
     let counts = AuditCounts {
         images: samples.len(),
         exact_duplicate_pairs: exact_duplicates.len(),
-        exact_duplicate_pairs_cross_split: exact_duplicates.iter().filter(|p| p.cross_split).count(),
+        exact_duplicate_pairs_cross_split: exact_duplicates
+            .iter()
+            .filter(|p| p.cross_split)
+            .count(),
         near_duplicate_pairs: near_duplicates.len(),
         near_duplicate_pairs_cross_split: near_duplicates.iter().filter(|p| p.cross_split).count(),
         group_leaks: group_leaks.len(),
@@ -312,7 +367,11 @@ pub fn audit(ds: &Dataset, cache: &ImageCache, out_csv: &Path) -> crate::Result<
 }
 
 fn issue(s: &Sample, detail: String) -> FileIssue {
-    FileIssue { split: Some(s.split), id: s.id.clone(), detail }
+    FileIssue {
+        split: Some(s.split),
+        id: s.id.clone(),
+        detail,
+    }
 }
 
 fn pair(a: &Sample, b: &Sample, hamming: u32, mad: f32, score: f32, t: &str) -> DuplicatePair {
@@ -335,7 +394,14 @@ fn rel(root: &Path, p: &Path) -> String {
 }
 
 fn probe(s: &Sample, cache: &ImageCache, dct: &[[f32; THUMB]; 8]) -> Probe {
-    let mut p = Probe { missing: false, error: None, sha: None, dims: None, thumb: Vec::new(), hashes: Vec::new() };
+    let mut p = Probe {
+        missing: false,
+        error: None,
+        sha: None,
+        dims: None,
+        thumb: Vec::new(),
+        hashes: Vec::new(),
+    };
     if !s.path.is_file() {
         p.missing = !s.path.exists();
         if !p.missing {
@@ -357,14 +423,18 @@ fn probe(s: &Sample, cache: &ImageCache, dct: &[[f32; THUMB]; 8]) -> Probe {
         Err(e) => {
             p.error = Some(match e {
                 DataError::Image { msg, .. } => msg,
-                DataError::Io { path, source } if path == s.path => format!("cannot read: {source}"),
+                DataError::Io { path, source } if path == s.path => {
+                    format!("cannot read: {source}")
+                }
                 other => other.to_string(),
             });
             return p;
         }
     };
     p.thumb = grey_thumb(&img);
-    p.hashes = (0..TRANSFORMS.len()).map(|t| phash(&orient(&p.thumb, t), dct)).collect();
+    p.hashes = (0..TRANSFORMS.len())
+        .map(|t| phash(&orient(&p.thumb, t), dct))
+        .collect();
     p
 }
 
@@ -373,7 +443,11 @@ fn dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
     if super::dicom::is_dicom(bytes) {
         return super::dicom::dicom_dimensions(bytes).ok();
     }
-    image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().ok()?.into_dimensions().ok()
+    image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()
 }
 
 /// RGB (any square size, even) -> THUMB x THUMB grey by box averaging, z-scored.
@@ -387,7 +461,9 @@ fn grey_thumb(img: &RgbImage) -> Vec<f32> {
             for dy in 0..f {
                 for dx in 0..f {
                     let (y, x) = ((ty * f + dy).min(n - 1), (tx * f + dx).min(n - 1));
-                    acc += 0.299 * img.px(y, x, 0) as f32 + 0.587 * img.px(y, x, 1) as f32 + 0.114 * img.px(y, x, 2) as f32;
+                    acc += 0.299 * img.px(y, x, 0) as f32
+                        + 0.587 * img.px(y, x, 1) as f32
+                        + 0.114 * img.px(y, x, 2) as f32;
                 }
             }
             g[ty * THUMB + tx] = acc / (f * f) as f32;
@@ -481,7 +557,12 @@ fn mean_abs_diff_within(a: &[f32], b: &[f32], budget: f32) -> Option<f32> {
 }
 
 fn odd_sizes(samples: &[Sample], probes: &[Probe]) -> Vec<FileIssue> {
-    let dims: Vec<(usize, (u32, u32))> = probes.iter().enumerate().filter(|(_, p)| p.error.is_none()).filter_map(|(i, p)| p.dims.map(|d| (i, d))).collect();
+    let dims: Vec<(usize, (u32, u32))> = probes
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.error.is_none())
+        .filter_map(|(i, p)| p.dims.map(|d| (i, d)))
+        .collect();
     if dims.is_empty() {
         return Vec::new();
     }
@@ -497,13 +578,24 @@ fn odd_sizes(samples: &[Sample], probes: &[Probe]) -> Vec<FileIssue> {
     for (i, d) in &dims {
         let mut why = Vec::new();
         if short(d) < SMALL_FRACTION * med_short {
-            why.push(format!("much smaller than the rest (shorter side {}, median {})", short(d), med_short));
+            why.push(format!(
+                "much smaller than the rest (shorter side {}, median {})",
+                short(d),
+                med_short
+            ));
         }
         if aspect(d) > MAX_ASPECT && aspect(d) > 1.25 * med_aspect {
-            why.push(format!("far from square (aspect {:.2}, the centre crop drops {:.0}% of it)", aspect(d), 100.0 * (1.0 - 1.0 / aspect(d))));
+            why.push(format!(
+                "far from square (aspect {:.2}, the centre crop drops {:.0}% of it)",
+                aspect(d),
+                100.0 * (1.0 - 1.0 / aspect(d))
+            ));
         }
         if !why.is_empty() {
-            out.push(issue(&samples[*i], format!("{}x{}: {}", d.0, d.1, why.join("; "))));
+            out.push(issue(
+                &samples[*i],
+                format!("{}x{}: {}", d.0, d.1, why.join("; ")),
+            ));
         }
     }
     out
@@ -526,17 +618,35 @@ fn unlisted(ds: &Dataset) -> Vec<FileIssue> {
     }
     let mut out = Vec::new();
     for d in dirs {
-        let Ok(rd) = std::fs::read_dir(d) else { continue };
+        let Ok(rd) = std::fs::read_dir(d) else {
+            continue;
+        };
         let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
         files.sort();
         for f in files {
-            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let ext = f.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
-            if name.starts_with('.') || !ext.is_some_and(|e| exts.contains(&e)) || !f.is_file() || listed.contains(f.as_path()) {
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let ext = f
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase());
+            if name.starts_with('.')
+                || !ext.is_some_and(|e| exts.contains(&e))
+                || !f.is_file()
+                || listed.contains(f.as_path())
+            {
                 continue;
             }
-            let id = f.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or(name);
-            out.push(FileIssue { split: None, id, detail: format!("image file not in the labels: {}", rel(&ds.root, &f)) });
+            let id = f
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(name);
+            out.push(FileIssue {
+                split: None,
+                id,
+                detail: format!("image file not in the labels: {}", rel(&ds.root, &f)),
+            });
         }
     }
     out
@@ -545,7 +655,10 @@ fn unlisted(ds: &Dataset) -> Vec<FileIssue> {
 fn to_csv(r: &AuditReport) -> crate::Result<(Vec<u8>, usize)> {
     let sp = |x: Option<Split>| x.map(|s| s.as_str().to_string()).unwrap_or_default();
     let mut rows: Vec<[String; 6]> = Vec::new();
-    for (kind, list) in [("exact_duplicate", &r.exact_duplicates), ("near_duplicate", &r.near_duplicates)] {
+    for (kind, list) in [
+        ("exact_duplicate", &r.exact_duplicates),
+        ("near_duplicate", &r.near_duplicates),
+    ] {
         for p in list {
             let mut d = if kind == "exact_duplicate" {
                 "identical files".to_string()
@@ -561,12 +674,33 @@ fn to_csv(r: &AuditReport) -> crate::Result<(Vec<u8>, usize)> {
             if p.same_group {
                 d += "; same group";
             }
-            rows.push([kind.into(), sp(Some(p.split_a)), p.id_a.clone(), sp(Some(p.split_b)), p.id_b.clone(), d]);
+            rows.push([
+                kind.into(),
+                sp(Some(p.split_a)),
+                p.id_a.clone(),
+                sp(Some(p.split_b)),
+                p.id_b.clone(),
+                d,
+            ]);
         }
     }
     for g in &r.group_leaks {
-        let d = format!("group {} has {} image(s) in {} and {} in {}", g.group, g.count_a, g.split_a.as_str(), g.count_b, g.split_b.as_str());
-        rows.push(["group_leak".into(), sp(Some(g.split_a)), g.id_a.clone(), sp(Some(g.split_b)), g.id_b.clone(), d]);
+        let d = format!(
+            "group {} has {} image(s) in {} and {} in {}",
+            g.group,
+            g.count_a,
+            g.split_a.as_str(),
+            g.count_b,
+            g.split_b.as_str()
+        );
+        rows.push([
+            "group_leak".into(),
+            sp(Some(g.split_a)),
+            g.id_a.clone(),
+            sp(Some(g.split_b)),
+            g.id_b.clone(),
+            d,
+        ]);
     }
     for (kind, list) in [
         ("unreadable", &r.unreadable),
@@ -576,12 +710,20 @@ fn to_csv(r: &AuditReport) -> crate::Result<(Vec<u8>, usize)> {
         ("unlisted_image", &r.unlisted_images),
     ] {
         for f in list {
-            rows.push([kind.into(), sp(f.split), f.id.clone(), String::new(), String::new(), f.detail.clone()]);
+            rows.push([
+                kind.into(),
+                sp(f.split),
+                f.id.clone(),
+                String::new(),
+                String::new(),
+                f.detail.clone(),
+            ]);
         }
     }
     let err = |e: String| crate::Error::Report(format!("audit CSV: {e}"));
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["kind", "split_a", "id_a", "split_b", "id_b", "detail"]).map_err(|e| err(e.to_string()))?;
+    w.write_record(["kind", "split_a", "id_a", "split_b", "id_b", "detail"])
+        .map_err(|e| err(e.to_string()))?;
     for row in &rows {
         w.write_record(row).map_err(|e| err(e.to_string()))?;
     }

@@ -63,7 +63,10 @@ impl ImageCache {
     /// image; errors name the image.
     pub fn load_all(&self, samples: &[Sample], size: usize) -> Result<Vec<RgbImage>> {
         let sub = self.cache_subdir(size)?;
-        samples.par_iter().map(|s| self.load_one(&s.path, size, &sub).map_err(Fail::into_error)).collect()
+        samples
+            .par_iter()
+            .map(|s| self.load_one(&s.path, size, &sub).map_err(Fail::into_error))
+            .collect()
     }
 
     /// Like [`ImageCache::load_all`], but an image that cannot be read or
@@ -72,9 +75,16 @@ impl ImageCache {
     /// order; [`drop_samples`] removes the skipped ones from the dataset so
     /// images and samples line up again. A cache that cannot be written is
     /// still an error: that is not the image's fault.
-    pub fn load_all_skip_bad(&self, samples: &[Sample], size: usize) -> Result<(Vec<RgbImage>, Vec<Skipped>)> {
+    pub fn load_all_skip_bad(
+        &self,
+        samples: &[Sample],
+        size: usize,
+    ) -> Result<(Vec<RgbImage>, Vec<Skipped>)> {
         let sub = self.cache_subdir(size)?;
-        let results: Vec<std::result::Result<RgbImage, Fail>> = samples.par_iter().map(|s| self.load_one(&s.path, size, &sub)).collect();
+        let results: Vec<std::result::Result<RgbImage, Fail>> = samples
+            .par_iter()
+            .map(|s| self.load_one(&s.path, size, &sub))
+            .collect();
         let mut good = Vec::with_capacity(samples.len());
         let mut skipped = Vec::new();
         for (s, r) in samples.iter().zip(results) {
@@ -83,7 +93,11 @@ impl ImageCache {
                 Err(Fail::Image(e)) => {
                     let error = message(&e);
                     tracing::warn!("skipping {}: {error}", s.path.display());
-                    skipped.push(Skipped { id: s.id.clone(), path: s.path.clone(), error });
+                    skipped.push(Skipped {
+                        id: s.id.clone(),
+                        path: s.path.clone(),
+                        error,
+                    });
                 }
                 Err(Fail::Cache(e)) => return Err(e),
             }
@@ -93,14 +107,21 @@ impl ImageCache {
 
     fn cache_subdir(&self, size: usize) -> Result<PathBuf> {
         if size == 0 {
-            return Err(DataError::Other("image size must be at least 1 pixel".into()));
+            return Err(DataError::Other(
+                "image size must be at least 1 pixel".into(),
+            ));
         }
         let sub = self.dir.join(size.to_string());
         std::fs::create_dir_all(&sub).map_err(io_err(&sub))?;
         Ok(sub)
     }
 
-    fn load_one(&self, path: &Path, size: usize, sub: &Path) -> std::result::Result<RgbImage, Fail> {
+    fn load_one(
+        &self,
+        path: &Path,
+        size: usize,
+        sub: &Path,
+    ) -> std::result::Result<RgbImage, Fail> {
         let bytes = std::fs::read(path).map_err(|e| Fail::Image(io_err(path)(e)))?;
         let key = hex::encode(&Sha256::digest(&bytes)[..16]);
         let entry = sub.join(format!("{key}.rgb"));
@@ -110,7 +131,12 @@ impl ImageCache {
         {
             return Ok(RgbImage { size, data });
         }
-        let img = decode_resize(&bytes, size).map_err(|msg| Fail::Image(DataError::Image { path: path.into(), msg }))?;
+        let img = decode_resize(&bytes, size).map_err(|msg| {
+            Fail::Image(DataError::Image {
+                path: path.into(),
+                msg,
+            })
+        })?;
         // Unique per call: two samples with the same content (duplicates
         // exist in real data sets) may be decoded at once.
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -160,8 +186,12 @@ pub fn drop_samples(ds: &mut Dataset, skipped: &[Skipped]) {
     if skipped.is_empty() {
         return;
     }
-    let bad: HashSet<(&str, &Path)> = skipped.iter().map(|s| (s.id.as_str(), s.path.as_path())).collect();
-    ds.samples.retain(|s| !bad.contains(&(s.id.as_str(), s.path.as_path())));
+    let bad: HashSet<(&str, &Path)> = skipped
+        .iter()
+        .map(|s| (s.id.as_str(), s.path.as_path()))
+        .collect();
+    ds.samples
+        .retain(|s| !bad.contains(&(s.id.as_str(), s.path.as_path())));
 }
 
 /// Decodes any supported image (format from content), converts it to RGB,
@@ -184,9 +214,13 @@ pub fn decode_resize(bytes: &[u8], size: usize) -> std::result::Result<RgbImage,
         check_dicom_lengths(bytes)?;
         super::dicom::decode_dicom(bytes)?
     } else {
-        let mut reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+        let mut reader = image::ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())?;
         match reader.format() {
-            None => return Err("not a recognised image format (JPEG, PNG or DICOM expected)".into()),
+            None => {
+                return Err("not a recognised image format (JPEG, PNG or DICOM expected)".into());
+            }
             Some(image::ImageFormat::Jpeg) => check_jpeg(bytes)?,
             Some(image::ImageFormat::Png) => check_png(bytes)?,
             Some(_) => {}
@@ -196,11 +230,16 @@ pub fn decode_resize(bytes: &[u8], size: usize) -> std::result::Result<RgbImage,
         limits.max_image_height = Some(MAX_SIDE);
         limits.max_alloc = Some(MAX_ALLOC);
         reader.limits(limits);
-        reader.decode().map_err(|e| format!("cannot decode: {e}"))?.to_rgb8()
+        reader
+            .decode()
+            .map_err(|e| format!("cannot decode: {e}"))?
+            .to_rgb8()
     };
     let (w, h) = rgb.dimensions();
     if w < MIN_SIDE || h < MIN_SIDE {
-        return Err(format!("image is {w}x{h} pixels, too small (each side must be at least {MIN_SIDE})"));
+        return Err(format!(
+            "image is {w}x{h} pixels, too small (each side must be at least {MIN_SIDE})"
+        ));
     }
     Ok(resize_crop(&rgb, size))
 }
@@ -218,24 +257,39 @@ fn resize_crop(rgb: &image::RgbImage, size: usize) -> RgbImage {
     let s = size as u32;
     let short = w.min(h);
     if w.max(h) as u64 > CROP_FIRST_ASPECT as u64 * short as u64 {
-        let sq = image::imageops::crop_imm(rgb, (w - short) / 2, (h - short) / 2, short, short).to_image();
+        let sq = image::imageops::crop_imm(rgb, (w - short) / 2, (h - short) / 2, short, short)
+            .to_image();
         let out = image::imageops::resize(&sq, s, s, FilterType::Triangle);
-        return RgbImage { size, data: out.into_raw() };
+        return RgbImage {
+            size,
+            data: out.into_raw(),
+        };
     }
     let (nw, nh) = if w <= h {
-        (s, ((h as u64 * s as u64 + w as u64 / 2) / w as u64).max(s as u64) as u32)
+        (
+            s,
+            ((h as u64 * s as u64 + w as u64 / 2) / w as u64).max(s as u64) as u32,
+        )
     } else {
-        (((w as u64 * s as u64 + h as u64 / 2) / h as u64).max(s as u64) as u32, s)
+        (
+            ((w as u64 * s as u64 + h as u64 / 2) / h as u64).max(s as u64) as u32,
+            s,
+        )
     };
     let resized = image::imageops::resize(rgb, nw, nh, FilterType::Triangle);
     let (x0, y0) = ((nw - s) / 2, (nh - s) / 2);
     let crop = image::imageops::crop_imm(&resized, x0, y0, s, s).to_image();
-    RgbImage { size, data: crop.into_raw() }
+    RgbImage {
+        size,
+        data: crop.into_raw(),
+    }
 }
 
 fn check_side(kind: &str, w: u64, h: u64) -> std::result::Result<(), String> {
     if w > MAX_SIDE as u64 || h > MAX_SIDE as u64 {
-        return Err(format!("{kind} header claims {w}x{h} pixels; sides over {MAX_SIDE} are refused (decompression bomb guard)"));
+        return Err(format!(
+            "{kind} header claims {w}x{h} pixels; sides over {MAX_SIDE} are refused (decompression bomb guard)"
+        ));
     }
     Ok(())
 }
@@ -251,7 +305,8 @@ fn check_png(bytes: &[u8]) -> std::result::Result<(), String> {
     if bytes.len() < 26 || &bytes[12..16] != b"IHDR" {
         return Ok(()); // let the decoder say what is wrong
     }
-    let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as u64;
+    let be =
+        |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as u64;
     let (w, h) = (be(16), be(20));
     check_side("PNG", w, h)?;
     let depth = bytes[24] as u64;
@@ -309,13 +364,20 @@ pub fn check_jpeg(b: &[u8]) -> std::result::Result<(), String> {
         }
         let len = u16::from_be_bytes([b[i], b[i + 1]]) as usize;
         if len < 2 {
-            return Err(format!("corrupt JPEG: segment 0xFF{m:02X} at byte {} has length {len}", i - 2));
+            return Err(format!(
+                "corrupt JPEG: segment 0xFF{m:02X} at byte {} has length {len}",
+                i - 2
+            ));
         }
         if i + len > n {
             return Err(truncated());
         }
         // SOF0..SOF15 except DHT (C4), JPG (C8), DAC (CC): P, Y, X.
-        if matches!(m, 0xC0..=0xCF) && !matches!(m, 0xC4 | 0xC8 | 0xCC) && len >= 7 && frame.is_none() {
+        if matches!(m, 0xC0..=0xCF)
+            && !matches!(m, 0xC4 | 0xC8 | 0xCC)
+            && len >= 7
+            && frame.is_none()
+        {
             let y = u16::from_be_bytes([b[i + 3], b[i + 4]]) as u64;
             let x = u16::from_be_bytes([b[i + 5], b[i + 6]]) as u64;
             check_side("JPEG", x, y)?;
@@ -374,10 +436,20 @@ pub fn check_dicom_lengths(b: &[u8]) -> std::result::Result<(), String> {
     use dicom_core::{Tag, VR};
     const UNDEFINED: u32 = 0xFFFF_FFFF;
     let n = b.len();
-    let u16at = |i: usize, big: bool| if big { u16::from_be_bytes([b[i], b[i + 1]]) } else { u16::from_le_bytes([b[i], b[i + 1]]) };
+    let u16at = |i: usize, big: bool| {
+        if big {
+            u16::from_be_bytes([b[i], b[i + 1]])
+        } else {
+            u16::from_le_bytes([b[i], b[i + 1]])
+        }
+    };
     let u32at = |i: usize, big: bool| {
         let x = [b[i], b[i + 1], b[i + 2], b[i + 3]];
-        if big { u32::from_be_bytes(x) } else { u32::from_le_bytes(x) }
+        if big {
+            u32::from_be_bytes(x)
+        } else {
+            u32::from_le_bytes(x)
+        }
     };
     let too_long = |g: u16, e: u16, at: usize, len: u32, left: usize| {
         Err(format!(
@@ -389,7 +461,27 @@ pub fn check_dicom_lengths(b: &[u8]) -> std::result::Result<(), String> {
     let short_len = |vr: VR| {
         matches!(
             vr,
-            VR::AE | VR::AS | VR::AT | VR::CS | VR::DA | VR::DS | VR::DT | VR::FL | VR::FD | VR::IS | VR::LO | VR::LT | VR::PN | VR::SH | VR::SL | VR::SS | VR::ST | VR::TM | VR::UI | VR::UL | VR::US
+            VR::AE
+                | VR::AS
+                | VR::AT
+                | VR::CS
+                | VR::DA
+                | VR::DS
+                | VR::DT
+                | VR::FL
+                | VR::FD
+                | VR::IS
+                | VR::LO
+                | VR::LT
+                | VR::PN
+                | VR::SH
+                | VR::SL
+                | VR::SS
+                | VR::ST
+                | VR::TM
+                | VR::UI
+                | VR::UL
+                | VR::US
         )
     };
     // Bytes the parser actually consumes for a value: binary VRs are read
@@ -449,7 +541,9 @@ pub fn check_dicom_lengths(b: &[u8]) -> std::result::Result<(), String> {
             return too_long(g, e, at, len, n - i);
         }
         if (g, e) == (0x0002, 0x0010) {
-            ts = std::str::from_utf8(&b[i..i + len as usize]).ok().map(|t| t.trim_end_matches(['\0', ' ']).to_string());
+            ts = std::str::from_utf8(&b[i..i + len as usize])
+                .ok()
+                .map(|t| t.trim_end_matches(['\0', ' ']).to_string());
         }
         i += len as usize;
     }
@@ -517,7 +611,10 @@ pub fn check_dicom_lengths(b: &[u8]) -> std::result::Result<(), String> {
             let vr = if (g, e) == (0x7FE0, 0x0010) || (g >> 8 == 0x60 && e == 0x3000) {
                 VR::OW
             } else {
-                dicom_dictionary_std::StandardDataDictionary.by_tag(Tag(g, e)).map(|x| x.vr().relaxed()).unwrap_or(VR::UN)
+                dicom_dictionary_std::StandardDataDictionary
+                    .by_tag(Tag(g, e))
+                    .map(|x| x.vr().relaxed())
+                    .unwrap_or(VR::UN)
             };
             (vr, u32at(i + 4, big), 8)
         };
@@ -543,8 +640,15 @@ pub fn check_dicom_lengths(b: &[u8]) -> std::result::Result<(), String> {
     // hold a whole first frame (end-of-image marker) whose frame header does
     // not claim more pixels than the data can hold (the walk stops at the
     // first frame's end, so later frames do not count).
-    if matches!(ts.as_deref(), Some("1.2.840.10008.1.2.4.50") | Some("1.2.840.10008.1.2.4.51")) && frags.len() >= 2 {
-        let data: Vec<u8> = frags[1..].iter().flat_map(|&(at, len)| b[at..at + len].iter().copied()).collect();
+    if matches!(
+        ts.as_deref(),
+        Some("1.2.840.10008.1.2.4.50") | Some("1.2.840.10008.1.2.4.51")
+    ) && frags.len() >= 2
+    {
+        let data: Vec<u8> = frags[1..]
+            .iter()
+            .flat_map(|&(at, len)| b[at..at + len].iter().copied())
+            .collect();
         if data.starts_with(&[0xFF, 0xD8]) {
             check_jpeg(&data).map_err(|e| format!("DICOM JPEG frame: {e}"))?;
         }

@@ -21,7 +21,9 @@ use dicom_core::value::Value as DicomValue;
 use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
-use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder, PixelRepresentation, PlanarConfiguration};
+use dicom_pixeldata::{
+    PhotometricInterpretation, PixelDecoder, PixelRepresentation, PlanarConfiguration,
+};
 
 use super::cache::{MAX_ALLOC, MAX_SIDE};
 
@@ -46,7 +48,8 @@ pub fn decode_dicom(bytes: &[u8]) -> Result<image::RgbImage, String> {
 pub fn dicom_dimensions(bytes: &[u8]) -> Result<(u32, u32), String> {
     let obj = parse(bytes)?;
     let rows = get_u32(&obj, tags::ROWS, "Rows")?.ok_or("DICOM file has no Rows attribute")?;
-    let cols = get_u32(&obj, tags::COLUMNS, "Columns")?.ok_or("DICOM file has no Columns attribute")?;
+    let cols =
+        get_u32(&obj, tags::COLUMNS, "Columns")?.ok_or("DICOM file has no Columns attribute")?;
     Ok((cols, rows))
 }
 
@@ -72,15 +75,22 @@ fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, String> {
 fn decode_object(obj: &DefaultDicomObject) -> Result<image::RgbImage, String> {
     let pixel = match obj.get(tags::PIXEL_DATA) {
         Some(p) => p,
-        None if obj.get(tags::FLOAT_PIXEL_DATA).is_some() || obj.get(tags::DOUBLE_FLOAT_PIXEL_DATA).is_some() => {
-            return Err("DICOM file has floating-point pixel data, not an image of integer samples".into());
+        None if obj.get(tags::FLOAT_PIXEL_DATA).is_some()
+            || obj.get(tags::DOUBLE_FLOAT_PIXEL_DATA).is_some() =>
+        {
+            return Err(
+                "DICOM file has floating-point pixel data, not an image of integer samples".into(),
+            );
         }
         None => return Err("DICOM file has no pixel data".into()),
     };
     let rows = get_u32(obj, tags::ROWS, "Rows")?.ok_or("DICOM file has no Rows attribute")?;
-    let cols = get_u32(obj, tags::COLUMNS, "Columns")?.ok_or("DICOM file has no Columns attribute")?;
+    let cols =
+        get_u32(obj, tags::COLUMNS, "Columns")?.ok_or("DICOM file has no Columns attribute")?;
     if rows == 0 || cols == 0 || rows > MAX_SIDE || cols > MAX_SIDE {
-        return Err(format!("DICOM image is {cols}x{rows}; sides must be 1..={MAX_SIDE}"));
+        return Err(format!(
+            "DICOM image is {cols}x{rows}; sides must be 1..={MAX_SIDE}"
+        ));
     }
     if rows as u64 * cols as u64 * 3 > MAX_ALLOC {
         return Err(format!("DICOM image is {cols}x{rows}, too large to decode"));
@@ -89,7 +99,9 @@ fn decode_object(obj: &DefaultDicomObject) -> Result<image::RgbImage, String> {
     let fragments = match pixel.value() {
         DicomValue::PixelSequence(seq) => Some(seq.fragments()),
         DicomValue::Primitive(_) => None,
-        DicomValue::Sequence(_) => return Err("DICOM pixel data is a sequence, not pixel samples".into()),
+        DicomValue::Sequence(_) => {
+            return Err("DICOM pixel data is a sequence, not pixel samples".into());
+        }
     };
     if let Some(frags) = fragments {
         if frags.is_empty() || frags.iter().all(|f| f.is_empty()) {
@@ -99,7 +111,10 @@ fn decode_object(obj: &DefaultDicomObject) -> Result<image::RgbImage, String> {
             return decode_jpeg_frame(obj);
         }
     } else {
-        let have = pixel.value().primitive().map_or(0, |p| p.calculate_byte_len());
+        let have = pixel
+            .value()
+            .primitive()
+            .map_or(0, |p| p.calculate_byte_len());
         if have == 0 {
             return Err("DICOM file has no pixel data (empty PixelData)".into());
         }
@@ -112,7 +127,9 @@ fn decode_object(obj: &DefaultDicomObject) -> Result<image::RgbImage, String> {
             ));
         }
     }
-    let px = obj.decode_pixel_data_frame(0).map_err(|e| pixeldata_error(&e.to_string(), ts))?;
+    let px = obj
+        .decode_pixel_data_frame(0)
+        .map_err(|e| pixeldata_error(&e.to_string(), ts))?;
     native_to_rgb(
         px.data(),
         px.columns(),
@@ -147,16 +164,24 @@ fn decode_jpeg_frame(obj: &DefaultDicomObject) -> Result<image::RgbImage, String
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| format!("cannot decode the DICOM file's JPEG frame: {e}"))?;
+    let img = reader
+        .decode()
+        .map_err(|e| format!("cannot decode the DICOM file's JPEG frame: {e}"))?;
     Ok(img.to_rgb8())
 }
 
 /// Frame 0 of encapsulated pixel data, using the object's basic offset table
 /// when a frame spans several fragments.
 fn first_frame(obj: &DefaultDicomObject) -> Option<Cow<'_, [u8]>> {
-    let DicomValue::PixelSequence(seq) = obj.get(tags::PIXEL_DATA)?.value() else { return None };
+    let DicomValue::PixelSequence(seq) = obj.get(tags::PIXEL_DATA)?.value() else {
+        return None;
+    };
     let frags = seq.fragments();
-    let frames = get_u32(obj, tags::NUMBER_OF_FRAMES, "NumberOfFrames").ok().flatten().unwrap_or(1).max(1) as usize;
+    let frames = get_u32(obj, tags::NUMBER_OF_FRAMES, "NumberOfFrames")
+        .ok()
+        .flatten()
+        .unwrap_or(1)
+        .max(1) as usize;
     if frags.len() == frames || frags.len() == 1 {
         return frags.first().map(|f| Cow::Borrowed(&f[..]));
     }
@@ -168,7 +193,11 @@ fn first_frame(obj: &DefaultDicomObject) -> Option<Cow<'_, [u8]>> {
         let mut out = Vec::new();
         for f in frags {
             out.extend_from_slice(f);
-            let t = out.iter().rposition(|&b| b != 0).map(|i| i + 1).unwrap_or(0);
+            let t = out
+                .iter()
+                .rposition(|&b| b != 0)
+                .map(|i| i + 1)
+                .unwrap_or(0);
             if t >= 2 && out[t - 2..t] == [0xFF, 0xD9] {
                 break;
             }
@@ -204,9 +233,17 @@ fn native_to_rgb(
     let bytes_per = match bits_allocated {
         8 => 1,
         16 => 2,
-        b => return Err(format!("DICOM BitsAllocated {b} is not supported (8 or 16)")),
+        b => {
+            return Err(format!(
+                "DICOM BitsAllocated {b} is not supported (8 or 16)"
+            ));
+        }
     };
-    let bits = if bits_stored == 0 || bits_stored > bits_allocated { bits_allocated } else { bits_stored } as u32;
+    let bits = if bits_stored == 0 || bits_stored > bits_allocated {
+        bits_allocated
+    } else {
+        bits_stored
+    } as u32;
     let grey = match pi {
         PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2 => true,
         PhotometricInterpretation::Rgb | PhotometricInterpretation::YbrFull => false,
@@ -219,22 +256,36 @@ fn native_to_rgb(
     };
     let want_spp = if grey { 1 } else { 3 };
     if spp != want_spp {
-        return Err(format!("DICOM SamplesPerPixel is {spp}, expected {want_spp} for {}", pi.as_str()));
+        return Err(format!(
+            "DICOM SamplesPerPixel is {spp}, expected {want_spp} for {}",
+            pi.as_str()
+        ));
     }
     let need = n * spp as usize * bytes_per;
     if data.len() < need {
-        return Err(format!("DICOM pixel data is {} bytes, {cols}x{rows}x{spp} samples of {bits_allocated} bits need {need}", data.len()));
+        return Err(format!(
+            "DICOM pixel data is {} bytes, {cols}x{rows}x{spp} samples of {bits_allocated} bits need {need}",
+            data.len()
+        ));
     }
     // One sample -> 0..=255: mask to BitsStored, undo two's complement by an
     // offset of half the range, scale the stored range onto 8 bits.
     let max = (1u64 << bits) - 1;
     let sample = |i: usize| -> u8 {
-        let raw = if bytes_per == 1 { data[i] as u64 } else { u16::from_ne_bytes([data[2 * i], data[2 * i + 1]]) as u64 };
+        let raw = if bytes_per == 1 {
+            data[i] as u64
+        } else {
+            u16::from_ne_bytes([data[2 * i], data[2 * i + 1]]) as u64
+        };
         let mut v = raw & max;
         if signed {
             v ^= 1 << (bits - 1);
         }
-        if bits == 8 { v as u8 } else { ((v * 255 + max / 2) / max) as u8 }
+        if bits == 8 {
+            v as u8
+        } else {
+            ((v * 255 + max / 2) / max) as u8
+        }
     };
     let mut out = vec![0u8; n * 3];
     if grey {
@@ -254,26 +305,40 @@ fn native_to_rgb(
             for p in out.chunks_exact_mut(3) {
                 let (y, cb, cr) = (p[0] as f32, p[1] as f32 - 128.0, p[2] as f32 - 128.0);
                 p[0] = (y + 1.402 * cr).round().clamp(0.0, 255.0) as u8;
-                p[1] = (y - 0.344_136 * cb - 0.714_136 * cr).round().clamp(0.0, 255.0) as u8;
+                p[1] = (y - 0.344_136 * cb - 0.714_136 * cr)
+                    .round()
+                    .clamp(0.0, 255.0) as u8;
                 p[2] = (y + 1.772 * cb).round().clamp(0.0, 255.0) as u8;
             }
         }
     }
-    image::RgbImage::from_raw(cols, rows, out).ok_or_else(|| "DICOM pixel buffer has the wrong size".to_string())
+    image::RgbImage::from_raw(cols, rows, out)
+        .ok_or_else(|| "DICOM pixel buffer has the wrong size".to_string())
 }
 
 /// An unsigned integer attribute (US, UL, IS) from the top-level data set.
-fn get_u32(obj: &DefaultDicomObject, tag: dicom_object::Tag, name: &str) -> Result<Option<u32>, String> {
+fn get_u32(
+    obj: &DefaultDicomObject,
+    tag: dicom_object::Tag,
+    name: &str,
+) -> Result<Option<u32>, String> {
     match obj.get(tag) {
         None => Ok(None),
-        Some(e) => e.to_int::<u32>().map(Some).map_err(|_| format!("DICOM attribute {name} is not a valid unsigned integer")),
+        Some(e) => e
+            .to_int::<u32>()
+            .map(Some)
+            .map_err(|_| format!("DICOM attribute {name} is not a valid unsigned integer")),
     }
 }
 
 /// A technical code string, shown only when it looks like one.
 fn printable(s: &str) -> String {
     let s = s.trim_end_matches(['\0', ' ']);
-    if !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._ -".contains(c)) {
+    if !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._ -".contains(c))
+    {
         s.to_string()
     } else {
         "(unprintable)".to_string()

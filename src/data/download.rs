@@ -51,7 +51,11 @@ pub struct DownloadOptions {
 impl DownloadOptions {
     /// `dest` with no URL override and 3 retries.
     pub fn new(dest: impl Into<PathBuf>) -> DownloadOptions {
-        DownloadOptions { dest: dest.into(), base_url_override: None, retries: 3 }
+        DownloadOptions {
+            dest: dest.into(),
+            base_url_override: None,
+            retries: 3,
+        }
     }
 }
 
@@ -148,16 +152,38 @@ pub fn download(desc: &Descriptor, opts: &DownloadOptions) -> Result<DownloadRep
     let dest = opts.dest.as_path();
     let mut jobs = Vec::new();
     for sf in &desc.splits {
-        let field = |f: &str| format!("descriptor {}, split {}: `{f}`", desc.name, sf.split.as_str());
-        let images = relative_name(&sf.images).map_err(|m| other(format!("{} {:?} {m}", field("images"), sf.images)))?;
-        let gt = relative_name(&sf.ground_truth).map_err(|m| other(format!("{} {:?} {m}", field("ground_truth"), sf.ground_truth)))?;
-        let url = sf.url.as_deref().ok_or_else(|| other(format!("{} is missing: nothing to download the images from", field("url"))))?;
-        let gt_url = sf
-            .ground_truth_url
-            .as_deref()
-            .ok_or_else(|| other(format!("{} is missing: nothing to download the labels from", field("ground_truth_url"))))?;
-        let sha = checksum(sf.sha256.as_deref()).map_err(|m| other(format!("{} {m}", field("sha256"))))?;
-        let gt_sha = checksum(sf.ground_truth_sha256.as_deref()).map_err(|m| other(format!("{} {m}", field("ground_truth_sha256"))))?;
+        let field = |f: &str| {
+            format!(
+                "descriptor {}, split {}: `{f}`",
+                desc.name,
+                sf.split.as_str()
+            )
+        };
+        let images = relative_name(&sf.images)
+            .map_err(|m| other(format!("{} {:?} {m}", field("images"), sf.images)))?;
+        let gt = relative_name(&sf.ground_truth).map_err(|m| {
+            other(format!(
+                "{} {:?} {m}",
+                field("ground_truth"),
+                sf.ground_truth
+            ))
+        })?;
+        let url = sf.url.as_deref().ok_or_else(|| {
+            other(format!(
+                "{} is missing: nothing to download the images from",
+                field("url")
+            ))
+        })?;
+        let gt_url = sf.ground_truth_url.as_deref().ok_or_else(|| {
+            other(format!(
+                "{} is missing: nothing to download the labels from",
+                field("ground_truth_url")
+            ))
+        })?;
+        let sha = checksum(sf.sha256.as_deref())
+            .map_err(|m| other(format!("{} {m}", field("sha256"))))?;
+        let gt_sha = checksum(sf.ground_truth_sha256.as_deref())
+            .map_err(|m| other(format!("{} {m}", field("ground_truth_sha256"))))?;
         let mut zip_name = images.clone().into_os_string();
         zip_name.push(".zip");
         jobs.push(Job {
@@ -183,7 +209,11 @@ pub fn download(desc: &Descriptor, opts: &DownloadOptions) -> Result<DownloadRep
     for job in &jobs {
         files.push(run_job(&agent, job, dest, opts.retries)?);
     }
-    Ok(DownloadReport { dataset: desc.name.clone(), dest: dest.to_path_buf(), files })
+    Ok(DownloadReport {
+        dataset: desc.name.clone(),
+        dest: dest.to_path_buf(),
+        files,
+    })
 }
 
 /// `url` with its scheme and host replaced by `base` (which may carry a path
@@ -191,22 +221,31 @@ pub fn download(desc: &Descriptor, opts: &DownloadOptions) -> Result<DownloadRep
 pub fn resolve_url(url: &str, base: Option<&str>) -> Result<String> {
     let url = url.trim();
     let Some((_, rest)) = url.split_once("://") else {
-        return Err(other(format!("{url}: not an absolute URL (scheme://host/path)")));
+        return Err(other(format!(
+            "{url}: not an absolute URL (scheme://host/path)"
+        )));
     };
     let out = match base {
         None => url.to_string(),
         Some(b) => {
             let b = b.trim().trim_end_matches('/');
             if !b.contains("://") {
-                return Err(other(format!("base URL override {b:?}: not an absolute URL (scheme://host)")));
+                return Err(other(format!(
+                    "base URL override {b:?}: not an absolute URL (scheme://host)"
+                )));
             }
             let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
             format!("{b}{path}")
         }
     };
-    let scheme = out.split_once("://").map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
+    let scheme = out
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .unwrap_or_default();
     if scheme != "http" && scheme != "https" {
-        return Err(other(format!("{out}: only http and https URLs can be downloaded")));
+        return Err(other(format!(
+            "{out}: only http and https URLs can be downloaded"
+        )));
     }
     Ok(out)
 }
@@ -216,7 +255,10 @@ fn other(msg: String) -> Error {
 }
 
 fn file_err(path: &Path, msg: String) -> Error {
-    Error::Data(DataError::Layout { path: path.to_path_buf(), msg })
+    Error::Data(DataError::Layout {
+        path: path.to_path_buf(),
+        msg,
+    })
 }
 
 /// A descriptor name (`images`, `ground_truth`) as a path below the destination.
@@ -255,7 +297,11 @@ fn safe_relative(name: &str) -> std::result::Result<Option<PathBuf>, &'static st
             c => out.push(c),
         }
     }
-    Ok(if out.as_os_str().is_empty() { None } else { Some(out) })
+    Ok(if out.as_os_str().is_empty() {
+        None
+    } else {
+        Some(out)
+    })
 }
 
 fn agent() -> ureq::Agent {
@@ -292,24 +338,49 @@ fn run_job(agent: &ureq::Agent, job: &Job, dest: &Path, retries: usize) -> Resul
     let marker = folder.join(COMPLETE_MARKER);
     if let Some(m) = read_marker(&marker) {
         if job.expected.as_ref().is_none_or(|e| *e == m.sha256) {
-            tracing::info!("{}: complete ({} files), nothing to fetch", folder.display(), m.entries);
+            tracing::info!(
+                "{}: complete ({} files), nothing to fetch",
+                folder.display(),
+                m.entries
+            );
             report.bytes = m.bytes;
             report.sha256 = m.sha256;
             report.skipped = true;
-            report.extracted = Some(Extraction { folder, entries: m.entries, skipped: true });
+            report.extracted = Some(Extraction {
+                folder,
+                entries: m.entries,
+                skipped: true,
+            });
             return Ok(report);
         }
-        tracing::warn!("{}: extracted from a zip with another checksum ({}); fetching again", folder.display(), m.sha256);
+        tracing::warn!(
+            "{}: extracted from a zip with another checksum ({}); fetching again",
+            folder.display(),
+            m.sha256
+        );
         fs::remove_file(&marker).map_err(io(&marker))?;
     }
     let f = fetch(agent, &job.url, &job.path, job.expected.as_deref(), retries)?;
     report.apply(f);
     let entries = extract(&job.path, dest, images)?;
-    let zip = job.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let m = Marker { zip, sha256: report.sha256.clone(), bytes: report.bytes, entries };
+    let zip = job
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let m = Marker {
+        zip,
+        sha256: report.sha256.clone(),
+        bytes: report.bytes,
+        entries,
+    };
     let json = serde_json::to_vec_pretty(&m).map_err(|e| file_err(&marker, e.to_string()))?;
     write_atomic(&marker, &json)?;
-    report.extracted = Some(Extraction { folder, entries, skipped: false });
+    report.extracted = Some(Extraction {
+        folder,
+        entries,
+        skipped: false,
+    });
     Ok(report)
 }
 
@@ -343,15 +414,32 @@ fn part_path(path: &Path) -> PathBuf {
 }
 
 /// Makes `path` a complete, verified copy of `url`.
-fn fetch(agent: &ureq::Agent, url: &str, path: &Path, expected: Option<&str>, retries: usize) -> Result<Fetched> {
+fn fetch(
+    agent: &ureq::Agent,
+    url: &str,
+    path: &Path,
+    expected: Option<&str>,
+    retries: usize,
+) -> Result<Fetched> {
     if path.is_file() {
         let (bytes, sha256) = hash_file(path)?;
         match expected {
             Some(e) if e != sha256 => {
-                tracing::warn!("{}: SHA-256 {sha256} does not match the descriptor's {e}; fetching again", path.display());
+                tracing::warn!(
+                    "{}: SHA-256 {sha256} does not match the descriptor's {e}; fetching again",
+                    path.display()
+                );
                 fs::remove_file(path).map_err(io(path))?;
             }
-            _ => return Ok(Fetched { bytes, sha256, resumed: false, skipped: true, received: 0 }),
+            _ => {
+                return Ok(Fetched {
+                    bytes,
+                    sha256,
+                    resumed: false,
+                    skipped: true,
+                    received: 0,
+                });
+            }
         }
     }
     let part = part_path(path);
@@ -386,12 +474,20 @@ fn fetch(agent: &ureq::Agent, url: &str, path: &Path, expected: Option<&str>, re
             let _ = fs::remove_file(&part);
             return Err(file_err(
                 path,
-                format!("SHA-256 mismatch (downloaded from {url}): expected {e}, got {sha256}; the download was removed"),
+                format!(
+                    "SHA-256 mismatch (downloaded from {url}): expected {e}, got {sha256}; the download was removed"
+                ),
             ));
         }
     }
     fs::rename(&part, path).map_err(io(path))?;
-    Ok(Fetched { bytes, sha256, resumed, skipped: false, received })
+    Ok(Fetched {
+        bytes,
+        sha256,
+        resumed,
+        skipped: false,
+        received,
+    })
 }
 
 enum Attempt {
@@ -401,21 +497,36 @@ enum Attempt {
 }
 
 /// One request: appends to (or restarts) `part`. Ok(true) when it resumed.
-fn attempt(agent: &ureq::Agent, url: &str, part: &Path, received: &mut u64) -> std::result::Result<bool, Attempt> {
-    let fatal_io = |e: io::Error| Attempt::Fatal(Error::Io { path: part.to_path_buf(), source: e });
+fn attempt(
+    agent: &ureq::Agent,
+    url: &str,
+    part: &Path,
+    received: &mut u64,
+) -> std::result::Result<bool, Attempt> {
+    let fatal_io = |e: io::Error| {
+        Attempt::Fatal(Error::Io {
+            path: part.to_path_buf(),
+            source: e,
+        })
+    };
     let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let mut req = agent.get(url);
     if have > 0 {
         req = req.header("Range", format!("bytes={have}-"));
     }
     let resp = req.call().map_err(|e| match e {
-        ureq::Error::Io(_) | ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed | ureq::Error::Protocol(_) => {
-            Attempt::Retry(e.to_string())
-        }
+        ureq::Error::Io(_)
+        | ureq::Error::Timeout(_)
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::Protocol(_) => Attempt::Retry(e.to_string()),
         e => Attempt::Fatal(other(format!("{url}: {e}"))),
     })?;
     let status = resp.status().as_u16();
-    let range = resp.headers().get("content-range").and_then(|v| v.to_str().ok()).map(parse_content_range);
+    let range = resp
+        .headers()
+        .get("content-range")
+        .and_then(|v| v.to_str().ok())
+        .map(parse_content_range);
     let body = resp.into_body();
     let len = body.content_length();
     let restart = || File::create(part).map(drop).map_err(fatal_io);
@@ -424,13 +535,21 @@ fn attempt(agent: &ureq::Agent, url: &str, part: &Path, received: &mut u64) -> s
         206 => {
             let Some((Some(start), total)) = range else {
                 restart()?;
-                return Err(Attempt::Retry("HTTP 206 without a usable Content-Range; starting again".into()));
+                return Err(Attempt::Retry(
+                    "HTTP 206 without a usable Content-Range; starting again".into(),
+                ));
             };
             if start != have {
                 restart()?;
-                return Err(Attempt::Retry(format!("the server resumed at byte {start}, not {have}; starting again")));
+                return Err(Attempt::Retry(format!(
+                    "the server resumed at byte {start}, not {have}; starting again"
+                )));
             }
-            let f = OpenOptions::new().append(true).create(true).open(part).map_err(fatal_io)?;
+            let f = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(part)
+                .map_err(fatal_io)?;
             (f, have, total.or(len.map(|l| have + l)))
         }
         416 if have > 0 => {
@@ -439,7 +558,9 @@ fn attempt(agent: &ureq::Agent, url: &str, part: &Path, received: &mut u64) -> s
                 return Ok(true);
             }
             restart()?;
-            return Err(Attempt::Retry(format!("the server cannot resume at byte {have}; starting again")));
+            return Err(Attempt::Retry(format!(
+                "the server cannot resume at byte {have}; starting again"
+            )));
         }
         408 | 429 | 500..=599 => return Err(Attempt::Retry(format!("HTTP {status}"))),
         _ => return Err(Attempt::Fatal(other(format!("{url}: HTTP {status}")))),
@@ -469,10 +590,14 @@ fn attempt(agent: &ureq::Agent, url: &str, part: &Path, received: &mut u64) -> s
     drop(file);
     let now = fs::metadata(part).map_err(fatal_io)?.len();
     match total {
-        Some(t) if now < t => Err(Attempt::Retry(format!("connection closed at byte {now} of {t}"))),
+        Some(t) if now < t => Err(Attempt::Retry(format!(
+            "connection closed at byte {now} of {t}"
+        ))),
         Some(t) if now > t => {
             restart()?;
-            Err(Attempt::Retry(format!("got {now} bytes, more than the {t} announced; starting again")))
+            Err(Attempt::Retry(format!(
+                "got {now} bytes, more than the {t} announced; starting again"
+            )))
         }
         _ => Ok(offset > 0),
     }
@@ -481,9 +606,13 @@ fn attempt(agent: &ureq::Agent, url: &str, part: &Path, received: &mut u64) -> s
 /// `bytes START-END/TOTAL` or `bytes */TOTAL` -> (START, TOTAL).
 fn parse_content_range(v: &str) -> (Option<u64>, Option<u64>) {
     let v = v.trim();
-    let Some(rest) = v.strip_prefix("bytes").map(str::trim_start) else { return (None, None) };
+    let Some(rest) = v.strip_prefix("bytes").map(str::trim_start) else {
+        return (None, None);
+    };
     let (range, total) = rest.split_once('/').unwrap_or((rest, "*"));
-    let start = range.split_once('-').and_then(|(a, _)| a.trim().parse().ok());
+    let start = range
+        .split_once('-')
+        .and_then(|(a, _)| a.trim().parse().ok());
     (start, total.trim().parse().ok())
 }
 
@@ -498,7 +627,12 @@ fn hash_file(path: &Path) -> Result<(u64, String)> {
             Ok(0) => break,
             Ok(k) => k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::Io { path: path.into(), source: e }),
+            Err(e) => {
+                return Err(Error::Io {
+                    path: path.into(),
+                    source: e,
+                });
+            }
         };
         h.update(&buf[..k]);
         n += k as u64;
@@ -510,13 +644,24 @@ fn hash_file(path: &Path) -> Result<(u64, String)> {
 /// of files written. The zip must yield the folder `images`.
 fn extract(zip: &Path, dest: &Path, images: &Path) -> Result<usize> {
     let f = File::open(zip).map_err(io(zip))?;
-    let mut ar = zip::ZipArchive::new(BufReader::new(f)).map_err(|e| file_err(zip, format!("not a readable zip: {e}")))?;
+    let mut ar = zip::ZipArchive::new(BufReader::new(f))
+        .map_err(|e| file_err(zip, format!("not a readable zip: {e}")))?;
     // Check every entry before writing anything.
     let mut plan = Vec::with_capacity(ar.len());
     for i in 0..ar.len() {
-        let e = ar.by_index_raw(i).map_err(|e| file_err(zip, format!("entry {i}: {e}")))?;
-        let name = e.name().map_err(|e| file_err(zip, format!("entry {i}: {e}")))?.into_owned();
-        let refuse = |why: &str| file_err(zip, format!("unsafe entry {name:?}: {why}; nothing was extracted"));
+        let e = ar
+            .by_index_raw(i)
+            .map_err(|e| file_err(zip, format!("entry {i}: {e}")))?;
+        let name = e
+            .name()
+            .map_err(|e| file_err(zip, format!("entry {i}: {e}")))?
+            .into_owned();
+        let refuse = |why: &str| {
+            file_err(
+                zip,
+                format!("unsafe entry {name:?}: {why}; nothing was extracted"),
+            )
+        };
         let rel = safe_relative(&name).map_err(|m| refuse(m))?;
         if e.enclosed_name().is_none() {
             return Err(refuse("it would escape the target folder"));
@@ -532,7 +677,11 @@ fn extract(zip: &Path, dest: &Path, images: &Path) -> Result<usize> {
             return Err(file_err(zip, format!("entry {name:?} is encrypted")));
         }
         let Some(rel) = rel else { continue };
-        if rel.components().next().is_some_and(|c| c.as_os_str() == "__MACOSX") {
+        if rel
+            .components()
+            .next()
+            .is_some_and(|c| c.as_os_str() == "__MACOSX")
+        {
             continue;
         }
         plan.push((i, name, rel, e.is_dir() || kind == 0o040000));
@@ -547,9 +696,14 @@ fn extract(zip: &Path, dest: &Path, images: &Path) -> Result<usize> {
         }
         let parent = out.parent().unwrap_or(dest);
         fs::create_dir_all(parent).map_err(io(parent))?;
-        let fname = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let fname = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = parent.join(format!(".{fname}.{pid}.tmp"));
-        let mut e = ar.by_index(i).map_err(|e| file_err(zip, format!("entry {name:?}: {e}")))?;
+        let mut e = ar
+            .by_index(i)
+            .map_err(|e| file_err(zip, format!("entry {name:?}: {e}")))?;
         let res = (|| {
             let mut w = BufWriter::new(File::create(&tmp)?);
             io::copy(&mut e, &mut w)?;
@@ -557,15 +711,28 @@ fn extract(zip: &Path, dest: &Path, images: &Path) -> Result<usize> {
         })();
         if let Err(err) = res {
             let _ = fs::remove_file(&tmp);
-            return Err(file_err(zip, format!("entry {name:?} -> {}: {err}", out.display())));
+            return Err(file_err(
+                zip,
+                format!("entry {name:?} -> {}: {err}", out.display()),
+            ));
         }
         fs::rename(&tmp, &out).map_err(io(&out))?;
         files += 1;
     }
     let folder = dest.join(images);
     if !folder.is_dir() {
-        return Err(file_err(zip, format!("holds no {}/ folder (the descriptor's `images`)", images.display())));
+        return Err(file_err(
+            zip,
+            format!(
+                "holds no {}/ folder (the descriptor's `images`)",
+                images.display()
+            ),
+        ));
     }
-    tracing::info!("{}: extracted {files} files into {}", zip.display(), dest.display());
+    tracing::info!(
+        "{}: extracted {files} files into {}",
+        zip.display(),
+        dest.display()
+    );
     Ok(files)
 }

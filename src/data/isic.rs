@@ -51,12 +51,17 @@ impl Descriptor {
 
     pub fn from_file(path: &Path) -> Result<Descriptor> {
         let s = std::fs::read_to_string(path).map_err(super::io_err(path))?;
-        toml::from_str(&s).map_err(|e| DataError::Layout { path: path.into(), msg: e.to_string() })
+        toml::from_str(&s).map_err(|e| DataError::Layout {
+            path: path.into(),
+            msg: e.to_string(),
+        })
     }
 
     /// True when `root` holds this layout's ground-truth files.
     pub fn detect(&self, root: &Path) -> bool {
-        self.splits.iter().any(|s| root.join(&s.ground_truth).is_file())
+        self.splits
+            .iter()
+            .any(|s| root.join(&s.ground_truth).is_file())
     }
 
     /// Reads every split; every listed image must exist.
@@ -67,20 +72,42 @@ impl Descriptor {
             let gt = root.join(&sf.ground_truth);
             let dir = root.join(&sf.images);
             if !dir.is_dir() {
-                return Err(DataError::Layout { path: dir, msg: "image folder missing".into() });
+                return Err(DataError::Layout {
+                    path: dir,
+                    msg: "image folder missing".into(),
+                });
             }
             for (id, label, line) in read_ground_truth(&gt, &self.positive_column)? {
                 if !ids.insert(id.clone()) {
-                    return Err(DataError::Csv { path: gt.clone(), line, msg: format!("image id {id} listed twice") });
+                    return Err(DataError::Csv {
+                        path: gt.clone(),
+                        line,
+                        msg: format!("image id {id} listed twice"),
+                    });
                 }
                 let path: PathBuf = dir.join(format!("{id}.{}", self.image_extension));
                 if !path.is_file() {
-                    return Err(DataError::Csv { path: gt.clone(), line, msg: format!("image {} not found", path.display()) });
+                    return Err(DataError::Csv {
+                        path: gt.clone(),
+                        line,
+                        msg: format!("image {} not found", path.display()),
+                    });
                 }
-                samples.push(Sample { group: id.clone(), id, path, label: Some(label), split: sf.split });
+                samples.push(Sample {
+                    group: id.clone(),
+                    id,
+                    path,
+                    label: Some(label),
+                    split: sf.split,
+                });
             }
         }
-        Ok(Dataset { name: self.name.clone(), root: root.into(), samples, splits_assigned: false })
+        Ok(Dataset {
+            name: self.name.clone(),
+            root: root.into(),
+            samples,
+            splits_assigned: false,
+        })
     }
 }
 
@@ -88,27 +115,61 @@ impl Descriptor {
 pub fn read_ground_truth(path: &Path, positive: &str) -> Result<Vec<(String, u8, u64)>> {
     let mut rdr = csv::ReaderBuilder::new()
         .from_path(path)
-        .map_err(|e| DataError::Csv { path: path.into(), line: 1, msg: e.to_string() })?;
-    let h = rdr.headers().map_err(|e| DataError::Csv { path: path.into(), line: 1, msg: e.to_string() })?.clone();
+        .map_err(|e| DataError::Csv {
+            path: path.into(),
+            line: 1,
+            msg: e.to_string(),
+        })?;
+    let h = rdr
+        .headers()
+        .map_err(|e| DataError::Csv {
+            path: path.into(),
+            line: 1,
+            msg: e.to_string(),
+        })?
+        .clone();
     let idc = h.iter().position(|c| c.trim() == "image_id");
     let pc = h.iter().position(|c| c.trim() == positive);
     let (Some(idc), Some(pc)) = (idc, pc) else {
-        return Err(DataError::Csv { path: path.into(), line: 1, msg: format!("header must have image_id and {positive}, has {:?}", h.iter().collect::<Vec<_>>()) });
+        return Err(DataError::Csv {
+            path: path.into(),
+            line: 1,
+            msg: format!(
+                "header must have image_id and {positive}, has {:?}",
+                h.iter().collect::<Vec<_>>()
+            ),
+        });
     };
     let mut out = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let line = i as u64 + 2;
-        let rec = rec.map_err(|e| DataError::Csv { path: path.into(), line, msg: e.to_string() })?;
+        let rec = rec.map_err(|e| DataError::Csv {
+            path: path.into(),
+            line,
+            msg: e.to_string(),
+        })?;
         let id = rec.get(idc).unwrap_or("").trim().to_string();
         if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {
-            return Err(DataError::Csv { path: path.into(), line, msg: format!("bad image id {id:?}") });
+            return Err(DataError::Csv {
+                path: path.into(),
+                line,
+                msg: format!("bad image id {id:?}"),
+            });
         }
         let v = rec.get(pc).unwrap_or("");
-        let label = parse_label(v).ok_or_else(|| DataError::Csv { path: path.into(), line, msg: format!("{positive} value {v:?} is not 0/1") })?;
+        let label = parse_label(v).ok_or_else(|| DataError::Csv {
+            path: path.into(),
+            line,
+            msg: format!("{positive} value {v:?} is not 0/1"),
+        })?;
         out.push((id, label, line));
     }
     if out.is_empty() {
-        return Err(DataError::Csv { path: path.into(), line: 1, msg: "no rows".into() });
+        return Err(DataError::Csv {
+            path: path.into(),
+            line: 1,
+            msg: "no rows".into(),
+        });
     }
     Ok(out)
 }

@@ -43,7 +43,9 @@ pub struct OpenOptions {
 }
 
 fn is_image_file(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
 fn hidden(name: &str) -> bool {
@@ -51,11 +53,15 @@ fn hidden(name: &str) -> bool {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
+    p.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
 }
 
 fn stem(p: &Path) -> String {
-    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Sorted (name, path) of the non-hidden entries of `dir` that are folders
@@ -80,11 +86,17 @@ fn list(dir: &Path, dirs: bool) -> Result<Vec<(String, PathBuf)>> {
 }
 
 fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    Ok(list(dir, false)?.into_iter().map(|(_, p)| p).filter(|p| is_image_file(p)).collect())
+    Ok(list(dir, false)?
+        .into_iter()
+        .map(|(_, p)| p)
+        .filter(|p| is_image_file(p))
+        .collect())
 }
 
 fn dataset_name(root: &Path) -> String {
-    root.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    root.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Rejects two samples with one id, naming both files.
@@ -94,7 +106,12 @@ fn check_unique_ids(root: &Path, samples: &[Sample]) -> Result<()> {
         if let Some(prev) = seen.insert(&s.id, &s.path) {
             return Err(DataError::Layout {
                 path: root.into(),
-                msg: format!("image id {} is used twice: {} and {} (ids are file names without extension and must be unique)", s.id, prev.display(), s.path.display()),
+                msg: format!(
+                    "image id {} is used twice: {} and {} (ids are file names without extension and must be unique)",
+                    s.id,
+                    prev.display(),
+                    s.path.display()
+                ),
             });
         }
     }
@@ -106,13 +123,21 @@ fn check_unique_ids(root: &Path, samples: &[Sample]) -> Result<()> {
 /// Column indices of a HAM-style header, if it has `lesion_id`, `image_id`
 /// and `dx`.
 fn ham_columns(headers: &csv::StringRecord) -> Option<(usize, usize, usize)> {
-    let col = |name: &str| headers.iter().position(|h| h.trim().trim_start_matches('\u{feff}').eq_ignore_ascii_case(name));
+    let col = |name: &str| {
+        headers.iter().position(|h| {
+            h.trim()
+                .trim_start_matches('\u{feff}')
+                .eq_ignore_ascii_case(name)
+        })
+    };
     Some((col("lesion_id")?, col("image_id")?, col("dx")?))
 }
 
 /// True when `path` is a CSV file whose header has `lesion_id,image_id,dx`.
 pub fn is_ham_csv(path: &Path) -> bool {
-    let Ok(mut rdr) = csv::ReaderBuilder::new().flexible(true).from_path(path) else { return false };
+    let Ok(mut rdr) = csv::ReaderBuilder::new().flexible(true).from_path(path) else {
+        return false;
+    };
     rdr.headers().ok().is_some_and(|h| ham_columns(h).is_some())
 }
 
@@ -135,7 +160,11 @@ pub fn find_ham_csv(dir: &Path) -> Result<Option<PathBuf>> {
             path: dir.into(),
             msg: format!(
                 "several HAM-style metadata CSVs ({}); open the one to use directly",
-                found.iter().map(|p| file_name(p)).collect::<Vec<_>>().join(", ")
+                found
+                    .iter()
+                    .map(|p| file_name(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }),
     }
@@ -157,11 +186,17 @@ fn index_images(dir: &Path, depth: usize, out: &mut HashMap<String, PathBuf>) ->
             }
             Some(prev) => {
                 let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(io_err(p));
-                let same = len(prev)? == len(&p)? && std::fs::read(prev).map_err(io_err(prev))? == std::fs::read(&p).map_err(io_err(&p))?;
+                let same = len(prev)? == len(&p)?
+                    && std::fs::read(prev).map_err(io_err(prev))?
+                        == std::fs::read(&p).map_err(io_err(&p))?;
                 if !same {
                     return Err(DataError::Layout {
                         path: dir.into(),
-                        msg: format!("image id {id} is used twice, with different content: {} and {}", prev.display(), p.display()),
+                        msg: format!(
+                            "image id {id} is used twice, with different content: {} and {}",
+                            prev.display(),
+                            p.display()
+                        ),
                     });
                 }
             }
@@ -179,12 +214,37 @@ fn index_images(dir: &Path, depth: usize, out: &mut HashMap<String, PathBuf>) ->
 /// in its folder or sub-folders. `positive`: the positive `dx` code
 /// (default `mel`).
 pub fn read_ham(path: &Path, positive: Option<&str>) -> Result<Dataset> {
-    let root = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let csv_err = |line: u64, msg: String| DataError::Csv { path: path.into(), line, msg };
-    let mut rdr = csv::ReaderBuilder::new().flexible(false).from_path(path).map_err(|e| csv_err(1, e.to_string()))?;
-    let headers = rdr.headers().map_err(|e| csv_err(1, e.to_string()))?.clone();
-    let (lc, ic, dc) = ham_columns(&headers).ok_or_else(|| csv_err(1, format!("header must have lesion_id, image_id and dx, has {:?}", headers.iter().collect::<Vec<_>>())))?;
-    let pos_dx = positive.unwrap_or(HAM_POSITIVE_DX).trim().to_ascii_lowercase();
+    let root = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let csv_err = |line: u64, msg: String| DataError::Csv {
+        path: path.into(),
+        line,
+        msg,
+    };
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_path(path)
+        .map_err(|e| csv_err(1, e.to_string()))?;
+    let headers = rdr
+        .headers()
+        .map_err(|e| csv_err(1, e.to_string()))?
+        .clone();
+    let (lc, ic, dc) = ham_columns(&headers).ok_or_else(|| {
+        csv_err(
+            1,
+            format!(
+                "header must have lesion_id, image_id and dx, has {:?}",
+                headers.iter().collect::<Vec<_>>()
+            ),
+        )
+    })?;
+    let pos_dx = positive
+        .unwrap_or(HAM_POSITIVE_DX)
+        .trim()
+        .to_ascii_lowercase();
     let mut index = HashMap::new();
     index_images(&root, HAM_SEARCH_DEPTH, &mut index)?;
     let mut samples = Vec::new();
@@ -198,19 +258,45 @@ pub fn read_ham(path: &Path, positive: Option<&str>) -> Result<Dataset> {
             return Err(csv_err(line, format!("bad image_id {id:?}")));
         }
         if let Some(first) = lines.insert(id.to_string(), line) {
-            return Err(csv_err(line, format!("image_id {id} listed twice (first on line {first})")));
+            return Err(csv_err(
+                line,
+                format!("image_id {id} listed twice (first on line {first})"),
+            ));
         }
         let lesion = rec.get(lc).unwrap_or("").trim();
         if lesion.is_empty() {
-            return Err(csv_err(line, format!("image {id} has an empty lesion_id (needed to keep a lesion's images in one split)")));
+            return Err(csv_err(
+                line,
+                format!(
+                    "image {id} has an empty lesion_id (needed to keep a lesion's images in one split)"
+                ),
+            ));
         }
         let dx = rec.get(dc).unwrap_or("").trim().to_ascii_lowercase();
-        let label = if dx.is_empty() { None } else { Some((dx == pos_dx) as u8) };
+        let label = if dx.is_empty() {
+            None
+        } else {
+            Some((dx == pos_dx) as u8)
+        };
         if !dx.is_empty() {
             *dx_seen.entry(dx).or_default() += 1;
         }
-        let img = index.get(id).ok_or_else(|| csv_err(line, format!("image {id}.jpg not found in {} or its sub-folders", root.display())))?;
-        samples.push(Sample { id: id.to_string(), path: img.clone(), label, split: Split::Train, group: lesion.to_string() });
+        let img = index.get(id).ok_or_else(|| {
+            csv_err(
+                line,
+                format!(
+                    "image {id}.jpg not found in {} or its sub-folders",
+                    root.display()
+                ),
+            )
+        })?;
+        samples.push(Sample {
+            id: id.to_string(),
+            path: img.clone(),
+            label,
+            split: Split::Train,
+            group: lesion.to_string(),
+        });
     }
     if samples.is_empty() {
         return Err(csv_err(1, "no rows".into()));
@@ -218,13 +304,25 @@ pub fn read_ham(path: &Path, positive: Option<&str>) -> Result<Dataset> {
     if positive.is_some() && !dx_seen.contains_key(&pos_dx) {
         return Err(csv_err(
             1,
-            format!("positive dx code {pos_dx:?} never occurs; dx values: {}", dx_seen.iter().map(|(k, n)| format!("{k} ({n})")).collect::<Vec<_>>().join(", ")),
+            format!(
+                "positive dx code {pos_dx:?} never occurs; dx values: {}",
+                dx_seen
+                    .iter()
+                    .map(|(k, n)| format!("{k} ({n})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         ));
     }
     assign_splits(&mut samples);
     check_unique_ids(path, &samples)?;
     check_groups(path, &samples)?;
-    Ok(Dataset { name: dataset_name(&root), root, samples, splits_assigned: true })
+    Ok(Dataset {
+        name: dataset_name(&root),
+        root,
+        samples,
+        splits_assigned: true,
+    })
 }
 
 /// The line of a CSV error, when the csv crate knows it.
@@ -269,7 +367,10 @@ fn classify(root: &Path) -> Result<Option<ClassLayout>> {
         let mut out = Vec::new();
         for (s, n, classes) in &split_dirs {
             if let Some(prev) = seen.insert(*s, n) {
-                return Err(DataError::Layout { path: root.into(), msg: format!("folders {prev} and {n} are both the {} split", s.as_str()) });
+                return Err(DataError::Layout {
+                    path: root.into(),
+                    msg: format!("folders {prev} and {n} are both the {} split", s.as_str()),
+                });
             }
             for (c, p) in classes {
                 out.push((*s, c.clone(), p.clone()));
@@ -278,13 +379,20 @@ fn classify(root: &Path) -> Result<Option<ClassLayout>> {
         out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         for (n, p) in &subs {
             if Split::parse(n).is_none() && !images_in(p)?.is_empty() {
-                tracing::warn!("{}: ignored, not a split folder (train, val, test)", p.display());
+                tracing::warn!(
+                    "{}: ignored, not a split folder (train, val, test)",
+                    p.display()
+                );
             }
         }
         return Ok(Some(ClassLayout::Split(out)));
     }
     let classes = image_dirs(root)?;
-    if classes.is_empty() { Ok(None) } else { Ok(Some(ClassLayout::Flat(classes))) }
+    if classes.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(ClassLayout::Flat(classes)))
+    }
 }
 
 /// True when `root` looks like a folder-per-class layout (some sub-folder,
@@ -300,12 +408,20 @@ fn positive_class(root: &Path, names: &[String], positive: Option<&str>) -> Resu
     let listed = names.join(", ");
     if let Some(p) = positive {
         let p = p.trim();
-        return names.iter().find(|n| n.as_str() == p).or_else(|| names.iter().find(|n| n.eq_ignore_ascii_case(p))).cloned().ok_or_else(|| DataError::Layout {
-            path: root.into(),
-            msg: format!("positive class {p:?} is not one of the class folders: {listed}"),
-        });
+        return names
+            .iter()
+            .find(|n| n.as_str() == p)
+            .or_else(|| names.iter().find(|n| n.eq_ignore_ascii_case(p)))
+            .cloned()
+            .ok_or_else(|| DataError::Layout {
+                path: root.into(),
+                msg: format!("positive class {p:?} is not one of the class folders: {listed}"),
+            });
     }
-    let hits: Vec<&String> = names.iter().filter(|n| DEFAULT_POSITIVE.iter().any(|d| n.eq_ignore_ascii_case(d))).collect();
+    let hits: Vec<&String> = names
+        .iter()
+        .filter(|n| DEFAULT_POSITIVE.iter().any(|d| n.eq_ignore_ascii_case(d)))
+        .collect();
     match hits.as_slice() {
         [one] => Ok((*one).clone()),
         _ => Err(DataError::Layout {
@@ -321,9 +437,15 @@ fn positive_class(root: &Path, names: &[String], positive: Option<&str>) -> Resu
 /// Reads `root/<class>/*` or `root/<split>/<class>/*`. `positive` names the
 /// positive class folder.
 pub fn read_folder_per_class(root: &Path, positive: Option<&str>) -> Result<Dataset> {
-    let layout = classify(root)?.ok_or_else(|| DataError::Layout { path: root.into(), msg: "no class folders with images (root/<class>/*.jpg)".into() })?;
+    let layout = classify(root)?.ok_or_else(|| DataError::Layout {
+        path: root.into(),
+        msg: "no class folders with images (root/<class>/*.jpg)".into(),
+    })?;
     let (dirs, given_split): (Vec<(Split, String, PathBuf)>, bool) = match layout {
-        ClassLayout::Flat(c) => (c.into_iter().map(|(n, p)| (Split::Train, n, p)).collect(), false),
+        ClassLayout::Flat(c) => (
+            c.into_iter().map(|(n, p)| (Split::Train, n, p)).collect(),
+            false,
+        ),
         ClassLayout::Split(v) => (v, true),
     };
     let mut names: Vec<String> = dirs.iter().map(|d| d.1.clone()).collect();
@@ -334,7 +456,11 @@ pub fn read_folder_per_class(root: &Path, positive: Option<&str>) -> Result<Data
             path: root.into(),
             msg: format!(
                 "folder-per-class layout needs exactly two class folders{}, found {}: {}",
-                if given_split { " (the same two in each split folder)" } else { "" },
+                if given_split {
+                    " (the same two in each split folder)"
+                } else {
+                    ""
+                },
                 names.len(),
                 names.join(", ")
             ),
@@ -346,7 +472,13 @@ pub fn read_folder_per_class(root: &Path, positive: Option<&str>) -> Result<Data
         let label = (*class == pos) as u8;
         for p in images_in(dir)? {
             let id = stem(&p);
-            samples.push(Sample { group: id.clone(), id, path: p, label: Some(label), split: *split });
+            samples.push(Sample {
+                group: id.clone(),
+                id,
+                path: p,
+                label: Some(label),
+                split: *split,
+            });
         }
     }
     check_unique_ids(root, &samples)?;
@@ -354,5 +486,10 @@ pub fn read_folder_per_class(root: &Path, positive: Option<&str>) -> Result<Data
         assign_splits(&mut samples);
     }
     check_groups(root, &samples)?;
-    Ok(Dataset { name: dataset_name(root), root: root.into(), samples, splits_assigned: !given_split })
+    Ok(Dataset {
+        name: dataset_name(root),
+        root: root.into(),
+        samples,
+        splits_assigned: !given_split,
+    })
 }

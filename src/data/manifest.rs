@@ -21,11 +21,34 @@ pub fn read_manifest(path: &Path) -> Result<Dataset> {
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(false)
         .from_path(path)
-        .map_err(|e| DataError::Csv { path: path.into(), line: 1, msg: e.to_string() })?;
-    let headers = rdr.headers().map_err(|e| DataError::Csv { path: path.into(), line: 1, msg: e.to_string() })?.clone();
-    let col = |name: &str| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
-    let pcol = col("path").ok_or_else(|| DataError::Csv { path: path.into(), line: 1, msg: "missing column `path`".into() })?;
-    let lcol = col("label").ok_or_else(|| DataError::Csv { path: path.into(), line: 1, msg: "missing column `label`".into() })?;
+        .map_err(|e| DataError::Csv {
+            path: path.into(),
+            line: 1,
+            msg: e.to_string(),
+        })?;
+    let headers = rdr
+        .headers()
+        .map_err(|e| DataError::Csv {
+            path: path.into(),
+            line: 1,
+            msg: e.to_string(),
+        })?
+        .clone();
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h.trim().eq_ignore_ascii_case(name))
+    };
+    let pcol = col("path").ok_or_else(|| DataError::Csv {
+        path: path.into(),
+        line: 1,
+        msg: "missing column `path`".into(),
+    })?;
+    let lcol = col("label").ok_or_else(|| DataError::Csv {
+        path: path.into(),
+        line: 1,
+        msg: "missing column `label`".into(),
+    })?;
     let scol = col("split");
     let gcol = col("group");
     let mut samples = Vec::new();
@@ -34,48 +57,94 @@ pub fn read_manifest(path: &Path) -> Result<Dataset> {
     let mut unsplit = false;
     for (i, rec) in rdr.records().enumerate() {
         let line = i as u64 + 2;
-        let rec = rec.map_err(|e| DataError::Csv { path: path.into(), line, msg: e.to_string() })?;
+        let rec = rec.map_err(|e| DataError::Csv {
+            path: path.into(),
+            line,
+            msg: e.to_string(),
+        })?;
         let rel = rec.get(pcol).unwrap_or("").trim();
         if rel.is_empty() {
-            return Err(DataError::Csv { path: path.into(), line, msg: "empty path".into() });
+            return Err(DataError::Csv {
+                path: path.into(),
+                line,
+                msg: "empty path".into(),
+            });
         }
         if !seen.insert(rel.to_string()) {
-            return Err(DataError::Csv { path: path.into(), line, msg: format!("duplicate path {rel}") });
+            return Err(DataError::Csv {
+                path: path.into(),
+                line,
+                msg: format!("duplicate path {rel}"),
+            });
         }
         let lab = rec.get(lcol).unwrap_or("");
         let label = if lab.trim().is_empty() {
             None
         } else {
-            Some(parse_label(lab).ok_or_else(|| DataError::Csv { path: path.into(), line, msg: format!("label {lab:?} is not 0/1") })?)
+            Some(parse_label(lab).ok_or_else(|| DataError::Csv {
+                path: path.into(),
+                line,
+                msg: format!("label {lab:?} is not 0/1"),
+            })?)
         };
         let split = match scol.map(|c| rec.get(c).unwrap_or("")) {
-            Some(s) if !s.trim().is_empty() => {
-                Split::parse(s).ok_or_else(|| DataError::Csv { path: path.into(), line, msg: format!("split {s:?} is not train/val/test") })?
-            }
+            Some(s) if !s.trim().is_empty() => Split::parse(s).ok_or_else(|| DataError::Csv {
+                path: path.into(),
+                line,
+                msg: format!("split {s:?} is not train/val/test"),
+            })?,
             _ => {
                 unsplit = true;
                 Split::Train
             }
         };
-        let id = Path::new(rel).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| rel.to_string());
+        let id = Path::new(rel)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| rel.to_string());
         if let Some((first, other)) = id_lines.insert(id.clone(), (line, rel.to_string())) {
             return Err(DataError::Csv {
                 path: path.into(),
                 line,
-                msg: format!("duplicate image id {id}: {rel} and {other} (line {first}) have the same file name without extension"),
+                msg: format!(
+                    "duplicate image id {id}: {rel} and {other} (line {first}) have the same file name without extension"
+                ),
             });
         }
-        let group = gcol.and_then(|c| rec.get(c)).map(str::trim).filter(|g| !g.is_empty()).unwrap_or(&id).to_string();
-        samples.push(Sample { id, path: root.join(rel), label, split, group });
+        let group = gcol
+            .and_then(|c| rec.get(c))
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .unwrap_or(&id)
+            .to_string();
+        samples.push(Sample {
+            id,
+            path: root.join(rel),
+            label,
+            split,
+            group,
+        });
     }
     if samples.is_empty() {
-        return Err(DataError::Csv { path: path.into(), line: 1, msg: "no rows".into() });
+        return Err(DataError::Csv {
+            path: path.into(),
+            line: 1,
+            msg: "no rows".into(),
+        });
     }
     if unsplit {
         assign_splits(&mut samples);
     }
     check_groups(path, &samples)?;
-    Ok(Dataset { name: root.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(), root, samples, splits_assigned: unsplit })
+    Ok(Dataset {
+        name: root
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        root,
+        samples,
+        splits_assigned: unsplit,
+    })
 }
 
 /// A group on both sides of a split is an error: it would leak.
@@ -87,7 +156,12 @@ pub fn check_groups(path: &Path, samples: &[Sample]) -> Result<()> {
         {
             return Err(DataError::Layout {
                 path: path.into(),
-                msg: format!("group {} appears in both {} and {}", s.group, prev.as_str(), s.split.as_str()),
+                msg: format!(
+                    "group {} appears in both {} and {}",
+                    s.group,
+                    prev.as_str(),
+                    s.split.as_str()
+                ),
             });
         }
     }
@@ -115,7 +189,13 @@ pub fn assign_splits(samples: &mut [Sample]) {
         let n = st.len();
         for (i, (_, g)) in st.iter().enumerate() {
             let f = (i as f64 + 0.5) / n as f64;
-            let s = if f < 0.70 { Split::Train } else if f < 0.85 { Split::Val } else { Split::Test };
+            let s = if f < 0.70 {
+                Split::Train
+            } else if f < 0.85 {
+                Split::Val
+            } else {
+                Split::Test
+            };
             split_of.insert(g.clone(), s);
         }
     }

@@ -21,9 +21,16 @@ pub use layouts::OpenOptions;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}, line {line}: {msg}")]
-    Csv { path: PathBuf, line: u64, msg: String },
+    Csv {
+        path: PathBuf,
+        line: u64,
+        msg: String,
+    },
     #[error("{path}: {msg}")]
     Image { path: PathBuf, msg: String },
     #[error("{path}: {msg}")]
@@ -35,7 +42,10 @@ pub enum DataError {
 pub type Result<T> = std::result::Result<T, DataError>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
-    move |source| DataError::Io { path: path.to_path_buf(), source }
+    move |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -96,7 +106,12 @@ impl Dataset {
 
     /// Indices of the samples in split `s`, in manifest order.
     pub fn indices(&self, s: Split) -> Vec<usize> {
-        self.samples.iter().enumerate().filter(|(_, x)| x.split == s).map(|(i, _)| i).collect()
+        self.samples
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| x.split == s)
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Opens `path`: an ISIC challenge folder, a folder with `manifest.csv`,
@@ -117,7 +132,9 @@ impl Dataset {
         let no_positive = |what: &str| match pos {
             Some(p) => Err(DataError::Layout {
                 path: path.into(),
-                msg: format!("{what} has its own labels; a positive class ({p:?}) applies only to class folders and HAM-style metadata"),
+                msg: format!(
+                    "{what} has its own labels; a positive class ({p:?}) applies only to class folders and HAM-style metadata"
+                ),
             }),
             None => Ok(()),
         };
@@ -129,7 +146,10 @@ impl Dataset {
             return manifest::read_manifest(path);
         }
         if !path.is_dir() {
-            return Err(DataError::Layout { path: path.into(), msg: "no such file or folder".into() });
+            return Err(DataError::Layout {
+                path: path.into(),
+                msg: "no such file or folder".into(),
+            });
         }
         if isic::Descriptor::isic2017().detect(path) {
             no_positive("the ISIC challenge layout")?;
@@ -158,16 +178,26 @@ impl Dataset {
         for s in [Split::Train, Split::Val, Split::Test] {
             let v = self.split(s);
             if v.is_empty() {
-                return Err(DataError::Layout { path: self.root.clone(), msg: format!("the {} split is empty", s.as_str()) });
+                return Err(DataError::Layout {
+                    path: self.root.clone(),
+                    msg: format!("the {} split is empty", s.as_str()),
+                });
             }
             if let Some(x) = v.iter().find(|x| x.label.is_none()) {
-                return Err(DataError::Layout { path: x.path.clone(), msg: format!("image {} has no label", x.id) });
+                return Err(DataError::Layout {
+                    path: x.path.clone(),
+                    msg: format!("image {} has no label", x.id),
+                });
             }
             let pos = v.iter().filter(|x| x.label == Some(1)).count();
             if pos == 0 || pos == v.len() {
                 return Err(DataError::Layout {
                     path: self.root.clone(),
-                    msg: format!("the {} split has only one class ({pos} positives of {})", s.as_str(), v.len()),
+                    msg: format!(
+                        "the {} split has only one class ({pos} positives of {})",
+                        s.as_str(),
+                        v.len()
+                    ),
                 });
             }
         }

@@ -40,7 +40,15 @@ const LESION_COLOURS: [[f32; 3]; 6] = [
 ];
 
 fn smooth_noise<R: Rng>(rng: &mut R, harmonics: usize, amp: f64) -> Vec<(f64, f64, f64)> {
-    (1..=harmonics).map(|k| (k as f64, rng.random_range(0.0..std::f64::consts::TAU), amp * rng.random::<f64>() / k as f64)).collect()
+    (1..=harmonics)
+        .map(|k| {
+            (
+                k as f64,
+                rng.random_range(0.0..std::f64::consts::TAU),
+                amp * rng.random::<f64>() / k as f64,
+            )
+        })
+        .collect()
 }
 
 fn eval_noise(n: &[(f64, f64, f64)], t: f64) -> f64 {
@@ -60,10 +68,17 @@ pub fn render<R: Rng>(size: usize, rng: &mut R) -> (Vec<u8>, Abcd) {
         [0.95 - 0.35 * t, 0.78 - 0.35 * t, 0.68 - 0.33 * t]
     };
     let radius = s * rng.random_range(0.16..0.30) * (1.0 + 0.12 * d_score / 5.0);
-    let (cx, cy) = (s / 2.0 + rng.random_range(-0.08..0.08) * s, s / 2.0 + rng.random_range(-0.08..0.08) * s);
+    let (cx, cy) = (
+        s / 2.0 + rng.random_range(-0.08..0.08) * s,
+        s / 2.0 + rng.random_range(-0.08..0.08) * s,
+    );
     let elong = 1.0 + 0.25 * a_score * rng.random_range(0.5..1.0);
     let rot = rng.random_range(0.0..std::f64::consts::PI);
-    let border = smooth_noise(rng, 2 + (irregular * 10.0) as usize, 0.05 + 0.35 * irregular);
+    let border = smooth_noise(
+        rng,
+        2 + (irregular * 10.0) as usize,
+        0.05 + 0.35 * irregular,
+    );
     let mut cols: Vec<usize> = (0..6).collect();
     crate::rng::shuffle(&mut cols, rng);
     cols.truncate(n_col);
@@ -72,7 +87,12 @@ pub fn render<R: Rng>(size: usize, rng: &mut R) -> (Vec<u8>, Abcd) {
         .map(|i| {
             let ang = rng.random_range(0.0..std::f64::consts::TAU);
             let dist = rng.random_range(0.0..0.6) * radius * (0.4 + 0.3 * a_score);
-            (cx + dist * ang.cos(), cy + dist * ang.sin(), radius * rng.random_range(0.25..0.6), cols[i % n_col])
+            (
+                cx + dist * ang.cos(),
+                cy + dist * ang.sin(),
+                radius * rng.random_range(0.25..0.6),
+                cols[i % n_col],
+            )
         })
         .collect();
     let dots: Vec<(f64, f64)> = (0..(d_score as usize * 6))
@@ -83,7 +103,14 @@ pub fn render<R: Rng>(size: usize, rng: &mut R) -> (Vec<u8>, Abcd) {
         })
         .collect();
     let hairs: Vec<(f64, f64, f64, f64)> = (0..rng.random_range(0..6))
-        .map(|_| (rng.random_range(0.0..s), rng.random_range(0.0..s), rng.random_range(0.0..std::f64::consts::PI), rng.random_range(0.02..0.08)))
+        .map(|_| {
+            (
+                rng.random_range(0.0..s),
+                rng.random_range(0.0..s),
+                rng.random_range(0.0..std::f64::consts::PI),
+                rng.random_range(0.02..0.08),
+            )
+        })
         .collect();
     let mut out = vec![0u8; size * size * 3];
     for y in 0..size {
@@ -91,7 +118,10 @@ pub fn render<R: Rng>(size: usize, rng: &mut R) -> (Vec<u8>, Abcd) {
             let (fx, fy) = (x as f64 + 0.5, y as f64 + 0.5);
             let mut c = skin;
             let (dx, dy) = (fx - cx, fy - cy);
-            let (rx, ry) = (dx * rot.cos() + dy * rot.sin(), -dx * rot.sin() + dy * rot.cos());
+            let (rx, ry) = (
+                dx * rot.cos() + dy * rot.sin(),
+                -dx * rot.sin() + dy * rot.cos(),
+            );
             let r = (rx * rx / (elong * elong) + ry * ry).sqrt();
             let th = ry.atan2(rx);
             let edge = radius * (1.0 + eval_noise(&border, th));
@@ -117,19 +147,30 @@ pub fn render<R: Rng>(size: usize, rng: &mut R) -> (Vec<u8>, Abcd) {
             }
             for &(hx, hy, ha, hw) in &hairs {
                 let d = ((fx - hx) * ha.sin() - (fy - hy) * ha.cos()).abs();
-                let wiggle = (((fx - hx) * ha.cos() + (fy - hy) * ha.sin()) / s * 9.0).sin() * s * 0.02;
+                let wiggle =
+                    (((fx - hx) * ha.cos() + (fy - hy) * ha.sin()) / s * 9.0).sin() * s * 0.02;
                 if (d - wiggle).abs() < hw * s * 0.1 {
                     c = [0.15, 0.12, 0.1];
                 }
             }
-            let v = 1.0 - 0.45 * (((fx - s / 2.0).powi(2) + (fy - s / 2.0).powi(2)) / (s * s / 2.0)) as f32;
+            let v = 1.0
+                - 0.45 * (((fx - s / 2.0).powi(2) + (fy - s / 2.0).powi(2)) / (s * s / 2.0)) as f32;
             for k in 0..3 {
                 let noise = rng.random_range(-0.02f32..0.02);
-                out[(y * size + x) * 3 + k] = ((c[k] * v + noise).clamp(0.0, 1.0) * 255.0).round() as u8;
+                out[(y * size + x) * 3 + k] =
+                    ((c[k] * v + noise).clamp(0.0, 1.0) * 255.0).round() as u8;
             }
         }
     }
-    (out, Abcd { a: a_score, b: b_score, c: n_col as f64, d: d_score })
+    (
+        out,
+        Abcd {
+            a: a_score,
+            b: b_score,
+            c: n_col as f64,
+            d: d_score,
+        },
+    )
 }
 
 /// Writes `n` images (`size` px) and `manifest.csv` (path,label,split) into
@@ -139,7 +180,11 @@ pub fn generate(dir: &Path, n: usize, size: usize, seed: u64) -> Result<usize> {
     let manifest = dir.join("manifest.csv");
     if manifest.is_file() {
         let text = std::fs::read_to_string(&manifest).map_err(io_err(&manifest))?;
-        return Ok(text.lines().skip(1).filter(|l| l.split(',').nth(1) == Some("1")).count());
+        return Ok(text
+            .lines()
+            .skip(1)
+            .filter(|l| l.split(',').nth(1) == Some("1"))
+            .count());
     }
     let img_dir = dir.join("images");
     std::fs::create_dir_all(&img_dir).map_err(io_err(&img_dir))?;
@@ -157,7 +202,11 @@ pub fn generate(dir: &Path, n: usize, size: usize, seed: u64) -> Result<usize> {
             let path = dir.join(&name);
             let img = image::RgbImage::from_raw(size as u32, size as u32, px).expect("buffer size");
             let tmp = dir.join(format!("images/.synth_{i:05}.png.tmp"));
-            img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| DataError::Image { path: tmp.clone(), msg: e.to_string() })?;
+            img.save_with_format(&tmp, image::ImageFormat::Png)
+                .map_err(|e| DataError::Image {
+                    path: tmp.clone(),
+                    msg: e.to_string(),
+                })?;
             std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
             Ok((name, label))
         })

@@ -6,10 +6,13 @@ pub mod stats;
 
 pub use auc::auc;
 pub use roc::{
-    OperatingPoint, RocPoint, at_threshold, partial_auc_above_tpr, roc_curve, sensitivity_at_specificity,
-    specificity_at_sensitivity, youden_threshold,
+    OperatingPoint, RocPoint, at_threshold, partial_auc_above_tpr, roc_curve,
+    sensitivity_at_specificity, specificity_at_sensitivity, youden_threshold,
 };
-pub use stats::{AucCi, PairedTest, bootstrap_ci, bootstrap_paired, clopper_pearson, delong_ci, delong_paired, mean_sd};
+pub use stats::{
+    AucCi, PairedTest, bootstrap_ci, bootstrap_paired, clopper_pearson, delong_ci, delong_paired,
+    mean_sd,
+};
 
 use std::path::Path;
 
@@ -19,11 +22,25 @@ use crate::error::{Error, Result};
 /// AUC with DeLong and bootstrap CIs, sensitivity at 90/95 % specificity,
 /// specificity at 90/95 % sensitivity, partial AUC above 80 % TPR; and the
 /// paired DeLong test of the first two score columns.
-pub fn evaluate_file(path: &Path, label_column: &str, resamples: usize, seed: u64) -> Result<serde_json::Value> {
-    let err = |line: u64, msg: String| Error::Data(crate::data::DataError::Csv { path: path.into(), line, msg });
+pub fn evaluate_file(
+    path: &Path,
+    label_column: &str,
+    resamples: usize,
+    seed: u64,
+) -> Result<serde_json::Value> {
+    let err = |line: u64, msg: String| {
+        Error::Data(crate::data::DataError::Csv {
+            path: path.into(),
+            line,
+            msg,
+        })
+    };
     let mut rdr = csv::Reader::from_path(path).map_err(|e| err(1, e.to_string()))?;
     let headers = rdr.headers().map_err(|e| err(1, e.to_string()))?.clone();
-    let lc = headers.iter().position(|h| h == label_column).ok_or_else(|| err(1, format!("no column {label_column:?}")))?;
+    let lc = headers
+        .iter()
+        .position(|h| h == label_column)
+        .ok_or_else(|| err(1, format!("no column {label_column:?}")))?;
     let score_cols: Vec<(usize, String)> = headers
         .iter()
         .enumerate()
@@ -38,10 +55,20 @@ pub fn evaluate_file(path: &Path, label_column: &str, resamples: usize, seed: u6
     for (r, rec) in rdr.records().enumerate() {
         let line = r as u64 + 2;
         let rec = rec.map_err(|e| err(line, e.to_string()))?;
-        let l = crate::data::manifest::parse_label(rec.get(lc).unwrap_or("")).ok_or_else(|| err(line, format!("label {:?} is not 0/1", rec.get(lc).unwrap_or(""))))?;
+        let l = crate::data::manifest::parse_label(rec.get(lc).unwrap_or("")).ok_or_else(|| {
+            err(
+                line,
+                format!("label {:?} is not 0/1", rec.get(lc).unwrap_or("")),
+            )
+        })?;
         labels.push(l);
         for (k, (c, name)) in score_cols.iter().enumerate() {
-            let v: f64 = rec.get(*c).unwrap_or("").trim().parse().map_err(|_| err(line, format!("{name}: {:?} is not a number", rec.get(*c).unwrap_or(""))))?;
+            let v: f64 = rec.get(*c).unwrap_or("").trim().parse().map_err(|_| {
+                err(
+                    line,
+                    format!("{name}: {:?} is not a number", rec.get(*c).unwrap_or("")),
+                )
+            })?;
             cols[k].push(v);
         }
     }
@@ -71,6 +98,9 @@ pub fn evaluate_file(path: &Path, label_column: &str, resamples: usize, seed: u6
         );
     }
     out.insert("n".into(), labels.len().into());
-    out.insert("n_pos".into(), labels.iter().filter(|&&l| l == 1).count().into());
+    out.insert(
+        "n_pos".into(),
+        labels.iter().filter(|&&l| l == 1).count().into(),
+    );
     Ok(serde_json::Value::Object(out))
 }

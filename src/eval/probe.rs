@@ -45,14 +45,27 @@ pub struct ProbeResult {
 ///
 /// # Shapes
 /// returns `(images.len(), feature_dim)`, row-major.
-pub fn features(encoder: &ResNet, images: &[&RgbImage], crop: usize, batch: usize) -> Result<Array2<f64>> {
+pub fn features(
+    encoder: &ResNet,
+    images: &[&RgbImage],
+    crop: usize,
+    batch: usize,
+) -> Result<Array2<f64>> {
     let d = encoder.config().feature_dim();
     let mut out = Vec::with_capacity(images.len() * d);
     for chunk in images.chunks(batch.max(1)) {
-        let views = chunk.par_iter().map(|im| augment::resize_full(im, crop)).collect();
+        let views = chunk
+            .par_iter()
+            .map(|im| augment::resize_full(im, crop))
+            .collect();
         let x = stack(views, &Device::Cpu)?;
         let f = encoder.forward_t(&x, false)?.detach();
-        out.extend(f.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f64::from));
+        out.extend(
+            f.flatten_all()?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(f64::from),
+        );
     }
     Array2::from_shape_vec((images.len(), d), out).map_err(|e| Error::Eval(e.to_string()))
 }
@@ -60,16 +73,31 @@ pub fn features(encoder: &ResNet, images: &[&RgbImage], crop: usize, batch: usiz
 /// Recomputes the encoder's BatchNorm running statistics as the average of
 /// the batch statistics over `images` (PyTorch's `momentum=None`), leaving
 /// the weights untouched. `prefix` is the encoder's name prefix in `vm`.
-pub fn recompute_bn(vm: &VarMap, cfg: &ResNetConfig, prefix: &str, images: &[&RgbImage], crop: usize, batch: usize) -> Result<()> {
+pub fn recompute_bn(
+    vm: &VarMap,
+    cfg: &ResNetConfig,
+    prefix: &str,
+    images: &[&RgbImage],
+    crop: usize,
+    batch: usize,
+) -> Result<()> {
     // A twin encoder over the same variables whose BatchNorm keeps only the
     // last batch's statistics (momentum 1).
     let vb = candle_nn::VarBuilder::from_varmap(vm, DType::F32, &Device::Cpu);
-    let twin = ResNet::new(&ResNetConfig { bn_momentum: 1.0, ..cfg.clone() }, vb.pp(prefix))?;
+    let twin = ResNet::new(
+        &ResNetConfig {
+            bn_momentum: 1.0,
+            ..cfg.clone()
+        },
+        vb.pp(prefix),
+    )?;
     let stats: Vec<(String, candle_core::Var)> = {
         let data = vm.data().lock().expect("varmap lock");
         let mut v: Vec<_> = data
             .iter()
-            .filter(|(n, _)| n.starts_with(prefix) && (n.ends_with("running_mean") || n.ends_with("running_var")))
+            .filter(|(n, _)| {
+                n.starts_with(prefix) && (n.ends_with("running_mean") || n.ends_with("running_var"))
+            })
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -80,7 +108,10 @@ pub fn recompute_bn(vm: &VarMap, cfg: &ResNetConfig, prefix: &str, images: &[&Rg
     // Equal-size batches only (the last partial one would weigh as much as a full one).
     let bs = batch.max(2).min(images.len());
     for chunk in images.chunks_exact(bs) {
-        let views = chunk.par_iter().map(|im| augment::resize_full(im, crop)).collect();
+        let views = chunk
+            .par_iter()
+            .map(|im| augment::resize_full(im, crop))
+            .collect();
         let x = stack(views, &Device::Cpu)?;
         twin.forward_t(&x, true)?;
         for (k, (_, v)) in stats.iter().enumerate() {
@@ -93,7 +124,9 @@ pub fn recompute_bn(vm: &VarMap, cfg: &ResNetConfig, prefix: &str, images: &[&Rg
         weight += 1.0;
     }
     if weight == 0.0 {
-        return Err(Error::Eval("BatchNorm recompute: fewer than 2 training images".into()));
+        return Err(Error::Eval(
+            "BatchNorm recompute: fewer than 2 training images".into(),
+        ));
     }
     for ((_, v), s) in stats.iter().zip(sums) {
         let s = s.expect("one batch at least");
@@ -127,7 +160,15 @@ fn score(x: &Array2<f64>, w: &(Array1<f64>, f64)) -> Vec<f64> {
 }
 
 /// Fits the probe on train, picks the penalty on val, refits, scores test once.
-pub fn fit_probe(ftrain: &Array2<f64>, ytrain: &[u8], fval: &Array2<f64>, yval: &[u8], ftest: &Array2<f64>, ytest: &[u8], cfg: &ProbeConfig) -> Result<ProbeResult> {
+pub fn fit_probe(
+    ftrain: &Array2<f64>,
+    ytrain: &[u8],
+    fval: &Array2<f64>,
+    yval: &[u8],
+    ftest: &Array2<f64>,
+    ytest: &[u8],
+    cfg: &ProbeConfig,
+) -> Result<ProbeResult> {
     let (mu, sd) = standardizer(ftrain);
     let z = |x: &Array2<f64>| (x - &mu) / &sd;
     let (ztr, zva, zte) = (z(ftrain), z(fval), z(ftest));
@@ -149,7 +190,8 @@ pub fn fit_probe(ftrain: &Array2<f64>, ytrain: &[u8], fval: &Array2<f64>, yval: 
     }
     let (alpha, val_auc) = best.expect("alphas is non-empty");
     let w = if cfg.refit_on_train_val {
-        let x = ndarray::concatenate(ndarray::Axis(0), &[ztr.view(), zva.view()]).map_err(|e| Error::Eval(e.to_string()))?;
+        let x = ndarray::concatenate(ndarray::Axis(0), &[ztr.view(), zva.view()])
+            .map_err(|e| Error::Eval(e.to_string()))?;
         let y: Vec<u8> = ytrain.iter().chain(yval).copied().collect();
         fit(&x, &y, alpha, cfg.max_iterations)?
     } else {
@@ -203,7 +245,13 @@ pub fn knn_scores(ftrain: &Array2<f64>, ytrain: &[u8], fquery: &Array2<f64>, k: 
 
 /// The whole probe for the encoder under `prefix` in `vm`: optional BatchNorm
 /// recompute, features, fit, score.
-pub fn run_probe(vm: &VarMap, encoder: &ResNet, prefix: &str, cfg: &Config, data: &ProbeData) -> Result<ProbeResult> {
+pub fn run_probe(
+    vm: &VarMap,
+    encoder: &ResNet,
+    prefix: &str,
+    cfg: &Config,
+    data: &ProbeData,
+) -> Result<ProbeResult> {
     let crop = cfg.pretext.crop;
     let bs = cfg.train.batch_size.max(2);
     if cfg.probe.recompute_bn {
@@ -212,5 +260,13 @@ pub fn run_probe(vm: &VarMap, encoder: &ResNet, prefix: &str, cfg: &Config, data
     let ftr = features(encoder, &data.train.0, crop, bs)?;
     let fva = features(encoder, &data.val.0, crop, bs)?;
     let fte = features(encoder, &data.test.0, crop, bs)?;
-    fit_probe(&ftr, &data.train.1, &fva, &data.val.1, &fte, &data.test.1, &cfg.probe)
+    fit_probe(
+        &ftr,
+        &data.train.1,
+        &fva,
+        &data.val.1,
+        &fte,
+        &data.test.1,
+        &cfg.probe,
+    )
 }

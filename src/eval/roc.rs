@@ -99,7 +99,11 @@ pub fn roc_curve(scores: &[f64], labels: &[u8]) -> Result<Vec<RocPoint>> {
     let (p, q) = (n_pos as f64, n_neg as f64);
     Ok(std::iter::once(pts[0])
         .chain(kept)
-        .map(|(threshold, tp, fp)| RocPoint { fpr: fp as f64 / q, tpr: tp as f64 / p, threshold })
+        .map(|(threshold, tp, fp)| RocPoint {
+            fpr: fp as f64 / q,
+            tpr: tp as f64 / p,
+            threshold,
+        })
         .collect())
 }
 
@@ -108,7 +112,13 @@ pub fn roc_curve(scores: &[f64], labels: &[u8]) -> Result<Vec<RocPoint>> {
 /// with no cases gives a NaN rate with interval (0, 1), a non-finite score is
 /// compared as it is. Panics if the lengths differ.
 pub fn at_threshold(scores: &[f64], labels: &[u8], threshold: f64) -> OperatingPoint {
-    assert_eq!(scores.len(), labels.len(), "at_threshold: {} scores but {} labels", scores.len(), labels.len());
+    assert_eq!(
+        scores.len(),
+        labels.len(),
+        "at_threshold: {} scores but {} labels",
+        scores.len(),
+        labels.len()
+    );
     let n_pos = labels.iter().filter(|&&l| l == 1).count() as u64;
     let n_neg = labels.len() as u64 - n_pos;
     let (mut tp, mut fp) = (0u64, 0u64);
@@ -135,7 +145,11 @@ fn check_rate(v: f64, what: &str, who: &str) -> Result<()> {
 /// specificity is at least `min_spec` (ties: the higher specificity, i.e. the
 /// higher threshold). Thresholds are the distinct scores and +inf (nothing
 /// called positive, specificity 1).
-pub fn sensitivity_at_specificity(scores: &[f64], labels: &[u8], min_spec: f64) -> Result<OperatingPoint> {
+pub fn sensitivity_at_specificity(
+    scores: &[f64],
+    labels: &[u8],
+    min_spec: f64,
+) -> Result<OperatingPoint> {
     let who = "sensitivity_at_specificity";
     let (n_pos, n_neg) = check(scores, labels, who)?;
     check_rate(min_spec, "min_spec", who)?;
@@ -143,8 +157,14 @@ pub fn sensitivity_at_specificity(scores: &[f64], labels: &[u8], min_spec: f64) 
     let pts = sweep(scores, labels);
     // Specificity falls as the threshold falls: the admissible points are a
     // prefix, and the +inf point (specificity 1) is always in it.
-    let last = pts.iter().rposition(|&(_, _, fp)| (q - fp) as f64 / q as f64 >= min_spec).unwrap_or(0);
-    let best = pts.iter().position(|&(_, tp, _)| tp == pts[last].1).unwrap_or(last);
+    let last = pts
+        .iter()
+        .rposition(|&(_, _, fp)| (q - fp) as f64 / q as f64 >= min_spec)
+        .unwrap_or(0);
+    let best = pts
+        .iter()
+        .position(|&(_, tp, _)| tp == pts[last].1)
+        .unwrap_or(last);
     let (t, tp, fp) = pts[best];
     Ok(operating_point(t, tp, fp, p, q))
 }
@@ -153,7 +173,11 @@ pub fn sensitivity_at_specificity(scores: &[f64], labels: &[u8], min_spec: f64) 
 /// sensitivity is at least `min_sens` (ties: the higher sensitivity, i.e.
 /// the lower threshold). The lowest score (sensitivity 1) is always
 /// admissible.
-pub fn specificity_at_sensitivity(scores: &[f64], labels: &[u8], min_sens: f64) -> Result<OperatingPoint> {
+pub fn specificity_at_sensitivity(
+    scores: &[f64],
+    labels: &[u8],
+    min_sens: f64,
+) -> Result<OperatingPoint> {
     let who = "specificity_at_sensitivity";
     let (n_pos, n_neg) = check(scores, labels, who)?;
     check_rate(min_sens, "min_sens", who)?;
@@ -161,8 +185,14 @@ pub fn specificity_at_sensitivity(scores: &[f64], labels: &[u8], min_sens: f64) 
     let pts = sweep(scores, labels);
     // Sensitivity rises as the threshold falls: the admissible points are a
     // suffix, which always holds the last point (sensitivity 1).
-    let first = pts.iter().position(|&(_, tp, _)| tp as f64 / p as f64 >= min_sens).unwrap_or(pts.len() - 1);
-    let best = pts.iter().rposition(|&(_, _, fp)| fp == pts[first].2).unwrap_or(first);
+    let first = pts
+        .iter()
+        .position(|&(_, tp, _)| tp as f64 / p as f64 >= min_sens)
+        .unwrap_or(pts.len() - 1);
+    let best = pts
+        .iter()
+        .rposition(|&(_, _, fp)| fp == pts[first].2)
+        .unwrap_or(first);
     let (t, tp, fp) = pts[best];
     Ok(operating_point(t, tp, fp, p, q))
 }
@@ -194,8 +224,10 @@ pub fn partial_auc_above_tpr(scores: &[f64], labels: &[u8], min_tpr: f64) -> Res
     check_rate(min_tpr, "min_tpr", who)?;
     let (p, q) = (n_pos as f64, n_neg as f64);
     // (tpr, specificity), tpr non-decreasing along the curve.
-    let pts: Vec<(f64, f64)> =
-        sweep(scores, labels).into_iter().map(|(_, tp, fp)| (tp as f64 / p, 1.0 - fp as f64 / q)).collect();
+    let pts: Vec<(f64, f64)> = sweep(scores, labels)
+        .into_iter()
+        .map(|(_, tp, fp)| (tp as f64 / p, 1.0 - fp as f64 / q))
+        .collect();
     let mut area = 0.0;
     for w in pts.windows(2) {
         let ((x0, y0), (x1, y1)) = (w[0], w[1]);

@@ -46,15 +46,24 @@ pub struct PairedTest {
 /// number of positives and negatives. `who` names the caller in the message.
 pub(crate) fn check(scores: &[f64], labels: &[u8], who: &str) -> Result<(usize, usize)> {
     if scores.len() != labels.len() {
-        return Err(Error::Eval(format!("{who}: {} scores but {} labels", scores.len(), labels.len())));
+        return Err(Error::Eval(format!(
+            "{who}: {} scores but {} labels",
+            scores.len(),
+            labels.len()
+        )));
     }
     if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
-        return Err(Error::Eval(format!("{who}: score {i} is not finite ({})", scores[i])));
+        return Err(Error::Eval(format!(
+            "{who}: score {i} is not finite ({})",
+            scores[i]
+        )));
     }
     let n_pos = labels.iter().filter(|&&l| l == 1).count();
     let n_neg = labels.len() - n_pos;
     if n_pos == 0 || n_neg == 0 {
-        return Err(Error::Eval(format!("{who}: needs both classes, got {n_pos} positives and {n_neg} negatives")));
+        return Err(Error::Eval(format!(
+            "{who}: needs both classes, got {n_pos} positives and {n_neg} negatives"
+        )));
     }
     Ok((n_pos, n_neg))
 }
@@ -90,8 +99,18 @@ struct Placements {
 }
 
 fn placements(scores: &[f64], labels: &[u8]) -> Placements {
-    let pos: Vec<f64> = scores.iter().zip(labels).filter(|(_, l)| **l == 1).map(|(s, _)| *s).collect();
-    let neg: Vec<f64> = scores.iter().zip(labels).filter(|(_, l)| **l != 1).map(|(s, _)| *s).collect();
+    let pos: Vec<f64> = scores
+        .iter()
+        .zip(labels)
+        .filter(|(_, l)| **l == 1)
+        .map(|(s, _)| *s)
+        .collect();
+    let neg: Vec<f64> = scores
+        .iter()
+        .zip(labels)
+        .filter(|(_, l)| **l != 1)
+        .map(|(s, _)| *s)
+        .collect();
     let (m, n) = (pos.len(), neg.len());
     let tx = midranks(&pos);
     let ty = midranks(&neg);
@@ -150,7 +169,11 @@ pub fn delong_paired(a: &[f64], b: &[f64], labels: &[u8]) -> Result<PairedTest> 
     let sx = var_about(pa.v10.iter().zip(&pb.v10).map(|(x, y)| x - y), diff, m);
     let sy = var_about(pa.v01.iter().zip(&pb.v01).map(|(x, y)| x - y), diff, n);
     let se = (sx / m as f64 + sy / n as f64).sqrt();
-    let z = if se == 0.0 && diff == 0.0 { 0.0 } else { diff / se };
+    let z = if se == 0.0 && diff == 0.0 {
+        0.0
+    } else {
+        diff / se
+    };
     let p = if z == 0.0 { 1.0 } else { two_sided_p(z) };
     Ok(PairedTest {
         auc_a: pa.theta,
@@ -182,11 +205,20 @@ fn ranked(scores: &[f64]) -> Ranked {
         }
         group[i] = g;
     }
-    Ranked { group, groups: if scores.is_empty() { 0 } else { g as usize + 1 } }
+    Ranked {
+        group,
+        groups: if scores.is_empty() { 0 } else { g as usize + 1 },
+    }
 }
 
 /// AUC of a resample given as item indices, in O(items + groups).
-fn weighted_auc(r: &Ranked, pos: &[usize], neg: &[usize], cp: &mut Vec<u32>, cn: &mut Vec<u32>) -> f64 {
+fn weighted_auc(
+    r: &Ranked,
+    pos: &[usize],
+    neg: &[usize],
+    cp: &mut Vec<u32>,
+    cn: &mut Vec<u32>,
+) -> f64 {
     cp.clear();
     cp.resize(r.groups, 0);
     cn.clear();
@@ -210,7 +242,12 @@ fn weighted_auc(r: &Ranked, pos: &[usize], neg: &[usize], cp: &mut Vec<u32>, cn:
 /// `rng::stream(seed, "bootstrap", r, 0)`: positives then negatives, each
 /// with replacement within its class), the AUC of every scoring on the same
 /// resampled cases. Deterministic and independent of the thread count.
-fn bootstrap_aucs(scorings: &[&[f64]], labels: &[u8], resamples: usize, seed: u64) -> Vec<Vec<f64>> {
+fn bootstrap_aucs(
+    scorings: &[&[f64]],
+    labels: &[u8],
+    resamples: usize,
+    seed: u64,
+) -> Vec<Vec<f64>> {
     let pos: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == 1).collect();
     let neg: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] != 1).collect();
     let ranks: Vec<Ranked> = scorings.iter().map(|s| ranked(s)).collect();
@@ -224,7 +261,10 @@ fn bootstrap_aucs(scorings: &[&[f64]], labels: &[u8], resamples: usize, seed: u6
                 bp.extend((0..pos.len()).map(|_| pos[rng.random_range(0..pos.len())]));
                 bn.clear();
                 bn.extend((0..neg.len()).map(|_| neg[rng.random_range(0..neg.len())]));
-                ranks.iter().map(|rk| weighted_auc(rk, bp, bn, cp, cn)).collect::<Vec<f64>>()
+                ranks
+                    .iter()
+                    .map(|rk| weighted_auc(rk, bp, bn, cp, cn))
+                    .collect::<Vec<f64>>()
             },
         )
         .collect()
@@ -258,7 +298,10 @@ pub fn bootstrap_ci(scores: &[f64], labels: &[u8], resamples: usize, seed: u64) 
     check(scores, labels, "bootstrap_ci")?;
     check_resamples(resamples, "bootstrap_ci")?;
     let auc = crate::eval::auc::auc(scores, labels)?;
-    let boots: Vec<f64> = bootstrap_aucs(&[scores], labels, resamples, seed).into_iter().map(|v| v[0]).collect();
+    let boots: Vec<f64> = bootstrap_aucs(&[scores], labels, resamples, seed)
+        .into_iter()
+        .map(|v| v[0])
+        .collect();
     let (_, se) = mean_sd(&boots);
     let (lo, hi) = percentile_ci(boots);
     Ok(AucCi { auc, lo, hi, se })
@@ -267,12 +310,21 @@ pub fn bootstrap_ci(scores: &[f64], labels: &[u8], resamples: usize, seed: u64) 
 /// `auc_a - auc_b` with its stratified-bootstrap percentile 95 % interval,
 /// both scorings evaluated on the same resamples (the same resamples as
 /// [`bootstrap_ci`] with the same seed). Returns `(diff, lo, hi)`.
-pub fn bootstrap_paired(a: &[f64], b: &[f64], labels: &[u8], resamples: usize, seed: u64) -> Result<(f64, f64, f64)> {
+pub fn bootstrap_paired(
+    a: &[f64],
+    b: &[f64],
+    labels: &[u8],
+    resamples: usize,
+    seed: u64,
+) -> Result<(f64, f64, f64)> {
     check(a, labels, "bootstrap_paired (a)")?;
     check(b, labels, "bootstrap_paired (b)")?;
     check_resamples(resamples, "bootstrap_paired")?;
     let diff = crate::eval::auc::auc(a, labels)? - crate::eval::auc::auc(b, labels)?;
-    let diffs: Vec<f64> = bootstrap_aucs(&[a, b], labels, resamples, seed).into_iter().map(|v| v[0] - v[1]).collect();
+    let diffs: Vec<f64> = bootstrap_aucs(&[a, b], labels, resamples, seed)
+        .into_iter()
+        .map(|v| v[0] - v[1])
+        .collect();
     let (lo, hi) = percentile_ci(diffs);
     Ok((diff, lo, hi))
 }
@@ -284,11 +336,22 @@ pub fn bootstrap_paired(a: &[f64], b: &[f64], labels: &[u8], resamples: usize, s
 /// (0, 1). Panics if `k > n` or `level` is not in (0, 1).
 pub fn clopper_pearson(k: u64, n: u64, level: f64) -> (f64, f64) {
     assert!(k <= n, "clopper_pearson: k = {k} exceeds n = {n}");
-    assert!(level > 0.0 && level < 1.0, "clopper_pearson: level {level} is not in (0, 1)");
+    assert!(
+        level > 0.0 && level < 1.0,
+        "clopper_pearson: level {level} is not in (0, 1)"
+    );
     let alpha = 1.0 - level;
     let (kf, nf) = (k as f64, n as f64);
-    let lo = if k == 0 { 0.0 } else { beta_quantile(alpha / 2.0, kf, nf - kf + 1.0) };
-    let hi = if k == n { 1.0 } else { beta_quantile(1.0 - alpha / 2.0, kf + 1.0, nf - kf) };
+    let lo = if k == 0 {
+        0.0
+    } else {
+        beta_quantile(alpha / 2.0, kf, nf - kf + 1.0)
+    };
+    let hi = if k == n {
+        1.0
+    } else {
+        beta_quantile(1.0 - alpha / 2.0, kf + 1.0, nf - kf)
+    };
     (lo, hi)
 }
 

@@ -38,10 +38,20 @@ impl PirlModel {
         let head_f = candle_nn::linear(d, EMBED_DIM, vb.pp("head_f"))?;
         let head_g = candle_nn::linear(d, EMBED_DIM, vb.pp("head_g"))?;
         let head_g_proj = match pretext {
-            PretextKind::Jigsaw => Some(candle_nn::linear(9 * EMBED_DIM, EMBED_DIM, vb.pp("head_g_proj"))?),
+            PretextKind::Jigsaw => Some(candle_nn::linear(
+                9 * EMBED_DIM,
+                EMBED_DIM,
+                vb.pp("head_g_proj"),
+            )?),
             PretextKind::Rotation => None,
         };
-        Ok(Self { encoder, head_f, head_g, head_g_proj, pretext })
+        Ok(Self {
+            encoder,
+            head_f,
+            head_g,
+            head_g_proj,
+            pretext,
+        })
     }
 
     /// f(v_I), L2-normalised.
@@ -78,7 +88,13 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
 
 /// A fresh VarMap-backed model on `device`, every parameter initialised from
 /// `seed` (candle's own CPU initialisers are unseeded).
-pub fn build(cfg: &ResNetConfig, pretext: PretextKind, seed: u64, dtype: DType, device: &Device) -> Result<(VarMap, PirlModel)> {
+pub fn build(
+    cfg: &ResNetConfig,
+    pretext: PretextKind,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<(VarMap, PirlModel)> {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, dtype, device);
     let model = PirlModel::new(cfg, pretext, vb)?;
@@ -100,7 +116,12 @@ pub fn seeded_init(vm: &VarMap, seed: u64) -> Result<()> {
         let dims = shape.dims().to_vec();
         let n = shape.elem_count();
         let mut rng = crate::rng::stream(seed, "init", k as u64, 0);
-        let is_bn = |n: &str| n.contains(".bn") || n.starts_with("bn") || n.contains("downsample.1") || n.contains(".bn1") ;
+        let is_bn = |n: &str| {
+            n.contains(".bn")
+                || n.starts_with("bn")
+                || n.contains("downsample.1")
+                || n.contains(".bn1")
+        };
         let values: Vec<f64> = if name.ends_with("running_mean") {
             vec![0.0; n]
         } else if name.ends_with("running_var") {
@@ -113,11 +134,18 @@ pub fn seeded_init(vm: &VarMap, seed: u64) -> Result<()> {
             let bound = 1.0 / (dims[1] as f64).sqrt();
             (0..n).map(|_| rng.random_range(-bound..bound)).collect()
         } else if is_bn(name) {
-            if name.ends_with("weight") { vec![1.0; n] } else { vec![0.0; n] }
+            if name.ends_with("weight") {
+                vec![1.0; n]
+            } else {
+                vec![0.0; n]
+            }
         } else {
             // A linear bias: its weight is the sibling `.weight`.
             let wname = name.trim_end_matches("bias").to_string() + "weight";
-            let fan_in = data.get(&wname).map(|w| w.dims().get(1).copied().unwrap_or(1)).unwrap_or(1);
+            let fan_in = data
+                .get(&wname)
+                .map(|w| w.dims().get(1).copied().unwrap_or(1))
+                .unwrap_or(1);
             let bound = 1.0 / (fan_in as f64).sqrt();
             (0..n).map(|_| rng.random_range(-bound..bound)).collect()
         };

@@ -45,7 +45,11 @@ pub struct ResNetConfig {
 
 impl Default for ResNetConfig {
     fn default() -> Self {
-        Self { arch: Arch::Resnet18, width: 1.0, bn_momentum: 0.1 }
+        Self {
+            arch: Arch::Resnet18,
+            width: 1.0,
+            bn_momentum: 0.1,
+        }
     }
 }
 
@@ -64,7 +68,10 @@ impl ResNetConfig {
             return Err(format!("model.width must be in (0, 8], got {}", self.width));
         }
         if !(0.0..=1.0).contains(&self.bn_momentum) {
-            return Err(format!("model.bn_momentum must be in [0, 1], got {}", self.bn_momentum));
+            return Err(format!(
+                "model.bn_momentum must be in [0, 1], got {}",
+                self.bn_momentum
+            ));
         }
         Ok(())
     }
@@ -85,23 +92,52 @@ impl Conv2d {
     }
 }
 
-fn conv(cin: usize, cout: usize, k: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Conv2d> {
+fn conv(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
     // The initial values are replaced by `model::seeded_init`.
-    let weight = vb.get_with_hints((cout, cin, k, k), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
-    Ok(Conv2d { weight, stride, padding })
+    let weight = vb.get_with_hints(
+        (cout, cin, k, k),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    Ok(Conv2d {
+        weight,
+        stride,
+        padding,
+    })
 }
 
 fn bn(c: usize, momentum: f64, vb: VarBuilder) -> Result<BatchNorm> {
-    let cfg = BatchNormConfig { eps: 1e-5, remove_mean: true, affine: true, momentum };
+    let cfg = BatchNormConfig {
+        eps: 1e-5,
+        remove_mean: true,
+        affine: true,
+        momentum,
+    };
     candle_nn::batch_norm(c, cfg, vb)
 }
 
 /// The 1x1 projection of the skip path, when the shape changes.
-fn downsample(cin: usize, cout: usize, stride: usize, m: f64, vb: &VarBuilder) -> Result<Option<(Conv2d, BatchNorm)>> {
+fn downsample(
+    cin: usize,
+    cout: usize,
+    stride: usize,
+    m: f64,
+    vb: &VarBuilder,
+) -> Result<Option<(Conv2d, BatchNorm)>> {
     if stride == 1 && cin == cout {
         return Ok(None);
     }
-    Ok(Some((conv(cin, cout, 1, stride, 0, vb.pp("downsample.0"))?, bn(cout, m, vb.pp("downsample.1"))?)))
+    Ok(Some((
+        conv(cin, cout, 1, stride, 0, vb.pp("downsample.0"))?,
+        bn(cout, m, vb.pp("downsample.1"))?,
+    )))
 }
 
 #[derive(Debug, Clone)]
@@ -113,20 +149,41 @@ struct Block {
 impl Block {
     fn basic(cin: usize, cout: usize, stride: usize, m: f64, vb: VarBuilder) -> Result<Self> {
         let convs = vec![
-            (conv(cin, cout, 3, stride, 1, vb.pp("conv1"))?, bn(cout, m, vb.pp("bn1"))?),
-            (conv(cout, cout, 3, 1, 1, vb.pp("conv2"))?, bn(cout, m, vb.pp("bn2"))?),
+            (
+                conv(cin, cout, 3, stride, 1, vb.pp("conv1"))?,
+                bn(cout, m, vb.pp("bn1"))?,
+            ),
+            (
+                conv(cout, cout, 3, 1, 1, vb.pp("conv2"))?,
+                bn(cout, m, vb.pp("bn2"))?,
+            ),
         ];
-        Ok(Self { convs, downsample: downsample(cin, cout, stride, m, &vb)? })
+        Ok(Self {
+            convs,
+            downsample: downsample(cin, cout, stride, m, &vb)?,
+        })
     }
 
     fn bottleneck(cin: usize, mid: usize, stride: usize, m: f64, vb: VarBuilder) -> Result<Self> {
         let cout = mid * 4;
         let convs = vec![
-            (conv(cin, mid, 1, 1, 0, vb.pp("conv1"))?, bn(mid, m, vb.pp("bn1"))?),
-            (conv(mid, mid, 3, stride, 1, vb.pp("conv2"))?, bn(mid, m, vb.pp("bn2"))?),
-            (conv(mid, cout, 1, 1, 0, vb.pp("conv3"))?, bn(cout, m, vb.pp("bn3"))?),
+            (
+                conv(cin, mid, 1, 1, 0, vb.pp("conv1"))?,
+                bn(mid, m, vb.pp("bn1"))?,
+            ),
+            (
+                conv(mid, mid, 3, stride, 1, vb.pp("conv2"))?,
+                bn(mid, m, vb.pp("bn2"))?,
+            ),
+            (
+                conv(mid, cout, 1, 1, 0, vb.pp("conv3"))?,
+                bn(cout, m, vb.pp("bn3"))?,
+            ),
         ];
-        Ok(Self { convs, downsample: downsample(cin, cout, stride, m, &vb)? })
+        Ok(Self {
+            convs,
+            downsample: downsample(cin, cout, stride, m, &vb)?,
+        })
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -161,7 +218,10 @@ impl ResNet {
     pub fn new(cfg: &ResNetConfig, vb: VarBuilder) -> Result<Self> {
         let m = cfg.bn_momentum;
         let base = cfg.base_channels();
-        let stem = (conv(3, base, 7, 2, 3, vb.pp("conv1"))?, bn(base, m, vb.pp("bn1"))?);
+        let stem = (
+            conv(3, base, 7, 2, 3, vb.pp("conv1"))?,
+            bn(base, m, vb.pp("bn1"))?,
+        );
         let mut layers = Vec::new();
         let mut cin = base;
         for (li, &n) in cfg.arch.blocks().iter().enumerate() {
@@ -183,7 +243,12 @@ impl ResNet {
             }
             layers.push(blocks);
         }
-        Ok(Self { stem, pool: MaxPool2d::new(3, 2, 1), layers, cfg: cfg.clone() })
+        Ok(Self {
+            stem,
+            pool: MaxPool2d::new(3, 2, 1),
+            layers,
+            cfg: cfg.clone(),
+        })
     }
 
     pub fn config(&self) -> &ResNetConfig {

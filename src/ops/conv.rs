@@ -49,9 +49,14 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
     // Validate here too, for errors that name this op before any copy.
     Geom::new(x.dims(), w.dims(), stride, padding)?;
     if x.dtype() != w.dtype() {
-        bail!("conv2d: dtype mismatch, x {:?} w {:?}", x.dtype(), w.dtype())
+        bail!(
+            "conv2d: dtype mismatch, x {:?} w {:?}",
+            x.dtype(),
+            w.dtype()
+        )
     }
-    x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { stride, padding })
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, Conv2dOp { stride, padding })
 }
 
 /// The forward op; see [`conv2d`].
@@ -93,8 +98,12 @@ struct Geom {
 
 impl Geom {
     fn new(xd: &[usize], wd: &[usize], s: usize, p: usize) -> Result<Self> {
-        let &[n, cin, h, w] = xd else { bail!("conv2d: x must be (N, Cin, H, W), got {xd:?}") };
-        let &[cout, cin_w, kh, kw] = wd else { bail!("conv2d: w must be (Cout, Cin, kh, kw), got {wd:?}") };
+        let &[n, cin, h, w] = xd else {
+            bail!("conv2d: x must be (N, Cin, H, W), got {xd:?}")
+        };
+        let &[cout, cin_w, kh, kw] = wd else {
+            bail!("conv2d: w must be (Cout, Cin, kh, kw), got {wd:?}")
+        };
         if cin != cin_w {
             bail!("conv2d: x has {cin} channels but w expects {cin_w}")
         }
@@ -105,11 +114,27 @@ impl Geom {
             bail!("conv2d: empty kernel {kh}x{kw}")
         }
         if h + 2 * p < kh || w + 2 * p < kw {
-            bail!("conv2d: kernel {kh}x{kw} larger than padded input {}x{}", h + 2 * p, w + 2 * p)
+            bail!(
+                "conv2d: kernel {kh}x{kw} larger than padded input {}x{}",
+                h + 2 * p,
+                w + 2 * p
+            )
         }
         let ho = (h + 2 * p - kh) / s + 1;
         let wo = (w + 2 * p - kw) / s + 1;
-        Ok(Self { n, cin, h, w, cout, kh, kw, ho, wo, s, p })
+        Ok(Self {
+            n,
+            cin,
+            h,
+            w,
+            cout,
+            kh,
+            kw,
+            ho,
+            wo,
+            s,
+            p,
+        })
     }
 
     fn k(&self) -> usize {
@@ -143,8 +168,16 @@ impl Geom {
     /// `ox*s + kx - p` lies inside `[0, w)`.
     #[inline]
     fn ox_range(&self, kx: usize) -> (usize, usize) {
-        let lo = if kx >= self.p { 0 } else { (self.p - kx).div_ceil(self.s) };
-        let hi = if self.w + self.p <= kx { 0 } else { (self.w + self.p - kx).div_ceil(self.s) };
+        let lo = if kx >= self.p {
+            0
+        } else {
+            (self.p - kx).div_ceil(self.s)
+        };
+        let hi = if self.w + self.p <= kx {
+            0
+        } else {
+            (self.w + self.p - kx).div_ceil(self.s)
+        };
         let hi = hi.min(self.wo);
         (lo.min(hi), hi)
     }
@@ -295,10 +328,31 @@ fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
             &col[..]
         };
         // SAFETY: w is Cout x K, src is K x pix, yn is Cout x pix.
-        unsafe { gemm_strided(g.cout, pix, k, yn, (pix, 1), false, w.as_ptr(), (k, 1), src.as_ptr(), (pix, 1)) }
+        unsafe {
+            gemm_strided(
+                g.cout,
+                pix,
+                k,
+                yn,
+                (pix, 1),
+                false,
+                w.as_ptr(),
+                (k, 1),
+                src.as_ptr(),
+                (pix, 1),
+            )
+        }
     };
-    let scratch = || if g.pointwise() { Vec::new() } else { vec![T::ZERO; k * pix] };
-    y.par_chunks_mut(g.cout * pix).enumerate().for_each_init(scratch, per_image);
+    let scratch = || {
+        if g.pointwise() {
+            Vec::new()
+        } else {
+            vec![T::ZERO; k * pix]
+        }
+    };
+    y.par_chunks_mut(g.cout * pix)
+        .enumerate()
+        .for_each_init(scratch, per_image);
     y
 }
 
@@ -312,7 +366,11 @@ fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T]) -> Vec<T> {
     let (k, pix, img, yimg) = (g.k(), g.pix(), g.cin * g.hw(), g.cout * g.pix());
     let (dx, dw) = out.split_at_mut(nx);
     let scratch = || {
-        if g.pointwise() { (Vec::new(), Vec::new()) } else { (vec![T::ZERO; k * pix], vec![T::ZERO; k * pix]) }
+        if g.pointwise() {
+            (Vec::new(), Vec::new())
+        } else {
+            (vec![T::ZERO; k * pix], vec![T::ZERO; k * pix])
+        }
     };
     let partials: Vec<Vec<T>> = dx
         .par_chunks_mut(WGRAD_CHUNK * img)
@@ -326,12 +384,38 @@ fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T]) -> Vec<T> {
                 let colp = if g.pointwise() {
                     // dcol is dX[n] itself: W^T (K x Cout) * dY (Cout x pix).
                     // SAFETY: w is Cout x K read transposed, dy is Cout x pix.
-                    unsafe { gemm_strided(k, pix, g.cout, dxn, (pix, 1), false, w.as_ptr(), (1, k), dyn_.as_ptr(), (pix, 1)) }
+                    unsafe {
+                        gemm_strided(
+                            k,
+                            pix,
+                            g.cout,
+                            dxn,
+                            (pix, 1),
+                            false,
+                            w.as_ptr(),
+                            (1, k),
+                            dyn_.as_ptr(),
+                            (pix, 1),
+                        )
+                    }
                     xn.as_ptr()
                 } else {
                     im2col(g, xn, col);
                     // SAFETY: as above, into the K x pix scratch.
-                    unsafe { gemm_strided(k, pix, g.cout, dcol, (pix, 1), false, w.as_ptr(), (1, k), dyn_.as_ptr(), (pix, 1)) }
+                    unsafe {
+                        gemm_strided(
+                            k,
+                            pix,
+                            g.cout,
+                            dcol,
+                            (pix, 1),
+                            false,
+                            w.as_ptr(),
+                            (1, k),
+                            dyn_.as_ptr(),
+                            (pix, 1),
+                        )
+                    }
                     col2im_add(g, dcol, dxn);
                     col.as_ptr()
                 };
@@ -340,7 +424,18 @@ fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T]) -> Vec<T> {
                 // destination gemm runs ~3x faster for these operand layouts.
                 // SAFETY: colp is K x pix read transposed; dwp holds Cout x K.
                 unsafe {
-                    gemm_strided(g.cout, k, pix, &mut dwp, (1, g.cout), j > 0, dyn_.as_ptr(), (pix, 1), colp, (1, pix))
+                    gemm_strided(
+                        g.cout,
+                        k,
+                        pix,
+                        &mut dwp,
+                        (1, g.cout),
+                        j > 0,
+                        dyn_.as_ptr(),
+                        (pix, 1),
+                        colp,
+                        (1, pix),
+                    )
                 }
             }
             dwp
@@ -369,21 +464,37 @@ impl CustomOp2 for Conv2dOp {
         "pirlkit-conv2d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
-                CpuStorage::F32(fwd_impl(&g, contiguous(x, l1, "x")?, contiguous(w, l2, "w")?))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
-                CpuStorage::F64(fwd_impl(&g, contiguous(x, l1, "x")?, contiguous(w, l2, "w")?))
-            }
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(fwd_impl(
+                &g,
+                contiguous(x, l1, "x")?,
+                contiguous(w, l2, "w")?,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(fwd_impl(
+                &g,
+                contiguous(x, l1, "x")?,
+                contiguous(w, l2, "w")?,
+            )),
             _ => bail!("conv2d: unsupported dtypes (f32 or f64, both the same)"),
         };
         Ok((out, Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, w, g) = (x.contiguous()?, w.contiguous()?, grad_res.contiguous()?);
         let packed = x.apply_op3_no_bwd(&w, &g, &Conv2dBackward(*self))?;
         let nx = x.elem_count();
@@ -413,21 +524,29 @@ impl CustomOp3 for Conv2dBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.dims(), l2.dims(), self.0.stride, self.0.padding)?;
         if l3.dims() != [g.n, g.cout, g.ho, g.wo] {
-            bail!("conv2d backward: gradient shape {:?} does not match output {:?}", l3.dims(), [g.n, g.cout, g.ho, g.wo])
+            bail!(
+                "conv2d backward: gradient shape {:?} does not match output {:?}",
+                l3.dims(),
+                [g.n, g.cout, g.ho, g.wo]
+            )
         }
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(dy)) => CpuStorage::F32(bwd_impl(
-                &g,
-                contiguous(x, l1, "x")?,
-                contiguous(w, l2, "w")?,
-                contiguous(dy, l3, "grad")?,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(dy)) => CpuStorage::F64(bwd_impl(
-                &g,
-                contiguous(x, l1, "x")?,
-                contiguous(w, l2, "w")?,
-                contiguous(dy, l3, "grad")?,
-            )),
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(dy)) => {
+                CpuStorage::F32(bwd_impl(
+                    &g,
+                    contiguous(x, l1, "x")?,
+                    contiguous(w, l2, "w")?,
+                    contiguous(dy, l3, "grad")?,
+                ))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(dy)) => {
+                CpuStorage::F64(bwd_impl(
+                    &g,
+                    contiguous(x, l1, "x")?,
+                    contiguous(w, l2, "w")?,
+                    contiguous(dy, l3, "grad")?,
+                ))
+            }
             _ => bail!("conv2d backward: unsupported dtypes"),
         };
         Ok((out, Shape::from(g.x_len() + g.w_len())))

@@ -23,15 +23,27 @@ pub struct MaxPool2d {
 
 impl MaxPool2d {
     pub fn new(kernel: usize, stride: usize, padding: usize) -> Self {
-        Self { kernel, stride, padding }
+        Self {
+            kernel,
+            stride,
+            padding,
+        }
     }
 
     fn out_dims(&self, h: usize, w: usize) -> Result<(usize, usize)> {
         if self.kernel == 0 || self.stride == 0 || self.padding * 2 > self.kernel {
-            bail!("max-pool: invalid kernel {} stride {} padding {}", self.kernel, self.stride, self.padding)
+            bail!(
+                "max-pool: invalid kernel {} stride {} padding {}",
+                self.kernel,
+                self.stride,
+                self.padding
+            )
         }
         if h + 2 * self.padding < self.kernel || w + 2 * self.padding < self.kernel {
-            bail!("max-pool: input {h}x{w} smaller than kernel {}", self.kernel)
+            bail!(
+                "max-pool: input {h}x{w} smaller than kernel {}",
+                self.kernel
+            )
         }
         Ok((
             (h + 2 * self.padding - self.kernel) / self.stride + 1,
@@ -157,8 +169,12 @@ impl CustomOp1 for MaxPool2d {
         let d = dims4(layout)?;
         let (ho, wo) = self.out_dims(d.2, d.3)?;
         let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(fwd_impl(contiguous(v, layout)?, d, self, ho, wo)),
-            CpuStorage::F64(v) => CpuStorage::F64(fwd_impl(contiguous(v, layout)?, d, self, ho, wo)),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(fwd_impl(contiguous(v, layout)?, d, self, ho, wo))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(fwd_impl(contiguous(v, layout)?, d, self, ho, wo))
+            }
             _ => bail!("max-pool: unsupported dtype (f32 and f64 only)"),
         };
         Ok((out, Shape::from((d.0, d.1, ho, wo))))
@@ -166,7 +182,9 @@ impl CustomOp1 for MaxPool2d {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let g = grad_res.contiguous()?;
-        let gi = arg.contiguous()?.apply_op2_no_bwd(&g, &MaxPool2dBackward(*self))?;
+        let gi = arg
+            .contiguous()?
+            .apply_op2_no_bwd(&g, &MaxPool2dBackward(*self))?;
         Ok(Some(gi))
     }
 }
@@ -179,19 +197,38 @@ impl CustomOp2 for MaxPool2dBackward {
         "pirlkit-max-pool2d-bwd"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let d = dims4(l1)?;
         let (ho, wo) = self.0.out_dims(d.2, d.3)?;
         if l2.shape().dims() != [d.0, d.1, ho, wo] {
-            bail!("max-pool backward: gradient shape {:?} does not match output", l2.shape())
+            bail!(
+                "max-pool backward: gradient shape {:?} does not match output",
+                l2.shape()
+            )
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                CpuStorage::F32(bwd_impl(contiguous(x, l1)?, contiguous(g, l2)?, d, &self.0, ho, wo))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                CpuStorage::F64(bwd_impl(contiguous(x, l1)?, contiguous(g, l2)?, d, &self.0, ho, wo))
-            }
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(bwd_impl(
+                contiguous(x, l1)?,
+                contiguous(g, l2)?,
+                d,
+                &self.0,
+                ho,
+                wo,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(bwd_impl(
+                contiguous(x, l1)?,
+                contiguous(g, l2)?,
+                d,
+                &self.0,
+                ho,
+                wo,
+            )),
             _ => bail!("max-pool backward: unsupported dtypes"),
         };
         Ok((out, l1.shape().clone()))

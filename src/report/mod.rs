@@ -61,10 +61,22 @@ fn cell(s: &Column, i: usize) -> String {
 pub fn markdown_table(df: &DataFrame) -> String {
     let cols = df.columns();
     let mut s = String::new();
-    s.push_str(&format!("| {} |\n", cols.iter().map(|c| c.name().to_string()).collect::<Vec<_>>().join(" | ")));
+    s.push_str(&format!(
+        "| {} |\n",
+        cols.iter()
+            .map(|c| c.name().to_string())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    ));
     s.push_str(&format!("|{}\n", "---|".repeat(cols.len())));
     for i in 0..df.height() {
-        s.push_str(&format!("| {} |\n", cols.iter().map(|c| cell(c, i)).collect::<Vec<_>>().join(" | ")));
+        s.push_str(&format!(
+            "| {} |\n",
+            cols.iter()
+                .map(|c| cell(c, i))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ));
     }
     s
 }
@@ -74,7 +86,9 @@ pub fn markdown_table(df: &DataFrame) -> String {
 pub fn write_summary(dir: &Path, rows: &[ArmRow], context: &str) -> Result<DataFrame> {
     let mut df = summary_frame(rows)?;
     let mut csv = Vec::new();
-    CsvWriter::new(&mut csv).finish(&mut df).map_err(|e| Error::Report(e.to_string()))?;
+    CsvWriter::new(&mut csv)
+        .finish(&mut df)
+        .map_err(|e| Error::Report(e.to_string()))?;
     write_atomic(&dir.join("summary.csv"), &csv)?;
     let md = format!("# pirlkit summary\n\n{context}\n\n{}", markdown_table(&df));
     write_atomic(&dir.join("summary.md"), md.as_bytes())?;

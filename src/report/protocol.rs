@@ -31,7 +31,12 @@ pub struct RowStats {
     pub pauc_tpr80: f64,
 }
 
-pub fn row_stats(r: &ArmResult, val_labels: &[u8], test_labels: &[u8], resamples: usize) -> Result<RowStats> {
+pub fn row_stats(
+    r: &ArmResult,
+    val_labels: &[u8],
+    test_labels: &[u8],
+    resamples: usize,
+) -> Result<RowStats> {
     let s = &r.test_scores;
     let thr = roc::youden_threshold(&r.val_scores, val_labels)?;
     Ok(RowStats {
@@ -79,12 +84,28 @@ pub struct Context<'a> {
 }
 
 /// Writes every report file into `dir`; returns the summary table as Markdown.
-pub fn write(dir: &Path, results: &[ArmResult], val_labels: &[u8], test_labels: &[u8], resamples: usize, ctx: &Context) -> Result<String> {
+pub fn write(
+    dir: &Path,
+    results: &[ArmResult],
+    val_labels: &[u8],
+    test_labels: &[u8],
+    resamples: usize,
+    ctx: &Context,
+) -> Result<String> {
     std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
-    let stats: Vec<RowStats> = results.iter().map(|r| row_stats(r, val_labels, test_labels, resamples)).collect::<Result<_>>()?;
+    let stats: Vec<RowStats> = results
+        .iter()
+        .map(|r| row_stats(r, val_labels, test_labels, resamples))
+        .collect::<Result<_>>()?;
 
     // Per-run rows.
-    let f = |g: fn(&ArmResult, &RowStats) -> f64| results.iter().zip(&stats).map(|(r, s)| g(r, s)).collect::<Vec<f64>>();
+    let f = |g: fn(&ArmResult, &RowStats) -> f64| {
+        results
+            .iter()
+            .zip(&stats)
+            .map(|(r, s)| g(r, s))
+            .collect::<Vec<f64>>()
+    };
     let mut rows = df!(
         "arm" => results.iter().map(|r| r.arm.clone()).collect::<Vec<_>>(),
         "init" => results.iter().map(|r| r.init.clone()).collect::<Vec<_>>(),
@@ -114,13 +135,21 @@ pub fn write(dir: &Path, results: &[ArmResult], val_labels: &[u8], test_labels: 
     // Paired tests.
     let mut paired = Vec::new();
     for a in results.iter().filter(|r| r.init == "pirl") {
-        if let Some(b) = results.iter().find(|r| r.init == "random" && r.arm == a.arm && r.fraction == a.fraction && r.seed == a.seed) {
+        if let Some(b) = results.iter().find(|r| {
+            r.init == "random" && r.arm == a.arm && r.fraction == a.fraction && r.seed == a.seed
+        }) {
             paired.push(Paired {
                 arm: a.arm.clone(),
                 fraction: a.fraction,
                 seed: a.seed,
                 delong: stats::delong_paired(&a.test_scores, &b.test_scores, test_labels)?,
-                boot_diff: stats::bootstrap_paired(&a.test_scores, &b.test_scores, test_labels, resamples, a.seed)?,
+                boot_diff: stats::bootstrap_paired(
+                    &a.test_scores,
+                    &b.test_scores,
+                    test_labels,
+                    resamples,
+                    a.seed,
+                )?,
             });
         }
     }
@@ -144,7 +173,10 @@ pub fn write(dir: &Path, results: &[ArmResult], val_labels: &[u8], test_labels: 
     // Summary across seeds.
     let mut groups: BTreeMap<(String, String, String), Vec<usize>> = BTreeMap::new();
     for (i, r) in results.iter().enumerate() {
-        groups.entry((r.arm.clone(), r.init.clone(), format!("{:.3}", r.fraction))).or_default().push(i);
+        groups
+            .entry((r.arm.clone(), r.init.clone(), format!("{:.3}", r.fraction)))
+            .or_default()
+            .push(i);
     }
     let mut srows: Vec<(String, String, f64, u64, f64, f64, f64, f64, f64)> = Vec::new();
     for ((arm, init, _), idx) in &groups {
@@ -152,9 +184,30 @@ pub fn write(dir: &Path, results: &[ArmResult], val_labels: &[u8], test_labels: 
         let (m, sd) = stats::mean_sd(&aucs);
         let lo = idx.iter().map(|&i| stats[i].delong.lo).sum::<f64>() / idx.len() as f64;
         let hi = idx.iter().map(|&i| stats[i].delong.hi).sum::<f64>() / idx.len() as f64;
-        let diffs: Vec<f64> = paired.iter().filter(|p| &p.arm == arm && format!("{:.3}", p.fraction) == format!("{:.3}", results[idx[0]].fraction)).map(|p| p.delong.diff).collect();
-        let md = if init == "pirl" && !diffs.is_empty() { stats::mean_sd(&diffs).0 } else { f64::NAN };
-        srows.push((arm.clone(), init.clone(), results[idx[0]].fraction, idx.len() as u64, m, sd, lo, hi, md));
+        let diffs: Vec<f64> = paired
+            .iter()
+            .filter(|p| {
+                &p.arm == arm
+                    && format!("{:.3}", p.fraction) == format!("{:.3}", results[idx[0]].fraction)
+            })
+            .map(|p| p.delong.diff)
+            .collect();
+        let md = if init == "pirl" && !diffs.is_empty() {
+            stats::mean_sd(&diffs).0
+        } else {
+            f64::NAN
+        };
+        srows.push((
+            arm.clone(),
+            init.clone(),
+            results[idx[0]].fraction,
+            idx.len() as u64,
+            m,
+            sd,
+            lo,
+            hi,
+            md,
+        ));
     }
     let mut sdf = df!(
         "arm" => srows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
@@ -173,26 +226,73 @@ pub fn write(dir: &Path, results: &[ArmResult], val_labels: &[u8], test_labels: 
     // ROC curves (first seed) per arm and fraction; the loss curve.
     let mut svgs = Vec::new();
     let first_seed = results.iter().map(|r| r.seed).min().unwrap_or(0);
-    let mut keys: Vec<(String, String)> = results.iter().map(|r| (r.arm.clone(), format!("{}", r.fraction))).collect();
+    let mut keys: Vec<(String, String)> = results
+        .iter()
+        .map(|r| (r.arm.clone(), format!("{}", r.fraction)))
+        .collect();
     keys.dedup();
     keys.sort();
     keys.dedup();
     for (arm, frac) in &keys {
         let mut series = Vec::new();
-        for r in results.iter().filter(|r| &r.arm == arm && &format!("{}", r.fraction) == frac && r.seed == first_seed) {
-            let pts = roc::roc_curve(&r.test_scores, test_labels)?.into_iter().map(|p| (p.fpr, p.tpr)).collect();
-            series.push(Series { label: format!("{} (AUC {:.3})", r.init, r.test_auc), points: pts });
+        for r in results
+            .iter()
+            .filter(|r| &r.arm == arm && &format!("{}", r.fraction) == frac && r.seed == first_seed)
+        {
+            let pts = roc::roc_curve(&r.test_scores, test_labels)?
+                .into_iter()
+                .map(|p| (p.fpr, p.tpr))
+                .collect();
+            series.push(Series {
+                label: format!("{} (AUC {:.3})", r.init, r.test_auc),
+                points: pts,
+            });
         }
-        let svg = line_chart(&format!("ROC: {arm}, {} % labels, seed {first_seed}", frac.parse::<f64>().unwrap_or(0.0) * 100.0), "1 - specificity", "sensitivity", &series, (0.0, 1.0), (0.0, 1.0), true);
+        let svg = line_chart(
+            &format!(
+                "ROC: {arm}, {} % labels, seed {first_seed}",
+                frac.parse::<f64>().unwrap_or(0.0) * 100.0
+            ),
+            "1 - specificity",
+            "sensitivity",
+            &series,
+            (0.0, 1.0),
+            (0.0, 1.0),
+            true,
+        );
         let name = format!("roc_{arm}_f{frac}.svg");
         write_atomic(&dir.join(&name), svg.as_bytes())?;
         svgs.push((name, svg));
     }
     if !ctx.pretrain_losses.is_empty() {
-        let pts: Vec<(f64, f64)> = ctx.pretrain_losses.iter().enumerate().map(|(i, l)| ((i + 1) as f64, *l)).collect();
-        let lo = ctx.pretrain_losses.iter().cloned().fold(f64::INFINITY, f64::min);
-        let hi = ctx.pretrain_losses.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let svg = line_chart("PIRL pretraining loss", "epoch", "loss", &[Series { label: "mean loss".into(), points: pts }], (1.0, ctx.pretrain_losses.len().max(2) as f64), (lo.floor(), hi.ceil().max(lo.floor() + 1.0)), false);
+        let pts: Vec<(f64, f64)> = ctx
+            .pretrain_losses
+            .iter()
+            .enumerate()
+            .map(|(i, l)| ((i + 1) as f64, *l))
+            .collect();
+        let lo = ctx
+            .pretrain_losses
+            .iter()
+            .cloned()
+            .fold(f64::INFINITY, f64::min);
+        let hi = ctx
+            .pretrain_losses
+            .iter()
+            .cloned()
+            .fold(f64::NEG_INFINITY, f64::max);
+        let svg = line_chart(
+            "PIRL pretraining loss",
+            "epoch",
+            "loss",
+            &[Series {
+                label: "mean loss".into(),
+                points: pts,
+            }],
+            (1.0, ctx.pretrain_losses.len().max(2) as f64),
+            (lo.floor(), hi.ceil().max(lo.floor() + 1.0)),
+            false,
+        );
         write_atomic(&dir.join("pretrain_loss.svg"), svg.as_bytes())?;
         svgs.push(("pretrain_loss.svg".into(), svg));
     }
@@ -202,13 +302,23 @@ pub fn write(dir: &Path, results: &[ArmResult], val_labels: &[u8], test_labels: 
     write_atomic(&dir.join("manifest.json"), &j)?;
     let html = html_page(ctx, &summary_md, &paired_md, &svgs);
     write_atomic(&dir.join("report.html"), html.as_bytes())?;
-    let md = format!("# {}\n\n{}\n\n## Summary (test AUC over seeds)\n\n{summary_md}\n## PIRL vs. random init (paired DeLong, bootstrap)\n\n{paired_md}", ctx.title, ctx.lines.iter().map(|l| format!("- {l}")).collect::<Vec<_>>().join("\n"));
+    let md = format!(
+        "# {}\n\n{}\n\n## Summary (test AUC over seeds)\n\n{summary_md}\n## PIRL vs. random init (paired DeLong, bootstrap)\n\n{paired_md}",
+        ctx.title,
+        ctx.lines
+            .iter()
+            .map(|l| format!("- {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     write_atomic(&dir.join("report.md"), md.as_bytes())?;
     Ok(summary_md)
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Markdown table -> HTML table.
@@ -229,7 +339,12 @@ fn md_to_html_table(md: &str) -> String {
     s
 }
 
-fn html_page(ctx: &Context, summary_md: &str, paired_md: &str, svgs: &[(String, String)]) -> String {
+fn html_page(
+    ctx: &Context,
+    summary_md: &str,
+    paired_md: &str,
+    svgs: &[(String, String)],
+) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
@@ -239,12 +354,24 @@ fn html_page(ctx: &Context, summary_md: &str, paired_md: &str, svgs: &[(String, 
     for l in &ctx.lines {
         let _ = write!(s, "<li>{}</li>", esc(l));
     }
-    let _ = write!(s, "</ul><h2>Summary: test AUC over seeds</h2>{}", md_to_html_table(summary_md));
-    let _ = write!(s, "<h2>PIRL vs. random init (paired DeLong test, paired bootstrap)</h2>{}", md_to_html_table(paired_md));
+    let _ = write!(
+        s,
+        "</ul><h2>Summary: test AUC over seeds</h2>{}",
+        md_to_html_table(summary_md)
+    );
+    let _ = write!(
+        s,
+        "<h2>PIRL vs. random init (paired DeLong test, paired bootstrap)</h2>{}",
+        md_to_html_table(paired_md)
+    );
     s.push_str("<h2>Curves</h2><div class=\"plots\">");
     for (name, svg) in svgs {
         let _ = write!(s, "<figure id=\"{}\">{svg}</figure>", esc(name));
     }
-    let _ = write!(s, "</div><h2>Settings</h2><pre>{}</pre></body></html>", esc(&serde_json::to_string_pretty(&ctx.manifest).unwrap_or_default()));
+    let _ = write!(
+        s,
+        "</div><h2>Settings</h2><pre>{}</pre></body></html>",
+        esc(&serde_json::to_string_pretty(&ctx.manifest).unwrap_or_default())
+    );
     s
 }

@@ -60,14 +60,19 @@ pub fn config_hash(cfg: &Config) -> String {
 }
 
 fn fsync_file(p: &Path) -> Result<()> {
-    std::fs::File::open(p).and_then(|f| f.sync_all()).map_err(io(p))
+    std::fs::File::open(p)
+        .and_then(|f| f.sync_all())
+        .map_err(io(p))
 }
 
 /// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -76,7 +81,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
-        return Err(Error::Io { path: path.into(), source: e });
+        return Err(Error::Io {
+            path: path.into(),
+            source: e,
+        });
     }
     std::fs::rename(&tmp, path).map_err(io(path))
 }
@@ -103,8 +111,14 @@ pub fn save(run_dir: &Path, snap: Snapshot, keep: usize) -> Result<PathBuf> {
     let write = || -> Result<()> {
         snap.vm.save(tmp.join(MODEL_FILE))?;
         candle_core::safetensors::save(&snap.optimizer, tmp.join(OPTIM_FILE))?;
-        candle_core::safetensors::save(&HashMap::from([("bank".to_string(), snap.bank.clone())]), tmp.join(BANK_FILE))?;
-        let j = serde_json::to_vec_pretty(&snap.meta).map_err(|e| Error::Checkpoint { path: tmp.clone(), msg: e.to_string() })?;
+        candle_core::safetensors::save(
+            &HashMap::from([("bank".to_string(), snap.bank.clone())]),
+            tmp.join(BANK_FILE),
+        )?;
+        let j = serde_json::to_vec_pretty(&snap.meta).map_err(|e| Error::Checkpoint {
+            path: tmp.clone(),
+            msg: e.to_string(),
+        })?;
         std::fs::write(tmp.join(META_FILE), j).map_err(io(tmp.join(META_FILE)))?;
         for f in [MODEL_FILE, OPTIM_FILE, BANK_FILE, META_FILE] {
             fsync_file(&tmp.join(f))?;
@@ -133,7 +147,9 @@ pub fn save(run_dir: &Path, snap: Snapshot, keep: usize) -> Result<PathBuf> {
             write_atomic(&root.join("best"), name.as_bytes())?;
         }
     }
-    let best = std::fs::read_to_string(root.join("best")).map(|s| s.trim().to_string()).unwrap_or_default();
+    let best = std::fs::read_to_string(root.join("best"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
     // Prune older checkpoints only after `latest` points at the new one.
     let mut all: Vec<String> = std::fs::read_dir(&root)
         .map_err(io(&root))?
@@ -143,7 +159,10 @@ pub fn save(run_dir: &Path, snap: Snapshot, keep: usize) -> Result<PathBuf> {
         .collect();
     all.sort();
     if all.len() > keep.max(1) {
-        for old in all[..all.len() - keep.max(1)].iter().filter(|n| **n != best) {
+        for old in all[..all.len() - keep.max(1)]
+            .iter()
+            .filter(|n| **n != best)
+        {
             let _ = std::fs::remove_dir_all(root.join(old));
         }
     }
@@ -157,7 +176,10 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
         Ok(s) => {
             let d = run_dir.join("checkpoints").join(s.trim());
             if !d.join(META_FILE).is_file() {
-                return Err(Error::Checkpoint { path: d, msg: "`latest` points at a checkpoint without meta.json".into() });
+                return Err(Error::Checkpoint {
+                    path: d,
+                    msg: "`latest` points at a checkpoint without meta.json".into(),
+                });
             }
             Ok(Some(d))
         }
@@ -169,17 +191,26 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 pub fn read_meta(ckpt: &Path) -> Result<Meta> {
     let p = ckpt.join(META_FILE);
     let s = std::fs::read(&p).map_err(io(&p))?;
-    serde_json::from_slice(&s).map_err(|e| Error::Checkpoint { path: p, msg: e.to_string() })
+    serde_json::from_slice(&s).map_err(|e| Error::Checkpoint {
+        path: p,
+        msg: e.to_string(),
+    })
 }
 
 /// Loads the weights saved in `ckpt` into `vm` (every variable of `vm` must be there).
 pub fn load_weights(vm: &mut VarMap, ckpt: &Path) -> Result<()> {
     let p = ckpt.join(MODEL_FILE);
-    vm.load(&p).map_err(|e| Error::Checkpoint { path: p, msg: e.to_string() })
+    vm.load(&p).map_err(|e| Error::Checkpoint {
+        path: p,
+        msg: e.to_string(),
+    })
 }
 
 pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, device).map_err(|e| Error::Checkpoint { path: path.into(), msg: e.to_string() })
+    candle_core::safetensors::load(path, device).map_err(|e| Error::Checkpoint {
+        path: path.into(),
+        msg: e.to_string(),
+    })
 }
 
 /// The dotted keys whose values differ between two configs.
@@ -191,8 +222,17 @@ pub fn config_diff(a: &Config, b: &Config) -> Vec<String> {
                 keys.sort();
                 keys.dedup();
                 for k in keys {
-                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                    walk(&p, x.get(k).unwrap_or(&serde_json::Value::Null), y.get(k).unwrap_or(&serde_json::Value::Null), out);
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(
+                        &p,
+                        x.get(k).unwrap_or(&serde_json::Value::Null),
+                        y.get(k).unwrap_or(&serde_json::Value::Null),
+                        out,
+                    );
                 }
             }
             _ if a != b => out.push(prefix.to_string()),
@@ -200,6 +240,11 @@ pub fn config_diff(a: &Config, b: &Config) -> Vec<String> {
         }
     }
     let mut out = Vec::new();
-    walk("", &serde_json::to_value(a).expect("config"), &serde_json::to_value(b).expect("config"), &mut out);
+    walk(
+        "",
+        &serde_json::to_value(a).expect("config"),
+        &serde_json::to_value(b).expect("config"),
+        &mut out,
+    );
     out
 }

@@ -44,7 +44,13 @@ impl Stage {
             Stage::Layer4 => vec!["encoder.layer4."],
         }
     }
-    const ALL: [Stage; 5] = [Stage::Stem, Stage::Layer1, Stage::Layer2, Stage::Layer3, Stage::Layer4];
+    const ALL: [Stage; 5] = [
+        Stage::Stem,
+        Stage::Layer1,
+        Stage::Layer2,
+        Stage::Layer3,
+        Stage::Layer4,
+    ];
 }
 
 /// Fine-tuning settings.
@@ -77,7 +83,14 @@ impl Default for FinetuneConfig {
             weight_decay: 1e-4,
             patience: 10,
             freeze_up_to: None,
-            augment: AugmentConfig { crop_scale_min: 0.5, jitter: 0.2, hue: 0.02, jitter_p: 0.8, grayscale_p: 0.0, flip_p: 0.5 },
+            augment: AugmentConfig {
+                crop_scale_min: 0.5,
+                jitter: 0.2,
+                hue: 0.02,
+                jitter_p: 0.8,
+                grayscale_p: 0.0,
+                flip_p: 0.5,
+            },
         }
     }
 }
@@ -108,9 +121,19 @@ pub fn load_encoder(vm: &VarMap, init: &Init) -> Result<()> {
     for name in names {
         let key = format!("{file_prefix}{}", &name["encoder.".len()..]);
         let var = &data[name];
-        let t = tensors.get(&key).ok_or_else(|| Error::Checkpoint { path: path.clone(), msg: format!("no tensor {key}") })?;
+        let t = tensors.get(&key).ok_or_else(|| Error::Checkpoint {
+            path: path.clone(),
+            msg: format!("no tensor {key}"),
+        })?;
         if t.dims() != var.dims() {
-            return Err(Error::Checkpoint { path: path.clone(), msg: format!("{key} has shape {:?}, the model expects {:?}", t.dims(), var.dims()) });
+            return Err(Error::Checkpoint {
+                path: path.clone(),
+                msg: format!(
+                    "{key} has shape {:?}, the model expects {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
+            });
         }
         var.set(&t.to_dtype(var.dtype())?)?;
     }
@@ -144,7 +167,9 @@ pub struct FinetuneResult {
 /// `logits: (B,)`, `targets: (B,)` in {0, 1} -> scalar.
 pub fn weighted_bce(logits: &Tensor, targets: &Tensor, pos_weight: f64) -> Result<Tensor> {
     // softplus(x) = max(x, 0) + log(1 + exp(-|x|)), stable for any x.
-    let softplus = |x: &Tensor| -> candle_core::Result<Tensor> { x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()? };
+    let softplus = |x: &Tensor| -> candle_core::Result<Tensor> {
+        x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+    };
     let pos = (softplus(&logits.neg()?)? * targets)?; // -log σ(z) for positives
     let neg = (softplus(logits)? * (1.0 - targets)?)?; // -log(1 - σ(z)) for negatives
     Ok(((pos * pos_weight)? + neg)?.mean_all()?)
@@ -157,13 +182,19 @@ struct Classifier {
 
 impl Classifier {
     fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(self.head.forward(&self.encoder.forward_t(x, train)?)?.squeeze(1)?)
+        Ok(self
+            .head
+            .forward(&self.encoder.forward_t(x, train)?)?
+            .squeeze(1)?)
     }
 
     fn scores(&self, images: &[&RgbImage], crop: usize, batch: usize) -> Result<Vec<f64>> {
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(batch.max(1)) {
-            let views: Vec<Chw> = chunk.par_iter().map(|im| augment::resize_full(im, crop)).collect();
+            let views: Vec<Chw> = chunk
+                .par_iter()
+                .map(|im| augment::resize_full(im, crop))
+                .collect();
             let z = self.logits(&stack(views, &Device::Cpu)?, false)?;
             out.extend(z.to_vec1::<f32>()?.into_iter().map(f64::from));
         }
@@ -173,7 +204,9 @@ impl Classifier {
 
 fn snapshot(vm: &VarMap) -> Result<HashMap<String, Tensor>> {
     let data = vm.data().lock().expect("varmap lock");
-    data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect()
+    data.iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+        .collect()
 }
 
 fn restore(vm: &VarMap, snap: &HashMap<String, Tensor>) -> Result<()> {
@@ -187,14 +220,26 @@ fn restore(vm: &VarMap, snap: &HashMap<String, Tensor>) -> Result<()> {
 /// Fine-tunes from `init` on `train`, selects the epoch on `val`, scores `test` once.
 /// `cfg` gives the architecture and the view size; `seed` the head init,
 /// data order and augmentation.
-pub fn finetune(cfg: &Config, ft: &FinetuneConfig, init: &Init, train: &Labeled, val: &Labeled, test: &Labeled, seed: u64) -> Result<FinetuneResult> {
+pub fn finetune(
+    cfg: &Config,
+    ft: &FinetuneConfig,
+    init: &Init,
+    train: &Labeled,
+    val: &Labeled,
+    test: &Labeled,
+    seed: u64,
+) -> Result<FinetuneResult> {
     let n = train.images.len();
     let n_pos = train.labels.iter().filter(|&&l| l == 1).count();
     if n_pos == 0 || n_pos == n {
-        return Err(Error::Config(format!("fine-tuning needs both classes in the training labels ({n_pos} positives of {n})")));
+        return Err(Error::Config(format!(
+            "fine-tuning needs both classes in the training labels ({n_pos} positives of {n})"
+        )));
     }
     if ft.batch_size < 2 || ft.epochs == 0 {
-        return Err(Error::Config("finetune.batch_size must be >= 2 and finetune.epochs >= 1".into()));
+        return Err(Error::Config(
+            "finetune.batch_size must be >= 2 and finetune.epochs >= 1".into(),
+        ));
     }
     let dev = Device::Cpu;
     let vm = VarMap::new();
@@ -207,13 +252,28 @@ pub fn finetune(cfg: &Config, ft: &FinetuneConfig, init: &Init, train: &Labeled,
 
     let trainable: Vec<&str> = match ft.freeze_up_to {
         None => vec!["encoder.", "classifier."],
-        Some(last) => Stage::ALL.iter().filter(|s| **s > last).flat_map(|s| s.prefixes()).chain(["classifier."]).collect(),
+        Some(last) => Stage::ALL
+            .iter()
+            .filter(|s| **s > last)
+            .flat_map(|s| s.prefixes())
+            .chain(["classifier."])
+            .collect(),
     };
-    let ocfg = OptimConfig { kind: OptimizerKind::Adamw, lr: ft.lr, weight_decay: ft.weight_decay, ..Default::default() };
+    let ocfg = OptimConfig {
+        kind: OptimizerKind::Adamw,
+        lr: ft.lr,
+        weight_decay: ft.weight_decay,
+        ..Default::default()
+    };
     let mut opt = Optimizer::new(&vm, &ocfg, &trainable)?;
     let bs = ft.batch_size.min(n);
     let steps_per_epoch = n / bs;
-    let sched = CosineSchedule { lr: ft.lr, warmup_steps: 0, total_steps: ft.epochs * steps_per_epoch, final_fraction: 0.0 };
+    let sched = CosineSchedule {
+        lr: ft.lr,
+        warmup_steps: 0,
+        total_steps: ft.epochs * steps_per_epoch,
+        final_fraction: 0.0,
+    };
     let pos_weight = (n - n_pos) as f64 / n_pos as f64;
     let crop = cfg.pretext.crop;
 
@@ -223,23 +283,41 @@ pub fn finetune(cfg: &Config, ft: &FinetuneConfig, init: &Init, train: &Labeled,
     let mut step = 0;
     for epoch in 0..ft.epochs {
         let mut order: Vec<usize> = (0..n).collect();
-        crate::rng::shuffle(&mut order, &mut stream(seed, "finetune-order", epoch as u64, 0));
+        crate::rng::shuffle(
+            &mut order,
+            &mut stream(seed, "finetune-order", epoch as u64, 0),
+        );
         let mut loss_sum = 0.0;
         for idx in order.chunks_exact(bs) {
             let views: Vec<Chw> = idx
                 .par_iter()
-                .map(|&i| augment::image_view(train.images[i], crop, &ft.augment, &mut stream(seed, "finetune-augment", epoch as u64, i as u64)))
+                .map(|&i| {
+                    augment::image_view(
+                        train.images[i],
+                        crop,
+                        &ft.augment,
+                        &mut stream(seed, "finetune-augment", epoch as u64, i as u64),
+                    )
+                })
                 .collect();
             let y: Vec<f32> = idx.iter().map(|&i| train.labels[i] as f32).collect();
             let logits = model.logits(&stack(views, &dev)?, true)?;
             let loss = weighted_bce(&logits, &Tensor::from_vec(y, idx.len(), &dev)?, pos_weight)?;
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
-                return Err(Error::NonFinite { loss: lv, epoch: epoch + 1, step, last_good: "Fine-tuning keeps no checkpoint; lower finetune.lr.".into() });
+                return Err(Error::NonFinite {
+                    loss: lv,
+                    epoch: epoch + 1,
+                    step,
+                    last_good: "Fine-tuning keeps no checkpoint; lower finetune.lr.".into(),
+                });
             }
             opt.step(&loss.backward()?, sched.at(step))?;
             if crate::train::pretrain::STOP.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(Error::Stopped(format!("fine-tuning was at epoch {}, step {step}; it restarts from its first epoch", epoch + 1)));
+                return Err(Error::Stopped(format!(
+                    "fine-tuning was at epoch {}, step {step}; it restarts from its first epoch",
+                    epoch + 1
+                )));
             }
             loss_sum += lv;
             step += 1;
@@ -248,7 +326,11 @@ pub fn finetune(cfg: &Config, ft: &FinetuneConfig, init: &Init, train: &Labeled,
         let vs = model.scores(&val.images, crop, bs)?;
         let v = auc(&vs, &val.labels)?;
         val_curve.push(v);
-        tracing::debug!("fine-tune epoch {}: loss {:.4}, val AUC {v:.4}", epoch + 1, train_losses.last().unwrap());
+        tracing::debug!(
+            "fine-tune epoch {}: loss {:.4}, val AUC {v:.4}",
+            epoch + 1,
+            train_losses.last().unwrap()
+        );
         if best.as_ref().is_none_or(|(_, b, _, _)| v > *b) {
             best = Some((epoch + 1, v, snapshot(&vm)?, vs));
         } else if ft.patience > 0 && epoch + 1 - best.as_ref().map_or(0, |b| b.0) >= ft.patience {
@@ -259,5 +341,13 @@ pub fn finetune(cfg: &Config, ft: &FinetuneConfig, init: &Init, train: &Labeled,
     restore(&vm, &snap)?;
     let test_scores = model.scores(&test.images, crop, bs)?;
     let test_auc = auc(&test_scores, &test.labels)?;
-    Ok(FinetuneResult { best_epoch, val_auc, test_auc, test_scores, val_scores, val_curve, train_losses })
+    Ok(FinetuneResult {
+        best_epoch,
+        val_auc,
+        test_auc,
+        test_scores,
+        val_scores,
+        val_curve,
+        train_losses,
+    })
 }

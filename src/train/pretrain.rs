@@ -25,7 +25,9 @@ pub static STOP: AtomicBool = AtomicBool::new(false);
 /// Test hook: `PIRLKIT_INJECT_NAN_AT_STEP=N` turns the loss of global step N
 /// into NaN, to exercise the non-finite guard end to end.
 fn injected_nan_step() -> Option<usize> {
-    std::env::var("PIRLKIT_INJECT_NAN_AT_STEP").ok().and_then(|v| v.parse().ok())
+    std::env::var("PIRLKIT_INJECT_NAN_AT_STEP")
+        .ok()
+        .and_then(|v| v.parse().ok())
 }
 
 /// What a pretraining run produced.
@@ -58,7 +60,13 @@ pub fn stack(views: Vec<Chw>, device: &Device) -> Result<Tensor> {
 /// views `(B, 3, C, C)` and the pretext input (jigsaw: `(9B, 3, P, P)`,
 /// rotation: `(B, 3, C, C)`). Each image's randomness comes from its own
 /// stream, so the batch does not depend on the thread count.
-pub fn make_batch(cfg: &Config, images: &[RgbImage], idx: &[usize], epoch: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+pub fn make_batch(
+    cfg: &Config,
+    images: &[RgbImage],
+    idx: &[usize],
+    epoch: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let p = &cfg.pretext;
     let parts: Vec<(Chw, Vec<Chw>)> = idx
         .par_iter()
@@ -67,8 +75,12 @@ pub fn make_batch(cfg: &Config, images: &[RgbImage], idx: &[usize], epoch: usize
             let img = &images[i];
             let v = augment::image_view(img, p.crop, &p.augment, &mut rng);
             let t = match p.kind {
-                PretextKind::Jigsaw => crate::pretext::jigsaw(img, p.patch, Some(&p.augment), &mut rng).patches,
-                PretextKind::Rotation => vec![crate::pretext::rotation(img, p.crop, &p.augment, &mut rng).0],
+                PretextKind::Jigsaw => {
+                    crate::pretext::jigsaw(img, p.patch, Some(&p.augment), &mut rng).patches
+                }
+                PretextKind::Rotation => {
+                    vec![crate::pretext::rotation(img, p.crop, &p.augment, &mut rng).0]
+                }
             };
             (v, t)
         })
@@ -84,10 +96,19 @@ pub fn make_batch(cfg: &Config, images: &[RgbImage], idx: &[usize], epoch: usize
 
 /// f(v) of the un-augmented images, in batches (BatchNorm in train mode, as
 /// during training), written into the bank.
-fn fill_bank(model: &PirlModel, cfg: &Config, images: &[RgbImage], bank: &mut MemoryBank, device: &Device) -> Result<()> {
+fn fill_bank(
+    model: &PirlModel,
+    cfg: &Config,
+    images: &[RgbImage],
+    bank: &mut MemoryBank,
+    device: &Device,
+) -> Result<()> {
     let order: Vec<usize> = (0..images.len()).collect();
     for chunk in order.chunks(cfg.train.batch_size.max(2)) {
-        let views: Vec<Chw> = chunk.par_iter().map(|&i| augment::resize_full(&images[i], cfg.pretext.crop)).collect();
+        let views: Vec<Chw> = chunk
+            .par_iter()
+            .map(|&i| augment::resize_full(&images[i], cfg.pretext.crop))
+            .collect();
         let x = stack(views, device)?;
         let f = model.embed_image(&x, chunk.len() > 1)?.detach();
         bank.fill(chunk, &f.flatten_all()?.to_vec1::<f32>()?);
@@ -101,8 +122,10 @@ fn progress_bar(total: u64, show: bool) -> indicatif::ProgressBar {
     }
     let pb = indicatif::ProgressBar::new(total);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} steps, {per_sec}, ETA {eta} {msg}")
-            .expect("progress template"),
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} steps, {per_sec}, ETA {eta} {msg}",
+        )
+        .expect("progress template"),
     );
     pb.set_prefix("pretrain");
     pb
@@ -119,20 +142,32 @@ fn progress_bar(total: u64, show: bool) -> indicatif::ProgressBar {
 /// different config is refused, naming the keys that differ, unless
 /// `force_resume`. [`STOP`] ends the run after the current step, with a
 /// checkpoint.
-pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress: bool, force_resume: bool) -> Result<PretrainOutcome> {
+pub fn pretrain(
+    cfg: &Config,
+    images: &[RgbImage],
+    run_dir: &Path,
+    show_progress: bool,
+    force_resume: bool,
+) -> Result<PretrainOutcome> {
     cfg.check().map_err(Error::Config)?;
     let n = images.len();
     let bs = cfg.train.batch_size;
     if n < bs.max(2) {
-        return Err(Error::Config(format!("pretraining needs at least train.batch_size = {bs} images, got {n}")));
+        return Err(Error::Config(format!(
+            "pretraining needs at least train.batch_size = {bs} images, got {n}"
+        )));
     }
     if let Some(bad) = images.iter().position(|im| im.size != cfg.data.image_size) {
-        return Err(Error::Config(format!("image {bad} is {} px, config says {}", images[bad].size, cfg.data.image_size)));
+        return Err(Error::Config(format!(
+            "image {bad} is {} px, config says {}",
+            images[bad].size, cfg.data.image_size
+        )));
     }
     let device = Device::Cpu;
     std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
     let hash = checkpoint::config_hash(cfg);
-    let (mut vm, model) = model::build(&cfg.model, cfg.pretext.kind, cfg.seed, DType::F32, &device)?;
+    let (mut vm, model) =
+        model::build(&cfg.model, cfg.pretext.kind, cfg.seed, DType::F32, &device)?;
     let mut opt = Optimizer::new(&vm, &cfg.train.optim, &[])?;
     let mut bank = MemoryBank::new(n, EMBED_DIM, cfg.pirl.bank_momentum);
     let steps_per_epoch = n / bs; // the last partial batch is dropped
@@ -170,12 +205,21 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
             tracing::warn!("resuming despite config changes in: {}", diff.join(", "));
         }
         checkpoint::load_weights(&mut vm, &ck)?;
-        opt.load_state(&checkpoint::load_tensors(&ck.join(checkpoint::OPTIM_FILE), &device)?)?;
+        opt.load_state(&checkpoint::load_tensors(
+            &ck.join(checkpoint::OPTIM_FILE),
+            &device,
+        )?)?;
         let b = checkpoint::load_tensors(&ck.join(checkpoint::BANK_FILE), &device)?;
-        let bt = b.get("bank").ok_or_else(|| Error::Checkpoint { path: ck.clone(), msg: "bank missing".into() })?;
+        let bt = b.get("bank").ok_or_else(|| Error::Checkpoint {
+            path: ck.clone(),
+            msg: "bank missing".into(),
+        })?;
         bank = MemoryBank::from_tensor(bt, cfg.pirl.bank_momentum)?;
         if bank.len() != n {
-            return Err(Error::Checkpoint { path: ck, msg: format!("memory bank has {} rows, data has {n} images", bank.len()) });
+            return Err(Error::Checkpoint {
+                path: ck,
+                msg: format!("memory bank has {} rows, data has {n} images", bank.len()),
+            });
         }
         start_step = meta.step;
         epoch_losses = meta.epoch_losses;
@@ -184,7 +228,11 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
         lr_scale = meta.lr_scale;
         skipped = meta.skipped_steps;
         wall_before = meta.wall_s;
-        tracing::info!("resuming from {} (step {start_step}, epoch {})", ck.display(), start_step / steps_per_epoch + 1);
+        tracing::info!(
+            "resuming from {} (step {start_step}, epoch {})",
+            ck.display(),
+            start_step / steps_per_epoch + 1
+        );
         last_ckpt = Some(ck);
     } else {
         let cfg_json = serde_json::to_vec_pretty(cfg).map_err(|e| Error::Config(e.to_string()))?;
@@ -200,7 +248,15 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
     let nan_at = injected_nan_step();
     let every = cfg.train.checkpoint_every_steps;
     #[allow(clippy::too_many_arguments)]
-    let save = |step: usize, losses: &Vec<f64>, partial: (f64, usize), lr_scale: f64, skipped: usize, vm: &candle_nn::VarMap, opt: &Optimizer, bank: &MemoryBank| -> Result<PathBuf> {
+    let save = |step: usize,
+                losses: &Vec<f64>,
+                partial: (f64, usize),
+                lr_scale: f64,
+                skipped: usize,
+                vm: &candle_nn::VarMap,
+                opt: &Optimizer,
+                bank: &MemoryBank|
+     -> Result<PathBuf> {
         let meta = Meta {
             epoch: step / steps_per_epoch,
             step,
@@ -214,7 +270,12 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
             wall_s: wall_before + t0.elapsed().as_secs_f64(),
             pirlkit_version: env!("CARGO_PKG_VERSION").into(),
         };
-        let snap = Snapshot { vm, optimizer: opt.state_tensors()?, bank: bank.to_tensor(&device)?, meta };
+        let snap = Snapshot {
+            vm,
+            optimizer: opt.state_tensors()?,
+            bank: bank.to_tensor(&device)?,
+            meta,
+        };
         checkpoint::save(run_dir, snap, cfg.train.keep_checkpoints)
     };
     for epoch in start_step / steps_per_epoch..cfg.train.epochs {
@@ -228,14 +289,21 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
             let f = model.embed_image(&views, true)?;
             let g = model.embed_pretext(&pre, true)?;
             let m = bank.gather(idx, &device)?;
-            let neg_idx = bank.sample_negatives(cfg.pirl.negatives, &mut stream(cfg.seed, "negatives", epoch as u64, bi as u64));
+            let neg_idx = bank.sample_negatives(
+                cfg.pirl.negatives,
+                &mut stream(cfg.seed, "negatives", epoch as u64, bi as u64),
+            );
             let neg = bank.gather(&neg_idx, &device)?;
             let mut loss = pirl_loss(&m, &f, &g, &neg, cfg.pirl.tau, cfg.pirl.lambda)?;
             if nan_at == Some(step) {
                 loss = (loss * f64::NAN)?;
             }
             let lv = loss.to_scalar::<f32>()? as f64;
-            let grads = if lv.is_finite() { Some(loss.backward()?) } else { None };
+            let grads = if lv.is_finite() {
+                Some(loss.backward()?)
+            } else {
+                None
+            };
             let grad_ok = match &grads {
                 Some(g) => opt.grad_sq_norm(g)?.is_finite(),
                 None => false,
@@ -245,33 +313,63 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
                     consecutive_bad += 1;
                     skipped += 1;
                     lr_scale *= cfg.train.nonfinite_lr_factor;
-                    tracing::warn!("non-finite loss or gradient at step {step}: batch skipped, learning rate scaled to {lr_scale:.4} of the schedule");
+                    tracing::warn!(
+                        "non-finite loss or gradient at step {step}: batch skipped, learning rate scaled to {lr_scale:.4} of the schedule"
+                    );
                     step += 1;
                     pb.inc(1);
                     if bi + 1 == steps_per_epoch {
-                        epoch_losses.push(if partial_steps > 0 { partial_loss / partial_steps as f64 } else { f64::NAN });
+                        epoch_losses.push(if partial_steps > 0 {
+                            partial_loss / partial_steps as f64
+                        } else {
+                            f64::NAN
+                        });
                         partial_loss = 0.0;
                         partial_steps = 0;
-                        last_ckpt = Some(save(step, &epoch_losses, (partial_loss, partial_steps), lr_scale, skipped, &vm, &opt, &bank)?);
+                        last_ckpt = Some(save(
+                            step,
+                            &epoch_losses,
+                            (partial_loss, partial_steps),
+                            lr_scale,
+                            skipped,
+                            &vm,
+                            &opt,
+                            &bank,
+                        )?);
                     }
                     continue;
                 }
                 pb.abandon();
                 let last_good = match &last_ckpt {
-                    Some(p) => format!("The last good checkpoint is {}; rerun the same command to resume from it (lower train.optim.lr, or set train.skip_nonfinite, if it diverges again).", p.display()),
+                    Some(p) => format!(
+                        "The last good checkpoint is {}; rerun the same command to resume from it (lower train.optim.lr, or set train.skip_nonfinite, if it diverges again).",
+                        p.display()
+                    ),
                     None => "No checkpoint was written yet.".into(),
                 };
-                return Err(Error::NonFinite { loss: lv, epoch: epoch + 1, step, last_good });
+                return Err(Error::NonFinite {
+                    loss: lv,
+                    epoch: epoch + 1,
+                    step,
+                    last_good,
+                });
             }
             consecutive_bad = 0;
-            opt.step(grads.as_ref().expect("finite loss has grads"), sched.at(step) * lr_scale)?;
+            opt.step(
+                grads.as_ref().expect("finite loss has grads"),
+                sched.at(step) * lr_scale,
+            )?;
             bank.update(idx, &f.detach().flatten_all()?.to_vec1::<f32>()?);
             partial_loss += lv;
             partial_steps += 1;
             step += 1;
             seen += idx.len();
             pb.inc(1);
-            pb.set_message(format!("epoch {}/{} loss {lv:.3}", epoch + 1, cfg.train.epochs));
+            pb.set_message(format!(
+                "epoch {}/{} loss {lv:.3}",
+                epoch + 1,
+                cfg.train.epochs
+            ));
             let epoch_end = bi + 1 == steps_per_epoch;
             if epoch_end {
                 epoch_losses.push(partial_loss / partial_steps as f64);
@@ -280,11 +378,22 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
             }
             let stop = STOP.load(Ordering::SeqCst);
             if epoch_end || stop || (every > 0 && step % every == 0) {
-                last_ckpt = Some(save(step, &epoch_losses, (partial_loss, partial_steps), lr_scale, skipped, &vm, &opt, &bank)?);
+                last_ckpt = Some(save(
+                    step,
+                    &epoch_losses,
+                    (partial_loss, partial_steps),
+                    lr_scale,
+                    skipped,
+                    &vm,
+                    &opt,
+                    &bank,
+                )?);
             }
             if stop {
                 pb.abandon();
-                return Err(Error::Interrupted { checkpoint: last_ckpt.clone().expect("just saved") });
+                return Err(Error::Interrupted {
+                    checkpoint: last_ckpt.clone().expect("just saved"),
+                });
             }
         }
         let secs = te.elapsed().as_secs_f64();
@@ -301,7 +410,11 @@ pub fn pretrain(cfg: &Config, images: &[RgbImage], run_dir: &Path, show_progress
     pb.finish_and_clear();
     let ck = match last_ckpt {
         Some(c) => c,
-        None => return Err(Error::Config("train.epochs is 0: nothing to pretrain".into())),
+        None => {
+            return Err(Error::Config(
+                "train.epochs is 0: nothing to pretrain".into(),
+            ));
+        }
     };
     let wall = t0.elapsed().as_secs_f64();
     Ok(PretrainOutcome {

@@ -12,9 +12,15 @@ pub fn isic_dir() -> Option<PathBuf> {
         return Some(p);
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true but {} is missing: the ISIC 2017 data must be beside the checkout", p.display());
+        panic!(
+            "CI=true but {} is missing: the ISIC 2017 data must be beside the checkout",
+            p.display()
+        );
     }
-    eprintln!("SKIPPED: {} not found (tests that need the ISIC 2017 data are skipped outside CI)", p.display());
+    eprintln!(
+        "SKIPPED: {} not found (tests that need the ISIC 2017 data are skipped outside CI)",
+        p.display()
+    );
     None
 }
 
@@ -27,7 +33,13 @@ pub fn bin() -> PathBuf {
 /// 8x8 block flat (DC only) with component `c` of block `(bx, by)` at
 /// `val(bx, by, c)`; an Adobe APP14 marker with `adobe` as its colour
 /// transform (0 with four components: CMYK).
-pub fn flat_jpeg(w: u16, h: u16, nc: usize, adobe: Option<u8>, val: impl Fn(usize, usize, usize) -> u8) -> Vec<u8> {
+pub fn flat_jpeg(
+    w: u16,
+    h: u16,
+    nc: usize,
+    adobe: Option<u8>,
+    val: impl Fn(usize, usize, usize) -> u8,
+) -> Vec<u8> {
     fn seg(o: &mut Vec<u8>, m: u8, body: &[u8]) {
         o.extend([0xFF, m]);
         o.extend(((body.len() + 2) as u16).to_be_bytes());
@@ -35,7 +47,11 @@ pub fn flat_jpeg(w: u16, h: u16, nc: usize, adobe: Option<u8>, val: impl Fn(usiz
     }
     let mut o = vec![0xFF, 0xD8];
     if let Some(t) = adobe {
-        seg(&mut o, 0xEE, &[b'A', b'd', b'o', b'b', b'e', 0, 100, 0, 0, 0, 0, t]);
+        seg(
+            &mut o,
+            0xEE,
+            &[b'A', b'd', b'o', b'b', b'e', 0, 100, 0, 0, 0, 0, t],
+        );
     }
     let mut dqt = vec![0u8];
     dqt.extend([1u8; 64]);
@@ -99,7 +115,11 @@ pub fn flat_jpeg(w: u16, h: u16, nc: usize, adobe: Option<u8>, val: impl Fn(usiz
                 let (cd, len) = codes[cat as usize];
                 put(&mut o, cd, len);
                 if cat > 0 {
-                    let v = if diff > 0 { diff } else { diff + (1 << cat) - 1 };
+                    let v = if diff > 0 {
+                        diff
+                    } else {
+                        diff + (1 << cat) - 1
+                    };
                     put(&mut o, v as u32, cat);
                 }
                 put(&mut o, 0, 1);
@@ -109,4 +129,25 @@ pub fn flat_jpeg(w: u16, h: u16, nc: usize, adobe: Option<u8>, val: impl Fn(usiz
     put(&mut o, 0x7F, 7); // pad with ones
     o.extend([0xFF, 0xD9]);
     o
+}
+
+/// PNG encoding of any image buffer.
+pub fn png_of<P: image::PixelWithColorType>(
+    img: &image::ImageBuffer<P, Vec<P::Subpixel>>,
+) -> Vec<u8>
+where
+    [P::Subpixel]: image::EncodableLayout,
+{
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// JPEG encoding at `quality`.
+pub fn jpeg_of(img: &image::DynamicImage, quality: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .encode_image(img)
+        .unwrap();
+    out
 }
