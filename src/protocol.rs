@@ -380,16 +380,7 @@ impl Runner<'_> {
             &candle_core::Device::Cpu,
         )?;
         finetune::load_encoder(&vm, init)?;
-        let crop = self.cfg.pretext.crop;
-        let bs = self.cfg.train.batch_size.max(2);
-        if self.cfg.probe.recompute_bn {
-            probe::recompute_bn(&vm, m.encoder.config(), "encoder", tr, crop, bs)?;
-        }
-        Ok([
-            probe::features(&m.encoder, tr, crop, bs)?,
-            probe::features(&m.encoder, va, crop, bs)?,
-            probe::features(&m.encoder, te, crop, bs)?,
-        ])
+        probe::frozen_features(&vm, &m.encoder, "encoder", self.cfg, tr, va, te)
     }
 }
 

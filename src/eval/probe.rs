@@ -243,6 +243,29 @@ pub fn knn_scores(ftrain: &Array2<f64>, ytrain: &[u8], fquery: &Array2<f64>, k: 
         .collect()
 }
 
+/// Frozen pooled features of train, val and test, after recomputing the
+/// BatchNorm statistics on the training images when `probe.recompute_bn`.
+pub fn frozen_features(
+    vm: &VarMap,
+    encoder: &ResNet,
+    prefix: &str,
+    cfg: &Config,
+    train: &[&RgbImage],
+    val: &[&RgbImage],
+    test: &[&RgbImage],
+) -> Result<[Array2<f64>; 3]> {
+    let crop = cfg.pretext.crop;
+    let bs = cfg.train.batch_size.max(2);
+    if cfg.probe.recompute_bn {
+        recompute_bn(vm, encoder.config(), prefix, train, crop, bs)?;
+    }
+    Ok([
+        features(encoder, train, crop, bs)?,
+        features(encoder, val, crop, bs)?,
+        features(encoder, test, crop, bs)?,
+    ])
+}
+
 /// The whole probe for the encoder under `prefix` in `vm`: optional BatchNorm
 /// recompute, features, fit, score.
 pub fn run_probe(
@@ -252,14 +275,15 @@ pub fn run_probe(
     cfg: &Config,
     data: &ProbeData,
 ) -> Result<ProbeResult> {
-    let crop = cfg.pretext.crop;
-    let bs = cfg.train.batch_size.max(2);
-    if cfg.probe.recompute_bn {
-        recompute_bn(vm, encoder.config(), prefix, &data.train.0, crop, bs)?;
-    }
-    let ftr = features(encoder, &data.train.0, crop, bs)?;
-    let fva = features(encoder, &data.val.0, crop, bs)?;
-    let fte = features(encoder, &data.test.0, crop, bs)?;
+    let [ftr, fva, fte] = frozen_features(
+        vm,
+        encoder,
+        prefix,
+        cfg,
+        &data.train.0,
+        &data.val.0,
+        &data.test.0,
+    )?;
     fit_probe(
         &ftr,
         &data.train.1,
