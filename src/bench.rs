@@ -24,6 +24,8 @@ pub struct BenchLine {
     pub batch: usize,
     pub size: usize,
     pub threads: usize,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
     pub steps: usize,
     /// Median seconds per step.
     pub median_s: f64,
@@ -38,13 +40,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn input(batch: usize, size: usize, seed: u64) -> Result<Tensor> {
+fn input(batch: usize, size: usize, seed: u64, dev: &Device) -> Result<Tensor> {
     let n = batch * 3 * size * size;
     let mut rng = crate::rng::stream(seed, "bench", 0, 0);
     let v: Vec<f32> = (0..n)
         .map(|_| crate::rng::normal(&mut rng) as f32)
         .collect();
-    Ok(Tensor::from_vec(v, (batch, 3, size, size), &Device::Cpu)?)
+    Ok(Tensor::from_vec(v, (batch, 3, size, size), dev)?)
 }
 
 /// The ResNet training step as in the PyTorch reference
@@ -57,6 +59,7 @@ pub fn resnet_step(
     size: usize,
     warmup: usize,
     steps: usize,
+    dev: &Device,
 ) -> Result<BenchLine> {
     let cfg = ResNetConfig {
         arch,
@@ -64,7 +67,7 @@ pub fn resnet_step(
         bn_momentum: 0.1,
     };
     let vm = VarMap::new();
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);
     let net = ResNet::new(&cfg, vb.pp("encoder"))?;
     let head = candle_nn::linear(cfg.feature_dim(), 128, vb.pp("head"))?;
     seeded_init(&vm, 0)?;
@@ -77,7 +80,7 @@ pub fn resnet_step(
         },
         &[],
     )?;
-    let x = input(batch, size, 1)?;
+    let x = input(batch, size, 1, dev)?;
     let (mut step_t, mut fwd_t) = (Vec::new(), Vec::new());
     for i in 0..warmup + steps {
         let t0 = Instant::now();
@@ -86,6 +89,7 @@ pub fn resnet_step(
         loss.to_scalar::<f32>()?;
         let tf = t0.elapsed().as_secs_f64();
         opt.step(&loss.backward()?, 1e-4)?;
+        dev.synchronize()?;
         if i >= warmup {
             step_t.push(t0.elapsed().as_secs_f64());
             fwd_t.push(tf);
@@ -99,6 +103,7 @@ pub fn resnet_step(
         batch,
         size,
         threads: rayon::current_num_threads(),
+        device: crate::device::describe(dev),
         steps,
         median_s: m,
         images_per_s: batch as f64 / m,
@@ -108,25 +113,21 @@ pub fn resnet_step(
 
 /// The whole PIRL step of `cfg` (image views + 9 patches through the encoder,
 /// loss against the memory bank, backward, optimiser, bank update), on
-/// synthetic images of the config's size.
-pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize) -> Result<BenchLine> {
+/// synthetic images of the config's size (a pool of two batches' worth; the
+/// memory bank has `negatives + 1` rows or more).
+pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize, dev: &Device) -> Result<BenchLine> {
     let bs = cfg.train.batch_size;
     let s = cfg.data.image_size;
     let n = (bs * 2).max(cfg.pirl.negatives + 1);
-    let imgs: Vec<RgbImage> = (0..n)
+    let pool = bs * 2;
+    let imgs: Vec<RgbImage> = (0..pool)
         .map(|i| {
             let mut rng = crate::rng::stream(cfg.seed, "bench-images", i as u64, 0);
             crate::data::synthetic::render(s, &mut rng).0
         })
         .map(|data| RgbImage { size: s, data })
         .collect();
-    let (vm, model) = crate::model::build(
-        &cfg.model,
-        cfg.pretext.kind,
-        cfg.seed,
-        DType::F32,
-        &Device::Cpu,
-    )?;
+    let (vm, model) = crate::model::build(&cfg.model, cfg.pretext.kind, cfg.seed, DType::F32, dev)?;
     let mut opt = Optimizer::new(&vm, &cfg.train.optim, &[])?;
     let mut bank =
         crate::memory_bank::MemoryBank::new(n, crate::model::EMBED_DIM, cfg.pirl.bank_momentum);
@@ -137,19 +138,21 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize) -> Result<BenchLine>
     let mut times = Vec::new();
     for i in 0..warmup + steps {
         let idx: Vec<usize> = (0..bs).map(|k| (i * bs + k) % n).collect();
+        let img_idx: Vec<usize> = idx.iter().map(|k| k % pool).collect();
         let t0 = Instant::now();
-        let (views, pre) = crate::train::pretrain::make_batch(cfg, &imgs, &idx, i, &Device::Cpu)?;
+        let (views, pre) = crate::train::pretrain::make_batch(cfg, &imgs, &img_idx, i, dev)?;
         let f = model.embed_image(&views, true)?;
         let g = model.embed_pretext(&pre, true)?;
-        let m = bank.gather(&idx, &Device::Cpu)?;
+        let m = bank.gather(&idx, dev)?;
         let neg_idx = bank.sample_negatives(
             cfg.pirl.negatives,
             &mut crate::rng::stream(cfg.seed, "negatives", i as u64, 0),
         );
-        let neg = bank.gather(&neg_idx, &Device::Cpu)?;
+        let neg = bank.gather(&neg_idx, dev)?;
         let loss = crate::loss::pirl_loss(&m, &f, &g, &neg, cfg.pirl.tau, cfg.pirl.lambda)?;
         opt.step(&loss.backward()?, cfg.train.optim.lr)?;
         bank.update(&idx, &f.detach().flatten_all()?.to_vec1::<f32>()?);
+        dev.synchronize()?;
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -162,6 +165,7 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize) -> Result<BenchLine>
         batch: bs,
         size: cfg.pretext.crop,
         threads: rayon::current_num_threads(),
+        device: crate::device::describe(dev),
         steps,
         median_s: m,
         images_per_s: bs as f64 / m,

@@ -136,6 +136,15 @@ pub enum Command {
         #[arg(long)]
         fail_on_leak: bool,
     },
+    /// Checks a device against pirlkit's CPU kernels: conv and max-pool
+    /// (forward and gradients), a ResNet's gradients, and a short PIRL run's
+    /// losses; one JSON line each, exit status 1 if any differs. With
+    /// `--device cpu`, the GPU code path runs on the CPU.
+    Selftest {
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Images per second of the ResNet training step and forward, and of the
     /// whole PIRL step of a preset, after warm-up; one JSON line each.
     Bench {
@@ -160,6 +169,12 @@ pub enum Command {
         /// Also time the whole PIRL step of this preset.
         #[arg(long, value_enum)]
         pirl_preset: Option<crate::config::Preset>,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// CUDA only: TF32 matmuls.
+        #[arg(long)]
+        tf32: bool,
     },
     /// Pretrain, probe the PIRL and the random-init encoder, write the report;
     /// or, given a protocol file, run the whole protocol.
@@ -201,6 +216,10 @@ pub struct RunArgs {
     /// Worker threads, 0 = all cores (overrides the config).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// cpu, cuda or cuda:N (overrides the config; cuda needs a binary built
+    /// with the `cuda` feature).
+    #[arg(long)]
+    pub device: Option<String>,
     /// Use only the first N images of each split (overrides the config).
     #[arg(long)]
     pub limit_per_split: Option<usize>,
@@ -239,6 +258,9 @@ impl RunArgs {
         }
         if let Some(t) = self.threads {
             cfg.threads = t;
+        }
+        if let Some(d) = &self.device {
+            cfg.device = d.clone();
         }
         if let Some(l) = self.limit_per_split {
             cfg.data.limit_per_split = l;

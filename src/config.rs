@@ -17,6 +17,9 @@ pub struct DataConfig {
     /// Use at most this many images per split (0 = all), first in manifest
     /// order; for quick runs and tests. Default 0.
     pub limit_per_split: usize,
+    /// Pretraining batches built (cropped, jittered, cut into patches) ahead
+    /// of the step on a worker thread; 0 builds each in line. Default 2.
+    pub prefetch: usize,
 }
 
 impl Default for DataConfig {
@@ -24,6 +27,7 @@ impl Default for DataConfig {
         Self {
             image_size: 96,
             limit_per_split: 0,
+            prefetch: 2,
         }
     }
 }
@@ -152,6 +156,12 @@ pub struct Config {
     pub seed: u64,
     /// Worker threads (0 = all cores); default 0.
     pub threads: usize,
+    /// `cpu` (default), `cuda` or `cuda:N` (a binary built with the `cuda`
+    /// feature); `--device` overrides it.
+    pub device: String,
+    /// CUDA only: TF32 tensor-core matmuls (about 10 mantissa bits) for the
+    /// encoder; the loss and the memory bank stay in f32. Default false.
+    pub tf32: bool,
     pub data: DataConfig,
     pub model: ResNetConfig,
     pub pretext: PretextConfig,
@@ -184,6 +194,8 @@ impl Config {
         let base = Config {
             seed: 0,
             threads: 0,
+            device: "cpu".into(),
+            tf32: false,
             data: DataConfig::default(),
             model: ResNetConfig::default(),
             pretext: PretextConfig::default(),
@@ -338,6 +350,7 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         self.model.check()?;
         self.train.optim.check()?;
+        crate::device::DeviceSpec::parse(&self.device)?;
         let d = &self.data;
         let p = &self.pretext;
         if d.image_size < 24 {

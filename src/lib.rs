@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod loss;
@@ -23,6 +24,7 @@ pub mod pretext;
 pub mod protocol;
 pub mod report;
 pub mod rng;
+pub mod selftest;
 pub mod train;
 
 pub use config::{Config, Preset};

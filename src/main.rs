@@ -294,6 +294,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(3));
             }
         }
+        Command::Selftest { device } => {
+            let dev = pirlkit::device::open(&device, false)?;
+            let scratch =
+                std::env::temp_dir().join(format!("pirlkit-selftest-{}", std::process::id()));
+            let checks = pirlkit::selftest::run(&dev, &scratch);
+            let _ = std::fs::remove_dir_all(&scratch);
+            let checks = checks?;
+            let failed = checks.iter().filter(|c| !c.ok).count();
+            for c in &checks {
+                println!("{}", serde_json::to_string(c)?);
+            }
+            if failed > 0 {
+                anyhow::bail!(
+                    "selftest: {failed} of {} checks differ beyond tolerance",
+                    checks.len()
+                );
+            }
+            eprintln!(
+                "selftest: all {} checks within tolerance on {}",
+                checks.len(),
+                pirlkit::device::describe(&dev)
+            );
+        }
         Command::Bench {
             arch,
             width,
@@ -302,17 +325,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             threads,
             steps,
             pirl_preset,
+            device,
+            tf32,
         } => {
             setup_threads(threads);
+            let dev = pirlkit::device::open(&device, tf32)?;
             let arch: pirlkit::model::Arch = toml::Value::String(arch).try_into()?;
             for &b in &batch {
                 for &s in &size {
-                    let l = pirlkit::bench::resnet_step(arch, width, b, s, 2, steps)?;
+                    let l = pirlkit::bench::resnet_step(arch, width, b, s, 2, steps, &dev)?;
                     println!("{}", serde_json::to_string(&l)?);
                 }
             }
             if let Some(p) = pirl_preset {
-                let l = pirlkit::bench::pirl_step(&pirlkit::Config::preset(p), 2, steps)?;
+                let l = pirlkit::bench::pirl_step(&pirlkit::Config::preset(p), 2, steps, &dev)?;
                 println!("{}", serde_json::to_string(&l)?);
             }
         }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 
 use crate::config::Config;
 use crate::data::{Dataset, ImageCache, RgbImage, Split};
@@ -187,7 +187,7 @@ pub fn probe_checkpoint(
         cfg.pretext.kind,
         cfg.seed,
         DType::F32,
-        &Device::Cpu,
+        &crate::device::open(&cfg.device, cfg.tf32)?,
     )?;
     if let Some(ck) = ckpt {
         checkpoint::load_weights(&mut vm, ck)?;

@@ -377,7 +377,7 @@ impl Runner<'_> {
             self.cfg.pretext.kind,
             self.cfg.seed,
             candle_core::DType::F32,
-            &candle_core::Device::Cpu,
+            &crate::device::open(&self.cfg.device, self.cfg.tf32)?,
         )?;
         finetune::load_encoder(&vm, init)?;
         probe::frozen_features(&vm, &m.encoder, "encoder", self.cfg, tr, va, te)

@@ -58,7 +58,7 @@ pub fn features(
             .par_iter()
             .map(|im| augment::resize_full(im, crop))
             .collect();
-        let x = stack(views, &Device::Cpu)?;
+        let x = stack(views, encoder.device())?;
         let f = encoder.forward_t(&x, false)?.detach();
         out.extend(
             f.flatten_all()?
@@ -83,7 +83,12 @@ pub fn recompute_bn(
 ) -> Result<()> {
     // A twin encoder over the same variables whose BatchNorm keeps only the
     // last batch's statistics (momentum 1).
-    let vb = candle_nn::VarBuilder::from_varmap(vm, DType::F32, &Device::Cpu);
+    let dev = vm
+        .all_vars()
+        .first()
+        .map(|v| v.device().clone())
+        .unwrap_or(Device::Cpu);
+    let vb = candle_nn::VarBuilder::from_varmap(vm, DType::F32, &dev);
     let twin = ResNet::new(
         &ResNetConfig {
             bn_momentum: 1.0,
@@ -112,7 +117,7 @@ pub fn recompute_bn(
             .par_iter()
             .map(|im| augment::resize_full(im, crop))
             .collect();
-        let x = stack(views, &Device::Cpu)?;
+        let x = stack(views, &dev)?;
         twin.forward_t(&x, true)?;
         for (k, (_, v)) in stats.iter().enumerate() {
             let t = v.as_tensor().detach().copy()?;

@@ -251,6 +251,11 @@ impl ResNet {
         })
     }
 
+    /// The device its weights live on.
+    pub fn device(&self) -> &candle_core::Device {
+        self.stem.0.weight.device()
+    }
+
     pub fn config(&self) -> &ResNetConfig {
         &self.cfg
     }

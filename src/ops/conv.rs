@@ -43,8 +43,8 @@ pub const WGRAD_CHUNK: usize = 4;
 /// Ranks other than 4, mismatched input channels or dtypes, a zero stride,
 /// a kernel larger than the padded input, or a dtype other than f32/f64.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    if !x.device().is_cpu() || !w.device().is_cpu() {
-        return x.conv2d(w, padding, stride, 1, 1);
+    if !super::fast_cpu(x.device()) || !w.device().is_cpu() {
+        return candle_conv2d(x, w, stride, padding);
     }
     // Validate here too, for errors that name this op before any copy.
     Geom::new(x.dims(), w.dims(), stride, padding)?;
@@ -57,6 +57,33 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
     }
     x.contiguous()?
         .apply_op2(&w.contiguous()?, Conv2dOp { stride, padding })
+}
+
+/// candle's own `conv2d` (the path on a GPU), made safe for backward on
+/// non-square inputs.
+///
+/// candle 0.11's conv2d backward derives the transposed conv's output padding
+/// from the height alone, so when `(H + 2p - k) % s` and `(W + 2p - k) % s`
+/// differ the input gradient comes out one column short and the add fails.
+/// Zero columns (or rows) appended past the last window change no output and
+/// get a zero gradient; appending just enough to equalise the two remainders
+/// makes candle's backward consistent.
+fn candle_conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let (_, _, h, wd) = x.dims4()?;
+    let (_, _, kh, kw) = w.dims4()?;
+    if h + 2 * padding < kh || wd + 2 * padding < kw || stride == 0 {
+        bail!("conv2d: input {h}x{wd} (padding {padding}) smaller than kernel {kh}x{kw}")
+    }
+    let rh = (h + 2 * padding - kh) % stride;
+    let rw = (wd + 2 * padding - kw) % stride;
+    let x = if rh > rw {
+        x.pad_with_zeros(3, 0, rh - rw)?
+    } else if rw > rh {
+        x.pad_with_zeros(2, 0, rw - rh)?
+    } else {
+        x.clone()
+    };
+    x.conv2d(w, padding, stride, 1, 1)
 }
 
 /// The forward op; see [`conv2d`].

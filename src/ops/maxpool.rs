@@ -53,13 +53,47 @@ impl MaxPool2d {
 
     /// Applies the pool, with gradient tracking.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.device().is_cpu() {
+        if super::fast_cpu(x.device()) {
             x.contiguous()?.apply_op1(*self)
         } else {
-            // GPU path: pad with a very negative value, then a strided pool via
-            // candle's own op (kernel == stride is not required for forward).
-            bail!("max-pool with backward is CPU-only for now")
+            self.forward_composed(x)
         }
+    }
+
+    /// The same pool from candle's own differentiable ops, for any device
+    /// (the CUDA path): pad with -inf, then a separable max over the `k`
+    /// strided row offsets and the `k` column offsets (`index_select` +
+    /// `maximum`, whose backward candle has). On exact ties inside a window
+    /// the gradient is split between the tied inputs (candle's `maximum`
+    /// backward) rather than routed to the first one; after a ReLU such ties
+    /// are zeros, whose gradient the ReLU drops anyway.
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (ho, wo) = self.out_dims(h, w)?;
+        let y = self.pool_dim(x, 2, ho)?;
+        self.pool_dim(&y, 3, wo)
+    }
+
+    fn pool_dim(&self, x: &Tensor, dim: usize, out: usize) -> Result<Tensor> {
+        let x = if self.padding > 0 {
+            let mut shape = x.dims().to_vec();
+            shape[dim] = self.padding;
+            let pad = Tensor::full(f32::NEG_INFINITY, shape, x.device())?.to_dtype(x.dtype())?;
+            Tensor::cat(&[&pad, x, &pad], dim)?
+        } else {
+            x.clone()
+        };
+        let mut acc: Option<Tensor> = None;
+        for d in 0..self.kernel {
+            let idx: Vec<u32> = (0..out).map(|i| (i * self.stride + d) as u32).collect();
+            let idx = Tensor::from_vec(idx, out, x.device())?;
+            let sel = x.index_select(&idx, dim)?;
+            acc = Some(match acc {
+                None => sel,
+                Some(a) => a.maximum(&sel)?,
+            });
+        }
+        acc.ok_or_else(|| candle_core::Error::Msg("max-pool: kernel 0".into()))
     }
 }
 

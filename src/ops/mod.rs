@@ -1,5 +1,27 @@
-//! Custom CPU kernels behind candle's `CustomOp` traits.
+//! Custom CPU kernels behind candle's `CustomOp` traits. On other devices
+//! (CUDA) the same calls go to candle's own differentiable ops.
 pub mod conv;
 pub mod maxpool;
 pub use conv::conv2d;
 pub use maxpool::MaxPool2d;
+
+use std::cell::Cell;
+
+thread_local! {
+    static REFERENCE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with pirlkit's fast CPU kernels switched off on this thread:
+/// conv and max-pool take the path they take on a GPU (candle's own ops),
+/// so the two can be compared on a machine without one (`pirlkit selftest`).
+pub fn with_reference_ops<T>(f: impl FnOnce() -> T) -> T {
+    let before = REFERENCE.with(|r| r.replace(true));
+    let out = f();
+    REFERENCE.with(|r| r.set(before));
+    out
+}
+
+/// Whether the fast CPU kernels apply to a tensor on `dev` on this thread.
+pub(crate) fn fast_cpu(dev: &candle_core::Device) -> bool {
+    dev.is_cpu() && !REFERENCE.with(|r| r.get())
+}

@@ -135,7 +135,7 @@ pub fn load_encoder(vm: &VarMap, init: &Init) -> Result<()> {
                 ),
             });
         }
-        var.set(&t.to_dtype(var.dtype())?)?;
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }
     Ok(())
 }
@@ -195,7 +195,7 @@ impl Classifier {
                 .par_iter()
                 .map(|im| augment::resize_full(im, crop))
                 .collect();
-            let z = self.logits(&stack(views, &Device::Cpu)?, false)?;
+            let z = self.logits(&stack(views, self.encoder.device())?, false)?;
             out.extend(z.to_vec1::<f32>()?.into_iter().map(f64::from));
         }
         Ok(out)
@@ -241,7 +241,7 @@ pub fn finetune(
             "finetune.batch_size must be >= 2 and finetune.epochs >= 1".into(),
         ));
     }
-    let dev = Device::Cpu;
+    let dev = crate::device::open(&cfg.device, cfg.tf32)?;
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
     let encoder = ResNet::new(&cfg.model, vb.pp("encoder"))?;

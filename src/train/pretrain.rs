@@ -94,6 +94,60 @@ pub fn make_batch(
     Ok((stack(views, device)?, stack(pre, device)?))
 }
 
+type Batch = (Tensor, Tensor);
+
+/// Pretraining batches in order, built on a worker thread up to `depth`
+/// ahead of the step (or in line when `depth` is 0). Each batch is a pure
+/// function of (seed, epoch, image), so prefetching changes no number.
+enum Feed<'a> {
+    Inline(
+        Box<dyn FnMut(usize) -> Result<Batch> + Send + 'a>,
+        std::ops::Range<usize>,
+    ),
+    Worker(std::sync::mpsc::Receiver<Result<Batch>>),
+}
+
+impl<'a> Feed<'a> {
+    fn start<'env, F>(
+        scope: &'a std::thread::Scope<'a, 'env>,
+        depth: usize,
+        range: std::ops::Range<usize>,
+        mut make: F,
+    ) -> Feed<'a>
+    where
+        F: FnMut(usize) -> Result<Batch> + Send + 'a,
+    {
+        if depth == 0 {
+            return Feed::Inline(Box::new(make), range);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(depth);
+        scope.spawn(move || {
+            for i in range {
+                let b = make(i);
+                let failed = b.is_err();
+                // A closed channel means the step loop ended early (error or
+                // stop request): nothing more to build.
+                if tx.send(b).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Feed::Worker(rx)
+    }
+
+    fn next(&mut self) -> Result<Batch> {
+        match self {
+            Feed::Inline(make, range) => match range.next() {
+                Some(i) => make(i),
+                None => Err(Error::Config("batch feed exhausted".into())),
+            },
+            Feed::Worker(rx) => rx
+                .recv()
+                .map_err(|_| Error::Config("the batch worker thread stopped".into()))?,
+        }
+    }
+}
+
 /// f(v) of the un-augmented images, in batches (BatchNorm in train mode, as
 /// during training), written into the bank.
 fn fill_bank(
@@ -163,7 +217,7 @@ pub fn pretrain(
             images[bad].size, cfg.data.image_size
         )));
     }
-    let device = Device::Cpu;
+    let device = crate::device::open(&cfg.device, cfg.tf32)?;
     std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
     let hash = checkpoint::config_hash(cfg);
     let (mut vm, model) =
@@ -283,119 +337,138 @@ pub fn pretrain(
         let mut order: Vec<usize> = (0..n).collect();
         crate::rng::shuffle(&mut order, &mut stream(cfg.seed, "order", epoch as u64, 0));
         let first = step - epoch * steps_per_epoch;
-        for bi in first..steps_per_epoch {
-            let idx = &order[bi * bs..(bi + 1) * bs];
-            let (views, pre) = make_batch(cfg, images, idx, epoch, &device)?;
-            let f = model.embed_image(&views, true)?;
-            let g = model.embed_pretext(&pre, true)?;
-            let m = bank.gather(idx, &device)?;
-            let neg_idx = bank.sample_negatives(
-                cfg.pirl.negatives,
-                &mut stream(cfg.seed, "negatives", epoch as u64, bi as u64),
+        std::thread::scope(|scope| -> Result<()> {
+            let order = &order;
+            let mut feed = Feed::start(
+                scope,
+                cfg.data.prefetch,
+                first..steps_per_epoch,
+                move |bi| {
+                    make_batch(
+                        cfg,
+                        images,
+                        &order[bi * bs..(bi + 1) * bs],
+                        epoch,
+                        &Device::Cpu,
+                    )
+                },
             );
-            let neg = bank.gather(&neg_idx, &device)?;
-            let mut loss = pirl_loss(&m, &f, &g, &neg, cfg.pirl.tau, cfg.pirl.lambda)?;
-            if nan_at == Some(step) {
-                loss = (loss * f64::NAN)?;
-            }
-            let lv = loss.to_scalar::<f32>()? as f64;
-            let grads = if lv.is_finite() {
-                Some(loss.backward()?)
-            } else {
-                None
-            };
-            let grad_ok = match &grads {
-                Some(g) => opt.grad_sq_norm(g)?.is_finite(),
-                None => false,
-            };
-            if !grad_ok {
-                if cfg.train.skip_nonfinite && consecutive_bad < 10 {
-                    consecutive_bad += 1;
-                    skipped += 1;
-                    lr_scale *= cfg.train.nonfinite_lr_factor;
-                    tracing::warn!(
-                        "non-finite loss or gradient at step {step}: batch skipped, learning rate scaled to {lr_scale:.4} of the schedule"
-                    );
-                    step += 1;
-                    pb.inc(1);
-                    if bi + 1 == steps_per_epoch {
-                        epoch_losses.push(if partial_steps > 0 {
-                            partial_loss / partial_steps as f64
-                        } else {
-                            f64::NAN
-                        });
-                        partial_loss = 0.0;
-                        partial_steps = 0;
-                        last_ckpt = Some(save(
-                            step,
-                            &epoch_losses,
-                            (partial_loss, partial_steps),
-                            lr_scale,
-                            skipped,
-                            &vm,
-                            &opt,
-                            &bank,
-                        )?);
-                    }
-                    continue;
+            for bi in first..steps_per_epoch {
+                let idx = &order[bi * bs..(bi + 1) * bs];
+                let (views, pre) = feed.next()?;
+                let (views, pre) = (views.to_device(&device)?, pre.to_device(&device)?);
+                let f = model.embed_image(&views, true)?;
+                let g = model.embed_pretext(&pre, true)?;
+                let m = bank.gather(idx, &device)?;
+                let neg_idx = bank.sample_negatives(
+                    cfg.pirl.negatives,
+                    &mut stream(cfg.seed, "negatives", epoch as u64, bi as u64),
+                );
+                let neg = bank.gather(&neg_idx, &device)?;
+                let mut loss = pirl_loss(&m, &f, &g, &neg, cfg.pirl.tau, cfg.pirl.lambda)?;
+                if nan_at == Some(step) {
+                    loss = (loss * f64::NAN)?;
                 }
-                pb.abandon();
-                let last_good = match &last_ckpt {
-                    Some(p) => format!(
-                        "The last good checkpoint is {}; rerun the same command to resume from it (lower train.optim.lr, or set train.skip_nonfinite, if it diverges again).",
-                        p.display()
-                    ),
-                    None => "No checkpoint was written yet.".into(),
+                let lv = loss.to_scalar::<f32>()? as f64;
+                let grads = if lv.is_finite() {
+                    Some(loss.backward()?)
+                } else {
+                    None
                 };
-                return Err(Error::NonFinite {
-                    loss: lv,
-                    epoch: epoch + 1,
-                    step,
-                    last_good,
-                });
+                let grad_ok = match &grads {
+                    Some(g) => opt.grad_sq_norm(g)?.is_finite(),
+                    None => false,
+                };
+                if !grad_ok {
+                    if cfg.train.skip_nonfinite && consecutive_bad < 10 {
+                        consecutive_bad += 1;
+                        skipped += 1;
+                        lr_scale *= cfg.train.nonfinite_lr_factor;
+                        tracing::warn!(
+                            "non-finite loss or gradient at step {step}: batch skipped, learning rate scaled to {lr_scale:.4} of the schedule"
+                        );
+                        step += 1;
+                        pb.inc(1);
+                        if bi + 1 == steps_per_epoch {
+                            epoch_losses.push(if partial_steps > 0 {
+                                partial_loss / partial_steps as f64
+                            } else {
+                                f64::NAN
+                            });
+                            partial_loss = 0.0;
+                            partial_steps = 0;
+                            last_ckpt = Some(save(
+                                step,
+                                &epoch_losses,
+                                (partial_loss, partial_steps),
+                                lr_scale,
+                                skipped,
+                                &vm,
+                                &opt,
+                                &bank,
+                            )?);
+                        }
+                        continue;
+                    }
+                    pb.abandon();
+                    let last_good = match &last_ckpt {
+                        Some(p) => format!(
+                            "The last good checkpoint is {}; rerun the same command to resume from it (lower train.optim.lr, or set train.skip_nonfinite, if it diverges again).",
+                            p.display()
+                        ),
+                        None => "No checkpoint was written yet.".into(),
+                    };
+                    return Err(Error::NonFinite {
+                        loss: lv,
+                        epoch: epoch + 1,
+                        step,
+                        last_good,
+                    });
+                }
+                consecutive_bad = 0;
+                opt.step(
+                    grads.as_ref().expect("finite loss has grads"),
+                    sched.at(step) * lr_scale,
+                )?;
+                bank.update(idx, &f.detach().flatten_all()?.to_vec1::<f32>()?);
+                partial_loss += lv;
+                partial_steps += 1;
+                step += 1;
+                seen += idx.len();
+                pb.inc(1);
+                pb.set_message(format!(
+                    "epoch {}/{} loss {lv:.3}",
+                    epoch + 1,
+                    cfg.train.epochs
+                ));
+                let epoch_end = bi + 1 == steps_per_epoch;
+                if epoch_end {
+                    epoch_losses.push(partial_loss / partial_steps as f64);
+                    partial_loss = 0.0;
+                    partial_steps = 0;
+                }
+                let stop = STOP.load(Ordering::SeqCst);
+                if epoch_end || stop || (every > 0 && step % every == 0) {
+                    last_ckpt = Some(save(
+                        step,
+                        &epoch_losses,
+                        (partial_loss, partial_steps),
+                        lr_scale,
+                        skipped,
+                        &vm,
+                        &opt,
+                        &bank,
+                    )?);
+                }
+                if stop {
+                    pb.abandon();
+                    return Err(Error::Interrupted {
+                        checkpoint: last_ckpt.clone().expect("just saved"),
+                    });
+                }
             }
-            consecutive_bad = 0;
-            opt.step(
-                grads.as_ref().expect("finite loss has grads"),
-                sched.at(step) * lr_scale,
-            )?;
-            bank.update(idx, &f.detach().flatten_all()?.to_vec1::<f32>()?);
-            partial_loss += lv;
-            partial_steps += 1;
-            step += 1;
-            seen += idx.len();
-            pb.inc(1);
-            pb.set_message(format!(
-                "epoch {}/{} loss {lv:.3}",
-                epoch + 1,
-                cfg.train.epochs
-            ));
-            let epoch_end = bi + 1 == steps_per_epoch;
-            if epoch_end {
-                epoch_losses.push(partial_loss / partial_steps as f64);
-                partial_loss = 0.0;
-                partial_steps = 0;
-            }
-            let stop = STOP.load(Ordering::SeqCst);
-            if epoch_end || stop || (every > 0 && step % every == 0) {
-                last_ckpt = Some(save(
-                    step,
-                    &epoch_losses,
-                    (partial_loss, partial_steps),
-                    lr_scale,
-                    skipped,
-                    &vm,
-                    &opt,
-                    &bank,
-                )?);
-            }
-            if stop {
-                pb.abandon();
-                return Err(Error::Interrupted {
-                    checkpoint: last_ckpt.clone().expect("just saved"),
-                });
-            }
-        }
+            Ok(())
+        })?;
         let secs = te.elapsed().as_secs_f64();
         tracing::info!(
             "epoch {}/{}: loss {:.4}, lr {:.5}, {:.1} s, {:.1} img/s",
