@@ -65,6 +65,7 @@ pub fn resnet_step(
         arch,
         width,
         bn_momentum: 0.1,
+        ..Default::default()
     };
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);

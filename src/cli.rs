@@ -176,6 +176,20 @@ pub enum Command {
         #[arg(long)]
         tf32: bool,
     },
+    /// Convert pretrained weights from another framework into a
+    /// torchvision-named safetensors file for `finetune --weights` (biases,
+    /// BatchNorm eps and input preprocessing folded in; see src/import.rs).
+    ImportWeights {
+        /// Input format: keras-resnet50 = a TF.js layers model folder
+        /// (model.json + shards) of Keras' ResNet50.
+        #[arg(long, value_enum)]
+        from: crate::import::Source,
+        /// The input (for keras-resnet50: the folder holding model.json).
+        input: PathBuf,
+        /// The safetensors file to write (replaced atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Pretrain, probe the PIRL and the random-init encoder, write the report;
     /// or, given a protocol file, run the whole protocol.
     Reproduce {

@@ -333,6 +333,18 @@ impl Config {
         }
     }
 
+    /// This config with `over` (keys as in a config file) merged on top;
+    /// validated.
+    pub fn with_overrides(&self, over: &toml::Table) -> Result<Config, String> {
+        let mut base = toml::Value::try_from(self).map_err(|e| e.to_string())?;
+        merge(&mut base, toml::Value::Table(over.clone()));
+        let cfg: Config = base
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
     /// The preset with a TOML document merged on top: keys it names replace
     /// the preset's, keys it omits keep them, unknown keys are an error.
     pub fn from_toml_over(p: Preset, toml_text: &str) -> Result<Config, String> {

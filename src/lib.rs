@@ -14,6 +14,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod import;
 pub mod loss;
 pub mod memory_bank;
 pub mod model;

@@ -342,6 +342,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(&l)?);
             }
         }
+        Command::ImportWeights { from, input, out } => {
+            let s = pirlkit::import::import(from, &input, &out)?;
+            print!("{}", s.report());
+        }
         Command::Evaluate {
             scores,
             label_column,

@@ -46,6 +46,19 @@ pub struct Arm {
     /// Neighbours for kind = knn; default 20.
     #[serde(default = "default_k")]
     pub k: usize,
+    /// Config keys this arm changes (e.g. `model = { arch = "resnet50" }`
+    /// and `pretext.crop = 96` for an ImageNet ResNet-50 from a `weights:`
+    /// file); merged over the protocol's config. An arm whose encoder
+    /// differs from the pretrained one cannot take the `pirl` init.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// This arm's seeds, instead of the protocol's (e.g. fewer for a costly
+    /// fine-tune).
+    #[serde(default)]
+    pub seeds: Option<Vec<u64>>,
+    /// This arm's label fractions, instead of the protocol's.
+    #[serde(default)]
+    pub label_fractions: Option<Vec<f64>>,
 }
 
 fn default_inits() -> Vec<String> {
@@ -103,7 +116,38 @@ impl Protocol {
             .map_err(|e| Error::Config(format!("{}: [config] {e}", path.display())))?;
         p.check()
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        for a in &p.arms {
+            let ac = p
+                .arm_config(a, &cfg)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            if ac.data != cfg.data {
+                return Err(Error::Config(format!(
+                    "{}: arm {}: [arms.config] cannot change data settings (the images are loaded once for all arms)",
+                    path.display(),
+                    a.name
+                )));
+            }
+            if ac.model != cfg.model && a.inits.iter().any(|i| i == "pirl") {
+                return Err(Error::Config(format!(
+                    "{}: arm {} changes the encoder (model), so it cannot take the pirl init (pretrained as {:?} width {})",
+                    path.display(),
+                    a.name,
+                    cfg.model.arch,
+                    cfg.model.width
+                )));
+            }
+        }
         Ok((p, cfg))
+    }
+
+    /// The config an arm runs with: the protocol's, with the arm's `config`
+    /// keys merged on top.
+    pub fn arm_config(&self, arm: &Arm, cfg: &Config) -> std::result::Result<Config, String> {
+        if arm.config.is_empty() {
+            return Ok(cfg.clone());
+        }
+        cfg.with_overrides(&arm.config)
+            .map_err(|e| format!("arm {}: [arms.config] {e}", arm.name))
     }
 
     pub fn check(&self) -> std::result::Result<(), String> {
@@ -119,6 +163,22 @@ impl Protocol {
         }
         let mut names = std::collections::HashSet::new();
         for a in &self.arms {
+            if a.seeds.as_ref().is_some_and(|s| s.is_empty())
+                || a.label_fractions.as_ref().is_some_and(|f| f.is_empty())
+            {
+                return Err(format!("arm {}: empty seeds or label_fractions", a.name));
+            }
+            if let Some(f) = a
+                .label_fractions
+                .iter()
+                .flatten()
+                .find(|f| !(**f > 0.0 && **f <= 1.0))
+            {
+                return Err(format!(
+                    "arm {}: label fraction {f} is not in (0, 1]",
+                    a.name
+                ));
+            }
             if !names.insert(&a.name) {
                 return Err(format!("arm name {} used twice", a.name));
             }
@@ -229,12 +289,19 @@ impl Runner<'_> {
         let (va_i, va_y) = self.split(Split::Val);
         let (te_i, te_y) = self.split(Split::Test);
         let mut results = Vec::new();
-        // Frozen features per init, computed once and shared by fractions and seeds.
+        // Frozen features per (encoder, view, init), computed once and shared
+        // by arms, fractions and seeds.
         let mut feats: BTreeMap<String, [ndarray::Array2<f64>; 3]> = BTreeMap::new();
         for arm in &p.arms {
+            let acfg = p.arm_config(arm, self.cfg).map_err(Error::Config)?;
             for init_s in &arm.inits {
-                for &fraction in &p.label_fractions {
-                    for &seed in &p.seeds {
+                let feat_key = format!(
+                    "{}|{}|{init_s}",
+                    serde_json::to_string(&acfg.model).unwrap_or_default(),
+                    serde_json::to_string(&acfg.pretext.crop).unwrap_or_default()
+                );
+                for &fraction in arm.label_fractions.as_ref().unwrap_or(&p.label_fractions) {
+                    for &seed in arm.seeds.as_ref().unwrap_or(&p.seeds) {
                         let path =
                             result_path(&self.results_dir, &arm.name, init_s, fraction, seed);
                         if let Ok(bytes) = std::fs::read(&path)
@@ -256,10 +323,11 @@ impl Runner<'_> {
                         let sub_y: Vec<u8> = sub.iter().map(|&i| tr_y[i]).collect();
                         let (val_auc, test_auc, val_scores, test_scores, detail) = match arm.kind {
                             ArmKind::LinearProbe | ArmKind::Knn => {
-                                if !feats.contains_key(init_s) {
+                                if !feats.contains_key(&feat_key) {
                                     feats.insert(
-                                        init_s.clone(),
+                                        feat_key.clone(),
                                         self.frozen_features(
+                                            &acfg,
                                             &self.init(init_s)?,
                                             &tr_i,
                                             &va_i,
@@ -267,7 +335,7 @@ impl Runner<'_> {
                                         )?,
                                     );
                                 }
-                                let [ftr, fva, fte] = &feats[init_s];
+                                let [ftr, fva, fte] = &feats[&feat_key];
                                 let ftr_sub = ftr.select(ndarray::Axis(0), &sub);
                                 if arm.kind == ArmKind::LinearProbe {
                                     let r = probe::fit_probe(
@@ -277,7 +345,7 @@ impl Runner<'_> {
                                         &va_y,
                                         fte,
                                         &te_y,
-                                        &self.cfg.probe,
+                                        &acfg.probe,
                                     )?;
                                     (
                                         r.val_auc,
@@ -301,7 +369,7 @@ impl Runner<'_> {
                             ArmKind::Finetune => {
                                 let init = self.init(init_s)?;
                                 let r = finetune::finetune(
-                                    self.cfg,
+                                    &acfg,
                                     &arm.finetune,
                                     &init,
                                     &Labeled {
@@ -367,20 +435,21 @@ impl Runner<'_> {
     /// BatchNorm statistics recomputed on the training images if configured.
     fn frozen_features(
         &self,
+        cfg: &Config,
         init: &Init,
         tr: &[&RgbImage],
         va: &[&RgbImage],
         te: &[&RgbImage],
     ) -> Result<[ndarray::Array2<f64>; 3]> {
         let (vm, m) = crate::model::build(
-            &self.cfg.model,
-            self.cfg.pretext.kind,
-            self.cfg.seed,
+            &cfg.model,
+            cfg.pretext.kind,
+            cfg.seed,
             candle_core::DType::F32,
-            &crate::device::open(&self.cfg.device, self.cfg.tf32)?,
+            &crate::device::open(&cfg.device, cfg.tf32)?,
         )?;
         finetune::load_encoder(&vm, init)?;
-        probe::frozen_features(&vm, &m.encoder, "encoder", self.cfg, tr, va, te)
+        probe::frozen_features(&vm, &m.encoder, "encoder", cfg, tr, va, te)
     }
 }
 

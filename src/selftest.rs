@@ -131,6 +131,7 @@ fn resnet_grads(dev: &Device) -> Result<(Vec<f32>, Vec<f32>)> {
         arch: Arch::Resnet18,
         width: 0.125,
         bn_momentum: 0.1,
+        ..Default::default()
     };
     let (vm, model) =
         crate::model::build(&cfg, crate::model::PretextKind::Jigsaw, 7, DType::F32, dev)?;

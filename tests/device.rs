@@ -28,13 +28,21 @@ fn selftest_command_reports_every_check_as_json() {
         .args(["selftest", "--device", "cpu"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 25);
-    assert!(lines.iter().all(|l| l["ok"] == true && l["device"] == "cpu"));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["ok"] == true && l["device"] == "cpu")
+    );
 }
 
 #[test]

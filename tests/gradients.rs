@@ -119,6 +119,7 @@ fn resnet_gradients_match_finite_differences() {
         arch: Arch::Resnet18,
         width: 4.0 / 64.0,
         bn_momentum: 0.1,
+        ..Default::default()
     };
     let net = ResNet::new(&cfg, vb).unwrap();
     pirlkit::model::seeded_init(&vm, 3).unwrap();
@@ -224,6 +225,7 @@ fn resnet_shapes_for_each_arch() {
             arch,
             width: 0.125,
             bn_momentum: 0.1,
+            ..Default::default()
         };
         let net = ResNet::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
         assert_eq!(cfg.feature_dim(), d);

@@ -14,6 +14,7 @@ fn cfg() -> ResNetConfig {
         arch: Arch::Resnet18,
         width: 0.125,
         bn_momentum: 0.1,
+        ..Default::default()
     }
 }
 

@@ -41,6 +41,10 @@ pub struct ResNetConfig {
     pub width: f64,
     /// BatchNorm running-statistics momentum (PyTorch's convention); default 0.1.
     pub bn_momentum: f64,
+    /// Bottleneck blocks only: put a stage's stride 2 on the first 1x1 conv,
+    /// as the original ResNet (v1; Caffe and Keras weights) does, instead of
+    /// on the 3x3 conv as torchvision (v1.5) does. Default false.
+    pub stride_in_1x1: bool,
 }
 
 impl Default for ResNetConfig {
@@ -49,6 +53,7 @@ impl Default for ResNetConfig {
             arch: Arch::Resnet18,
             width: 1.0,
             bn_momentum: 0.1,
+            stride_in_1x1: false,
         }
     }
 }
@@ -164,15 +169,27 @@ impl Block {
         })
     }
 
-    fn bottleneck(cin: usize, mid: usize, stride: usize, m: f64, vb: VarBuilder) -> Result<Self> {
+    fn bottleneck(
+        cin: usize,
+        mid: usize,
+        stride: usize,
+        stride_in_1x1: bool,
+        m: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let cout = mid * 4;
+        let (s1, s3) = if stride_in_1x1 {
+            (stride, 1)
+        } else {
+            (1, stride)
+        };
         let convs = vec![
             (
-                conv(cin, mid, 1, 1, 0, vb.pp("conv1"))?,
+                conv(cin, mid, 1, s1, 0, vb.pp("conv1"))?,
                 bn(mid, m, vb.pp("bn1"))?,
             ),
             (
-                conv(mid, mid, 3, stride, 1, vb.pp("conv2"))?,
+                conv(mid, mid, 3, s3, 1, vb.pp("conv2"))?,
                 bn(mid, m, vb.pp("bn2"))?,
             ),
             (
@@ -231,7 +248,7 @@ impl ResNet {
                 let stride = if bi == 0 && li > 0 { 2 } else { 1 };
                 let vbb = vb.pp(format!("layer{}.{}", li + 1, bi));
                 let block = if cfg.arch.bottleneck() {
-                    let b = Block::bottleneck(cin, width, stride, m, vbb)?;
+                    let b = Block::bottleneck(cin, width, stride, cfg.stride_in_1x1, m, vbb)?;
                     cin = width * 4;
                     b
                 } else {

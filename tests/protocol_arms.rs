@@ -1,0 +1,146 @@
+//! Per-arm settings in a protocol: an arm with its own encoder (a ResNet-50
+//! from a `weights:` file, against the same ResNet-50 from random init), its
+//! own seeds and label fractions; and the combinations that cannot work are
+//! refused with the arm named.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use pirlkit::model::{Arch, ResNet, ResNetConfig};
+
+fn run(protocol: &Path, reports: &Path, cache: &Path) -> std::process::Output {
+    Command::new(common::bin())
+        .arg("reproduce")
+        .arg(protocol)
+        .args(["--no-progress", "--reports"])
+        .arg(reports)
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()
+        .unwrap()
+}
+
+/// A small ResNet-50 (v1 strides) in torchvision naming, seeded.
+fn weights_file(path: &Path) {
+    let cfg = ResNetConfig {
+        arch: Arch::Resnet50,
+        width: 0.0625,
+        stride_in_1x1: true,
+        ..Default::default()
+    };
+    let vm = VarMap::new();
+    ResNet::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    pirlkit::model::seeded_init(&vm, 99).unwrap();
+    vm.save(path).unwrap();
+}
+
+#[test]
+fn an_arm_with_its_own_encoder_seeds_and_fractions() {
+    let tmp = tempfile::tempdir().unwrap();
+    weights_file(&tmp.path().join("r50.safetensors"));
+    let proto = tmp.path().join("p.toml");
+    std::fs::write(
+        &proto,
+        r#"
+name = "own-encoder"
+preset = "tiny"
+seeds = [0, 1]
+label_fractions = [0.5, 1.0]
+bootstrap_resamples = 100
+
+[config]
+data.limit_per_split = 60
+
+[[arms]]
+name = "r50-probe"
+kind = "linear-probe"
+inits = ["weights:r50.safetensors", "random"]
+seeds = [3]
+label_fractions = [1.0]
+[arms.config]
+model = { arch = "resnet50", width = 0.0625, stride_in_1x1 = true }
+"#,
+    )
+    .unwrap();
+    let (reports, cache) = (tmp.path().join("reports"), tmp.path().join("cache"));
+    let out = run(&proto, &reports, &cache);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = reports.join("own-encoder");
+    let runs: Vec<String> = std::fs::read_to_string(dir.join("runs.csv"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    // One arm x 2 inits x its own 1 fraction x its own 1 seed.
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    assert!(
+        runs[1..]
+            .iter()
+            .all(|l| l.contains(",1.0,3,") || l.contains(",1,3,")),
+        "{runs:?}"
+    );
+    // No arm takes the PIRL init: nothing was pretrained.
+    assert!(!dir.join("pretrain").exists());
+    // The weights and the random init are different encoders: their saved
+    // test scores differ.
+    let scores = |init: &str| -> Vec<f64> {
+        let f = std::fs::read_dir(dir.join("runs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().contains(init))
+            .unwrap_or_else(|| panic!("no saved run for {init}"));
+        let j: serde_json::Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+        serde_json::from_value(j["test_scores"].clone()).unwrap()
+    };
+    let (a, b) = (scores("weights"), scores("random"));
+    assert_eq!(a.len(), b.len());
+    assert!(a != b);
+}
+
+#[test]
+fn impossible_arm_settings_are_refused_naming_the_arm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[arms.config]\nmodel = { arch = \"resnet50\" }\n",
+            "inits = [\"pirl\", \"random\"]",
+            "cannot take the pirl init",
+        ),
+        (
+            "[arms.config]\ndata = { image_size = 64 }\n",
+            "inits = [\"random\"]",
+            "cannot change data settings",
+        ),
+        ("", "inits = [\"random\"]\nseeds = []", "empty seeds"),
+        (
+            "",
+            "inits = [\"random\"]\nlabel_fractions = [1.5]",
+            "label fraction 1.5",
+        ),
+    ];
+    for (i, (config, inits, want)) in cases.iter().enumerate() {
+        let proto = tmp.path().join(format!("p{i}.toml"));
+        std::fs::write(
+            &proto,
+            format!(
+                "name = \"bad\"\npreset = \"tiny\"\n\n[[arms]]\nname = \"odd-arm\"\nkind = \"linear-probe\"\n{inits}\n{config}"
+            ),
+        )
+        .unwrap();
+        let out = run(&proto, &tmp.path().join("r"), &tmp.path().join("c"));
+        assert!(!out.status.success(), "case {i} ran");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(want) && err.contains("odd-arm"),
+            "case {i}: {err}"
+        );
+    }
+}
