@@ -292,6 +292,11 @@ impl Runner<'_> {
         // Frozen features per (encoder, view, init), computed once and shared
         // by arms, fractions and seeds.
         let mut feats: BTreeMap<String, [ndarray::Array2<f64>; 3]> = BTreeMap::new();
+        // A frozen-feature arm is a function of its training subset alone
+        // (at 100 % of the labels every seed gets the same subset): fitted
+        // once per (arm, init, subset).
+        type Fitted = (f64, f64, Vec<f64>, Vec<f64>, String);
+        let mut fitted: BTreeMap<(String, String, Vec<usize>), Fitted> = BTreeMap::new();
         for arm in &p.arms {
             let acfg = p.arm_config(arm, self.cfg).map_err(Error::Config)?;
             for init_s in &arm.inits {
@@ -322,6 +327,15 @@ impl Runner<'_> {
                         let sub_i: Vec<&RgbImage> = sub.iter().map(|&i| tr_i[i]).collect();
                         let sub_y: Vec<u8> = sub.iter().map(|&i| tr_y[i]).collect();
                         let (val_auc, test_auc, val_scores, test_scores, detail) = match arm.kind {
+                            ArmKind::LinearProbe | ArmKind::Knn
+                                if fitted.contains_key(&(
+                                    arm.name.clone(),
+                                    init_s.clone(),
+                                    sub.clone(),
+                                )) =>
+                            {
+                                fitted[&(arm.name.clone(), init_s.clone(), sub.clone())].clone()
+                            }
                             ArmKind::LinearProbe | ArmKind::Knn => {
                                 if !feats.contains_key(&feat_key) {
                                     feats.insert(
@@ -395,6 +409,19 @@ impl Runner<'_> {
                                 )
                             }
                         };
+                        if arm.kind != ArmKind::Finetune {
+                            fitted
+                                .entry((arm.name.clone(), init_s.clone(), sub.clone()))
+                                .or_insert_with(|| {
+                                    (
+                                        val_auc,
+                                        test_auc,
+                                        val_scores.clone(),
+                                        test_scores.clone(),
+                                        detail.clone(),
+                                    )
+                                });
+                        }
                         let r = ArmResult {
                             arm: arm.name.clone(),
                             kind: arm.kind,

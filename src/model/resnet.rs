@@ -4,11 +4,11 @@
 //! `layer1.0.conv1.weight`, `layer2.0.downsample.0.weight`, ...), so weights in
 //! torchvision naming load as they are.
 
-use candle_core::{ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::ops::MaxPool2d;
+use crate::ops::{BatchNorm2d as BatchNorm, MaxPool2d};
 
 /// Which ResNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,13 +119,7 @@ fn conv(
 }
 
 fn bn(c: usize, momentum: f64, vb: VarBuilder) -> Result<BatchNorm> {
-    let cfg = BatchNormConfig {
-        eps: 1e-5,
-        remove_mean: true,
-        affine: true,
-        momentum,
-    };
-    candle_nn::batch_norm(c, cfg, vb)
+    BatchNorm::new(c, 1e-5, momentum, vb)
 }
 
 /// The 1x1 projection of the skip path, when the shape changes.
@@ -207,13 +201,10 @@ impl Block {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, (c, b)) in self.convs.iter().enumerate() {
-            y = b.forward_t(&c.forward(&y)?, train)?;
-            if i != last {
-                y = y.relu()?;
-            }
+            y = b.forward_t(&c.forward(&y)?, train, i != last)?;
         }
         let skip = match &self.downsample {
-            Some((c, b)) => b.forward_t(&c.forward(x)?, train)?,
+            Some((c, b)) => b.forward_t(&c.forward(x)?, train, false)?,
             None => x.clone(),
         };
         (y + skip)?.relu()
@@ -284,7 +275,7 @@ impl ResNet {
     /// statistics (and updates the running ones) in BatchNorm.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (c, b) = &self.stem;
-        let mut y = b.forward_t(&c.forward(x)?, train)?.relu()?;
+        let mut y = b.forward_t(&c.forward(x)?, train, true)?;
         y = self.pool.forward(&y)?;
         for layer in &self.layers {
             for block in layer {

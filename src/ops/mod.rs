@@ -1,7 +1,9 @@
 //! Custom CPU kernels behind candle's `CustomOp` traits. On other devices
 //! (CUDA) the same calls go to candle's own differentiable ops.
+pub mod batchnorm;
 pub mod conv;
 pub mod maxpool;
+pub use batchnorm::BatchNorm2d;
 pub use conv::conv2d;
 pub use maxpool::MaxPool2d;
 
