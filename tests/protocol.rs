@@ -127,6 +127,21 @@ fn protocol_runs_every_arm_and_resumes() {
         manifest["crates"]
     );
     assert!(dir.join("roc_linear-probe_f1.svg").is_file());
+    for stem in ["runs", "paired", "summary"] {
+        parquet_matches_csv(&dir, stem);
+    }
+    // report.md links the PNG charts (which decode); report.html inlines SVG.
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    for name in [
+        "roc_linear-probe_f1.png",
+        "roc_knn_f0.5.png",
+        "pretrain_loss.png",
+    ] {
+        assert!(md.contains(&format!("]({name})")), "{md}");
+        let img = image::open(dir.join(name)).unwrap();
+        assert_eq!((img.width(), img.height()), (960, 800), "{name}");
+    }
+    assert!(!html.contains(".png"));
     check_in_browser(&dir.join("report.html"), tmp.path());
 
     // Interrupted halfway: drop two finished runs; the rerun redoes only
@@ -151,6 +166,43 @@ fn protocol_runs_every_arm_and_resumes() {
     assert_eq!(log.matches("test AUC").count(), 2, "{log}");
     let after = std::fs::read_to_string(dir.join("runs.csv")).unwrap();
     assert_eq!(before, after);
+}
+
+/// `{stem}.parquet` read back with polars holds the CSV's columns, rows and
+/// values (floats to the CSV's printed precision, text exactly).
+fn parquet_matches_csv(dir: &Path, stem: &str) {
+    use polars::prelude::{AnyValue, ParquetReader, SerReader};
+    let p = dir.join(format!("{stem}.parquet"));
+    let df = ParquetReader::new(std::fs::File::open(&p).unwrap())
+        .finish()
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let csv = lines(&dir.join(format!("{stem}.csv")));
+    let names: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(csv[0], names.join(","), "{stem}");
+    assert_eq!(df.height() + 1, csv.len(), "{stem}");
+    for (i, line) in csv[1..].iter().enumerate() {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells.len(), df.width(), "{stem}: {line}");
+        for (col, cell) in df.columns().iter().zip(cells) {
+            match col.get(i).unwrap() {
+                AnyValue::Float64(v) => {
+                    let want: f64 = cell.parse().unwrap();
+                    assert!(
+                        (v.is_nan() && want.is_nan()) || (v - want).abs() <= 1e-9,
+                        "{stem}.{} row {i}: {v} vs {cell}",
+                        col.name()
+                    );
+                }
+                AnyValue::UInt64(v) => assert_eq!(v.to_string(), cell),
+                AnyValue::String(v) => assert_eq!(v, cell.trim_matches('"')),
+                v => panic!("{stem}.{}: unexpected {v:?}", col.name()),
+            }
+        }
+    }
 }
 
 #[test]

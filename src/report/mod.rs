@@ -1,6 +1,8 @@
 //! Reports: `summary.csv` (polars) and `summary.md`, one row per arm; the
-//! protocol report ([`protocol`]); SVG charts ([`svg`]).
+//! protocol report ([`protocol`]); SVG charts ([`svg`]) and the same charts
+//! as PNG ([`png`]).
 
+pub mod png;
 pub mod protocol;
 pub mod svg;
 

@@ -1,6 +1,7 @@
 //! The protocol report: per-run rows, the paired PIRL-vs-random tests, the
-//! summary across seeds (CSV and Markdown via polars), ROC and loss curves
-//! (SVG), one self-contained `report.html`, and `manifest.json`.
+//! summary across seeds (CSV, Parquet and Markdown via polars), ROC and loss
+//! curves (SVG and PNG), one self-contained `report.html` (inline SVG),
+//! `report.md` (linking the PNGs), and `manifest.json`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,6 +15,7 @@ use crate::eval::roc;
 use crate::eval::stats::{self, AucCi, PairedTest};
 use crate::protocol::ArmResult;
 use crate::report::markdown_table;
+use crate::report::png;
 use crate::report::svg::{Series, line_chart};
 use crate::train::checkpoint::write_atomic;
 
@@ -65,10 +67,16 @@ fn df_err(e: PolarsError) -> Error {
     Error::Report(e.to_string())
 }
 
+/// Writes `{stem}.csv`, `{stem}.parquet` and `{stem}.md`; returns the Markdown.
 fn write_frame(dir: &Path, stem: &str, df: &mut DataFrame) -> Result<String> {
     let mut csv = Vec::new();
     CsvWriter::new(&mut csv).finish(df).map_err(df_err)?;
     write_atomic(&dir.join(format!("{stem}.csv")), &csv)?;
+    let mut parquet = Vec::new();
+    ParquetWriter::new(&mut parquet)
+        .finish(df)
+        .map_err(df_err)?;
+    write_atomic(&dir.join(format!("{stem}.parquet")), &parquet)?;
     let md = markdown_table(df);
     write_atomic(&dir.join(format!("{stem}.md")), md.as_bytes())?;
     Ok(md)
@@ -223,8 +231,10 @@ pub fn write(
     .map_err(df_err)?;
     let summary_md = write_frame(dir, "summary", &mut sdf)?;
 
-    // ROC curves (first seed) per arm and fraction; the loss curve.
+    // ROC curves (first seed) per arm and fraction; the loss curve. Each as
+    // SVG (inlined in report.html) and PNG (linked from report.md).
     let mut svgs = Vec::new();
+    let mut pngs: Vec<(String, String)> = Vec::new();
     let first_seed = results.iter().map(|r| r.seed).min().unwrap_or(0);
     let mut keys: Vec<(String, String)> = results
         .iter()
@@ -248,21 +258,18 @@ pub fn write(
                 points: pts,
             });
         }
-        let svg = line_chart(
-            &format!(
-                "ROC: {arm}, {} % labels, seed {first_seed}",
-                frac.parse::<f64>().unwrap_or(0.0) * 100.0
-            ),
-            "1 - specificity",
-            "sensitivity",
-            &series,
-            (0.0, 1.0),
-            (0.0, 1.0),
-            true,
+        let title = format!(
+            "ROC: {arm}, {} % labels, seed {first_seed}",
+            frac.parse::<f64>().unwrap_or(0.0) * 100.0
         );
-        let name = format!("roc_{arm}_f{frac}.svg");
-        write_atomic(&dir.join(&name), svg.as_bytes())?;
-        svgs.push((name, svg));
+        let (xl, yl) = ("1 - specificity", "sensitivity");
+        let svg = line_chart(&title, xl, yl, &series, (0.0, 1.0), (0.0, 1.0), true);
+        let stem = format!("roc_{arm}_f{frac}");
+        write_atomic(&dir.join(format!("{stem}.svg")), svg.as_bytes())?;
+        svgs.push((format!("{stem}.svg"), svg));
+        let img = png::line_chart(&title, xl, yl, &series, (0.0, 1.0), (0.0, 1.0), true)?;
+        write_atomic(&dir.join(format!("{stem}.png")), &img)?;
+        pngs.push((format!("{stem}.png"), title));
     }
     if !ctx.pretrain_losses.is_empty() {
         let pts: Vec<(f64, f64)> = ctx
@@ -281,20 +288,19 @@ pub fn write(
             .iter()
             .cloned()
             .fold(f64::NEG_INFINITY, f64::max);
-        let svg = line_chart(
-            "PIRL pretraining loss",
-            "epoch",
-            "loss",
-            &[Series {
-                label: "mean loss".into(),
-                points: pts,
-            }],
-            (1.0, ctx.pretrain_losses.len().max(2) as f64),
-            (lo.floor(), hi.ceil().max(lo.floor() + 1.0)),
-            false,
-        );
+        let title = "PIRL pretraining loss";
+        let series = [Series {
+            label: "mean loss".into(),
+            points: pts,
+        }];
+        let xr = (1.0, ctx.pretrain_losses.len().max(2) as f64);
+        let yr = (lo.floor(), hi.ceil().max(lo.floor() + 1.0));
+        let svg = line_chart(title, "epoch", "loss", &series, xr, yr, false);
         write_atomic(&dir.join("pretrain_loss.svg"), svg.as_bytes())?;
         svgs.push(("pretrain_loss.svg".into(), svg));
+        let img = png::line_chart(title, "epoch", "loss", &series, xr, yr, false)?;
+        write_atomic(&dir.join("pretrain_loss.png"), &img)?;
+        pngs.push(("pretrain_loss.png".into(), title.into()));
     }
 
     // manifest.json and report.html.
@@ -302,7 +308,7 @@ pub fn write(
     write_atomic(&dir.join("manifest.json"), &j)?;
     let html = html_page(ctx, &summary_md, &paired_md, &svgs);
     write_atomic(&dir.join("report.html"), html.as_bytes())?;
-    let md = format!(
+    let mut md = format!(
         "# {}\n\n{}\n\n## Summary (test AUC over seeds)\n\n{summary_md}\n## PIRL vs. random init (paired DeLong, bootstrap)\n\n{paired_md}",
         ctx.title,
         ctx.lines
@@ -311,8 +317,37 @@ pub fn write(
             .collect::<Vec<_>>()
             .join("\n")
     );
+    if !pngs.is_empty() {
+        md.push_str("\n## Curves\n\n");
+        for (name, title) in &pngs {
+            let _ = writeln!(md, "![{}]({})\n", md_alt(title), md_url(name));
+        }
+    }
     write_atomic(&dir.join("report.md"), md.as_bytes())?;
     Ok(summary_md)
+}
+
+/// Image alt text: no brackets or line breaks that would end the link early.
+fn md_alt(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '[' | ']' | '\n' | '\r' => ' ',
+            c => c,
+        })
+        .collect()
+}
+
+/// A relative file name as a Markdown link target (percent-encoded).
+fn md_url(name: &str) -> String {
+    let mut s = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            s.push(b as char);
+        } else {
+            let _ = write!(s, "%{b:02X}");
+        }
+    }
+    s
 }
 
 fn esc(s: &str) -> String {
