@@ -115,14 +115,133 @@ struct Param {
     decay: bool,
 }
 
+/// One parameter's optimiser buffers (SGD: the momentum buffer; AdamW: the
+/// first and second moments).
+enum Slots {
+    /// On the CPU in f32: plain vectors, updated together with the weight in
+    /// one fused in-place pass ([`FusedUpdate`]).
+    Host(Vec<Vec<f32>>),
+    /// Elsewhere (GPU, f64): tensors, updated with candle's ops.
+    Tensors(Vec<Tensor>),
+}
+
 /// The optimiser over the trainable variables of a `VarMap` (BatchNorm running
 /// statistics excluded), in name order.
 pub struct Optimizer {
     cfg: OptimConfig,
     params: Vec<Param>,
-    /// SGD: one momentum buffer per param. AdamW: first and second moments.
-    state: Vec<Vec<Tensor>>,
+    state: Vec<Slots>,
     steps: usize,
+}
+
+/// The whole SGD-momentum or AdamW update of one f32 parameter in one pass,
+/// in place: `w` (the op's target), its gradient, and the buffers.
+/// Elementwise, so the result does not depend on the number of threads.
+struct FusedUpdate<'a> {
+    kind: OptimizerKind,
+    lr: f32,
+    /// Weight decay for this parameter (0 when it is not decayed).
+    wd: f32,
+    momentum: f32,
+    first: bool,
+    betas: (f32, f32),
+    /// Bias corrections 1 - beta^t.
+    corr: (f32, f32),
+    bufs: std::sync::Mutex<&'a mut Vec<Vec<f32>>>,
+}
+
+const FUSED_CHUNK: usize = 1 << 15;
+
+impl candle_core::InplaceOp2 for FusedUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "pirlkit-fused-optimizer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<()> {
+        use candle_core::CpuStorage as S;
+        use rayon::prelude::*;
+        let (S::F32(w), S::F32(g)) = (s1, s2) else {
+            candle_core::bail!("fused optimizer: f32 only")
+        };
+        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("fused optimizer: weight and gradient must be contiguous")
+        };
+        let (w, g) = (&mut w[a1..b1], &g[a2..b2]);
+        let mut guard = self.bufs.lock().expect("optimizer buffers");
+        let bufs: &mut Vec<Vec<f32>> = &mut guard;
+        if g.len() != w.len() || bufs.iter().any(|b| b.len() != w.len()) {
+            candle_core::bail!("fused optimizer: sizes of weight, gradient and buffers differ")
+        }
+        let (lr, wd) = (self.lr, self.wd);
+        match self.kind {
+            OptimizerKind::Sgd => {
+                let (mom, first) = (self.momentum, self.first);
+                w.par_chunks_mut(FUSED_CHUNK)
+                    .zip(g.par_chunks(FUSED_CHUNK))
+                    .zip(bufs[0].par_chunks_mut(FUSED_CHUNK))
+                    .for_each(|((w, g), b)| {
+                        for ((w, g), b) in w.iter_mut().zip(g).zip(b.iter_mut()) {
+                            let d = g + wd * *w;
+                            // PyTorch: the first step sets the buffer to the gradient.
+                            *b = if first { d } else { mom * *b + d };
+                            *w -= lr * *b;
+                        }
+                    });
+            }
+            OptimizerKind::Adamw => {
+                let ((be1, be2), (c1, c2)) = (self.betas, self.corr);
+                let (m, v) = bufs.split_at_mut(1);
+                w.par_chunks_mut(FUSED_CHUNK)
+                    .zip(g.par_chunks(FUSED_CHUNK))
+                    .zip(m[0].par_chunks_mut(FUSED_CHUNK))
+                    .zip(v[0].par_chunks_mut(FUSED_CHUNK))
+                    .for_each(|(((w, g), m), v)| {
+                        for (((w, g), m), v) in
+                            w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+                        {
+                            *m = be1 * *m + (1.0 - be1) * g;
+                            *v = be2 * *v + (1.0 - be2) * g * g;
+                            let upd = (*m / c1) / ((*v / c2).sqrt() + 1e-8);
+                            *w = *w * (1.0 - lr * wd) - lr * upd;
+                        }
+                    });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Σ x² of a contiguous f32 CPU tensor in one pass without a copy (chunk
+/// sums in f64, added in order: independent of the thread count).
+fn host_sq_norm(t: &Tensor) -> Option<f64> {
+    use rayon::prelude::*;
+    if !t.device().is_cpu() || t.dtype() != candle_core::DType::F32 {
+        return None;
+    }
+    let (s, l) = t.storage_and_layout();
+    let (a, b) = l.contiguous_offsets()?;
+    match &*s {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
+            let parts: Vec<f64> = v[a..b]
+                .par_chunks(FUSED_CHUNK)
+                .map(|c| c.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>())
+                .collect();
+            Some(parts.iter().sum())
+        }
+        _ => None,
+    }
+}
+
+/// Whether a parameter takes the fused in-place CPU update.
+fn fused(v: &Var) -> bool {
+    crate::ops::fast_cpu(v.device()) && v.dtype() == candle_core::DType::F32
 }
 
 /// True for variables the optimiser updates.
@@ -148,13 +267,18 @@ impl Optimizer {
             })
             .collect();
         params.sort_by(|a, b| a.name.cmp(&b.name));
+        let slots = match cfg.kind {
+            OptimizerKind::Sgd => 1,
+            OptimizerKind::Adamw => 2,
+        };
         let state = params
             .iter()
             .map(|p| {
-                let z = p.var.zeros_like()?;
-                Ok(match cfg.kind {
-                    OptimizerKind::Sgd => vec![z],
-                    OptimizerKind::Adamw => vec![z.clone(), z],
+                Ok(if fused(&p.var) {
+                    Slots::Host(vec![vec![0f32; p.var.elem_count()]; slots])
+                } else {
+                    let z = p.var.zeros_like()?;
+                    Slots::Tensors(vec![z; slots])
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -178,6 +302,24 @@ impl Optimizer {
         for (p, st) in self.params.iter().zip(self.state.iter_mut()) {
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
+            };
+            if let Slots::Host(bufs) = st {
+                let (b1, b2) = c.betas;
+                let op = FusedUpdate {
+                    kind: c.kind,
+                    lr: lr as f32,
+                    wd: if p.decay { c.weight_decay as f32 } else { 0.0 },
+                    momentum: c.momentum as f32,
+                    first: self.steps == 0,
+                    betas: (b1 as f32, b2 as f32),
+                    corr: ((1.0 - b1.powi(t)) as f32, (1.0 - b2.powi(t)) as f32),
+                    bufs: std::sync::Mutex::new(bufs),
+                };
+                p.var.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
+                continue;
+            }
+            let Slots::Tensors(st) = st else {
+                unreachable!("host slots handled above")
             };
             let w = p.var.as_tensor().detach();
             match c.kind {
@@ -224,6 +366,10 @@ impl Optimizer {
         let mut total = 0f64;
         for p in &self.params {
             if let Some(g) = grads.get(p.var.as_tensor()) {
+                if let Some(s) = host_sq_norm(g) {
+                    total += s;
+                    continue;
+                }
                 total += g
                     .sqr()?
                     .sum_all()?
@@ -238,8 +384,18 @@ impl Optimizer {
     pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for (p, st) in self.params.iter().zip(&self.state) {
-            for (k, t) in st.iter().enumerate() {
-                out.insert(format!("slot{k}.{}", p.name), t.clone());
+            match st {
+                Slots::Tensors(st) => {
+                    for (k, t) in st.iter().enumerate() {
+                        out.insert(format!("slot{k}.{}", p.name), t.clone());
+                    }
+                }
+                Slots::Host(bufs) => {
+                    for (k, b) in bufs.iter().enumerate() {
+                        let t = Tensor::from_slice(b, p.var.shape(), p.var.device())?;
+                        out.insert(format!("slot{k}.{}", p.name), t);
+                    }
+                }
             }
         }
         let dev = self
@@ -254,12 +410,34 @@ impl Optimizer {
     /// Restores what [`Optimizer::state_tensors`] saved.
     pub fn load_state(&mut self, saved: &HashMap<String, Tensor>) -> Result<()> {
         for (p, st) in self.params.iter().zip(self.state.iter_mut()) {
-            for (k, t) in st.iter_mut().enumerate() {
+            let get = |k: usize| {
                 let key = format!("slot{k}.{}", p.name);
                 let s = saved.get(&key).ok_or_else(|| {
                     candle_core::Error::Msg(format!("optimizer state lacks {key}"))
                 })?;
-                *t = s.to_device(p.var.device())?.to_dtype(p.var.dtype())?;
+                if s.elem_count() != p.var.elem_count() {
+                    candle_core::bail!(
+                        "optimizer state {key} has {} values, the parameter {}",
+                        s.elem_count(),
+                        p.var.elem_count()
+                    )
+                }
+                Ok(s.clone())
+            };
+            match st {
+                Slots::Tensors(st) => {
+                    for (k, t) in st.iter_mut().enumerate() {
+                        *t = get(k)?.to_device(p.var.device())?.to_dtype(p.var.dtype())?;
+                    }
+                }
+                Slots::Host(bufs) => {
+                    for (k, b) in bufs.iter_mut().enumerate() {
+                        *b = get(k)?
+                            .to_dtype(candle_core::DType::F32)?
+                            .flatten_all()?
+                            .to_vec1::<f32>()?;
+                    }
+                }
             }
         }
         let steps = saved
