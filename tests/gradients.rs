@@ -242,3 +242,55 @@ fn resnet_shapes_for_each_arch() {
         assert!(names.iter().any(|n| n == "layer2.0.downsample.0.weight"));
     }
 }
+
+#[test]
+fn frozen_stages_get_no_gradient_and_the_same_output() {
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let cfg = ResNetConfig {
+        arch: Arch::Resnet18,
+        width: 0.125,
+        ..Default::default()
+    };
+    let net = ResNet::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+    pirlkit::model::seeded_init(&vm, 1).unwrap();
+    let x = Tensor::from_vec(
+        det(2 * 3 * 32 * 32, 7)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect::<Vec<_>>(),
+        (2, 3, 32, 32),
+        &dev,
+    )
+    .unwrap();
+    // Eval mode: no running-statistics updates between the two forwards.
+    let a = net.forward_t(&x, false).unwrap();
+    let b = net.forward_frozen(&x, false, 3).unwrap();
+    assert_eq!(
+        a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    // Train mode: stem, layer1 and layer2 frozen.
+    let g = net
+        .forward_frozen(&x, true, 3)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let data = vm.data().lock().unwrap();
+    let mut with = 0;
+    for (name, var) in data.iter() {
+        if name.ends_with("running_mean") || name.ends_with("running_var") {
+            continue;
+        }
+        let has = g.get(var.as_tensor()).is_some();
+        let frozen = name.starts_with("conv1")
+            || name.starts_with("bn1")
+            || name.starts_with("layer1")
+            || name.starts_with("layer2");
+        assert_eq!(has, !frozen, "{name}");
+        with += has as usize;
+    }
+    assert!(with > 0);
+}

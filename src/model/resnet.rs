@@ -274,12 +274,26 @@ impl ResNet {
     /// `x: (N, 3, H, W)` -> `(N, feature_dim)`. `train` selects batch
     /// statistics (and updates the running ones) in BatchNorm.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_frozen(x, train, 0)
+    }
+
+    /// As [`ResNet::forward_t`], with the output of the first `frozen` stages
+    /// (1 = the stem, 2 = the stem and layer1, ... 5 = all) detached, so the
+    /// backward pass stops there: partial fine-tuning pays for the gradients
+    /// of the trained stages only. The values are those of `forward_t`.
+    pub fn forward_frozen(&self, x: &Tensor, train: bool, frozen: usize) -> Result<Tensor> {
         let (c, b) = &self.stem;
         let mut y = b.forward_t(&c.forward(x)?, train, true)?;
         y = self.pool.forward(&y)?;
-        for layer in &self.layers {
+        if frozen >= 1 {
+            y = y.detach();
+        }
+        for (li, layer) in self.layers.iter().enumerate() {
             for block in layer {
                 y = block.forward_t(&y, train)?;
+            }
+            if frozen >= li + 2 {
+                y = y.detach();
             }
         }
         y.mean((2, 3))

@@ -178,13 +178,15 @@ pub fn weighted_bce(logits: &Tensor, targets: &Tensor, pos_weight: f64) -> Resul
 struct Classifier {
     encoder: ResNet,
     head: candle_nn::Linear,
+    /// Stages whose output is detached (partial fine-tuning).
+    frozen: usize,
 }
 
 impl Classifier {
     fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         Ok(self
             .head
-            .forward(&self.encoder.forward_t(x, train)?)?
+            .forward(&self.encoder.forward_frozen(x, train, self.frozen)?)?
             .squeeze(1)?)
     }
 
@@ -248,7 +250,15 @@ pub fn finetune(
     let head = candle_nn::linear(cfg.model.feature_dim(), 1, vb.pp("classifier"))?;
     seeded_init(&vm, seed)?;
     load_encoder(&vm, init)?;
-    let model = Classifier { encoder, head };
+    let frozen = match ft.freeze_up_to {
+        None => 0,
+        Some(last) => Stage::ALL.iter().filter(|s| **s <= last).count(),
+    };
+    let model = Classifier {
+        encoder,
+        head,
+        frozen,
+    };
 
     let trainable: Vec<&str> = match ft.freeze_up_to {
         None => vec!["encoder.", "classifier."],
