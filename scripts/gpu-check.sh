@@ -5,7 +5,8 @@
 #   scripts/build-cuda.sh          # -> target/cuda/pirlkit-cuda
 #
 # then run this on the GPU machine from the repository root, with the binary
-# beside it (the device tool: carry target/cuda/pirlkit-cuda). It needs the
+# beside it (the device tool: carry target/cuda/pirlkit-cuda.gz, made by
+# `gzip -k target/cuda/pirlkit-cuda`; it is unpacked here). It needs the
 # NVIDIA driver (libcuda.so.1), the CUDA 13 runtime libraries (found in the
 # Python site-packages' nvidia/cu13/lib, as PyTorch's wheels install them,
 # or set CUDA_LIBS), and PyTorch for the side-by-side figure.
@@ -29,6 +30,11 @@ OUT=${OUT:-gpu-check-out}
 PY=${PYTHON:-python3}
 DEV=${DEVICE:-cuda}
 mkdir -p "$OUT"
+# The stripped cuda binary is about 81 MiB, over the device tool's 64 MiB:
+# it travels gzipped (22 MiB) and is unpacked here.
+if [ ! -x "$BIN" ] && [ -f "$BIN.gz" ]; then
+  gunzip -c "$BIN.gz" > "$OUT/pirlkit-cuda" && chmod +x "$OUT/pirlkit-cuda" && BIN="$OUT/pirlkit-cuda"
+fi
 S="$OUT/summary.txt"
 : > "$S"
 say() { echo "$*" | tee -a "$S"; }
