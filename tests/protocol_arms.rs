@@ -87,6 +87,14 @@ model = { arch = "resnet50", width = 0.0625, stride_in_1x1 = true }
             .all(|l| l.contains(",1.0,3,") || l.contains(",1,3,")),
         "{runs:?}"
     );
+    // The weights init is paired with random init on the same test images.
+    let paired = std::fs::read_to_string(dir.join("paired.csv")).unwrap();
+    let paired: Vec<&str> = paired.lines().collect();
+    assert_eq!(paired.len(), 2, "{paired:?}");
+    assert!(paired[0].starts_with("arm,init,fraction,seed,auc_init,auc_random,diff"));
+    assert!(paired[1].starts_with("r50-probe,weights:r50.safetensors,"));
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("Pretrained init vs. random init"));
     // No arm takes the PIRL init: nothing was pretrained.
     assert!(!dir.join("pretrain").exists());
     // The weights and the random init are different encoders: their saved

@@ -293,7 +293,7 @@ fn report_writes_parquet_and_png() {
     assert_eq!(paired.height(), 8);
     for (i, p) in results.chunks(2).enumerate() {
         assert_eq!(
-            f64s(&paired, "auc_pirl")[i].to_bits(),
+            f64s(&paired, "auc_init")[i].to_bits(),
             p[0].test_auc.to_bits()
         );
         assert_eq!(

@@ -53,10 +53,13 @@ pub fn row_stats(
     })
 }
 
-/// PIRL vs. random init on the same test images, for one arm, fraction and seed.
+/// A pretrained init (PIRL, or weights from a file) vs. random init on the
+/// same test images, for one arm, fraction and seed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Paired {
     pub arm: String,
+    /// The init compared with `random`.
+    pub init: String,
     pub fraction: f64,
     pub seed: u64,
     pub delong: PairedTest,
@@ -142,12 +145,13 @@ pub fn write(
 
     // Paired tests.
     let mut paired = Vec::new();
-    for a in results.iter().filter(|r| r.init == "pirl") {
+    for a in results.iter().filter(|r| r.init != "random") {
         if let Some(b) = results.iter().find(|r| {
             r.init == "random" && r.arm == a.arm && r.fraction == a.fraction && r.seed == a.seed
         }) {
             paired.push(Paired {
                 arm: a.arm.clone(),
+                init: a.init.clone(),
                 fraction: a.fraction,
                 seed: a.seed,
                 delong: stats::delong_paired(&a.test_scores, &b.test_scores, test_labels)?,
@@ -164,9 +168,10 @@ pub fn write(
     let pf = |g: fn(&Paired) -> f64| paired.iter().map(g).collect::<Vec<f64>>();
     let mut pdf = df!(
         "arm" => paired.iter().map(|p| p.arm.clone()).collect::<Vec<_>>(),
+        "init" => paired.iter().map(|p| p.init.clone()).collect::<Vec<_>>(),
         "fraction" => pf(|p| p.fraction),
         "seed" => paired.iter().map(|p| p.seed).collect::<Vec<_>>(),
-        "auc_pirl" => pf(|p| p.delong.auc_a),
+        "auc_init" => pf(|p| p.delong.auc_a),
         "auc_random" => pf(|p| p.delong.auc_b),
         "diff" => pf(|p| p.delong.diff),
         "delong_lo" => pf(|p| p.delong.lo),
@@ -196,11 +201,12 @@ pub fn write(
             .iter()
             .filter(|p| {
                 &p.arm == arm
+                    && &p.init == init
                     && format!("{:.3}", p.fraction) == format!("{:.3}", results[idx[0]].fraction)
             })
             .map(|p| p.delong.diff)
             .collect();
-        let md = if init == "pirl" && !diffs.is_empty() {
+        let md = if !diffs.is_empty() {
             stats::mean_sd(&diffs).0
         } else {
             f64::NAN
@@ -226,7 +232,7 @@ pub fn write(
         "test_auc_sd" => srows.iter().map(|r| r.5).collect::<Vec<_>>(),
         "delong_lo_mean" => srows.iter().map(|r| r.6).collect::<Vec<_>>(),
         "delong_hi_mean" => srows.iter().map(|r| r.7).collect::<Vec<_>>(),
-        "pirl_minus_random_mean" => srows.iter().map(|r| r.8).collect::<Vec<_>>(),
+        "init_minus_random_mean" => srows.iter().map(|r| r.8).collect::<Vec<_>>(),
     )
     .map_err(df_err)?;
     let summary_md = write_frame(dir, "summary", &mut sdf)?;
@@ -306,10 +312,15 @@ pub fn write(
     // manifest.json and report.html.
     let j = serde_json::to_vec_pretty(&ctx.manifest).map_err(|e| Error::Report(e.to_string()))?;
     write_atomic(&dir.join("manifest.json"), &j)?;
-    let html = html_page(ctx, &summary_md, &paired_md, &svgs);
+    let vs = if paired.iter().all(|p| p.init == "pirl") {
+        "PIRL"
+    } else {
+        "Pretrained init"
+    };
+    let html = html_page(ctx, &summary_md, &paired_md, vs, &svgs);
     write_atomic(&dir.join("report.html"), html.as_bytes())?;
     let mut md = format!(
-        "# {}\n\n{}\n\n## Summary (test AUC over seeds)\n\n{summary_md}\n## PIRL vs. random init (paired DeLong, bootstrap)\n\n{paired_md}",
+        "# {}\n\n{}\n\n## Summary (test AUC over seeds)\n\n{summary_md}\n## {vs} vs. random init (paired DeLong, bootstrap)\n\n{paired_md}",
         ctx.title,
         ctx.lines
             .iter()
@@ -378,6 +389,7 @@ fn html_page(
     ctx: &Context,
     summary_md: &str,
     paired_md: &str,
+    vs: &str,
     svgs: &[(String, String)],
 ) -> String {
     let mut s = String::new();
@@ -396,7 +408,8 @@ fn html_page(
     );
     let _ = write!(
         s,
-        "<h2>PIRL vs. random init (paired DeLong test, paired bootstrap)</h2>{}",
+        "<h2>{} vs. random init (paired DeLong test, paired bootstrap)</h2>{}",
+        esc(vs),
         md_to_html_table(paired_md)
     );
     s.push_str("<h2>Curves</h2><div class=\"plots\">");
