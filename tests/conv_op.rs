@@ -89,6 +89,8 @@ const CASES: &[Case] = &[
     case(1, 2, 3, 4, 5, 3, 1, 3),   // padding wider than the kernel
     case(9, 3, 5, 6, 5, 3, 2, 1),   // several weight-gradient chunks, last one partial
     case(3, 8, 16, 8, 8, 3, 2, 1),
+    case(5, 2, 3, 20, 20, 3, 1, 1), // groups of 2 images (400 px each), last one partial
+    case(7, 3, 4, 15, 16, 1, 1, 0), // pointwise, groups of 3
 ];
 
 /// (y, dx, dw) for loss = sum(conv(x, w) * r), with either conv. Errors come
@@ -279,6 +281,7 @@ fn bit_identical_across_thread_counts() {
         case(9, 3, 5, 9, 7, 3, 1, 1),
         case(10, 6, 4, 8, 8, 1, 1, 0),
         case(7, 8, 16, 12, 10, 3, 2, 1),
+        case(5, 2, 3, 20, 20, 3, 1, 1),
     ] {
         let with = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()

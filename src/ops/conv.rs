@@ -5,18 +5,21 @@
 //! `conv_transpose2d` loop and the weight gradient with a conv2d that treats
 //! the batch as channels; both dominate ResNet training on the CPU. Here:
 //!
-//! * forward, per image: im2col into a `K x (Ho*Wo)` buffer
-//!   (`K = Cin*kh*kw`), then `Y[n] = W (Cout x K) * col` written straight into
-//!   the NCHW output by `gemm`. A 1x1, stride-1, padding-0 conv skips im2col
-//!   (the input plane already is the col matrix).
-//! * backward, one extra op computing both gradients in one pass per image:
-//!   `dcol = W^T * dY[n]`, col2im-accumulated into `dX[n]`, and
-//!   `dW += dY[n] * col^T`.
+//! * forward, per group of images (enough for about 512 output pixels): the
+//!   im2col of the group into one `K x (G*Ho*Wo)` buffer (`K = Cin*kh*kw`),
+//!   one GEMM `W (Cout x K) * col`, then the result scattered into NCHW (a
+//!   single image goes straight into the output). Grouping matters for the
+//!   deep layers of small inputs: at 2x2 pixels a GEMM per image re-reads
+//!   the whole weight matrix for every image.
+//! * backward, one extra op computing both gradients per group: `dY`
+//!   gathered into `Cout x cols`, `dW^T += col * dY^T` and `dcol = W^T * dY`
+//!   as one GEMM each, then col2im per image.
 //!
-//! Parallelism is rayon over images (forward) or fixed chunks of
-//! [`WGRAD_CHUNK`] images (backward) with single-threaded `gemm` inside. The
-//! weight-gradient partials of the chunks are summed in chunk order, so
-//! results are bit-identical whatever the number of rayon threads.
+//! Parallelism is rayon over groups with single-threaded `gemm` inside, or,
+//! when there are fewer groups than threads, gemm's own threads inside each
+//! GEMM. Group sizes depend on the shapes only and the weight-gradient
+//! partials are summed in group order, so results are bit-identical whatever
+//! the number of rayon threads.
 //!
 //! # Shapes
 //! `x: (N, Cin, H, W)`, `w: (Cout, Cin, kh, kw)` -> `(N, Cout, Ho, Wo)` with
@@ -24,11 +27,6 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
-
-/// Number of images whose weight-gradient contributions are accumulated into
-/// one partial in the backward pass. A constant (not the thread count), so
-/// the summation order, and thus the result, does not depend on the pool size.
-pub const WGRAD_CHUNK: usize = 4;
 
 /// 2-D convolution without bias, groups = 1, dilation = 1, with a fast CPU
 /// backward.
@@ -224,15 +222,20 @@ fn contiguous<'a, T>(v: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]>
     }
 }
 
-/// im2col of one image `x` (`Cin*H*W`) into `col` (`K x Ho*Wo`, row-major).
-fn im2col<T: Elem>(g: &Geom, x: &[T], col: &mut [T]) {
+/// im2col of one image `x` (`Cin*H*W`) into columns `off..off + Ho*Wo` of
+/// `col` (`K` rows of `stride` values each, row-major).
+fn im2col<T: Elem>(g: &Geom, x: &[T], col: &mut [T], stride: usize, off: usize) {
     let (pix, hw) = (g.pix(), g.hw());
     for ci in 0..g.cin {
         let plane = &x[ci * hw..(ci + 1) * hw];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
-                let row = ((ci * g.kh + ky) * g.kw + kx) * pix;
+                let row = ((ci * g.kh + ky) * g.kw + kx) * stride + off;
                 let row = &mut col[row..row + pix];
+                if g.pointwise() {
+                    row.copy_from_slice(plane);
+                    continue;
+                }
                 let (lo, hi) = g.ox_range(kx);
                 for oy in 0..g.ho {
                     let r = &mut row[oy * g.wo..(oy + 1) * g.wo];
@@ -260,15 +263,22 @@ fn im2col<T: Elem>(g: &Geom, x: &[T], col: &mut [T]) {
     }
 }
 
-/// col2im: accumulates `col` (`K x Ho*Wo`) into one image `dx` (`Cin*H*W`).
-fn col2im_add<T: Elem>(g: &Geom, col: &[T], dx: &mut [T]) {
+/// col2im: accumulates columns `off..off + Ho*Wo` of `col` (`K` rows of
+/// `stride` values) into one image `dx` (`Cin*H*W`).
+fn col2im_add<T: Elem>(g: &Geom, col: &[T], stride: usize, off: usize, dx: &mut [T]) {
     let (pix, hw) = (g.pix(), g.hw());
     for ci in 0..g.cin {
         let plane = &mut dx[ci * hw..(ci + 1) * hw];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
-                let row = ((ci * g.kh + ky) * g.kw + kx) * pix;
+                let row = ((ci * g.kh + ky) * g.kw + kx) * stride + off;
                 let row = &col[row..row + pix];
+                if g.pointwise() {
+                    for (d, &v) in plane.iter_mut().zip(row) {
+                        *d += v;
+                    }
+                    continue;
+                }
                 let (lo, hi) = g.ox_range(kx);
                 if lo == hi {
                     continue;
@@ -293,8 +303,10 @@ fn col2im_add<T: Elem>(g: &Geom, col: &[T], dx: &mut [T]) {
     }
 }
 
-/// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)`, single-threaded, each
-/// operand given with its (row stride, column stride).
+/// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)`, each operand given with
+/// its (row stride, column stride); `threads > 1` lets gemm split the output
+/// over that many rayon threads (each output element is still reduced in
+/// one fixed order, so the result does not depend on it).
 ///
 /// # Safety
 /// The pointers must cover the strided matrices they describe; `dst` must not
@@ -312,8 +324,14 @@ unsafe fn gemm_strided<T: Elem>(
     (lhs_rs, lhs_cs): (usize, usize),
     rhs: *const T,
     (rhs_rs, rhs_cs): (usize, usize),
+    threads: usize,
 ) {
     debug_assert!(dst.len() >= m * n);
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: forwarded to the caller; dst spans m x n with these strides.
     unsafe {
         gemm::gemm(
@@ -335,9 +353,26 @@ unsafe fn gemm_strided<T: Elem>(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            par,
         )
     }
+}
+
+/// Images per GEMM: enough that a group has about [`GROUP_COLS`] output
+/// pixels. Deep layers of a small input have a few pixels per image (2x2 at
+/// the last stage of a 64 px ResNet); one GEMM per image would then re-read
+/// the whole weight matrix for each image. A function of the shapes only, so
+/// the summation order (and the result) does not depend on the thread count.
+const GROUP_COLS: usize = 512;
+
+fn group_size(g: &Geom) -> usize {
+    GROUP_COLS.div_ceil(g.pix().max(1)).clamp(1, g.n.max(1))
+}
+
+/// (threads across groups, threads inside each GEMM).
+fn split_threads(groups: usize) -> (bool, usize) {
+    let t = rayon::current_num_threads().max(1);
+    if groups >= t { (true, 1) } else { (false, t) }
 }
 
 fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
@@ -345,45 +380,108 @@ fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
     if g.degenerate() {
         return y;
     }
-    let (k, pix, img) = (g.k(), g.pix(), g.cin * g.hw());
-    let per_image = |col: &mut Vec<T>, (i, yn): (usize, &mut [T])| {
-        let xn = &x[i * img..(i + 1) * img];
-        let src = if g.pointwise() {
-            xn
-        } else {
-            im2col(g, xn, col);
-            &col[..]
-        };
-        // SAFETY: w is Cout x K, src is K x pix, yn is Cout x pix.
+    let (k, pix, img, yimg) = (g.k(), g.pix(), g.cin * g.hw(), g.cout * g.pix());
+    let gs = group_size(g);
+    let groups = g.n.div_ceil(gs);
+    let (across, inner) = split_threads(groups);
+    let per_group = |(col, tmp): &mut (Vec<T>, Vec<T>), (gi, yg): (usize, &mut [T])| {
+        let imgs = yg.len() / yimg;
+        let cols = imgs * pix;
+        let i0 = gi * gs;
+        if g.pointwise() && imgs == 1 {
+            // The input plane already is the K x pix column matrix.
+            // SAFETY: w is Cout x K, x[i0] is K x pix, yg is Cout x pix.
+            unsafe {
+                gemm_strided(
+                    g.cout,
+                    pix,
+                    k,
+                    yg,
+                    (pix, 1),
+                    false,
+                    w.as_ptr(),
+                    (k, 1),
+                    x[i0 * img..].as_ptr(),
+                    (pix, 1),
+                    inner,
+                )
+            }
+            return;
+        }
+        col.resize(k * cols, T::ZERO);
+        for j in 0..imgs {
+            im2col(
+                g,
+                &x[(i0 + j) * img..(i0 + j + 1) * img],
+                col,
+                cols,
+                j * pix,
+            );
+        }
+        if imgs == 1 {
+            // SAFETY: w is Cout x K, col is K x pix, yg is Cout x pix.
+            unsafe {
+                gemm_strided(
+                    g.cout,
+                    pix,
+                    k,
+                    yg,
+                    (pix, 1),
+                    false,
+                    w.as_ptr(),
+                    (k, 1),
+                    col.as_ptr(),
+                    (cols, 1),
+                    inner,
+                )
+            }
+            return;
+        }
+        tmp.resize(g.cout * cols, T::ZERO);
+        // SAFETY: w is Cout x K, col is K x cols, tmp is Cout x cols.
         unsafe {
             gemm_strided(
                 g.cout,
-                pix,
+                cols,
                 k,
-                yn,
-                (pix, 1),
+                tmp,
+                (cols, 1),
                 false,
                 w.as_ptr(),
                 (k, 1),
-                src.as_ptr(),
-                (pix, 1),
+                col.as_ptr(),
+                (cols, 1),
+                inner,
             )
         }
-    };
-    let scratch = || {
-        if g.pointwise() {
-            Vec::new()
-        } else {
-            vec![T::ZERO; k * pix]
+        // Cout x (imgs * pix) -> imgs x Cout x pix.
+        for j in 0..imgs {
+            for co in 0..g.cout {
+                yg[j * yimg + co * pix..j * yimg + (co + 1) * pix]
+                    .copy_from_slice(&tmp[co * cols + j * pix..co * cols + (j + 1) * pix]);
+            }
         }
     };
-    y.par_chunks_mut(g.cout * pix)
-        .enumerate()
-        .for_each_init(scratch, per_image);
+    let scratch = || (Vec::new(), Vec::new());
+    if across {
+        y.par_chunks_mut(gs * yimg)
+            .enumerate()
+            .for_each_init(scratch, per_group);
+    } else {
+        let mut s = scratch();
+        for item in y.chunks_mut(gs * yimg).enumerate() {
+            per_group(&mut s, item);
+        }
+    }
     y
 }
 
 /// Both gradients, packed: `dX` (N*Cin*H*W) then `dW` (Cout*K).
+///
+/// Per group of images: `dY` gathered into `Cout x cols`, the im2col of the
+/// group (`K x cols`), then `dW^T += col * dY^T` and `dcol = W^T * dY`, both as
+/// one GEMM, and col2im per image. Group partials of `dW` are summed in group
+/// order.
 fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T]) -> Vec<T> {
     let (nx, nw) = (g.x_len(), g.w_len());
     let mut out = vec![T::ZERO; nx + nw];
@@ -391,84 +489,96 @@ fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T]) -> Vec<T> {
         return out;
     }
     let (k, pix, img, yimg) = (g.k(), g.pix(), g.cin * g.hw(), g.cout * g.pix());
+    let gs = group_size(g);
+    let groups = g.n.div_ceil(gs);
+    let (across, inner) = split_threads(groups);
     let (dx, dw) = out.split_at_mut(nx);
-    let scratch = || {
-        if g.pointwise() {
-            (Vec::new(), Vec::new())
-        } else {
-            (vec![T::ZERO; k * pix], vec![T::ZERO; k * pix])
-        }
-    };
-    let partials: Vec<Vec<T>> = dx
-        .par_chunks_mut(WGRAD_CHUNK * img)
-        .enumerate()
-        .map_init(scratch, |(col, dcol), (c, dxc)| {
-            let mut dwp = vec![T::ZERO; nw];
-            for (j, dxn) in dxc.chunks_mut(img).enumerate() {
-                let i = c * WGRAD_CHUNK + j;
-                let xn = &x[i * img..(i + 1) * img];
-                let dyn_ = &dy[i * yimg..(i + 1) * yimg];
-                let colp = if g.pointwise() {
-                    // dcol is dX[n] itself: W^T (K x Cout) * dY (Cout x pix).
-                    // SAFETY: w is Cout x K read transposed, dy is Cout x pix.
-                    unsafe {
-                        gemm_strided(
-                            k,
-                            pix,
-                            g.cout,
-                            dxn,
-                            (pix, 1),
-                            false,
-                            w.as_ptr(),
-                            (1, k),
-                            dyn_.as_ptr(),
-                            (pix, 1),
-                        )
+    let per_group =
+        |(col, dcol, dyg): &mut (Vec<T>, Vec<T>, Vec<T>), (gi, dxg): (usize, &mut [T])| -> Vec<T> {
+            let imgs = dxg.len() / img;
+            let cols = imgs * pix;
+            let i0 = gi * gs;
+            // dY of the group as Cout x cols.
+            let dyp: *const T = if imgs == 1 {
+                dy[i0 * yimg..].as_ptr()
+            } else {
+                dyg.resize(g.cout * cols, T::ZERO);
+                for j in 0..imgs {
+                    for co in 0..g.cout {
+                        let src = (i0 + j) * yimg + co * pix;
+                        dyg[co * cols + j * pix..co * cols + (j + 1) * pix]
+                            .copy_from_slice(&dy[src..src + pix]);
                     }
-                    xn.as_ptr()
-                } else {
-                    im2col(g, xn, col);
-                    // SAFETY: as above, into the K x pix scratch.
-                    unsafe {
-                        gemm_strided(
-                            k,
-                            pix,
-                            g.cout,
-                            dcol,
-                            (pix, 1),
-                            false,
-                            w.as_ptr(),
-                            (1, k),
-                            dyn_.as_ptr(),
-                            (pix, 1),
-                        )
-                    }
-                    col2im_add(g, dcol, dxn);
-                    col.as_ptr()
-                };
-                // dW (Cout x K) += dY (Cout x pix) * col^T (pix x K), with the
-                // partial stored transposed (K x Cout): with a column-major
-                // destination gemm runs ~3x faster for these operand layouts.
-                // SAFETY: colp is K x pix read transposed; dwp holds Cout x K.
-                unsafe {
-                    gemm_strided(
-                        g.cout,
-                        k,
-                        pix,
-                        &mut dwp,
-                        (1, g.cout),
-                        j > 0,
-                        dyn_.as_ptr(),
-                        (pix, 1),
-                        colp,
-                        (1, pix),
-                    )
                 }
+                dyg.as_ptr()
+            };
+            col.resize(k * cols, T::ZERO);
+            for j in 0..imgs {
+                im2col(
+                    g,
+                    &x[(i0 + j) * img..(i0 + j + 1) * img],
+                    col,
+                    cols,
+                    j * pix,
+                );
+            }
+            // dW^T (K x Cout) = col (K x cols) * dY^T (cols x Cout): a
+            // column-major destination, which gemm runs fastest for these layouts.
+            let mut dwp = vec![T::ZERO; nw];
+            // SAFETY: col is K x cols; dyp is Cout x cols read transposed; dwp
+            // holds Cout x K stored as (1, Cout) strides.
+            unsafe {
+                gemm_strided(
+                    g.cout,
+                    k,
+                    cols,
+                    &mut dwp,
+                    (1, g.cout),
+                    false,
+                    dyp,
+                    (cols, 1),
+                    col.as_ptr(),
+                    (1, cols),
+                    inner,
+                )
+            }
+            // dcol (K x cols) = W^T (K x Cout) * dY (Cout x cols).
+            dcol.resize(k * cols, T::ZERO);
+            // SAFETY: w is Cout x K read transposed; dyp is Cout x cols.
+            unsafe {
+                gemm_strided(
+                    k,
+                    cols,
+                    g.cout,
+                    dcol,
+                    (cols, 1),
+                    false,
+                    w.as_ptr(),
+                    (1, k),
+                    dyp,
+                    (cols, 1),
+                    inner,
+                )
+            }
+            for (j, dxn) in dxg.chunks_mut(img).enumerate() {
+                col2im_add(g, dcol, cols, j * pix, dxn);
             }
             dwp
-        })
-        .collect();
-    // Fixed-order reduction: independent of how rayon scheduled the chunks.
+        };
+    let scratch = || (Vec::new(), Vec::new(), Vec::new());
+    let partials: Vec<Vec<T>> = if across {
+        dx.par_chunks_mut(gs * img)
+            .enumerate()
+            .map_init(scratch, per_group)
+            .collect()
+    } else {
+        let mut s = scratch();
+        dx.chunks_mut(gs * img)
+            .enumerate()
+            .map(|item| per_group(&mut s, item))
+            .collect()
+    };
+    // Fixed-order reduction: independent of how rayon scheduled the groups.
     let mut it = partials.into_iter();
     if let Some(mut acc) = it.next() {
         for p in it {
