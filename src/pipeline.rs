@@ -494,6 +494,35 @@ pub fn run_protocol(
     };
     let (val_y, test_y) = (labels(Split::Val), labels(Split::Test));
     let extra = serde_json::to_value(&p).map_err(|e| Error::Report(e.to_string()))?;
+    let mut manifest = manifest(&cfg, &ds, &ckpt.into_iter().collect::<Vec<_>>(), extra)?;
+    // Weights files the arms start from, hashed like the data.
+    let protocol_dir = path.parent().unwrap_or(Path::new("."));
+    let mut weights = serde_json::Map::new();
+    for init in p.arms.iter().flat_map(|a| &a.inits) {
+        if let Some(f) = init.strip_prefix("weights:") {
+            let wp = protocol_dir.join(f);
+            let b = std::fs::read(&wp).map_err(io(&wp))?;
+            use sha2::Digest;
+            weights.insert(init.clone(), hex::encode(sha2::Sha256::digest(&b)).into());
+        }
+    }
+    manifest["weights_sha256"] = weights.into();
+    let mut arm_lines = Vec::new();
+    for a in p.arms.iter().filter(|a| !a.config.is_empty()) {
+        let ac = p.arm_config(a, &cfg).map_err(Error::Config)?;
+        arm_lines.push(format!(
+            "arm {}: model {:?} width {}{}, {} px views",
+            a.name,
+            ac.model.arch,
+            ac.model.width,
+            if ac.model.stride_in_1x1 {
+                " (v1 strides)"
+            } else {
+                ""
+            },
+            ac.pretext.crop
+        ));
+    }
     let ctx = crate::report::protocol::Context {
         title: &format!("pirlkit: {}", p.name),
         lines: vec![
@@ -504,9 +533,12 @@ pub fn run_protocol(
             format!("downstream wall time this session: {:.1} min; {} threads", t.elapsed().as_secs_f64() / 60.0, rayon::current_num_threads()),
             "AUC CIs: DeLong (fast algorithm) and stratified bootstrap; model selection on validation only; test scored once per arm and seed".into(),
             format!("unreadable images skipped: {}{}", skipped.len(), if skipped.is_empty() { "" } else { " (listed in skipped.csv)" }),
-        ],
+        ]
+        .into_iter()
+        .chain(arm_lines)
+        .collect(),
         pretrain_losses: &losses,
-        manifest: manifest(&cfg, &ds, &ckpt.into_iter().collect::<Vec<_>>(), extra)?,
+        manifest,
     };
     crate::report::protocol::write(&dir, &results, &val_y, &test_y, p.bootstrap_resamples, &ctx)
 }

@@ -95,6 +95,18 @@ model = { arch = "resnet50", width = 0.0625, stride_in_1x1 = true }
     assert!(paired[1].starts_with("r50-probe,weights:r50.safetensors,"));
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(html.contains("Pretrained init vs. random init"));
+    assert!(html.contains("arm r50-probe: model Resnet50 width 0.0625 (v1 strides)"));
+    // The weights file is hashed into the manifest.
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let h = m["weights_sha256"]["weights:r50.safetensors"]
+        .as_str()
+        .unwrap();
+    use sha2::Digest;
+    let want = hex::encode(sha2::Sha256::digest(
+        std::fs::read(tmp.path().join("r50.safetensors")).unwrap(),
+    ));
+    assert_eq!(h, want);
     // No arm takes the PIRL init: nothing was pretrained.
     assert!(!dir.join("pretrain").exists());
     // The weights and the random init are different encoders: their saved
