@@ -213,15 +213,12 @@ impl Config {
                 train: TrainConfig {
                     epochs: 30,
                     batch_size: 64,
-                    checkpoint_every_steps: 0,
-                    keep_checkpoints: 2,
-                    skip_nonfinite: false,
-                    nonfinite_lr_factor: 0.5,
                     optim: OptimConfig {
                         lr: 0.03,
                         warmup_epochs: 1.0,
                         ..Default::default()
                     },
+                    ..Default::default()
                 },
                 ..base
             },
@@ -247,15 +244,12 @@ impl Config {
                 train: TrainConfig {
                     epochs: 200,
                     batch_size: 256,
-                    checkpoint_every_steps: 0,
-                    keep_checkpoints: 2,
-                    skip_nonfinite: false,
-                    nonfinite_lr_factor: 0.5,
                     optim: OptimConfig {
                         lr: 0.12,
                         warmup_epochs: 5.0,
                         ..Default::default()
                     },
+                    ..Default::default()
                 },
                 ..base
             },
@@ -281,14 +275,11 @@ impl Config {
                 train: TrainConfig {
                     epochs: 8,
                     batch_size: 32,
-                    checkpoint_every_steps: 0,
-                    keep_checkpoints: 2,
-                    skip_nonfinite: false,
-                    nonfinite_lr_factor: 0.5,
                     optim: OptimConfig {
                         lr: 0.03,
                         ..Default::default()
                     },
+                    ..Default::default()
                 },
                 ..base
             },
@@ -314,14 +305,11 @@ impl Config {
                 train: TrainConfig {
                     epochs: 2,
                     batch_size: 16,
-                    checkpoint_every_steps: 0,
-                    keep_checkpoints: 2,
-                    skip_nonfinite: false,
-                    nonfinite_lr_factor: 0.5,
                     optim: OptimConfig {
                         lr: 0.03,
                         ..Default::default()
                     },
+                    ..Default::default()
                 },
                 probe: ProbeConfig {
                     alphas: vec![0.1, 10.0],

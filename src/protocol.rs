@@ -326,15 +326,11 @@ impl Runner<'_> {
                         let sub = label_subset(&tr_y, fraction, seed);
                         let sub_i: Vec<&RgbImage> = sub.iter().map(|&i| tr_i[i]).collect();
                         let sub_y: Vec<u8> = sub.iter().map(|&i| tr_y[i]).collect();
+                        let fit_key = (arm.name.clone(), init_s.clone(), sub.clone());
+                        let earlier = fitted.get(&fit_key).cloned();
                         let (val_auc, test_auc, val_scores, test_scores, detail) = match arm.kind {
-                            ArmKind::LinearProbe | ArmKind::Knn
-                                if fitted.contains_key(&(
-                                    arm.name.clone(),
-                                    init_s.clone(),
-                                    sub.clone(),
-                                )) =>
-                            {
-                                fitted[&(arm.name.clone(), init_s.clone(), sub.clone())].clone()
+                            ArmKind::LinearProbe | ArmKind::Knn if earlier.is_some() => {
+                                earlier.expect("checked by the guard")
                             }
                             ArmKind::LinearProbe | ArmKind::Knn => {
                                 if !feats.contains_key(&feat_key) {
@@ -410,17 +406,15 @@ impl Runner<'_> {
                             }
                         };
                         if arm.kind != ArmKind::Finetune {
-                            fitted
-                                .entry((arm.name.clone(), init_s.clone(), sub.clone()))
-                                .or_insert_with(|| {
-                                    (
-                                        val_auc,
-                                        test_auc,
-                                        val_scores.clone(),
-                                        test_scores.clone(),
-                                        detail.clone(),
-                                    )
-                                });
+                            fitted.entry(fit_key).or_insert_with(|| {
+                                (
+                                    val_auc,
+                                    test_auc,
+                                    val_scores.clone(),
+                                    test_scores.clone(),
+                                    detail.clone(),
+                                )
+                            });
                         }
                         let r = ArmResult {
                             arm: arm.name.clone(),
