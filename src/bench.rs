@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::data::RgbImage;
 use crate::error::Result;
 use crate::model::{Arch, ResNet, ResNetConfig, seeded_init};
+use crate::ops::profile;
 use crate::optim::{OptimConfig, Optimizer, OptimizerKind};
 
 /// One measured configuration.
@@ -33,6 +34,21 @@ pub struct BenchLine {
     pub images_per_s: f64,
     /// Median seconds of the forward alone (training step only).
     pub forward_median_s: Option<f64>,
+    /// With `--profile` ([`crate::ops::profile`]): mean milliseconds per
+    /// timed step of each kernel (conv also per shape), of the whole
+    /// backward and of the optimiser, in first-seen order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<(String, f64)>>,
+}
+
+/// The profile totals of the timed steps, in ms per step; None when off.
+fn per_step(steps: usize) -> Option<Vec<(String, f64)>> {
+    let t = profile::take();
+    (!t.is_empty()).then(|| {
+        t.into_iter()
+            .map(|(k, v)| (k, v * 1e3 / steps.max(1) as f64))
+            .collect()
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -89,13 +105,24 @@ pub fn resnet_step(
         let loss = y.sqr()?.mean_all()?;
         loss.to_scalar::<f32>()?;
         let tf = t0.elapsed().as_secs_f64();
-        opt.step(&loss.backward()?, 1e-4)?;
+        if i == warmup {
+            profile::take();
+        }
+        let grads = {
+            let _t = profile::time(|| "backward (all)".into());
+            loss.backward()?
+        };
+        {
+            let _t = profile::time(|| "optimizer".into());
+            opt.step(&grads, 1e-4)?;
+        }
         dev.synchronize()?;
         if i >= warmup {
             step_t.push(t0.elapsed().as_secs_f64());
             fwd_t.push(tf);
         }
     }
+    let profile = per_step(steps);
     let m = median(step_t);
     Ok(BenchLine {
         what: "resnet-train-step".into(),
@@ -109,6 +136,7 @@ pub fn resnet_step(
         median_s: m,
         images_per_s: batch as f64 / m,
         forward_median_s: Some(median(fwd_t)),
+        profile,
     })
 }
 
@@ -151,13 +179,24 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize, dev: &Device) -> Res
         );
         let neg = bank.gather(&neg_idx, dev)?;
         let loss = crate::loss::pirl_loss(&m, &f, &g, &neg, cfg.pirl.tau, cfg.pirl.lambda)?;
-        opt.step(&loss.backward()?, cfg.train.optim.lr)?;
+        if i == warmup {
+            profile::take();
+        }
+        let grads = {
+            let _t = profile::time(|| "backward (all)".into());
+            loss.backward()?
+        };
+        {
+            let _t = profile::time(|| "optimizer".into());
+            opt.step(&grads, cfg.train.optim.lr)?;
+        }
         bank.update(&idx, &f.detach().flatten_all()?.to_vec1::<f32>()?);
         dev.synchronize()?;
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
     }
+    let profile = per_step(steps);
     let m = median(times);
     Ok(BenchLine {
         what: "pirl-step".into(),
@@ -171,5 +210,6 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize, dev: &Device) -> Res
         median_s: m,
         images_per_s: bs as f64 / m,
         forward_median_s: None,
+        profile,
     })
 }

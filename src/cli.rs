@@ -175,6 +175,10 @@ pub enum Command {
         /// CUDA only: TF32 matmuls.
         #[arg(long)]
         tf32: bool,
+        /// Also time each CPU kernel (conv per shape, BatchNorm, max-pool),
+        /// the whole backward and the optimiser; ms per step in `profile`.
+        #[arg(long)]
+        profile: bool,
     },
     /// Convert pretrained weights from another framework into a
     /// torchvision-named safetensors file for `finetune --weights` (biases,

@@ -337,8 +337,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pirl_preset,
             device,
             tf32,
+            profile,
         } => {
             setup_threads(threads);
+            pirlkit::ops::profile::enable(profile);
             let dev = pirlkit::device::open(&device, tf32)?;
             let arch: pirlkit::model::Arch = toml::Value::String(arch).try_into()?;
             for &b in &batch {

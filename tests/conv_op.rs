@@ -91,6 +91,15 @@ const CASES: &[Case] = &[
     case(3, 8, 16, 8, 8, 3, 2, 1),
     case(5, 2, 3, 20, 20, 3, 1, 1), // groups of 2 images (400 px each), last one partial
     case(7, 3, 4, 15, 16, 1, 1, 0), // pointwise, groups of 3
+    // Dense path (H*W <= kh*kw): 2x2 and 1x1 planes, non-square, stride 2.
+    case(5, 6, 7, 2, 2, 3, 1, 1),
+    case(4, 5, 3, 1, 1, 3, 1, 1),
+    case(3, 4, 5, 2, 3, 3, 1, 1),
+    case(3, 4, 5, 3, 3, 3, 2, 1),
+    case(2, 3, 4, 2, 2, 3, 2, 1),
+    case(1, 9, 2, 3, 3, 3, 1, 0),
+    case(64, 3, 4, 2, 2, 3, 1, 1), // dense forward too (64 images and more)
+    case(70, 2, 3, 1, 3, 3, 2, 1),
 ];
 
 /// (y, dx, dw) for loss = sum(conv(x, w) * r), with either conv. Errors come
@@ -263,6 +272,30 @@ fn finite_difference_check(c: Case) {
 fn gradients_match_finite_differences_f64() {
     finite_difference_check(case(2, 2, 3, 5, 4, 3, 2, 1));
     finite_difference_check(case(5, 2, 3, 3, 4, 1, 1, 0)); // pointwise, two chunks
+    finite_difference_check(case(3, 2, 3, 2, 2, 3, 1, 1)); // dense
+}
+
+/// An input that needs no gradient (the image into the first conv) gets
+/// none, and the weight gradient is unchanged, on both code paths.
+#[test]
+fn untracked_input_gets_no_gradient() {
+    for c in [case(3, 3, 5, 9, 7, 3, 2, 1), case(4, 6, 5, 2, 2, 3, 1, 1)] {
+        let (_, _, dw) = run(c, true, DType::F32);
+        let x = tensor(&[c.n, c.cin, c.h, c.w], 1, DType::F32);
+        let w = Var::from_tensor(&tensor(&[c.cout, c.cin, c.k, c.k], 2, DType::F32)).unwrap();
+        let y = conv2d(&x, w.as_tensor(), c.s, c.p).unwrap();
+        let r = tensor(y.dims(), 3, DType::F32);
+        let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(
+            grads.get(&x).is_none(),
+            "{c:?}: gradient for an untracked input"
+        );
+        assert_eq!(
+            bits(grads.get(w.as_tensor()).unwrap()),
+            bits(&dw),
+            "{c:?}: dw"
+        );
+    }
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
@@ -282,6 +315,8 @@ fn bit_identical_across_thread_counts() {
         case(10, 6, 4, 8, 8, 1, 1, 0),
         case(7, 8, 16, 12, 10, 3, 2, 1),
         case(5, 2, 3, 20, 20, 3, 1, 1),
+        case(16, 32, 24, 2, 2, 3, 1, 1), // dense
+        case(80, 64, 64, 1, 1, 3, 1, 1), // dense, forward too
     ] {
         let with = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()

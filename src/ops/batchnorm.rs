@@ -116,12 +116,23 @@ impl BatchNorm2d {
     }
 }
 
-/// Element types of the kernels.
-trait Float: Copy + Send + Sync + 'static {
+/// Element types of the kernels: arithmetic in the element type, sums in f64.
+trait Float:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+{
+    const ZERO: Self;
     fn f(self) -> f64;
     fn from_f(v: f64) -> Self;
 }
 impl Float for f32 {
+    const ZERO: Self = 0.0;
     fn f(self) -> f64 {
         self as f64
     }
@@ -130,6 +141,7 @@ impl Float for f32 {
     }
 }
 impl Float for f64 {
+    const ZERO: Self = 0.0;
     fn f(self) -> f64 {
         self
     }
@@ -145,31 +157,73 @@ fn slice<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
     }
 }
 
-/// Per-channel mean and biased variance of `x` (`n` blocks of `hw` per channel).
+/// Lanes of the f64 sums: independent accumulators, so the adds pipeline
+/// (one f64 accumulator waits on every add) and vectorise; combined in a
+/// fixed order, so the result does not depend on anything but the data.
+const LANES: usize = 8;
+
+/// `acc[l] += f(a[i], b[i], c[i])` for `i = l (mod LANES)`, over three
+/// equal-length slices.
+#[inline(always)]
+fn lane_sum<T: Copy, const K: usize>(
+    a: &[T],
+    b: &[T],
+    c: &[T],
+    acc: &mut [[f64; LANES]; K],
+    f: impl Fn(T, T, T) -> [f64; K],
+) {
+    let (ac, bc, cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let (ar, br, cr) = (ac.remainder(), bc.remainder(), cc.remainder());
+    for ((a8, b8), c8) in ac.zip(bc).zip(cc) {
+        let (a8, b8, c8): (&[T; LANES], &[T; LANES], &[T; LANES]) = (
+            a8.try_into().expect("lane chunk"),
+            b8.try_into().expect("lane chunk"),
+            c8.try_into().expect("lane chunk"),
+        );
+        for l in 0..LANES {
+            let v = f(a8[l], b8[l], c8[l]);
+            for k in 0..K {
+                acc[k][l] += v[k];
+            }
+        }
+    }
+    for (l, ((&av, &bv), &cv)) in ar.iter().zip(br).zip(cr).enumerate() {
+        let v = f(av, bv, cv);
+        for k in 0..K {
+            acc[k][l] += v[k];
+        }
+    }
+}
+
+fn lanes_total(acc: &[f64; LANES]) -> f64 {
+    acc.iter().sum()
+}
+
+/// Per-channel mean and biased variance of `x` (`n` blocks of `hw` per
+/// channel): a pass for the mean, then one for the squared deviations.
 fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     let m = (n * hw) as f64;
     let per: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            // Two passes over the channel (mean, then squared deviations).
-            let mut s = 0f64;
-            for b in 0..n {
-                let blk = &x[(b * c + ch) * hw..(b * c + ch + 1) * hw];
-                s += blk.iter().map(|v| v.f()).sum::<f64>();
+            let blocks = (0..n).map(|b| &x[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
+            let mut s = [[0f64; LANES]];
+            for blk in blocks.clone() {
+                lane_sum(blk, blk, blk, &mut s, |v, _, _| [v.f()]);
             }
-            let mean = s / m;
-            let mut q = 0f64;
-            for b in 0..n {
-                let blk = &x[(b * c + ch) * hw..(b * c + ch + 1) * hw];
-                q += blk
-                    .iter()
-                    .map(|v| {
-                        let d = v.f() - mean;
-                        d * d
-                    })
-                    .sum::<f64>();
+            let mean = lanes_total(&s[0]) / m;
+            let mut q = [[0f64; LANES]];
+            for blk in blocks {
+                lane_sum(blk, blk, blk, &mut q, |v, _, _| {
+                    let d = v.f() - mean;
+                    [d * d]
+                });
             }
-            (mean, q / m)
+            (mean, lanes_total(&q[0]) / m)
         })
         .collect();
     per.into_iter().unzip()
@@ -192,19 +246,25 @@ fn fwd_impl<T: Float>(
 ) -> (Vec<T>, Vec<f64>) {
     let (n, c, hw) = dims;
     let (mean, var) = channel_stats(x, n, c, hw);
-    // y = x * scale + shift per channel.
-    let scale: Vec<f64> = (0..c).map(|k| w[k].f() / (var[k] + eps).sqrt()).collect();
-    let shift: Vec<f64> = (0..c).map(|k| b[k].f() - mean[k] * scale[k]).collect();
-    let mut y = vec![T::from_f(0.0); x.len()];
-    y.par_chunks_mut(hw.max(1))
-        .zip(x.par_chunks(hw.max(1)))
-        .enumerate()
-        .for_each(|(blk, (yo, xi))| {
-            let ch = blk % c;
-            let (s, t) = (scale[ch], shift[ch]);
-            for (o, &v) in yo.iter_mut().zip(xi) {
-                let r = v.f() * s + t;
-                *o = T::from_f(if relu && r < 0.0 { 0.0 } else { r });
+    // y = (x - mean) * scale + beta per channel, in the element type.
+    let scale: Vec<T> = (0..c)
+        .map(|k| T::from_f(w[k].f() / (var[k] + eps).sqrt()))
+        .collect();
+    let mu: Vec<T> = mean.iter().map(|&v| T::from_f(v)).collect();
+    let mut y = vec![T::ZERO; x.len()];
+    let img = (c * hw).max(1);
+    y.par_chunks_mut(img)
+        .zip(x.par_chunks(img))
+        .for_each(|(yi, xi)| {
+            for ((yo, xc), ((&s, &m), &t)) in yi
+                .chunks_mut(hw.max(1))
+                .zip(xi.chunks(hw.max(1)))
+                .zip(scale.iter().zip(&mu).zip(b))
+            {
+                for (o, &v) in yo.iter_mut().zip(xc) {
+                    let r = (v - m) * s + t;
+                    *o = if relu && r < T::ZERO { T::ZERO } else { r };
+                }
             }
         });
     let mut st = mean;
@@ -237,6 +297,7 @@ impl CustomOp3 for BnTrain {
                 l3.dims()
             )
         }
+        let _t = super::profile::time(|| "batch-norm forward".into());
         let dims = (n, c, h * w);
         let (out, st) = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(wt), CpuStorage::F32(b)) => {
@@ -306,41 +367,47 @@ impl BnBackward {
         let (mean, var) = self.stats.split_at(c);
         let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
         let relu = self.relu;
-        let gate = |yv: T, gv: T| -> f64 { if relu && yv.f() <= 0.0 { 0.0 } else { gv.f() } };
+        let gate = |yv: T, gv: T| -> T { if relu && yv <= T::ZERO { T::ZERO } else { gv } };
         // Per channel: sum dy', sum dy' * x_hat.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mu, is) = (mean[ch], inv[ch]);
-                let (mut sd, mut sdx) = (0f64, 0f64);
+                let mu = mean[ch];
+                let mut acc = [[0f64; LANES]; 2];
                 for b in 0..n {
                     let r = (b * c + ch) * hw..(b * c + ch + 1) * hw;
-                    for ((xv, yv), gv) in x[r.clone()].iter().zip(&y[r.clone()]).zip(&g[r]) {
-                        let d = gate(*yv, *gv);
-                        sd += d;
-                        sdx += d * (xv.f() - mu) * is;
-                    }
+                    let (xb, yb, gb) = (&x[r.clone()], &y[r.clone()], &g[r]);
+                    lane_sum(xb, yb, gb, &mut acc, |xv, yv, gv| {
+                        let d = gate(yv, gv).f();
+                        [d, d * (xv.f() - mu)]
+                    });
                 }
-                (sd, sdx)
+                (lanes_total(&acc[0]), lanes_total(&acc[1]) * inv[ch])
             })
             .collect();
-        let mut out = vec![T::from_f(0.0); x.len() + 2 * c];
-        let (dx, rest) = out.split_at_mut(x.len());
-        dx.par_chunks_mut(hw.max(1))
-            .enumerate()
-            .for_each(|(blk, dxo)| {
-                let ch = blk % c;
-                let (mu, is) = (mean[ch], inv[ch]);
-                let k = self.weight[ch] * is;
+        // dx = k * (dy' - mean(dy') - x_hat * mean(dy' x_hat))
+        //    = k * dy' + a * (x - mean) + b   per channel, in the element type.
+        let coef: Vec<[T; 4]> = (0..c)
+            .map(|ch| {
+                let k = self.weight[ch] * inv[ch];
                 let (mdy, mdyx) = (sums[ch].0 / m, sums[ch].1 / m);
-                let base = blk * hw;
-                for (i, o) in dxo.iter_mut().enumerate() {
-                    let j = base + i;
-                    let d = gate(y[j], g[j]);
-                    let xh = (x[j].f() - mu) * is;
-                    *o = T::from_f(k * (d - mdy - xh * mdyx));
+                let a = -k * inv[ch] * mdyx;
+                [k, a, mean[ch], -k * mdy].map(T::from_f)
+            })
+            .collect();
+        let mut out = vec![T::ZERO; x.len() + 2 * c];
+        let (dx, rest) = out.split_at_mut(x.len());
+        let img = (c * hw).max(1);
+        dx.par_chunks_mut(img).enumerate().for_each(|(bi, dxi)| {
+            for (ch, dxo) in dxi.chunks_mut(hw.max(1)).enumerate() {
+                let [k, a, mu, b] = coef[ch];
+                let r = bi * img + ch * hw..bi * img + (ch + 1) * hw;
+                let (xb, yb, gb) = (&x[r.clone()], &y[r.clone()], &g[r]);
+                for (((o, &xv), &yv), &gv) in dxo.iter_mut().zip(xb).zip(yb).zip(gb) {
+                    *o = k * gate(yv, gv) + a * (xv - mu) + b;
                 }
-            });
+            }
+        });
         for ch in 0..c {
             rest[ch] = T::from_f(sums[ch].1);
             rest[c + ch] = T::from_f(sums[ch].0);
@@ -370,6 +437,7 @@ impl CustomOp3 for BnBackward {
         if l2.dims() != l1.dims() || l3.dims() != l1.dims() || self.stats.len() != 2 * c {
             bail!("batch-norm backward: shapes of x, y and dy differ")
         }
+        let _t = super::profile::time(|| "batch-norm backward".into());
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(y), CpuStorage::F32(g)) => {
                 CpuStorage::F32(self.run(

@@ -165,6 +165,13 @@ impl Geom {
     fn k(&self) -> usize {
         self.cin * self.kh * self.kw
     }
+    /// For profiles: `N x Cin x HxW -> Cout, kh x kw / s`.
+    fn describe(&self) -> String {
+        format!(
+            "{}x{}x{}x{} -> {}, {}x{}/{}",
+            self.n, self.cin, self.h, self.w, self.cout, self.kh, self.kw, self.s
+        )
+    }
     fn hw(&self) -> usize {
         self.h * self.w
     }
@@ -183,6 +190,16 @@ impl Geom {
     /// 1x1, stride 1, no padding: the input plane is the col matrix.
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.s == 1 && self.p == 0
+    }
+    /// Small planes: the conv as one dense `(Cout*Ho*Wo) x (Cin*H*W)` matrix
+    /// does fewer multiply-adds than im2col (`H*W <= kh*kw`: at 2x2 pixels a
+    /// 3x3 kernel with padding 1 has 4 of its 9 taps inside the plane, at 1x1
+    /// one), needs no im2col at all (NCHW already is `N x (Cin*H*W)`), and
+    /// its matrix stays small (at most [`DENSE_MAX`] values).
+    fn dense(&self) -> bool {
+        !self.pointwise()
+            && self.hw() <= self.kh * self.kw
+            && self.cout * self.pix() * self.cin * self.hw() <= DENSE_MAX
     }
     /// Nothing to compute (some size is zero); outputs are all zeros.
     fn degenerate(&self) -> bool {
@@ -358,6 +375,147 @@ unsafe fn gemm_strided<T: Elem>(
     }
 }
 
+/// Largest dense conv matrix (values) for [`Geom::dense`]: 64 MiB in f32.
+const DENSE_MAX: usize = 1 << 24;
+
+/// The kernel tap joining output pixel `po` to input pixel `pi`, if any:
+/// `taps[po * H*W + pi]`, `usize::MAX` where none.
+fn tap_table(g: &Geom) -> Vec<usize> {
+    let pi_n = g.hw();
+    let mut t = vec![usize::MAX; g.pix() * pi_n];
+    for oy in 0..g.ho {
+        for ox in 0..g.wo {
+            for ky in 0..g.kh {
+                let Some(iy) = g.in_row(oy, ky) else { continue };
+                for kx in 0..g.kw {
+                    let ix = ox * g.s + kx;
+                    if ix >= g.p && ix - g.p < g.w {
+                        t[(oy * g.wo + ox) * pi_n + iy * g.w + ix - g.p] = ky * g.kw + kx;
+                    }
+                }
+            }
+        }
+    }
+    t
+}
+
+/// The dense matrix `D (Cout*P x Cin*Pi)` of the conv, row-major:
+/// `D[co*P + po][ci*Pi + pi] = w[co][ci][tap]` where a tap joins po to pi,
+/// zero elsewhere; written row by row in one pass.
+fn dense_matrix<T: Elem>(g: &Geom, w: &[T], table: &[usize]) -> Vec<T> {
+    let (po_n, pi_n, taps) = (g.pix(), g.hw(), g.kh * g.kw);
+    let row = g.cin * pi_n;
+    let mut d = vec![T::ZERO; g.cout * po_n * row];
+    d.par_chunks_mut(row).enumerate().for_each(|(r, dr)| {
+        let (co, po) = (r / po_n, r % po_n);
+        let tp = &table[po * pi_n..(po + 1) * pi_n];
+        for (ci, dc) in dr.chunks_mut(pi_n).enumerate() {
+            let wc = &w[(co * g.cin + ci) * taps..(co * g.cin + ci + 1) * taps];
+            for (o, &t) in dc.iter_mut().zip(tp) {
+                if t != usize::MAX {
+                    *o = wc[t];
+                }
+            }
+        }
+    });
+    d
+}
+
+/// Batches from which the forward builds the dense matrix: below, writing
+/// and packing it costs more than im2col's padding taps save (measured on
+/// ResNet-18's 2x2 stage: 32 images slower, 64 faster).
+const DENSE_FWD_MIN_BATCH: usize = 64;
+
+/// `y (N x Cout*P) = x (N x Cin*Pi) * D^T`, NCHW in and out.
+fn dense_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
+    let d = dense_matrix(g, w, &tap_table(g));
+    let (m, n, k) = (g.n, g.cout * g.pix(), g.cin * g.hw());
+    let mut y = vec![T::ZERO; g.y_len()];
+    // SAFETY: x is m x k, d is n x k (read transposed), y is m x n.
+    unsafe {
+        gemm_strided(
+            m,
+            n,
+            k,
+            &mut y,
+            (n, 1),
+            false,
+            x.as_ptr(),
+            (k, 1),
+            d.as_ptr(),
+            (1, k),
+            rayon::current_num_threads(),
+        )
+    }
+    y
+}
+
+/// `dX = dY * D` (`N x Cin*Pi`, skipped unless `want_dx`) and
+/// `dD = dY^T * X`, folded into `dW` by summing, for each tap, the entries
+/// it feeds (in the order of output pixel, then input pixel).
+fn dense_bwd<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> Vec<T> {
+    let (nx, nw) = (g.x_len(), g.w_len());
+    let (po_n, pi_n, taps) = (g.pix(), g.hw(), g.kh * g.kw);
+    let (rows, row) = (g.cout * po_n, g.cin * pi_n);
+    let threads = rayon::current_num_threads();
+    let table = tap_table(g);
+    let mut out = vec![T::ZERO; nx + nw];
+    let (dx, dw) = out.split_at_mut(nx);
+    if want_dx {
+        let d = dense_matrix(g, w, &table);
+        // SAFETY: dy is N x rows, d is rows x row, dx is N x row.
+        unsafe {
+            gemm_strided(
+                g.n,
+                row,
+                rows,
+                dx,
+                (row, 1),
+                false,
+                dy.as_ptr(),
+                (rows, 1),
+                d.as_ptr(),
+                (row, 1),
+                threads,
+            )
+        }
+    }
+    let mut dd = vec![T::ZERO; rows * row];
+    // SAFETY: dy^T is rows x N, x is N x row, dd is rows x row.
+    unsafe {
+        gemm_strided(
+            rows,
+            row,
+            g.n,
+            &mut dd,
+            (row, 1),
+            false,
+            dy.as_ptr(),
+            (1, rows),
+            x.as_ptr(),
+            (row, 1),
+            threads,
+        )
+    }
+    dw.par_chunks_mut(g.cin * taps)
+        .enumerate()
+        .for_each(|(co, dwc)| {
+            for po in 0..po_n {
+                let dr = &dd[(co * po_n + po) * row..(co * po_n + po + 1) * row];
+                let tp = &table[po * pi_n..(po + 1) * pi_n];
+                for (ci, dc) in dr.chunks(pi_n).enumerate() {
+                    let wc = &mut dwc[ci * taps..(ci + 1) * taps];
+                    for (&v, &t) in dc.iter().zip(tp) {
+                        if t != usize::MAX {
+                            wc[t] += v;
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
 /// Images per GEMM: enough that a group has about [`GROUP_COLS`] output
 /// pixels. Deep layers of a small input have a few pixels per image (2x2 at
 /// the last stage of a 64 px ResNet); one GEMM per image would then re-read
@@ -376,6 +534,9 @@ fn split_threads(groups: usize) -> (bool, usize) {
 }
 
 fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
+    if !g.degenerate() && g.dense() && g.n >= DENSE_FWD_MIN_BATCH {
+        return dense_fwd(g, x, w);
+    }
     let mut y = vec![T::ZERO; g.y_len()];
     if g.degenerate() {
         return y;
@@ -482,7 +643,10 @@ fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
 /// group (`K x cols`), then `dW^T += col * dY^T` and `dcol = W^T * dY`, both as
 /// one GEMM, and col2im per image. Group partials of `dW` are summed in group
 /// order.
-fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T]) -> Vec<T> {
+fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> Vec<T> {
+    if !g.degenerate() && g.dense() {
+        return dense_bwd(g, x, w, dy, want_dx);
+    }
     let (nx, nw) = (g.x_len(), g.w_len());
     let mut out = vec![T::ZERO; nx + nw];
     if g.degenerate() {
@@ -541,6 +705,9 @@ fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T]) -> Vec<T> {
                     (1, cols),
                     inner,
                 )
+            }
+            if !want_dx {
+                return dwp;
             }
             // dcol (K x cols) = W^T (K x Cout) * dY (Cout x cols).
             dcol.resize(k * cols, T::ZERO);
@@ -609,6 +776,8 @@ impl CustomOp2 for Conv2dOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
+        let _t = super::profile::time(|| "conv forward".into());
+        let _s = super::profile::time(|| format!("conv forward {}", g.describe()));
         let out = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(fwd_impl(
                 &g,
@@ -632,18 +801,25 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let want_dx = x.track_op();
         let (x, w, g) = (x.contiguous()?, w.contiguous()?, grad_res.contiguous()?);
-        let packed = x.apply_op3_no_bwd(&w, &g, &Conv2dBackward(*self))?;
+        let op = Conv2dBackward { op: *self, want_dx };
+        let packed = x.apply_op3_no_bwd(&w, &g, &op)?;
         let nx = x.elem_count();
         let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
         let dw = packed.narrow(0, nx, w.elem_count())?.reshape(w.shape())?;
-        Ok((Some(dx), Some(dw)))
+        Ok((want_dx.then_some(dx), Some(dw)))
     }
 }
 
 /// Gradients of [`Conv2dOp`]: `(x, w, grad_y) -> [dX flattened, dW flattened]`
 /// as one 1-D tensor of length `N*Cin*H*W + Cout*Cin*kh*kw`.
-struct Conv2dBackward(Conv2dOp);
+struct Conv2dBackward {
+    op: Conv2dOp,
+    /// Whether `x` needs its gradient; without it `dX` is left zero (the
+    /// input image of the first conv).
+    want_dx: bool,
+}
 
 impl CustomOp3 for Conv2dBackward {
     fn name(&self) -> &'static str {
@@ -659,7 +835,9 @@ impl CustomOp3 for Conv2dBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.dims(), l2.dims(), self.0.stride, self.0.padding)?;
+        let g = Geom::new(l1.dims(), l2.dims(), self.op.stride, self.op.padding)?;
+        let _t = super::profile::time(|| "conv backward".into());
+        let _s = super::profile::time(|| format!("conv backward {}", g.describe()));
         if l3.dims() != [g.n, g.cout, g.ho, g.wo] {
             bail!(
                 "conv2d backward: gradient shape {:?} does not match output {:?}",
@@ -674,6 +852,7 @@ impl CustomOp3 for Conv2dBackward {
                     contiguous(x, l1, "x")?,
                     contiguous(w, l2, "w")?,
                     contiguous(dy, l3, "grad")?,
+                    self.want_dx,
                 ))
             }
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(dy)) => {
@@ -682,6 +861,7 @@ impl CustomOp3 for Conv2dBackward {
                     contiguous(x, l1, "x")?,
                     contiguous(w, l2, "w")?,
                     contiguous(dy, l3, "grad")?,
+                    self.want_dx,
                 ))
             }
             _ => bail!("conv2d backward: unsupported dtypes"),

@@ -10,6 +10,8 @@
 //! `Ho = (H + 2p - k) / s + 1` (floor), likewise `Wo`.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use std::sync::{Arc, Mutex};
+
 use rayon::prelude::*;
 
 /// Max pool with square kernel `k`, stride `s` and zero-size padding `p`
@@ -54,7 +56,11 @@ impl MaxPool2d {
     /// Applies the pool, with gradient tracking.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if super::fast_cpu(x.device()) {
-            x.contiguous()?.apply_op1(*self)
+            let op = PoolOp {
+                pool: *self,
+                argmax: Arc::new(Mutex::new(Vec::new())),
+            };
+            x.contiguous()?.apply_op1(op)
         } else {
             self.forward_composed(x)
         }
@@ -150,81 +156,103 @@ fn argmax_window<T: PartialOrd + Copy>(
     best.map(|(i, _)| i)
 }
 
+/// Output and, per output, the plane index of its first maximal input
+/// (`u32::MAX` for a window entirely in the padding).
 fn fwd_impl<T: PartialOrd + Copy + Send + Sync + Default>(
     x: &[T],
     (n, c, h, w): (usize, usize, usize, usize),
     p: &MaxPool2d,
     ho: usize,
     wo: usize,
-) -> Vec<T> {
+) -> (Vec<T>, Vec<u32>) {
     let mut out = vec![T::default(); n * c * ho * wo];
-    out.par_chunks_mut(ho * wo).enumerate().for_each(|(pl, o)| {
-        let plane = &x[pl * h * w..(pl + 1) * h * w];
-        for oy in 0..ho {
-            for ox in 0..wo {
-                // Windows always hold one real pixel when padding < kernel.
-                let i = argmax_window(plane, h, w, p, oy, ox).unwrap_or(0);
-                o[oy * wo + ox] = plane[i];
+    let mut arg = vec![u32::MAX; n * c * ho * wo];
+    out.par_chunks_mut(ho * wo)
+        .zip(arg.par_chunks_mut(ho * wo))
+        .enumerate()
+        .for_each(|(pl, (o, a))| {
+            let plane = &x[pl * h * w..(pl + 1) * h * w];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    if let Some(i) = argmax_window(plane, h, w, p, oy, ox) {
+                        o[oy * wo + ox] = plane[i];
+                        a[oy * wo + ox] = i as u32;
+                    }
+                }
             }
-        }
-    });
-    out
+        });
+    (out, arg)
 }
 
-fn bwd_impl<T: PartialOrd + Copy + Send + Sync + Default + std::ops::AddAssign>(
-    x: &[T],
+/// Routes each output gradient to the input its forward picked.
+fn bwd_impl<T: Copy + Send + Sync + Default + std::ops::AddAssign>(
     g: &[T],
+    arg: &[u32],
     (n, c, h, w): (usize, usize, usize, usize),
-    p: &MaxPool2d,
-    ho: usize,
-    wo: usize,
+    (ho, wo): (usize, usize),
 ) -> Vec<T> {
     let mut out = vec![T::default(); n * c * h * w];
     out.par_chunks_mut(h * w).enumerate().for_each(|(pl, o)| {
-        let plane = &x[pl * h * w..(pl + 1) * h * w];
-        let gp = &g[pl * ho * wo..(pl + 1) * ho * wo];
-        for oy in 0..ho {
-            for ox in 0..wo {
-                if let Some(i) = argmax_window(plane, h, w, p, oy, ox) {
-                    o[i] += gp[oy * wo + ox];
-                }
+        let r = pl * ho * wo..(pl + 1) * ho * wo;
+        for (&v, &i) in g[r.clone()].iter().zip(&arg[r]) {
+            if i != u32::MAX {
+                o[i as usize] += v;
             }
         }
     });
     out
 }
 
-impl CustomOp1 for MaxPool2d {
+/// The pool as it runs: [`MaxPool2d`] plus the argmax of its forward, which
+/// the backward reads instead of searching the windows again.
+struct PoolOp {
+    pool: MaxPool2d,
+    argmax: Arc<Mutex<Vec<u32>>>,
+}
+
+impl CustomOp1 for PoolOp {
     fn name(&self) -> &'static str {
         "pirlkit-max-pool2d"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _t = super::profile::time(|| "max-pool forward".into());
         let d = dims4(layout)?;
-        let (ho, wo) = self.out_dims(d.2, d.3)?;
-        let out = match storage {
+        let (ho, wo) = self.pool.out_dims(d.2, d.3)?;
+        if (d.2 * d.3) as u64 >= u32::MAX as u64 {
+            bail!("max-pool: plane of {}x{} pixels too large", d.2, d.3)
+        }
+        let (out, arg) = match storage {
             CpuStorage::F32(v) => {
-                CpuStorage::F32(fwd_impl(contiguous(v, layout)?, d, self, ho, wo))
+                let (o, a) = fwd_impl(contiguous(v, layout)?, d, &self.pool, ho, wo);
+                (CpuStorage::F32(o), a)
             }
             CpuStorage::F64(v) => {
-                CpuStorage::F64(fwd_impl(contiguous(v, layout)?, d, self, ho, wo))
+                let (o, a) = fwd_impl(contiguous(v, layout)?, d, &self.pool, ho, wo);
+                (CpuStorage::F64(o), a)
             }
             _ => bail!("max-pool: unsupported dtype (f32 and f64 only)"),
         };
+        *self.argmax.lock().expect("max-pool argmax lock") = arg;
         Ok((out, Shape::from((d.0, d.1, ho, wo))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let g = grad_res.contiguous()?;
-        let gi = arg
-            .contiguous()?
-            .apply_op2_no_bwd(&g, &MaxPool2dBackward(*self))?;
-        Ok(Some(gi))
+        let op = MaxPool2dBackward {
+            pool: self.pool,
+            argmax: self.argmax.lock().expect("max-pool argmax lock").clone(),
+        };
+        Ok(Some(arg.apply_op2_no_bwd(&g, &op)?))
     }
 }
 
-/// Gradient of [`MaxPool2d`] w.r.t. its input: `(input, grad_output) -> grad_input`.
-struct MaxPool2dBackward(MaxPool2d);
+/// Gradient of [`MaxPool2d`] w.r.t. its input: `(input, grad_output) ->
+/// grad_input` (the input gives the shape; the forward's argmax the routes).
+struct MaxPool2dBackward {
+    pool: MaxPool2d,
+    argmax: Vec<u32>,
+}
 
 impl CustomOp2 for MaxPool2dBackward {
     fn name(&self) -> &'static str {
@@ -233,36 +261,30 @@ impl CustomOp2 for MaxPool2dBackward {
 
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
+        _s1: &CpuStorage,
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _t = super::profile::time(|| "max-pool backward".into());
         let d = dims4(l1)?;
-        let (ho, wo) = self.0.out_dims(d.2, d.3)?;
+        let (ho, wo) = self.pool.out_dims(d.2, d.3)?;
         if l2.shape().dims() != [d.0, d.1, ho, wo] {
             bail!(
                 "max-pool backward: gradient shape {:?} does not match output",
                 l2.shape()
             )
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(bwd_impl(
-                contiguous(x, l1)?,
-                contiguous(g, l2)?,
-                d,
-                &self.0,
-                ho,
-                wo,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(bwd_impl(
-                contiguous(x, l1)?,
-                contiguous(g, l2)?,
-                d,
-                &self.0,
-                ho,
-                wo,
-            )),
+        if self.argmax.len() != d.0 * d.1 * ho * wo {
+            bail!("max-pool backward: no forward argmax for this input")
+        }
+        let out = match s2 {
+            CpuStorage::F32(g) => {
+                CpuStorage::F32(bwd_impl(contiguous(g, l2)?, &self.argmax, d, (ho, wo)))
+            }
+            CpuStorage::F64(g) => {
+                CpuStorage::F64(bwd_impl(contiguous(g, l2)?, &self.argmax, d, (ho, wo)))
+            }
             _ => bail!("max-pool backward: unsupported dtypes"),
         };
         Ok((out, l1.shape().clone()))

@@ -3,6 +3,7 @@
 pub mod batchnorm;
 pub mod conv;
 pub mod maxpool;
+pub mod profile;
 pub use batchnorm::BatchNorm2d;
 pub use conv::conv2d;
 pub use maxpool::MaxPool2d;
