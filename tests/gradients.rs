@@ -294,3 +294,52 @@ fn frozen_stages_get_no_gradient_and_the_same_output() {
     }
     assert!(with > 0);
 }
+
+/// The fused residual `relu(a + b)` against candle's add and ReLU: values
+/// and both gradients, in f64 and f32, on a shape that is not a multiple of
+/// its task size.
+#[test]
+fn add_relu_matches_candle() {
+    for dt in [DType::F64, DType::F32] {
+        let dims = (3, 5, 7, 11);
+        let n = 3 * 5 * 7 * 11;
+        let t = |salt| {
+            Var::from_tensor(
+                &Tensor::from_vec(det(n, salt), dims, &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dt)
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        let (a, b) = (t(3), t(4));
+        let r = Tensor::from_vec(det(n, 5), dims, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap();
+        let run = |fused: bool| {
+            let y = if fused {
+                pirlkit::ops::add_relu(a.as_tensor(), b.as_tensor()).unwrap()
+            } else {
+                (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap()
+            };
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let v = |t: &Tensor| {
+                t.to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+            };
+            (
+                v(&y),
+                v(g.get(a.as_tensor()).unwrap()),
+                v(g.get(b.as_tensor()).unwrap()),
+            )
+        };
+        let (got, want) = (run(true), run(false));
+        assert!(got.0.iter().any(|&v| v == 0.0) && got.0.iter().any(|&v| v > 0.0));
+        assert_eq!(got, want, "{dt:?}");
+    }
+}

@@ -207,7 +207,7 @@ impl Block {
             Some((c, b)) => b.forward_t(&c.forward(x)?, train, false)?,
             None => x.clone(),
         };
-        (y + skip)?.relu()
+        crate::ops::add_relu(&y, &skip)
     }
 }
 

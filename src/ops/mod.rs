@@ -1,9 +1,11 @@
 //! Custom CPU kernels behind candle's `CustomOp` traits. On other devices
 //! (CUDA) the same calls go to candle's own differentiable ops.
+pub mod add_relu;
 pub mod batchnorm;
 pub mod conv;
 pub mod maxpool;
 pub mod profile;
+pub use add_relu::add_relu;
 pub use batchnorm::BatchNorm2d;
 pub use conv::conv2d;
 pub use maxpool::MaxPool2d;

@@ -1,0 +1,146 @@
+//! `relu(a + b)`, the end of every residual block, as one CPU `CustomOp2`.
+//!
+//! candle computes it as an add and a ReLU, and its ReLU backward builds a
+//! zero tensor, a comparison mask, that mask as floats and a product before
+//! the gradient reaches the add: five whole-tensor passes, each allocating.
+//! Here the forward is one pass and the backward one (`dy` where the output
+//! is positive), shared by both inputs.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+/// `relu(a + b)`; `a` and `b` of the same shape and dtype.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let fast = super::fast_cpu(a.device())
+        && a.dims() == b.dims()
+        && a.dtype() == b.dtype()
+        && matches!(a.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
+    if !fast {
+        return (a + b)?.relu();
+    }
+    a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+}
+
+/// Elements per rayon task.
+const CHUNK: usize = 1 << 14;
+
+struct AddRelu;
+
+fn slice<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((s, e)) => Ok(&v[s..e]),
+        None => bail!("add-relu: inputs must be contiguous"),
+    }
+}
+
+fn fwd<T>(a: &[T], b: &[T]) -> Vec<T>
+where
+    T: Copy + Send + Sync + Default + PartialOrd + std::ops::Add<Output = T>,
+{
+    let mut y = vec![T::default(); a.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| {
+            for ((o, &x), &z) in y.iter_mut().zip(a).zip(b) {
+                let s = x + z;
+                *o = if s > T::default() { s } else { T::default() };
+            }
+        });
+    y
+}
+
+/// `dy` where `y > 0`, else 0.
+fn gate<T>(y: &[T], g: &[T]) -> Vec<T>
+where
+    T: Copy + Send + Sync + Default + PartialOrd,
+{
+    let mut d = vec![T::default(); y.len()];
+    d.par_chunks_mut(CHUNK)
+        .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+        .for_each(|(d, (y, g))| {
+            for ((o, &yv), &gv) in d.iter_mut().zip(y).zip(g) {
+                if yv > T::default() {
+                    *o = gv;
+                }
+            }
+        });
+    d
+}
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "pirlkit-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            bail!(
+                "add-relu: shapes {:?} and {:?} differ",
+                l1.dims(),
+                l2.dims()
+            )
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                CpuStorage::F32(fwd(slice(a, l1)?, slice(b, l2)?))
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                CpuStorage::F64(fwd(slice(a, l1)?, slice(b, l2)?))
+            }
+            _ => bail!("add-relu: unsupported dtypes (f32 or f64, both the same)"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = res.apply_op2_no_bwd(&grad_res.contiguous()?, &ReluGate)?;
+        Ok((Some(d.clone()), Some(d)))
+    }
+}
+
+/// `(y, dy) -> dy * (y > 0)`.
+struct ReluGate;
+
+impl CustomOp2 for ReluGate {
+    fn name(&self) -> &'static str {
+        "pirlkit-relu-gate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            bail!(
+                "add-relu backward: gradient shape {:?} differs from {:?}",
+                l2.dims(),
+                l1.dims()
+            )
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(y), CpuStorage::F32(g)) => {
+                CpuStorage::F32(gate(slice(y, l1)?, slice(g, l2)?))
+            }
+            (CpuStorage::F64(y), CpuStorage::F64(g)) => {
+                CpuStorage::F64(gate(slice(y, l1)?, slice(g, l2)?))
+            }
+            _ => bail!("add-relu backward: unsupported dtypes"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
