@@ -754,13 +754,32 @@ fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> Vec
             }
         }
         // acc is dW^T (K x Cout); write dW (Cout x K).
-        for (co, row) in dw.chunks_mut(k).enumerate() {
-            for (kk, d) in row.iter_mut().enumerate() {
-                *d = acc[kk * g.cout + co];
-            }
-        }
+        transpose(&acc, k, g.cout, dw);
     }
     out
+}
+
+/// `dst (cols x rows) = src (rows x cols)^T`, both row-major, in square
+/// tiles so that neither side is read or written one cache line per value
+/// (a row of dW^T of a 512-channel layer is 2 KiB apart from the next).
+fn transpose<T: Copy + Send + Sync>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    const TILE: usize = 32;
+    dst.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(cb, band)| {
+            // band: dst rows cb*TILE.. (source columns), all `rows` wide.
+            let c0 = cb * TILE;
+            let cn = band.len() / rows;
+            for r0 in (0..rows).step_by(TILE) {
+                let rn = TILE.min(rows - r0);
+                for c in 0..cn {
+                    let d = &mut band[c * rows + r0..c * rows + r0 + rn];
+                    for (r, o) in d.iter_mut().enumerate() {
+                        *o = src[(r0 + r) * cols + c0 + c];
+                    }
+                }
+            }
+        });
 }
 
 impl CustomOp2 for Conv2dOp {
