@@ -332,7 +332,7 @@ impl CustomOp3 for BnTrain {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -341,6 +341,7 @@ impl CustomOp3 for BnTrain {
             eps: self.eps,
             relu: self.relu,
             weight: w.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?,
+            bias: b.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?,
             stats: st,
         };
         let packed = x.apply_op3_no_bwd(res, &grad_res.contiguous()?, &op)?;
@@ -358,27 +359,48 @@ struct BnBackward {
     eps: f64,
     relu: bool,
     weight: Vec<f64>,
+    bias: Vec<f64>,
     stats: Vec<f64>,
 }
 
 impl BnBackward {
-    fn run<T: Float>(&self, x: &[T], y: &[T], g: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
+    /// `y` is not read: the ReLU's mask is recomputed from `x` with the
+    /// forward's own per-channel values (the same operations in the same
+    /// type, so the same bits), which saves a whole-tensor stream per pass.
+    fn run<T: Float>(&self, x: &[T], _y: &[T], g: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
         let m = (n * hw) as f64;
         let (mean, var) = self.stats.split_at(c);
         let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+        // The forward's y = (x - mean) * scale + beta, as it computed it.
+        let fwd: Vec<[T; 3]> = (0..c)
+            .map(|k| {
+                [
+                    T::from_f(mean[k]),
+                    T::from_f(self.weight[k] / (var[k] + self.eps).sqrt()),
+                    T::from_f(self.bias[k]),
+                ]
+            })
+            .collect();
         let relu = self.relu;
-        let gate = |yv: T, gv: T| -> T { if relu && yv <= T::ZERO { T::ZERO } else { gv } };
+        // dy' = dy where y > 0 (with the ReLU), else 0.
+        let gate = |[mu, s, t]: [T; 3], xv: T, gv: T| -> T {
+            if relu && (xv - mu) * s + t <= T::ZERO {
+                T::ZERO
+            } else {
+                gv
+            }
+        };
         // Per channel: sum dy', sum dy' * x_hat.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let mu = mean[ch];
+                let (mu, f) = (mean[ch], fwd[ch]);
                 let mut acc = [[0f64; LANES]; 2];
                 for b in 0..n {
                     let r = (b * c + ch) * hw..(b * c + ch + 1) * hw;
-                    let (xb, yb, gb) = (&x[r.clone()], &y[r.clone()], &g[r]);
-                    lane_sum(xb, yb, gb, &mut acc, |xv, yv, gv| {
-                        let d = gate(yv, gv).f();
+                    let (xb, gb) = (&x[r.clone()], &g[r]);
+                    lane_sum(xb, gb, gb, &mut acc, |xv, gv, _| {
+                        let d = gate(f, xv, gv).f();
                         [d, d * (xv.f() - mu)]
                     });
                 }
@@ -402,9 +424,10 @@ impl BnBackward {
             for (ch, dxo) in dxi.chunks_mut(hw.max(1)).enumerate() {
                 let [k, a, mu, b] = coef[ch];
                 let r = bi * img + ch * hw..bi * img + (ch + 1) * hw;
-                let (xb, yb, gb) = (&x[r.clone()], &y[r.clone()], &g[r]);
-                for (((o, &xv), &yv), &gv) in dxo.iter_mut().zip(xb).zip(yb).zip(gb) {
-                    *o = k * gate(yv, gv) + a * (xv - mu) + b;
+                let (xb, gb) = (&x[r.clone()], &g[r]);
+                let f = fwd[ch];
+                for ((o, &xv), &gv) in dxo.iter_mut().zip(xb).zip(gb) {
+                    *o = k * gate(f, xv, gv) + a * (xv - mu) + b;
                 }
             }
         });
