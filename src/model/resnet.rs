@@ -92,8 +92,9 @@ struct Conv2d {
 }
 
 impl Conv2d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        crate::ops::conv2d(x, &self.weight, self.stride, self.padding)
+    /// `relu?(bn(conv(x)))`, as one op where the CPU kernels apply.
+    fn forward_bn(&self, bn: &BatchNorm, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        bn.forward_conv_t(x, &self.weight, (self.stride, self.padding), train, relu)
     }
 }
 
@@ -201,10 +202,10 @@ impl Block {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, (c, b)) in self.convs.iter().enumerate() {
-            y = b.forward_t(&c.forward(&y)?, train, i != last)?;
+            y = c.forward_bn(b, &y, train, i != last)?;
         }
         let skip = match &self.downsample {
-            Some((c, b)) => b.forward_t(&c.forward(x)?, train, false)?,
+            Some((c, b)) => c.forward_bn(b, x, train, false)?,
             None => x.clone(),
         };
         crate::ops::add_relu(&y, &skip)
@@ -283,7 +284,7 @@ impl ResNet {
     /// of the trained stages only. The values are those of `forward_t`.
     pub fn forward_frozen(&self, x: &Tensor, train: bool, frozen: usize) -> Result<Tensor> {
         let (c, b) = &self.stem;
-        let mut y = b.forward_t(&c.forward(x)?, train, true)?;
+        let mut y = c.forward_bn(b, x, train, true)?;
         y = self.pool.forward(&y)?;
         if frozen >= 1 {
             y = y.detach();

@@ -833,11 +833,11 @@ impl CustomOp2 for Conv2dOp {
 
 /// Gradients of [`Conv2dOp`]: `(x, w, grad_y) -> [dX flattened, dW flattened]`
 /// as one 1-D tensor of length `N*Cin*H*W + Cout*Cin*kh*kw`.
-struct Conv2dBackward {
-    op: Conv2dOp,
+pub(super) struct Conv2dBackward {
+    pub(super) op: Conv2dOp,
     /// Whether `x` needs its gradient; without it `dX` is left zero (the
     /// input image of the first conv).
-    want_dx: bool,
+    pub(super) want_dx: bool,
 }
 
 impl CustomOp3 for Conv2dBackward {
