@@ -91,6 +91,11 @@ const CASES: &[Case] = &[
     case(3, 8, 16, 8, 8, 3, 2, 1),
     case(5, 2, 3, 20, 20, 3, 1, 1), // groups of 2 images (400 px each), last one partial
     case(7, 3, 4, 15, 16, 1, 1, 0), // pointwise, groups of 3
+    // Output rows of 8 and more: im2col by row copies (narrower ones go
+    // through the tap table), strided and stem-like.
+    case(2, 3, 4, 17, 19, 3, 2, 1),
+    case(2, 3, 4, 18, 20, 7, 2, 3),
+    case(2, 3, 4, 9, 12, 3, 1, 0),
     // Dense path (H*W <= kh*kw): 2x2 and 1x1 planes, non-square, stride 2.
     case(5, 6, 7, 2, 2, 3, 1, 1),
     case(4, 5, 3, 1, 1, 3, 1, 1),
@@ -315,6 +320,7 @@ fn bit_identical_across_thread_counts() {
         case(10, 6, 4, 8, 8, 1, 1, 0),
         case(7, 8, 16, 12, 10, 3, 2, 1),
         case(5, 2, 3, 20, 20, 3, 1, 1),
+        case(5, 4, 6, 18, 20, 3, 2, 1),  // rows
         case(16, 32, 24, 2, 2, 3, 1, 1), // dense
         case(80, 64, 64, 1, 1, 3, 1, 1), // dense, forward too
     ] {
