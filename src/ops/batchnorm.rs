@@ -377,10 +377,62 @@ fn lanes_total(acc: &[f64; LANES]) -> f64 {
     acc.iter().sum()
 }
 
+/// Planes smaller than this are summed channel-parallel ([`narrow_sums`]):
+/// lanes inside a block of 1-15 values are mostly empty.
+const NARROW_HW: usize = 2 * LANES;
+
+/// Per channel `ch`, `K` sums of `f(ch, a[i], b[i])` over its elements, for
+/// planes under [`NARROW_HW`] values: a task per 16 channels walks the
+/// images in order, and each channel's sums are separate accumulators, so
+/// neighbouring channels' adds overlap (where a single channel's adds would
+/// wait on each other). The order per channel is fixed: image by image.
+fn narrow_sums<T: Float, const K: usize>(
+    a: &[T],
+    b: &[T],
+    (n, c, hw): (usize, usize, usize),
+    f: impl Fn(usize, T, T) -> [f64; K] + Sync,
+) -> Vec<[f64; K]> {
+    const CH: usize = 16;
+    let mut out = vec![[0f64; K]; c];
+    out.par_chunks_mut(CH).enumerate().for_each(|(t, acc)| {
+        let c0 = t * CH;
+        for img in 0..n {
+            let base = (img * c + c0) * hw;
+            let (ab, bb) = (
+                &a[base..base + acc.len() * hw],
+                &b[base..base + acc.len() * hw],
+            );
+            for (j, s) in acc.iter_mut().enumerate() {
+                for i in j * hw..(j + 1) * hw {
+                    let v = f(c0 + j, ab[i], bb[i]);
+                    for k in 0..K {
+                        s[k] += v[k];
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
 /// Per-channel mean and biased variance of `x` (`n` blocks of `hw` per
 /// channel): a pass for the mean, then one for the squared deviations.
 fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     let m = (n * hw) as f64;
+    if hw < NARROW_HW {
+        let mean: Vec<f64> = narrow_sums(x, x, (n, c, hw), |_, v, _| [v.f()])
+            .iter()
+            .map(|s| s[0] / m)
+            .collect();
+        let var = narrow_sums(x, x, (n, c, hw), |ch, v, _| {
+            let d = v.f() - mean[ch];
+            [d * d]
+        })
+        .iter()
+        .map(|s| s[0] / m)
+        .collect();
+        return (mean, var);
+    }
     let per: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -565,22 +617,33 @@ impl BnBackward {
             }
         };
         // Per channel: sum dy', sum dy' * x_hat.
-        let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mu, f) = (mean[ch], fwd[ch]);
-                let mut acc = [[0f64; LANES]; 2];
-                for b in 0..n {
-                    let r = (b * c + ch) * hw..(b * c + ch + 1) * hw;
-                    let (xb, gb) = (&x[r.clone()], &g[r]);
-                    lane_sum(xb, gb, gb, &mut acc, |xv, gv, _| {
-                        let d = gate(f, xv, gv).f();
-                        [d, d * (xv.f() - mu)]
-                    });
-                }
-                (lanes_total(&acc[0]), lanes_total(&acc[1]) * inv[ch])
+        let sums: Vec<(f64, f64)> = if hw < NARROW_HW {
+            narrow_sums(x, g, (n, c, hw), |ch, xv, gv| {
+                let d = gate(fwd[ch], xv, gv).f();
+                [d, d * (xv.f() - mean[ch])]
             })
-            .collect();
+            .iter()
+            .zip(&inv)
+            .map(|(s, is)| (s[0], s[1] * is))
+            .collect()
+        } else {
+            (0..c)
+                .into_par_iter()
+                .map(|ch| {
+                    let (mu, f) = (mean[ch], fwd[ch]);
+                    let mut acc = [[0f64; LANES]; 2];
+                    for b in 0..n {
+                        let r = (b * c + ch) * hw..(b * c + ch + 1) * hw;
+                        let (xb, gb) = (&x[r.clone()], &g[r]);
+                        lane_sum(xb, gb, gb, &mut acc, |xv, gv, _| {
+                            let d = gate(f, xv, gv).f();
+                            [d, d * (xv.f() - mu)]
+                        });
+                    }
+                    (lanes_total(&acc[0]), lanes_total(&acc[1]) * inv[ch])
+                })
+                .collect()
+        };
         // dx = k * (dy' - mean(dy') - x_hat * mean(dy' x_hat))
         //    = k * dy' + a * (x - mean) + b   per channel, in the element type.
         let coef: Vec<[T; 4]> = (0..c)
