@@ -1,5 +1,21 @@
 //! Custom CPU kernels behind candle's `CustomOp` traits. On other devices
 //! (CUDA) the same calls go to candle's own differentiable ops.
+//!
+//! - [`conv`]: 2-D convolution with its own backward: im2col (row copies, or
+//!   a per-tap index table for narrow rows) + one GEMM per group of images;
+//!   one dense GEMM on planes of at most `kh*kw` pixels; no input gradient
+//!   for tensors that need none.
+//! - [`batchnorm`]: training-mode BatchNorm (+ ReLU), alone or fused with
+//!   the conv before it ([`BatchNorm2d::forward_conv_t`]), with a
+//!   closed-form backward; per-channel sums in f64 lanes.
+//! - [`add_relu`]: the residual `relu(a + b)`, one pass each way.
+//! - [`maxpool`]: max pool with padding; the backward reads the forward's
+//!   argmax.
+//! - [`profile`]: opt-in per-kernel timers (`pirlkit bench --profile`).
+//!
+//! Every kernel is checked against candle's ops and finite differences
+//! (tests/conv_op.rs, tests/gradients.rs, `pirlkit selftest`), and gives the
+//! same bits whatever the number of threads.
 pub mod add_relu;
 pub mod batchnorm;
 pub mod conv;
