@@ -67,6 +67,31 @@ where
     d
 }
 
+/// An element-wise op of two same-shape f32 or f64 tensors, both ops' CPU
+/// forward: `f32` / `f64` are the kernel for each type, `what` names the op
+/// in errors.
+fn elementwise2(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    what: &str,
+    f32: fn(&[f32], &[f32]) -> Vec<f32>,
+    f64: fn(&[f64], &[f64]) -> Vec<f64>,
+) -> Result<(CpuStorage, Shape)> {
+    if l1.dims() != l2.dims() {
+        bail!("{what}: shapes {:?} and {:?} differ", l1.dims(), l2.dims())
+    }
+    let out = match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+            CpuStorage::F32(f32(slice(a, l1)?, slice(b, l2)?))
+        }
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+            CpuStorage::F64(f64(slice(a, l1)?, slice(b, l2)?))
+        }
+        _ => bail!("{what}: unsupported dtypes (f32 or f64, both the same)"),
+    };
+    Ok((out, l1.shape().clone()))
+}
+
 impl CustomOp2 for AddRelu {
     fn name(&self) -> &'static str {
         "pirlkit-add-relu"
@@ -79,23 +104,7 @@ impl CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if l1.dims() != l2.dims() {
-            bail!(
-                "add-relu: shapes {:?} and {:?} differ",
-                l1.dims(),
-                l2.dims()
-            )
-        }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                CpuStorage::F32(fwd(slice(a, l1)?, slice(b, l2)?))
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                CpuStorage::F64(fwd(slice(a, l1)?, slice(b, l2)?))
-            }
-            _ => bail!("add-relu: unsupported dtypes (f32 or f64, both the same)"),
-        };
-        Ok((out, l1.shape().clone()))
+        elementwise2((s1, l1), (s2, l2), "add-relu", fwd, fwd)
     }
 
     fn bwd(
@@ -125,22 +134,6 @@ impl CustomOp2 for ReluGate {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if l1.dims() != l2.dims() {
-            bail!(
-                "add-relu backward: gradient shape {:?} differs from {:?}",
-                l2.dims(),
-                l1.dims()
-            )
-        }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(g)) => {
-                CpuStorage::F32(gate(slice(y, l1)?, slice(g, l2)?))
-            }
-            (CpuStorage::F64(y), CpuStorage::F64(g)) => {
-                CpuStorage::F64(gate(slice(y, l1)?, slice(g, l2)?))
-            }
-            _ => bail!("add-relu backward: unsupported dtypes"),
-        };
-        Ok((out, l1.shape().clone()))
+        elementwise2((s1, l1), (s2, l2), "add-relu backward", gate, gate)
     }
 }

@@ -20,12 +20,16 @@
 //! variance is updated with the unbiased one, as PyTorch and candle do.
 //! Per-channel sums run in f64, channel by channel in a fixed order, so the
 //! result does not depend on the number of threads.
+//!
+//! The `conv_bn` submodule fuses the conv before it into the same op.
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var, bail};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, Var, bail};
 use candle_nn::{BatchNorm, Init, ModuleT, VarBuilder};
 use rayon::prelude::*;
+
+mod conv_bn;
 
 /// A BatchNorm2d layer (torchvision names: `weight`, `bias`, `running_mean`,
 /// `running_var`) whose training-mode forward on the CPU is the fused op.
@@ -91,43 +95,6 @@ impl BatchNorm2d {
         Ok(y)
     }
 
-    /// `relu?(bn(conv2d(x, w)))`, the conv through [`super::conv2d`]. In
-    /// training mode on the CPU the two are one op ([`ConvBnTrain`]): the
-    /// conv's output never becomes a graph node, so candle's backward does
-    /// not build (zeros, then add) a gradient tensor for it.
-    pub fn forward_conv_t(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        (stride, padding): (usize, usize),
-        train: bool,
-        relu: bool,
-    ) -> Result<Tensor> {
-        let fast = train
-            && super::fast_cpu(x.device())
-            && w.device().is_cpu()
-            && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
-            && x.dtype() == w.dtype()
-            && x.dtype() == self.weight.dtype();
-        if !fast {
-            return self.forward_t(&super::conv2d(x, w, stride, padding)?, train, relu);
-        }
-        let conv = super::conv::Conv2dOp { stride, padding };
-        let op = ConvBnTrain {
-            conv,
-            eps: self.eps,
-            relu,
-            stats: Arc::new(Mutex::new(Vec::new())),
-            conv_out: Arc::new(Mutex::new(None)),
-        };
-        let stats = op.stats.clone();
-        let gb = Tensor::cat(&[&self.weight, &self.bias], 0)?;
-        let y = x.contiguous()?.apply_op3(&w.contiguous()?, &gb, op)?;
-        let st = stats.lock().expect("bn stats lock").clone();
-        self.update_running(&st, y.dims4()?)?;
-        Ok(y)
-    }
-
     /// Running statistics from a batch's `[mean (C), biased var (C)]`:
     /// momentum-weighted, the variance unbiased (as PyTorch and candle).
     fn update_running(&self, st: &[f64], (n, _, h, w): (usize, usize, usize, usize)) -> Result<()> {
@@ -155,138 +122,6 @@ impl BatchNorm2d {
         self.running_var
             .set(&Tensor::from_vec(new_v, c, dev)?.to_dtype(dt)?)?;
         Ok(())
-    }
-}
-
-/// Conv (no bias) then training-mode BatchNorm (+ ReLU), one op:
-/// `(x, w, [gamma; beta]) -> y`. The conv's output is kept here for the
-/// backward (where candle would have kept it as a node).
-struct ConvBnTrain {
-    conv: super::conv::Conv2dOp,
-    eps: f64,
-    relu: bool,
-    stats: Arc<Mutex<Vec<f64>>>,
-    conv_out: Arc<Mutex<Option<(CpuStorage, Layout)>>>,
-}
-
-/// `gamma` and `beta` inside the packed `[gamma; beta]` of `l`.
-fn halves(l: &Layout) -> Result<(Layout, Layout)> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("conv-bn: [gamma; beta] not contiguous".into()))?;
-    if (b - a) % 2 != 0 {
-        bail!("conv-bn: [gamma; beta] of odd length {}", b - a)
-    }
-    let c = (b - a) / 2;
-    Ok((
-        Layout::contiguous_with_offset(c, a),
-        Layout::contiguous_with_offset(c, a + c),
-    ))
-}
-
-impl CustomOp3 for ConvBnTrain {
-    fn name(&self) -> &'static str {
-        "pirlkit-conv-batchnorm-train"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (yc, shape) = candle_core::CustomOp2::cpu_fwd(&self.conv, s1, l1, s2, l2)?;
-        let lc = Layout::contiguous(shape);
-        let (lg, lb) = halves(l3)?;
-        let bn = BnTrain {
-            eps: self.eps,
-            relu: self.relu,
-            stats: self.stats.clone(),
-        };
-        let out = bn.cpu_fwd(&yc, &lc, s3, &lg, s3, &lb)?;
-        *self.conv_out.lock().expect("conv-bn lock") = Some((yc, lc));
-        Ok(out)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        gb: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let want_dx = x.track_op();
-        let c = gb.elem_count() / 2;
-        let params = gb.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
-        let op = ConvBnBackward {
-            conv: super::conv::Conv2dBackward {
-                op: self.conv,
-                want_dx,
-            },
-            bn: BnBackward {
-                eps: self.eps,
-                relu: self.relu,
-                weight: params[..c].to_vec(),
-                bias: params[c..].to_vec(),
-                stats: self.stats.lock().expect("bn stats lock").clone(),
-            },
-            conv_out: self.conv_out.clone(),
-            dgb: Mutex::new(None),
-        };
-        let packed = x.apply_op3_no_bwd(w, &grad_res.contiguous()?, &op)?;
-        let dgb = op.dgb.lock().expect("conv-bn lock").take().ok_or_else(|| {
-            candle_core::Error::Msg("conv-bn backward: no parameter gradient".into())
-        })?;
-        let dgb = Tensor::from_vec(dgb, 2 * c, x.device())?.to_dtype(gb.dtype())?;
-        let nx = x.elem_count();
-        let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, nx, w.elem_count())?.reshape(w.shape())?;
-        Ok((want_dx.then_some(dx), Some(dw), Some(dgb)))
-    }
-}
-
-/// Gradients of [`ConvBnTrain`]: `(x, w, dy) -> [dX, dW]` packed as the
-/// conv's backward packs them; `[dgamma; dbeta]` is left in `dgb`.
-struct ConvBnBackward {
-    conv: super::conv::Conv2dBackward,
-    bn: BnBackward,
-    conv_out: Arc<Mutex<Option<(CpuStorage, Layout)>>>,
-    dgb: Mutex<Option<Vec<f64>>>,
-}
-
-impl CustomOp3 for ConvBnBackward {
-    fn name(&self) -> &'static str {
-        "pirlkit-conv-batchnorm-train-bwd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let guard = self.conv_out.lock().expect("conv-bn lock");
-        let Some((yc, lc)) = guard.as_ref() else {
-            bail!("conv-bn backward: the forward's conv output is gone")
-        };
-        // [dyc, dgamma, dbeta]; y itself is not read by the BN backward.
-        let (packed, _) = self.bn.cpu_fwd(yc, lc, yc, lc, s3, l3)?;
-        let ny = lc.shape().elem_count();
-        let tail: Vec<f64> = match &packed {
-            CpuStorage::F32(v) => v[ny..].iter().map(|&a| a as f64).collect(),
-            CpuStorage::F64(v) => v[ny..].to_vec(),
-            _ => bail!("conv-bn backward: unsupported dtype"),
-        };
-        *self.dgb.lock().expect("conv-bn lock") = Some(tail);
-        let ldy = Layout::contiguous(lc.shape().clone());
-        self.conv.cpu_fwd(s1, l1, s2, l2, &packed, &ldy)
     }
 }
 
@@ -559,7 +394,7 @@ impl CustomOp3 for BnTrain {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let st = self.stats.lock().expect("bn stats lock").clone();
@@ -570,7 +405,7 @@ impl CustomOp3 for BnTrain {
             bias: b.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?,
             stats: st,
         };
-        let packed = x.apply_op3_no_bwd(res, &grad_res.contiguous()?, &op)?;
+        let packed = x.apply_op2_no_bwd(&grad_res.contiguous()?, &op)?;
         let nx = x.elem_count();
         let c = w.elem_count();
         let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
@@ -580,7 +415,7 @@ impl CustomOp3 for BnTrain {
     }
 }
 
-/// `(x, y, dy) -> [dx flattened, dgamma (C), dbeta (C)]`.
+/// `(x, dy) -> [dx flattened, dgamma (C), dbeta (C)]`.
 struct BnBackward {
     eps: f64,
     relu: bool,
@@ -590,10 +425,10 @@ struct BnBackward {
 }
 
 impl BnBackward {
-    /// `y` is not read: the ReLU's mask is recomputed from `x` with the
-    /// forward's own per-channel values (the same operations in the same
-    /// type, so the same bits), which saves a whole-tensor stream per pass.
-    fn run<T: Float>(&self, x: &[T], _y: &[T], g: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
+    /// The ReLU's mask is recomputed from `x` with the forward's own
+    /// per-channel values (the same operations in the same type, so the same
+    /// bits) rather than read from `y`: a whole-tensor stream less per pass.
+    fn run<T: Float>(&self, x: &[T], g: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
         let m = (n * hw) as f64;
         let (mean, var) = self.stats.split_at(c);
         let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
@@ -676,7 +511,7 @@ impl BnBackward {
     }
 }
 
-impl CustomOp3 for BnBackward {
+impl CustomOp2 for BnBackward {
     fn name(&self) -> &'static str {
         "pirlkit-batchnorm-train-bwd"
     }
@@ -687,37 +522,21 @@ impl CustomOp3 for BnBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = match l1.dims() {
             &[n, c, h, w] => (n, c, h, w),
             d => bail!("batch-norm backward expects (N, C, H, W), got {d:?}"),
         };
-        if l2.dims() != l1.dims() || l3.dims() != l1.dims() || self.stats.len() != 2 * c {
-            bail!("batch-norm backward: shapes of x, y and dy differ")
+        if l2.dims() != l1.dims() || self.stats.len() != 2 * c {
+            bail!("batch-norm backward: shapes of x and dy differ")
         }
         let _t = super::profile::time(|| "batch-norm backward".into());
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(y), CpuStorage::F32(g)) => {
-                CpuStorage::F32(self.run(
-                    slice(x, l1, "x")?,
-                    slice(y, l2, "y")?,
-                    slice(g, l3, "dy")?,
-                    n,
-                    c,
-                    h * w,
-                ))
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                CpuStorage::F32(self.run(slice(x, l1, "x")?, slice(g, l2, "dy")?, n, c, h * w))
             }
-            (CpuStorage::F64(x), CpuStorage::F64(y), CpuStorage::F64(g)) => {
-                CpuStorage::F64(self.run(
-                    slice(x, l1, "x")?,
-                    slice(y, l2, "y")?,
-                    slice(g, l3, "dy")?,
-                    n,
-                    c,
-                    h * w,
-                ))
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
+                CpuStorage::F64(self.run(slice(x, l1, "x")?, slice(g, l2, "dy")?, n, c, h * w))
             }
             _ => bail!("batch-norm backward: unsupported dtypes"),
         };

@@ -15,6 +15,10 @@
 //!   gathered into `Cout x cols`, `dW^T += col * dY^T` and `dcol = W^T * dY`
 //!   as one GEMM each, then col2im per image.
 //!
+//! * small planes (`H*W <= kh*kw`), forward from 64 images and always in
+//!   the backward: one dense matrix instead (submodule `dense`); im2col itself, by
+//!   row copies or a tap table, is in submodule `im2col`.
+//!
 //! Parallelism is rayon over groups with single-threaded `gemm` inside, or,
 //! when there are fewer groups than threads, gemm's own threads inside each
 //! GEMM. Group sizes depend on the shapes only and the weight-gradient
@@ -27,6 +31,12 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+
+mod dense;
+mod im2col;
+
+use dense::{DENSE_FWD_MIN_BATCH, DENSE_MAX, dense_bwd, dense_fwd};
+use im2col::{col2im_add, im2col, table_for};
 
 /// 2-D convolution without bias, groups = 1, dilation = 1, with a fast CPU
 /// backward.
@@ -239,188 +249,6 @@ fn contiguous<'a, T>(v: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]>
     }
 }
 
-/// Output rows narrower than this take the table-driven im2col / col2im:
-/// per kernel tap, the input pixel of every output pixel, so an image's
-/// columns are one gather per (channel, tap) instead of a short copy (and
-/// its call) per output row. Measured (`bench --profile`, ResNet-18 on 2
-/// cores): the 7x7 and 4x4 planes of 28 px patches and the 3x3 of 96 px
-/// images run their convs 1.2-1.9x faster this way; at 12x12 rows are
-/// already as fast.
-const TABLE_BELOW_WO: usize = 8;
-
-/// `table[tap * Ho*Wo + p]`: the index in the input plane that tap reads for
-/// output pixel `p`, or `u32::MAX` in the padding.
-fn im2col_table(g: &Geom) -> Vec<u32> {
-    let pix = g.pix();
-    let mut t = vec![u32::MAX; g.kh * g.kw * pix];
-    for ky in 0..g.kh {
-        for kx in 0..g.kw {
-            let row = &mut t[(ky * g.kw + kx) * pix..(ky * g.kw + kx + 1) * pix];
-            for oy in 0..g.ho {
-                let Some(iy) = g.in_row(oy, ky) else { continue };
-                for ox in 0..g.wo {
-                    let ix = ox * g.s + kx;
-                    if ix >= g.p && ix - g.p < g.w {
-                        row[oy * g.wo + ox] = (iy * g.w + ix - g.p) as u32;
-                    }
-                }
-            }
-        }
-    }
-    t
-}
-
-/// [`im2col`] through [`im2col_table`].
-fn im2col_tab<T: Elem>(g: &Geom, table: &[u32], x: &[T], col: &mut [T], stride: usize, off: usize) {
-    let (pix, hw, taps) = (g.pix(), g.hw(), g.kh * g.kw);
-    for (ci, plane) in x.chunks(hw).enumerate().take(g.cin) {
-        for (t, idx) in table.chunks(pix).enumerate() {
-            let r = (ci * taps + t) * stride + off;
-            for (d, &i) in col[r..r + pix].iter_mut().zip(idx) {
-                *d = plane.get(i as usize).copied().unwrap_or(T::ZERO);
-            }
-        }
-    }
-}
-
-/// [`col2im_add`] through [`im2col_table`].
-fn col2im_tab<T: Elem>(
-    g: &Geom,
-    table: &[u32],
-    col: &[T],
-    stride: usize,
-    off: usize,
-    dx: &mut [T],
-) {
-    let (pix, hw, taps) = (g.pix(), g.hw(), g.kh * g.kw);
-    for (ci, plane) in dx.chunks_mut(hw).enumerate().take(g.cin) {
-        for (t, idx) in table.chunks(pix).enumerate() {
-            let r = (ci * taps + t) * stride + off;
-            for (&v, &i) in col[r..r + pix].iter().zip(idx) {
-                if let Some(d) = plane.get_mut(i as usize) {
-                    *d += v;
-                }
-            }
-        }
-    }
-}
-
-/// im2col of one image (see [`im2col_rows`]), by rows or through `table`
-/// (from [`im2col_table`] when `g.wo < TABLE_BELOW_WO`, else empty).
-fn im2col<T: Elem>(g: &Geom, table: &[u32], x: &[T], col: &mut [T], stride: usize, off: usize) {
-    if table.is_empty() {
-        im2col_rows(g, x, col, stride, off)
-    } else {
-        im2col_tab(g, table, x, col, stride, off)
-    }
-}
-
-/// col2im of one image (see [`col2im_rows`]), by rows or through `table`.
-fn col2im_add<T: Elem>(
-    g: &Geom,
-    table: &[u32],
-    col: &[T],
-    stride: usize,
-    off: usize,
-    dx: &mut [T],
-) {
-    if table.is_empty() {
-        col2im_rows(g, col, stride, off, dx)
-    } else {
-        col2im_tab(g, table, col, stride, off, dx)
-    }
-}
-
-/// The im2col table for `g`, or none where rows are copied.
-fn table_for(g: &Geom) -> Vec<u32> {
-    if g.wo < TABLE_BELOW_WO && !g.pointwise() {
-        im2col_table(g)
-    } else {
-        Vec::new()
-    }
-}
-
-/// im2col of one image `x` (`Cin*H*W`) into columns `off..off + Ho*Wo` of
-/// `col` (`K` rows of `stride` values each, row-major).
-fn im2col_rows<T: Elem>(g: &Geom, x: &[T], col: &mut [T], stride: usize, off: usize) {
-    let (pix, hw) = (g.pix(), g.hw());
-    for ci in 0..g.cin {
-        let plane = &x[ci * hw..(ci + 1) * hw];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let row = ((ci * g.kh + ky) * g.kw + kx) * stride + off;
-                let row = &mut col[row..row + pix];
-                if g.pointwise() {
-                    row.copy_from_slice(plane);
-                    continue;
-                }
-                let (lo, hi) = g.ox_range(kx);
-                for oy in 0..g.ho {
-                    let r = &mut row[oy * g.wo..(oy + 1) * g.wo];
-                    let Some(iy) = g.in_row(oy, ky) else {
-                        r.fill(T::ZERO);
-                        continue;
-                    };
-                    let src = &plane[iy * g.w..(iy + 1) * g.w];
-                    r[..lo].fill(T::ZERO);
-                    r[hi..].fill(T::ZERO);
-                    if lo == hi {
-                        continue;
-                    }
-                    let ix0 = lo * g.s + kx - g.p;
-                    if g.s == 1 {
-                        r[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
-                    } else {
-                        for (j, d) in r[lo..hi].iter_mut().enumerate() {
-                            *d = src[ix0 + j * g.s];
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// col2im: accumulates columns `off..off + Ho*Wo` of `col` (`K` rows of
-/// `stride` values) into one image `dx` (`Cin*H*W`).
-fn col2im_rows<T: Elem>(g: &Geom, col: &[T], stride: usize, off: usize, dx: &mut [T]) {
-    let (pix, hw) = (g.pix(), g.hw());
-    for ci in 0..g.cin {
-        let plane = &mut dx[ci * hw..(ci + 1) * hw];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let row = ((ci * g.kh + ky) * g.kw + kx) * stride + off;
-                let row = &col[row..row + pix];
-                if g.pointwise() {
-                    for (d, &v) in plane.iter_mut().zip(row) {
-                        *d += v;
-                    }
-                    continue;
-                }
-                let (lo, hi) = g.ox_range(kx);
-                if lo == hi {
-                    continue;
-                }
-                for oy in 0..g.ho {
-                    let Some(iy) = g.in_row(oy, ky) else { continue };
-                    let r = &row[oy * g.wo + lo..oy * g.wo + hi];
-                    let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
-                    let ix0 = lo * g.s + kx - g.p;
-                    if g.s == 1 {
-                        for (d, &v) in dst[ix0..ix0 + r.len()].iter_mut().zip(r) {
-                            *d += v;
-                        }
-                    } else {
-                        for (j, &v) in r.iter().enumerate() {
-                            dst[ix0 + j * g.s] += v;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)`, each operand given with
 /// its (row stride, column stride); `threads > 1` lets gemm split the output
 /// over that many rayon threads (each output element is still reduced in
@@ -476,147 +304,6 @@ unsafe fn gemm_strided<T: Elem>(
     }
 }
 
-/// Largest dense conv matrix (values) for [`Geom::dense`]: 64 MiB in f32.
-const DENSE_MAX: usize = 1 << 24;
-
-/// The kernel tap joining output pixel `po` to input pixel `pi`, if any:
-/// `taps[po * H*W + pi]`, `usize::MAX` where none.
-fn tap_table(g: &Geom) -> Vec<usize> {
-    let pi_n = g.hw();
-    let mut t = vec![usize::MAX; g.pix() * pi_n];
-    for oy in 0..g.ho {
-        for ox in 0..g.wo {
-            for ky in 0..g.kh {
-                let Some(iy) = g.in_row(oy, ky) else { continue };
-                for kx in 0..g.kw {
-                    let ix = ox * g.s + kx;
-                    if ix >= g.p && ix - g.p < g.w {
-                        t[(oy * g.wo + ox) * pi_n + iy * g.w + ix - g.p] = ky * g.kw + kx;
-                    }
-                }
-            }
-        }
-    }
-    t
-}
-
-/// The dense matrix `D (Cout*P x Cin*Pi)` of the conv, row-major:
-/// `D[co*P + po][ci*Pi + pi] = w[co][ci][tap]` where a tap joins po to pi,
-/// zero elsewhere; written row by row in one pass.
-fn dense_matrix<T: Elem>(g: &Geom, w: &[T], table: &[usize]) -> Vec<T> {
-    let (po_n, pi_n, taps) = (g.pix(), g.hw(), g.kh * g.kw);
-    let row = g.cin * pi_n;
-    let mut d = vec![T::ZERO; g.cout * po_n * row];
-    d.par_chunks_mut(row).enumerate().for_each(|(r, dr)| {
-        let (co, po) = (r / po_n, r % po_n);
-        let tp = &table[po * pi_n..(po + 1) * pi_n];
-        for (ci, dc) in dr.chunks_mut(pi_n).enumerate() {
-            let wc = &w[(co * g.cin + ci) * taps..(co * g.cin + ci + 1) * taps];
-            for (o, &t) in dc.iter_mut().zip(tp) {
-                if t != usize::MAX {
-                    *o = wc[t];
-                }
-            }
-        }
-    });
-    d
-}
-
-/// Batches from which the forward builds the dense matrix: below, writing
-/// and packing it costs more than im2col's padding taps save (measured on
-/// ResNet-18's 2x2 stage: 32 images slower, 64 faster).
-const DENSE_FWD_MIN_BATCH: usize = 64;
-
-/// `y (N x Cout*P) = x (N x Cin*Pi) * D^T`, NCHW in and out.
-fn dense_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
-    let d = dense_matrix(g, w, &tap_table(g));
-    let (m, n, k) = (g.n, g.cout * g.pix(), g.cin * g.hw());
-    let mut y = vec![T::ZERO; g.y_len()];
-    // SAFETY: x is m x k, d is n x k (read transposed), y is m x n.
-    unsafe {
-        gemm_strided(
-            m,
-            n,
-            k,
-            &mut y,
-            (n, 1),
-            false,
-            x.as_ptr(),
-            (k, 1),
-            d.as_ptr(),
-            (1, k),
-            rayon::current_num_threads(),
-        )
-    }
-    y
-}
-
-/// `dX = dY * D` (`N x Cin*Pi`, skipped unless `want_dx`) and
-/// `dD = dY^T * X`, folded into `dW` by summing, for each tap, the entries
-/// it feeds (in the order of output pixel, then input pixel).
-fn dense_bwd<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> Vec<T> {
-    let (nx, nw) = (g.x_len(), g.w_len());
-    let (po_n, pi_n, taps) = (g.pix(), g.hw(), g.kh * g.kw);
-    let (rows, row) = (g.cout * po_n, g.cin * pi_n);
-    let threads = rayon::current_num_threads();
-    let table = tap_table(g);
-    let mut out = vec![T::ZERO; nx + nw];
-    let (dx, dw) = out.split_at_mut(nx);
-    if want_dx {
-        let d = dense_matrix(g, w, &table);
-        // SAFETY: dy is N x rows, d is rows x row, dx is N x row.
-        unsafe {
-            gemm_strided(
-                g.n,
-                row,
-                rows,
-                dx,
-                (row, 1),
-                false,
-                dy.as_ptr(),
-                (rows, 1),
-                d.as_ptr(),
-                (row, 1),
-                threads,
-            )
-        }
-    }
-    let mut dd = vec![T::ZERO; rows * row];
-    // SAFETY: dy^T is rows x N, x is N x row, dd is rows x row.
-    unsafe {
-        gemm_strided(
-            rows,
-            row,
-            g.n,
-            &mut dd,
-            (row, 1),
-            false,
-            dy.as_ptr(),
-            (1, rows),
-            x.as_ptr(),
-            (row, 1),
-            threads,
-        )
-    }
-    dw.par_chunks_mut(g.cin * taps)
-        .enumerate()
-        .for_each(|(co, dwc)| {
-            for po in 0..po_n {
-                let dr = &dd[(co * po_n + po) * row..(co * po_n + po + 1) * row];
-                let tp = &table[po * pi_n..(po + 1) * pi_n];
-                for (ci, dc) in dr.chunks(pi_n).enumerate() {
-                    let wc = &mut dwc[ci * taps..(ci + 1) * taps];
-                    for (&v, &t) in dc.iter().zip(tp) {
-                        if t != usize::MAX {
-                            wc[t] += v;
-                        }
-                    }
-                }
-            }
-        });
-    out
-}
-
 /// Images per GEMM: enough that a group has about [`GROUP_COLS`] output
 /// pixels. Deep layers of a small input have a few pixels per image (2x2 at
 /// the last stage of a 64 px ResNet); one GEMM per image would then re-read
@@ -652,72 +339,49 @@ fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
         let imgs = yg.len() / yimg;
         let cols = imgs * pix;
         let i0 = gi * gs;
-        if g.pointwise() && imgs == 1 {
-            // The input plane already is the K x pix column matrix.
-            // SAFETY: w is Cout x K, x[i0] is K x pix, yg is Cout x pix.
-            unsafe {
-                gemm_strided(
-                    g.cout,
-                    pix,
-                    k,
-                    yg,
-                    (pix, 1),
-                    false,
-                    w.as_ptr(),
-                    (k, 1),
-                    x[i0 * img..].as_ptr(),
-                    (pix, 1),
-                    inner,
-                )
+        // The K x cols column matrix: for one image of a pointwise conv the
+        // input plane itself, else the group's im2col.
+        let colp: *const T = if g.pointwise() && imgs == 1 {
+            x[i0 * img..].as_ptr()
+        } else {
+            col.resize(k * cols, T::ZERO);
+            for j in 0..imgs {
+                im2col(
+                    g,
+                    table,
+                    &x[(i0 + j) * img..(i0 + j + 1) * img],
+                    col,
+                    cols,
+                    j * pix,
+                );
             }
-            return;
-        }
-        col.resize(k * cols, T::ZERO);
-        for j in 0..imgs {
-            im2col(
-                g,
-                table,
-                &x[(i0 + j) * img..(i0 + j + 1) * img],
-                col,
-                cols,
-                j * pix,
-            );
-        }
-        if imgs == 1 {
-            // SAFETY: w is Cout x K, col is K x pix, yg is Cout x pix.
-            unsafe {
-                gemm_strided(
-                    g.cout,
-                    pix,
-                    k,
-                    yg,
-                    (pix, 1),
-                    false,
-                    w.as_ptr(),
-                    (k, 1),
-                    col.as_ptr(),
-                    (cols, 1),
-                    inner,
-                )
-            }
-            return;
-        }
-        tmp.resize(g.cout * cols, T::ZERO);
-        // SAFETY: w is Cout x K, col is K x cols, tmp is Cout x cols.
+            col.as_ptr()
+        };
+        // One image: straight into y; several: Cout x cols, scattered below.
+        let dst: &mut [T] = if imgs == 1 {
+            yg
+        } else {
+            tmp.resize(g.cout * cols, T::ZERO);
+            tmp
+        };
+        // SAFETY: w is Cout x K, colp is K x cols, dst is Cout x cols.
         unsafe {
             gemm_strided(
                 g.cout,
                 cols,
                 k,
-                tmp,
+                dst,
                 (cols, 1),
                 false,
                 w.as_ptr(),
                 (k, 1),
-                col.as_ptr(),
+                colp,
                 (cols, 1),
                 inner,
             )
+        }
+        if imgs == 1 {
+            return;
         }
         // Cout x (imgs * pix) -> imgs x Cout x pix.
         for j in 0..imgs {

@@ -8,7 +8,7 @@
 //! - [`batchnorm`]: training-mode BatchNorm (+ ReLU), alone or fused with
 //!   the conv before it ([`BatchNorm2d::forward_conv_t`]), with a
 //!   closed-form backward; per-channel sums in f64 lanes.
-//! - [`add_relu`]: the residual `relu(a + b)`, one pass each way.
+//! - [`add_relu()`]: the residual `relu(a + b)`, one pass each way.
 //! - [`maxpool`]: max pool with padding; the backward reads the forward's
 //!   argmax.
 //! - [`profile`]: opt-in per-kernel timers (`pirlkit bench --profile`).

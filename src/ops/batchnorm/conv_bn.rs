@@ -1,0 +1,182 @@
+//! Conv (no bias) followed by training-mode BatchNorm (+ ReLU) as one CPU
+//! op, [`BatchNorm2d::forward_conv_t`]: the conv's output never becomes a
+//! graph node, so candle's backward does not build a zero tensor and add the
+//! BatchNorm's input gradient into it. The kernels are the conv's and the
+//! BatchNorm's own, called in sequence.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
+
+use super::{BatchNorm2d, BnBackward, BnTrain};
+
+impl BatchNorm2d {
+    /// `relu?(bn(conv2d(x, w)))`, the conv through [`crate::ops::conv2d`]. In
+    /// training mode on the CPU the two are one op (`ConvBnTrain`): the
+    /// conv's output never becomes a graph node, so candle's backward does
+    /// not build (zeros, then add) a gradient tensor for it.
+    pub fn forward_conv_t(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        (stride, padding): (usize, usize),
+        train: bool,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let fast = train
+            && crate::ops::fast_cpu(x.device())
+            && w.device().is_cpu()
+            && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+            && x.dtype() == w.dtype()
+            && x.dtype() == self.weight.dtype();
+        if !fast {
+            return self.forward_t(&crate::ops::conv2d(x, w, stride, padding)?, train, relu);
+        }
+        let conv = crate::ops::conv::Conv2dOp { stride, padding };
+        let op = ConvBnTrain {
+            conv,
+            eps: self.eps,
+            relu,
+            stats: Arc::new(Mutex::new(Vec::new())),
+            conv_out: Arc::new(Mutex::new(None)),
+        };
+        let stats = op.stats.clone();
+        let gb = Tensor::cat(&[&self.weight, &self.bias], 0)?;
+        let y = x.contiguous()?.apply_op3(&w.contiguous()?, &gb, op)?;
+        let st = stats.lock().expect("bn stats lock").clone();
+        self.update_running(&st, y.dims4()?)?;
+        Ok(y)
+    }
+}
+
+/// Conv (no bias) then training-mode BatchNorm (+ ReLU), one op:
+/// `(x, w, [gamma; beta]) -> y`. The conv's output is kept here for the
+/// backward (where candle would have kept it as a node).
+struct ConvBnTrain {
+    conv: crate::ops::conv::Conv2dOp,
+    eps: f64,
+    relu: bool,
+    stats: Arc<Mutex<Vec<f64>>>,
+    conv_out: Arc<Mutex<Option<(CpuStorage, Layout)>>>,
+}
+
+/// `gamma` and `beta` inside the packed `[gamma; beta]` of `l`.
+fn halves(l: &Layout) -> Result<(Layout, Layout)> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("conv-bn: [gamma; beta] not contiguous".into()))?;
+    if (b - a) % 2 != 0 {
+        bail!("conv-bn: [gamma; beta] of odd length {}", b - a)
+    }
+    let c = (b - a) / 2;
+    Ok((
+        Layout::contiguous_with_offset(c, a),
+        Layout::contiguous_with_offset(c, a + c),
+    ))
+}
+
+impl CustomOp3 for ConvBnTrain {
+    fn name(&self) -> &'static str {
+        "pirlkit-conv-batchnorm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (yc, shape) = self.conv.cpu_fwd(s1, l1, s2, l2)?;
+        let lc = Layout::contiguous(shape);
+        let (lg, lb) = halves(l3)?;
+        let bn = BnTrain {
+            eps: self.eps,
+            relu: self.relu,
+            stats: self.stats.clone(),
+        };
+        let out = bn.cpu_fwd(&yc, &lc, s3, &lg, s3, &lb)?;
+        *self.conv_out.lock().expect("conv-bn lock") = Some((yc, lc));
+        Ok(out)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gb: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let want_dx = x.track_op();
+        let c = gb.elem_count() / 2;
+        let params = gb.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+        let op = ConvBnBackward {
+            conv: crate::ops::conv::Conv2dBackward {
+                op: self.conv,
+                want_dx,
+            },
+            bn: BnBackward {
+                eps: self.eps,
+                relu: self.relu,
+                weight: params[..c].to_vec(),
+                bias: params[c..].to_vec(),
+                stats: self.stats.lock().expect("bn stats lock").clone(),
+            },
+            conv_out: self.conv_out.clone(),
+            dgb: Mutex::new(None),
+        };
+        let packed = x.apply_op3_no_bwd(w, &grad_res.contiguous()?, &op)?;
+        let dgb = op.dgb.lock().expect("conv-bn lock").take().ok_or_else(|| {
+            candle_core::Error::Msg("conv-bn backward: no parameter gradient".into())
+        })?;
+        let dgb = Tensor::from_vec(dgb, 2 * c, x.device())?.to_dtype(gb.dtype())?;
+        let nx = x.elem_count();
+        let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, nx, w.elem_count())?.reshape(w.shape())?;
+        Ok((want_dx.then_some(dx), Some(dw), Some(dgb)))
+    }
+}
+
+/// Gradients of [`ConvBnTrain`]: `(x, w, dy) -> [dX, dW]` packed as the
+/// conv's backward packs them; `[dgamma; dbeta]` is left in `dgb`.
+struct ConvBnBackward {
+    conv: crate::ops::conv::Conv2dBackward,
+    bn: BnBackward,
+    conv_out: Arc<Mutex<Option<(CpuStorage, Layout)>>>,
+    dgb: Mutex<Option<Vec<f64>>>,
+}
+
+impl CustomOp3 for ConvBnBackward {
+    fn name(&self) -> &'static str {
+        "pirlkit-conv-batchnorm-train-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let guard = self.conv_out.lock().expect("conv-bn lock");
+        let Some((yc, lc)) = guard.as_ref() else {
+            bail!("conv-bn backward: the forward's conv output is gone")
+        };
+        // [dyc, dgamma, dbeta].
+        let (packed, _) = self.bn.cpu_fwd(yc, lc, s3, l3)?;
+        let ny = lc.shape().elem_count();
+        let tail: Vec<f64> = match &packed {
+            CpuStorage::F32(v) => v[ny..].iter().map(|&a| a as f64).collect(),
+            CpuStorage::F64(v) => v[ny..].to_vec(),
+            _ => bail!("conv-bn backward: unsupported dtype"),
+        };
+        *self.dgb.lock().expect("conv-bn lock") = Some(tail);
+        let ldy = Layout::contiguous(lc.shape().clone());
+        self.conv.cpu_fwd(s1, l1, s2, l2, &packed, &ldy)
+    }
+}
