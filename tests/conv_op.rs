@@ -96,6 +96,12 @@ const CASES: &[Case] = &[
     case(2, 3, 4, 17, 19, 3, 2, 1),
     case(2, 3, 4, 18, 20, 7, 2, 3),
     case(2, 3, 4, 9, 12, 3, 1, 0),
+    // Stride-1 "same" convs: im2col / col2im by shifted planes, including
+    // 4x4 planes, a non-square one, and taps that miss the plane entirely.
+    case(3, 4, 5, 4, 4, 3, 1, 1),
+    case(2, 3, 4, 6, 11, 5, 1, 2),
+    case(2, 3, 4, 2, 13, 5, 1, 2),
+    case(1, 2, 3, 1, 50, 7, 1, 3),
     // Dense path (H*W <= kh*kw): 2x2 and 1x1 planes, non-square, stride 2.
     case(5, 6, 7, 2, 2, 3, 1, 1),
     case(4, 5, 3, 1, 1, 3, 1, 1),

@@ -14,10 +14,12 @@
 //! * backward, one extra op computing both gradients per group: `dY`
 //!   gathered into `Cout x cols`, `dW^T += col * dY^T` and `dcol = W^T * dY`
 //!   as one GEMM each, then col2im per image.
+//! * a single group (deep layers of small inputs) runs gemm's own threads
+//!   inside the GEMMs and splits its im2col / col2im by channel blocks.
 //!
 //! * small planes (`H*W <= kh*kw`), forward from 64 images and always in
 //!   the backward: one dense matrix instead (submodule `dense`); im2col itself, by
-//!   row copies or a tap table, is in submodule `im2col`.
+//!   shifted planes, row copies or a tap table, is in submodule `im2col`.
 //!
 //! Parallelism is rayon over groups with single-threaded `gemm` inside, or,
 //! when there are fewer groups than threads, gemm's own threads inside each
@@ -31,6 +33,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 mod dense;
 mod im2col;
@@ -211,6 +214,11 @@ impl Geom {
             && self.hw() <= self.kh * self.kw
             && self.cout * self.pix() * self.cin * self.hw() <= DENSE_MAX
     }
+    /// Stride 1 and an output plane the size of the input (a `2p+1` square
+    /// kernel): each tap reads the input plane shifted by a constant.
+    fn same(&self) -> bool {
+        self.s == 1 && self.ho == self.h && self.wo == self.w && !self.pointwise()
+    }
     /// Nothing to compute (some size is zero); outputs are all zeros.
     fn degenerate(&self) -> bool {
         self.n == 0 || self.cout == 0 || self.cin == 0 || self.h == 0 || self.w == 0
@@ -321,6 +329,90 @@ fn split_threads(groups: usize) -> (bool, usize) {
     if groups >= t { (true, 1) } else { (false, t) }
 }
 
+/// Channels per task when one group's im2col / col2im is split across the
+/// threads (a single group: the deep layers of small inputs, where gemm's
+/// own threads run the GEMM but the copies would run on one).
+fn channel_block(g: &Geom, par: bool) -> usize {
+    if par {
+        g.cin.div_ceil(4 * rayon::current_num_threads()).max(1)
+    } else {
+        g.cin.max(1)
+    }
+}
+
+/// The im2col of images `i0..i0 + imgs` into `col` (`K x imgs*Ho*Wo`), in
+/// channel blocks across the threads when `par`.
+fn im2col_group<T: Elem>(
+    g: &Geom,
+    table: &[u32],
+    x: &[T],
+    i0: usize,
+    imgs: usize,
+    col: &mut [T],
+    par: bool,
+) {
+    let (taps, hw, pix) = (g.kh * g.kw, g.hw(), g.pix());
+    let (img, cols) = (g.cin * hw, imgs * pix);
+    let cb = channel_block(g, par);
+    let task = |(b, colb): (usize, &mut [T])| {
+        let (c0, nc) = (b * cb, colb.len() / (taps * cols));
+        for j in 0..imgs {
+            let xi = (i0 + j) * img;
+            im2col(
+                g,
+                table,
+                &x[xi + c0 * hw..xi + (c0 + nc) * hw],
+                colb,
+                cols,
+                j * pix,
+            );
+        }
+    };
+    if par {
+        col.par_chunks_mut(cb * taps * cols)
+            .enumerate()
+            .for_each(task);
+    } else {
+        col.chunks_mut(cb * taps * cols).enumerate().for_each(task);
+    }
+}
+
+/// A pointer that may cross threads; users guarantee disjoint writes.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: only used for writes to disjoint ranges (see col2im_group).
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+/// col2im of `dcol` (`K x imgs*Ho*Wo`, scratch) added into `dx` (the
+/// group's `imgs` images), in channel blocks across the threads when `par`.
+fn col2im_group<T: Elem>(g: &Geom, table: &[u32], dcol: &mut [T], dx: &mut [T], par: bool) {
+    let (taps, hw, pix) = (g.kh * g.kw, g.hw(), g.pix());
+    let img = g.cin * hw;
+    let imgs = dx.len() / img;
+    let cols = imgs * pix;
+    let cb = channel_block(g, par);
+    let dxp = SendPtr(dx.as_mut_ptr());
+    let task = |(b, colb): (usize, &mut [T])| {
+        let dxp = dxp;
+        let (c0, nc) = (b * cb, colb.len() / (taps * cols));
+        for j in 0..imgs {
+            // SAFETY: channel blocks are disjoint, so each task writes its
+            // own channels' planes of each image; all inside dx.
+            let dxn =
+                unsafe { std::slice::from_raw_parts_mut(dxp.0.add(j * img + c0 * hw), nc * hw) };
+            col2im_add(g, table, colb, cols, j * pix, dxn);
+        }
+    };
+    if par {
+        dcol.par_chunks_mut(cb * taps * cols)
+            .enumerate()
+            .for_each(task);
+    } else {
+        dcol.chunks_mut(cb * taps * cols).enumerate().for_each(task);
+    }
+}
+
 fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
     if !g.degenerate() && g.dense() && g.n >= DENSE_FWD_MIN_BATCH {
         return dense_fwd(g, x, w);
@@ -345,16 +437,7 @@ fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
             x[i0 * img..].as_ptr()
         } else {
             col.resize(k * cols, T::ZERO);
-            for j in 0..imgs {
-                im2col(
-                    g,
-                    table,
-                    &x[(i0 + j) * img..(i0 + j + 1) * img],
-                    col,
-                    cols,
-                    j * pix,
-                );
-            }
+            im2col_group(g, table, x, i0, imgs, col, !across);
             col.as_ptr()
         };
         // One image: straight into y; several: Cout x cols, scattered below.
@@ -405,20 +488,21 @@ fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
     y
 }
 
-/// Both gradients, packed: `dX` (N*Cin*H*W) then `dW` (Cout*K).
+/// Both gradients: `dX` (N*Cin*H*W, empty unless `want_dx`) and `dW`
+/// (Cout*K).
 ///
 /// Per group of images: `dY` gathered into `Cout x cols`, the im2col of the
 /// group (`K x cols`), then `dW^T += col * dY^T` and `dcol = W^T * dY`, both as
 /// one GEMM, and col2im per image. Group partials of `dW` are summed in group
 /// order.
-fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> Vec<T> {
+fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> (Vec<T>, Vec<T>) {
     if !g.degenerate() && g.dense() {
         return dense_bwd(g, x, w, dy, want_dx);
     }
-    let (nx, nw) = (g.x_len(), g.w_len());
-    let mut out = vec![T::ZERO; nx + nw];
+    let (nx, nw) = (if want_dx { g.x_len() } else { 0 }, g.w_len());
+    let (mut dx, mut dw) = (vec![T::ZERO; nx], vec![T::ZERO; nw]);
     if g.degenerate() {
-        return out;
+        return (dx, dw);
     }
     let (k, pix, img, yimg) = (g.k(), g.pix(), g.cin * g.hw(), g.cout * g.pix());
     let gs = group_size(g);
@@ -426,12 +510,11 @@ fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> Vec
     let table = &table[..];
     let groups = g.n.div_ceil(gs);
     let (across, inner) = split_threads(groups);
-    let (dx, dw) = out.split_at_mut(nx);
     let per_group =
         |(col, dcol, dyg): &mut (Vec<T>, Vec<T>, Vec<T>), (gi, dxg): (usize, &mut [T])| -> Vec<T> {
-            let imgs = dxg.len() / img;
-            let cols = imgs * pix;
             let i0 = gi * gs;
+            let imgs = gs.min(g.n - i0);
+            let cols = imgs * pix;
             // dY of the group as Cout x cols.
             let dyp: *const T = if imgs == 1 {
                 dy[i0 * yimg..].as_ptr()
@@ -447,16 +530,7 @@ fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> Vec
                 dyg.as_ptr()
             };
             col.resize(k * cols, T::ZERO);
-            for j in 0..imgs {
-                im2col(
-                    g,
-                    table,
-                    &x[(i0 + j) * img..(i0 + j + 1) * img],
-                    col,
-                    cols,
-                    j * pix,
-                );
-            }
+            im2col_group(g, table, x, i0, imgs, col, !across);
             // dW^T (K x Cout) = col (K x cols) * dY^T (cols x Cout): a
             // column-major destination, which gemm runs fastest for these layouts.
             let mut dwp = vec![T::ZERO; nw];
@@ -498,21 +572,22 @@ fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> Vec
                     inner,
                 )
             }
-            for (j, dxn) in dxg.chunks_mut(img).enumerate() {
-                col2im_add(g, table, dcol, cols, j * pix, dxn);
-            }
+            col2im_group(g, table, dcol, dxg, !across);
             dwp
         };
     let scratch = || (Vec::new(), Vec::new(), Vec::new());
+    // Each group with its images' slice of dX (empty without dX).
+    let items: Vec<(usize, &mut [T])> = if want_dx {
+        dx.chunks_mut(gs * img).enumerate().collect()
+    } else {
+        (0..groups).map(|gi| (gi, <&mut [T]>::default())).collect()
+    };
     let partials: Vec<Vec<T>> = if across {
-        dx.par_chunks_mut(gs * img)
-            .enumerate()
-            .map_init(scratch, per_group)
-            .collect()
+        items.into_par_iter().map_init(scratch, per_group).collect()
     } else {
         let mut s = scratch();
-        dx.chunks_mut(gs * img)
-            .enumerate()
+        items
+            .into_iter()
             .map(|item| per_group(&mut s, item))
             .collect()
     };
@@ -525,9 +600,9 @@ fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> Vec
             }
         }
         // acc is dW^T (K x Cout); write dW (Cout x K).
-        transpose(&acc, k, g.cout, dw);
+        transpose(&acc, k, g.cout, &mut dw);
     }
-    out
+    (dx, dw)
 }
 
 /// `dst (cols x rows) = src (rows x cols)^T`, both row-major, in square
@@ -593,22 +668,43 @@ impl CustomOp2 for Conv2dOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let want_dx = x.track_op();
         let (x, w, g) = (x.contiguous()?, w.contiguous()?, grad_res.contiguous()?);
-        let op = Conv2dBackward { op: *self, want_dx };
-        let packed = x.apply_op3_no_bwd(&w, &g, &op)?;
-        let nx = x.elem_count();
-        let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, nx, w.elem_count())?.reshape(w.shape())?;
+        let op = Conv2dBackward::new(*self, want_dx);
+        let dx = x.apply_op3_no_bwd(&w, &g, &op)?;
+        let dw = op.take_dw(&w)?;
         Ok((want_dx.then_some(dx), Some(dw)))
     }
 }
 
-/// Gradients of [`Conv2dOp`]: `(x, w, grad_y) -> [dX flattened, dW flattened]`
-/// as one 1-D tensor of length `N*Cin*H*W + Cout*Cin*kh*kw`.
+/// Gradients of [`Conv2dOp`]: `(x, w, grad_y) -> dX`, with `dW` left in
+/// the op ([`Conv2dBackward::take_dw`]). Two buffers rather than one packed
+/// tensor: a gradient that is a view into a shared buffer would keep all of
+/// it alive until the optimiser step.
 pub(super) struct Conv2dBackward {
-    pub(super) op: Conv2dOp,
-    /// Whether `x` needs its gradient; without it `dX` is left zero (the
-    /// input image of the first conv).
-    pub(super) want_dx: bool,
+    op: Conv2dOp,
+    /// Whether `x` needs its gradient; without it `dX` is an empty tensor
+    /// (the input image of the first conv).
+    want_dx: bool,
+    dw: Mutex<Option<CpuStorage>>,
+}
+
+impl Conv2dBackward {
+    pub(super) fn new(op: Conv2dOp, want_dx: bool) -> Self {
+        Self {
+            op,
+            want_dx,
+            dw: Mutex::new(None),
+        }
+    }
+
+    /// `dW` of the last run, shaped like `w`.
+    pub(super) fn take_dw(&self, w: &Tensor) -> Result<Tensor> {
+        let dw = self.dw.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match dw {
+            Some(CpuStorage::F32(v)) => Tensor::from_vec(v, w.shape(), w.device()),
+            Some(CpuStorage::F64(v)) => Tensor::from_vec(v, w.shape(), w.device()),
+            _ => bail!("conv2d backward: no weight gradient"),
+        }
+    }
 }
 
 impl CustomOp3 for Conv2dBackward {
@@ -635,27 +731,35 @@ impl CustomOp3 for Conv2dBackward {
                 [g.n, g.cout, g.ho, g.wo]
             )
         }
-        let out = match (s1, s2, s3) {
+        let (dx, dw) = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(dy)) => {
-                CpuStorage::F32(bwd_impl(
+                let (dx, dw) = bwd_impl(
                     &g,
                     contiguous(x, l1, "x")?,
                     contiguous(w, l2, "w")?,
                     contiguous(dy, l3, "grad")?,
                     self.want_dx,
-                ))
+                );
+                (CpuStorage::F32(dx), CpuStorage::F32(dw))
             }
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(dy)) => {
-                CpuStorage::F64(bwd_impl(
+                let (dx, dw) = bwd_impl(
                     &g,
                     contiguous(x, l1, "x")?,
                     contiguous(w, l2, "w")?,
                     contiguous(dy, l3, "grad")?,
                     self.want_dx,
-                ))
+                );
+                (CpuStorage::F64(dx), CpuStorage::F64(dw))
             }
             _ => bail!("conv2d backward: unsupported dtypes"),
         };
-        Ok((out, Shape::from(g.x_len() + g.w_len())))
+        *self.dw.lock().unwrap_or_else(|p| p.into_inner()) = Some(dw);
+        let shape = if self.want_dx {
+            Shape::from(l1.dims())
+        } else {
+            Shape::from(0)
+        };
+        Ok((dx, shape))
     }
 }

@@ -114,10 +114,7 @@ impl CustomOp3 for ConvBnTrain {
         let c = gb.elem_count() / 2;
         let params = gb.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
         let op = ConvBnBackward {
-            conv: crate::ops::conv::Conv2dBackward {
-                op: self.conv,
-                want_dx,
-            },
+            conv: crate::ops::conv::Conv2dBackward::new(self.conv, want_dx),
             bn: BnBackward {
                 eps: self.eps,
                 relu: self.relu,
@@ -128,20 +125,18 @@ impl CustomOp3 for ConvBnTrain {
             conv_out: self.conv_out.clone(),
             dgb: Mutex::new(None),
         };
-        let packed = x.apply_op3_no_bwd(w, &grad_res.contiguous()?, &op)?;
+        let dx = x.apply_op3_no_bwd(w, &grad_res.contiguous()?, &op)?;
+        let dw = op.conv.take_dw(w)?;
         let dgb = op.dgb.lock().expect("conv-bn lock").take().ok_or_else(|| {
             candle_core::Error::Msg("conv-bn backward: no parameter gradient".into())
         })?;
         let dgb = Tensor::from_vec(dgb, 2 * c, x.device())?.to_dtype(gb.dtype())?;
-        let nx = x.elem_count();
-        let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, nx, w.elem_count())?.reshape(w.shape())?;
         Ok((want_dx.then_some(dx), Some(dw), Some(dgb)))
     }
 }
 
-/// Gradients of [`ConvBnTrain`]: `(x, w, dy) -> [dX, dW]` packed as the
-/// conv's backward packs them; `[dgamma; dbeta]` is left in `dgb`.
+/// Gradients of [`ConvBnTrain`]: `(x, w, dy) -> dX`, as the conv's
+/// backward gives it (`dW` left in `conv`); `[dgamma; dbeta]` in `dgb`.
 struct ConvBnBackward {
     conv: crate::ops::conv::Conv2dBackward,
     bn: BnBackward,

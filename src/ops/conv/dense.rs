@@ -81,14 +81,19 @@ pub(super) fn dense_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
 /// `dX = dY * D` (`N x Cin*Pi`, skipped unless `want_dx`) and
 /// `dD = dY^T * X`, folded into `dW` by summing, for each tap, the entries
 /// it feeds (in the order of output pixel, then input pixel).
-pub(super) fn dense_bwd<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> Vec<T> {
-    let (nx, nw) = (g.x_len(), g.w_len());
+pub(super) fn dense_bwd<T: Elem>(
+    g: &Geom,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    want_dx: bool,
+) -> (Vec<T>, Vec<T>) {
+    let (nx, nw) = (if want_dx { g.x_len() } else { 0 }, g.w_len());
     let (po_n, pi_n, taps) = (g.pix(), g.hw(), g.kh * g.kw);
     let (rows, row) = (g.cout * po_n, g.cin * pi_n);
     let threads = rayon::current_num_threads();
     let table = tap_table(g);
-    let mut out = vec![T::ZERO; nx + nw];
-    let (dx, dw) = out.split_at_mut(nx);
+    let (mut dx, mut dw) = (vec![T::ZERO; nx], vec![T::ZERO; nw]);
     if want_dx {
         let d = dense_matrix(g, w, &table);
         // SAFETY: dy is N x rows, d is rows x row, dx is N x row.
@@ -97,7 +102,7 @@ pub(super) fn dense_bwd<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: 
                 g.n,
                 row,
                 rows,
-                dx,
+                &mut dx,
                 (row, 1),
                 false,
                 dy.as_ptr(),
@@ -141,5 +146,5 @@ pub(super) fn dense_bwd<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: 
                 }
             }
         });
-    out
+    (dx, dw)
 }

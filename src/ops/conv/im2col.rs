@@ -1,6 +1,7 @@
 //! im2col and col2im of one image into / out of a group's column matrix
-//! (`K` rows, `Ho*Wo` columns per image): by output-row copies, or through a
-//! per-tap index table where output rows are narrow.
+//! (`K` rows, `Ho*Wo` columns per image): for stride-1 "same" convs as one
+//! shifted copy of the plane per (channel, tap); otherwise by output-row
+//! copies, or through a per-tap index table where output rows are narrow.
 
 use super::{Elem, Geom};
 
@@ -70,8 +71,10 @@ fn col2im_tab<T: Elem>(
     }
 }
 
-/// im2col of one image (see [`im2col_rows`]), by rows or through `table`
-/// (from [`im2col_table`] when `g.wo < TABLE_BELOW_WO`, else empty).
+/// im2col of one image (see [`im2col_rows`]), by shifted planes, by rows or
+/// through `table` (from [`im2col_table`] when `g.wo < TABLE_BELOW_WO`, else
+/// empty). `x` may hold a run of the image's channels, and `col` then starts
+/// at the first of their rows.
 pub(super) fn im2col<T: Elem>(
     g: &Geom,
     table: &[u32],
@@ -80,23 +83,29 @@ pub(super) fn im2col<T: Elem>(
     stride: usize,
     off: usize,
 ) {
-    if table.is_empty() {
+    if g.same() {
+        im2col_same(g, x, col, stride, off)
+    } else if table.is_empty() {
         im2col_rows(g, x, col, stride, off)
     } else {
         im2col_tab(g, table, x, col, stride, off)
     }
 }
 
-/// col2im of one image (see [`col2im_rows`]), by rows or through `table`.
+/// col2im of one image (see [`col2im_rows`]), by shifted planes, by rows
+/// or through `table`. `col` is scratch: the shifted path zeroes the values
+/// of taps that fall in the padding before it adds.
 pub(super) fn col2im_add<T: Elem>(
     g: &Geom,
     table: &[u32],
-    col: &[T],
+    col: &mut [T],
     stride: usize,
     off: usize,
     dx: &mut [T],
 ) {
-    if table.is_empty() {
+    if g.same() {
+        col2im_same(g, col, stride, off, dx)
+    } else if table.is_empty() {
         col2im_rows(g, col, stride, off, dx)
     } else {
         col2im_tab(g, table, col, stride, off, dx)
@@ -105,7 +114,7 @@ pub(super) fn col2im_add<T: Elem>(
 
 /// The im2col table for `g`, or none where rows are copied.
 pub(super) fn table_for(g: &Geom) -> Vec<u32> {
-    if g.wo < TABLE_BELOW_WO && !g.pointwise() {
+    if g.wo < TABLE_BELOW_WO && !g.pointwise() && !g.same() {
         im2col_table(g)
     } else {
         Vec::new()
@@ -116,7 +125,7 @@ pub(super) fn table_for(g: &Geom) -> Vec<u32> {
 /// `col` (`K` rows of `stride` values each, row-major).
 fn im2col_rows<T: Elem>(g: &Geom, x: &[T], col: &mut [T], stride: usize, off: usize) {
     let (pix, hw) = (g.pix(), g.hw());
-    for ci in 0..g.cin {
+    for ci in 0..x.len() / hw {
         let plane = &x[ci * hw..(ci + 1) * hw];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
@@ -157,7 +166,7 @@ fn im2col_rows<T: Elem>(g: &Geom, x: &[T], col: &mut [T], stride: usize, off: us
 /// `stride` values) into one image `dx` (`Cin*H*W`).
 fn col2im_rows<T: Elem>(g: &Geom, col: &[T], stride: usize, off: usize, dx: &mut [T]) {
     let (pix, hw) = (g.pix(), g.hw());
-    for ci in 0..g.cin {
+    for ci in 0..dx.len() / hw {
         let plane = &mut dx[ci * hw..(ci + 1) * hw];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
@@ -187,6 +196,91 @@ fn col2im_rows<T: Elem>(g: &Geom, col: &[T], stride: usize, off: usize, dx: &mut
                             dst[ix0 + j * g.s] += v;
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// The shifted plane of tap `(ky, kx)` of a "same" conv ([`Geom::same`]):
+/// output pixel `q` reads input pixel `q + d`, `d = (ky-p)*W + (kx-p)`, for
+/// `q` in the returned half-open range `[q0, q1)`, except in the `|kx-p|`
+/// columns at the left (`kx < p`) or right edge of each row, which wrap
+/// into the neighbouring row and read the padding instead.
+#[inline]
+fn same_span(g: &Geom, ky: usize, kx: usize) -> (usize, usize, isize) {
+    let (w, hw) = (g.w as isize, g.hw() as isize);
+    let (dy, dx) = (ky as isize - g.p as isize, kx as isize - g.p as isize);
+    let d = dy * w + dx;
+    // Output rows whose input row is inside, then clipped to the plane.
+    let q0 = ((-dy).max(0) * w).max(-d).clamp(0, hw);
+    let q1 = ((g.h as isize - dy.max(0)) * w).min(hw - d).clamp(q0, hw);
+    (q0 as usize, q1 as usize, d)
+}
+
+/// The wrapped edge columns of tap `kx` of a "same" conv: `(first, count)`.
+#[inline]
+fn same_edge(g: &Geom, kx: usize) -> (usize, usize) {
+    if kx < g.p {
+        (0, (g.p - kx).min(g.w))
+    } else {
+        let n = (kx - g.p).min(g.w);
+        (g.w - n, n)
+    }
+}
+
+/// im2col of a stride-1 "same" conv: per (channel, tap) one copy of the
+/// shifted plane, then zeroes over the rows and edge columns in the padding.
+/// A row copy per output row (16 values at a 16x16 plane) cost more in
+/// calls than in copying.
+fn im2col_same<T: Elem>(g: &Geom, x: &[T], col: &mut [T], stride: usize, off: usize) {
+    let (pix, hw, w) = (g.pix(), g.hw(), g.w);
+    for ci in 0..x.len() / hw {
+        let plane = &x[ci * hw..(ci + 1) * hw];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let r = ((ci * g.kh + ky) * g.kw + kx) * stride + off;
+                let row = &mut col[r..r + pix];
+                let (q0, q1, d) = same_span(g, ky, kx);
+                row[..q0].fill(T::ZERO);
+                row[q1..].fill(T::ZERO);
+                if q1 > q0 {
+                    let s0 = (q0 as isize + d) as usize;
+                    row[q0..q1].copy_from_slice(&plane[s0..s0 + (q1 - q0)]);
+                }
+                let (e0, en) = same_edge(g, kx);
+                for r in row.chunks_exact_mut(w) {
+                    r[e0..e0 + en].fill(T::ZERO);
+                }
+            }
+        }
+    }
+}
+
+/// col2im of a stride-1 "same" conv: per (channel, tap) the values of the
+/// wrapped edge columns are zeroed in `col` (they belong to the padding),
+/// then the shifted plane is added in one pass. Each input pixel receives
+/// the same values in the same order as [`col2im_rows`] gives it, plus
+/// exact zeros.
+fn col2im_same<T: Elem>(g: &Geom, col: &mut [T], stride: usize, off: usize, dx: &mut [T]) {
+    let (pix, hw, w) = (g.pix(), g.hw(), g.w);
+    for ci in 0..dx.len() / hw {
+        let plane = &mut dx[ci * hw..(ci + 1) * hw];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let r = ((ci * g.kh + ky) * g.kw + kx) * stride + off;
+                let row = &mut col[r..r + pix];
+                let (q0, q1, d) = same_span(g, ky, kx);
+                let (e0, en) = same_edge(g, kx);
+                for r in row.chunks_exact_mut(w) {
+                    r[e0..e0 + en].fill(T::ZERO);
+                }
+                if q1 == q0 {
+                    continue;
+                }
+                let s0 = (q0 as isize + d) as usize;
+                for (o, &v) in plane[s0..s0 + (q1 - q0)].iter_mut().zip(&row[q0..q1]) {
+                    *o += v;
                 }
             }
         }
