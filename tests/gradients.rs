@@ -54,6 +54,85 @@ fn maxpool_forward_matches_a_naive_pool() {
     assert_eq!(a, b);
 }
 
+/// Max-pool on inputs full of ties and some NaNs, against a naive pool that
+/// takes the first maximal input of each window in row-major order (a NaN
+/// wins): values, and the gradient routes (the backward of sum(y * r)).
+#[test]
+fn maxpool_ties_and_nans_route_to_the_first_maximum() {
+    // (h, w, kernel, stride, padding)
+    let cases = [
+        (7, 6, 3, 2, 1),
+        (8, 8, 3, 2, 1),
+        (5, 9, 3, 1, 1),
+        (6, 7, 2, 2, 0),
+        (9, 5, 5, 3, 2),
+        (4, 4, 4, 1, 2),
+    ];
+    for (ci, &(h, w, k, s, p)) in cases.iter().enumerate() {
+        let (n, c) = (2, 3);
+        let len = n * c * h * w;
+        // Values from {-1, 0, 1, 2}: most windows hold ties.
+        let mut xs: Vec<f64> = (0..len)
+            .map(|i| ((i * 7 + ci * 13) % 11 % 4) as f64 - 1.0)
+            .collect();
+        for i in (5..len).step_by(37) {
+            xs[i] = f64::NAN;
+        }
+        let x = Var::from_vec(xs.clone(), (n, c, h, w), &Device::Cpu).unwrap();
+        let y = MaxPool2d::new(k, s, p).forward(x.as_tensor()).unwrap();
+        let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        assert_eq!(y.dims(), &[n, c, ho, wo]);
+        let r: Vec<f64> = (0..n * c * ho * wo).map(|i| 1.0 + i as f64).collect();
+        let rt = Tensor::from_vec(r.clone(), (n, c, ho, wo), &Device::Cpu).unwrap();
+        let grads = (&y * &rt).unwrap().sum_all().unwrap().backward().unwrap();
+        let dx = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let ys = y.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let mut want_dx = vec![0.0; len];
+        for pl in 0..n * c {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut best: Option<(usize, f64)> = None;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let (iy, ix) = (
+                                (oy * s + ky) as isize - p as isize,
+                                (ox * s + kx) as isize - p as isize,
+                            );
+                            if iy < 0 || iy >= h as isize || ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let i = pl * h * w + iy as usize * w + ix as usize;
+                            let v = xs[i];
+                            let better = match best {
+                                None => true,
+                                Some((_, b)) => v > b || (v.is_nan() && !b.is_nan()),
+                            };
+                            if better {
+                                best = Some((i, v));
+                            }
+                        }
+                    }
+                    let (i, v) = best.unwrap();
+                    let o = (pl * ho + oy) * wo + ox;
+                    let got = ys[o];
+                    assert!(
+                        got == v || (got.is_nan() && v.is_nan()),
+                        "case {ci}: y[{o}] = {got}, want {v}"
+                    );
+                    want_dx[i] += r[o];
+                }
+            }
+        }
+        assert_eq!(dx, want_dx, "case {ci}: gradient routes");
+    }
+}
+
 #[test]
 fn maxpool_gradient_matches_finite_differences() {
     let shape = (2, 2, 9, 8);

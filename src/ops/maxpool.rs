@@ -117,48 +117,80 @@ fn contiguous<'a, T>(v: &'a [T], layout: &Layout) -> Result<&'a [T]> {
     }
 }
 
-/// Index (within the plane) of the first maximal input of window (oy, ox), or
-/// None when the window lies entirely in the padding.
-#[inline]
-fn argmax_window<T: PartialOrd + Copy>(
-    plane: &[T],
-    h: usize,
-    w: usize,
-    p: &MaxPool2d,
-    oy: usize,
-    ox: usize,
-) -> Option<usize> {
-    let y0 = (oy * p.stride) as isize - p.padding as isize;
-    let x0 = (ox * p.stride) as isize - p.padding as isize;
-    let mut best: Option<(usize, T)> = None;
-    for ky in 0..p.kernel as isize {
-        let y = y0 + ky;
-        if y < 0 || y >= h as isize {
-            continue;
-        }
-        for kx in 0..p.kernel as isize {
-            let x = x0 + kx;
-            if x < 0 || x >= w as isize {
-                continue;
-            }
-            let i = y as usize * w + x as usize;
-            let v = plane[i];
-            // NaN propagates: a NaN input wins so the loss guard sees it.
-            let better = match best {
-                None => true,
-                Some((_, b)) => v > b || (v != v && b == b),
-            };
-            if better {
-                best = Some((i, v));
-            }
-        }
-    }
-    best.map(|(i, _)| i)
+/// The float types the pool runs on, with a branch-free select (on real
+/// data "is this tap larger" is a coin flip for the branch predictor).
+trait PoolElem: Copy + Send + Sync + Default + PartialOrd {
+    fn is_nan(self) -> bool;
+    fn select(c: bool, a: Self, b: Self) -> Self;
 }
 
-/// Output and, per output, the plane index of its first maximal input
-/// (`u32::MAX` for a window entirely in the padding).
-fn fwd_impl<T: PartialOrd + Copy + Send + Sync + Default>(
+impl PoolElem for f32 {
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+    #[inline(always)]
+    fn select(c: bool, a: Self, b: Self) -> Self {
+        let m = 0u32.wrapping_sub(c as u32);
+        f32::from_bits((a.to_bits() & m) | (b.to_bits() & !m))
+    }
+}
+
+impl PoolElem for f64 {
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+    #[inline(always)]
+    fn select(c: bool, a: Self, b: Self) -> Self {
+        let m = 0u64.wrapping_sub(c as u64);
+        f64::from_bits((a.to_bits() & m) | (b.to_bits() & !m))
+    }
+}
+
+#[inline(always)]
+fn select_u32(c: bool, a: u32, b: u32) -> u32 {
+    let m = 0u32.wrapping_sub(c as u32);
+    (a & m) | (b & !m)
+}
+
+/// Whether input `(v, i)` replaces the running maximum `(b, j)` of a window
+/// (`j == u32::MAX`: none yet): larger, or equal and earlier in the plane,
+/// or the earliest NaN (a NaN wins, so the loss guard sees it). Inside a
+/// window a smaller plane index is an earlier row, or the same row and an
+/// earlier column, so the winner is the first maximum in window order
+/// whatever order the taps are visited in.
+#[inline(always)]
+fn beats<T: PoolElem>(v: T, i: u32, b: T, j: u32) -> bool {
+    let (vn, bn) = (v.is_nan(), b.is_nan());
+    let earlier = i < j;
+    (j == u32::MAX) | (v > b) | ((v == b) & earlier) | (vn & (!bn | earlier))
+}
+
+/// Half-open range of outputs `o` whose window tap `t` (input `o*s + t - p`)
+/// lies inside `[0, len)`.
+#[inline]
+fn tap_range(p: &MaxPool2d, t: usize, len: usize, outs: usize) -> (usize, usize) {
+    let lo = if t >= p.padding {
+        0
+    } else {
+        (p.padding - t).div_ceil(p.stride)
+    };
+    let hi = if len + p.padding <= t {
+        0
+    } else {
+        (len + p.padding - t).div_ceil(p.stride)
+    };
+    let hi = hi.min(outs);
+    (lo.min(hi), hi)
+}
+
+/// Output and, per output, the plane index of its first maximal input in
+/// window order (`u32::MAX` for a window entirely in the padding; see
+/// [`beats`]). Separable: per output row, the maximum of each input column
+/// over the window's rows (whole contiguous rows per tap, which vectorise),
+/// then per output the maximum over its columns.
+fn fwd_impl<T: PoolElem>(
     x: &[T],
     (n, c, h, w): (usize, usize, usize, usize),
     p: &MaxPool2d,
@@ -167,20 +199,61 @@ fn fwd_impl<T: PartialOrd + Copy + Send + Sync + Default>(
 ) -> (Vec<T>, Vec<u32>) {
     let mut out = vec![T::default(); n * c * ho * wo];
     let mut arg = vec![u32::MAX; n * c * ho * wo];
+    let rows: Vec<(usize, usize)> = (0..p.kernel).map(|t| tap_range(p, t, h, ho)).collect();
+    let cols: Vec<(usize, usize)> = (0..p.kernel).map(|t| tap_range(p, t, w, wo)).collect();
     out.par_chunks_mut(ho * wo)
         .zip(arg.par_chunks_mut(ho * wo))
         .enumerate()
-        .for_each(|(pl, (o, a))| {
-            let plane = &x[pl * h * w..(pl + 1) * h * w];
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    if let Some(i) = argmax_window(plane, h, w, p, oy, ox) {
-                        o[oy * wo + ox] = plane[i];
-                        a[oy * wo + ox] = i as u32;
+        .for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+            |(vv, vi, tv, ti): &mut (Vec<T>, Vec<u32>, Vec<T>, Vec<u32>), (pl, (o, a))| {
+                let plane = &x[pl * h * w..(pl + 1) * h * w];
+                // Vertical: vv/vi[oy * w + ix].
+                vv.clear();
+                vv.resize(ho * w, T::default());
+                vi.clear();
+                vi.resize(ho * w, u32::MAX);
+                for (ky, &(lo, hi)) in rows.iter().enumerate() {
+                    for oy in lo..hi {
+                        let iy = oy * p.stride + ky - p.padding;
+                        let src = &plane[iy * w..(iy + 1) * w];
+                        let bv = &mut vv[oy * w..(oy + 1) * w];
+                        let bi = &mut vi[oy * w..(oy + 1) * w];
+                        for (ix, ((&v, b), j)) in src.iter().zip(bv).zip(bi).enumerate() {
+                            let i = (iy * w + ix) as u32;
+                            let take = beats(v, i, *b, *j);
+                            *b = T::select(take, v, *b);
+                            *j = select_u32(take, i, *j);
+                        }
                     }
                 }
-            }
-        });
+                // Horizontal, over the window's columns: per tap, its
+                // strided column of every output row gathered into one
+                // contiguous plane first, so the compare-and-select runs
+                // element-wise over the whole output plane (and vectorises).
+                for (kx, &(lo, hi)) in cols.iter().enumerate() {
+                    tv.clear();
+                    tv.resize(ho * wo, T::default());
+                    ti.clear();
+                    ti.resize(ho * wo, u32::MAX);
+                    for oy in 0..ho {
+                        let (sv, si) = (&vv[oy * w..(oy + 1) * w], &vi[oy * w..(oy + 1) * w]);
+                        for ox in lo..hi {
+                            let ix = ox * p.stride + kx - p.padding;
+                            tv[oy * wo + ox] = sv[ix];
+                            ti[oy * wo + ox] = si[ix];
+                        }
+                    }
+                    for (((&v, &i), b), j) in
+                        tv.iter().zip(ti.iter()).zip(o.iter_mut()).zip(a.iter_mut())
+                    {
+                        let take = (i != u32::MAX) & beats(v, i, *b, *j);
+                        *b = T::select(take, v, *b);
+                        *j = select_u32(take, i, *j);
+                    }
+                }
+            },
+        );
     (out, arg)
 }
 

@@ -1,17 +1,22 @@
 //! Custom CPU kernels behind candle's `CustomOp` traits. On other devices
 //! (CUDA) the same calls go to candle's own differentiable ops.
 //!
-//! - [`conv`]: 2-D convolution with its own backward: im2col (row copies, or
-//!   a per-tap index table for narrow rows) + one GEMM per group of images;
-//!   one dense GEMM on planes of at most `kh*kw` pixels; no input gradient
-//!   for tensors that need none.
+//! - [`conv`]: 2-D convolution with its own backward: im2col (one shifted
+//!   copy of the plane per channel and tap for stride-1 "same" convs, else
+//!   row copies, or a per-tap index table for narrow rows) + one GEMM per
+//!   group of images; one dense GEMM on planes of at most `kh*kw` pixels; no
+//!   input gradient for tensors that need none.
 //! - [`batchnorm`]: training-mode BatchNorm (+ ReLU), alone or fused with
 //!   the conv before it ([`BatchNorm2d::forward_conv_t`]), with a
 //!   closed-form backward; per-channel sums in f64 lanes.
 //! - [`add_relu()`]: the residual `relu(a + b)`, one pass each way.
-//! - [`maxpool`]: max pool with padding; the backward reads the forward's
-//!   argmax.
+//! - [`maxpool`]: max pool with padding, separable (rows, then columns)
+//!   with branch-free selects; the backward reads the forward's argmax.
 //! - [`profile`]: opt-in per-kernel timers (`pirlkit bench --profile`).
+//!
+//! candle-core itself is patched (vendor/candle-core/PIRLKIT-PATCH.md) so
+//! that its backward stores a tensor's first gradient instead of adding it
+//! to a fresh zero tensor.
 //!
 //! Every kernel is checked against candle's ops and finite differences
 //! (tests/conv_op.rs, tests/gradients.rs, `pirlkit selftest`), and gives the
