@@ -16,6 +16,7 @@ pub mod error;
 pub mod eval;
 pub mod import;
 pub mod loss;
+pub mod malloc;
 pub mod memory_bank;
 pub mod model;
 pub mod ops;

@@ -7,6 +7,7 @@ use pirlkit::data::ImageCache;
 use pirlkit::pipeline;
 
 fn main() -> ExitCode {
+    pirlkit::malloc::keep_freed_memory();
     // candle runs its element-wise CPU ops on a pool of its own whose workers
     // spin between ops, beside the rayon threads of pirlkit's kernels (conv,
     // BatchNorm, optimiser) and of candle's matmul. With few cores the two
@@ -14,7 +15,7 @@ fn main() -> ExitCode {
     // faster with candle's pool off (its element-wise ops then run on the
     // calling thread). A value set by the user is kept.
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // SAFETY: first statement of main, no other thread exists yet.
+        // SAFETY: at the start of main, before any other thread exists.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }
     let cli = Cli::parse();
