@@ -271,20 +271,25 @@ fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, hw: usize) -> (Vec<f64>,
     let per: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let blocks = (0..n).map(|b| &x[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
-            let mut s = [[0f64; LANES]];
-            for blk in blocks.clone() {
-                lane_sum(blk, blk, blk, &mut s, |v, _, _| [v.f()]);
-            }
-            let mean = lanes_total(&s[0]) / m;
-            let mut q = [[0f64; LANES]];
-            for blk in blocks {
-                lane_sum(blk, blk, blk, &mut q, |v, _, _| {
-                    let d = v.f() - mean;
-                    [d * d]
-                });
-            }
-            (mean, lanes_total(&q[0]) / m)
+            super::wide(
+                #[inline(always)]
+                || {
+                    let blocks = (0..n).map(|b| &x[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
+                    let mut s = [[0f64; LANES]];
+                    for blk in blocks.clone() {
+                        lane_sum(blk, blk, blk, &mut s, |v, _, _| [v.f()]);
+                    }
+                    let mean = lanes_total(&s[0]) / m;
+                    let mut q = [[0f64; LANES]];
+                    for blk in blocks {
+                        lane_sum(blk, blk, blk, &mut q, |v, _, _| {
+                            let d = v.f() - mean;
+                            [d * d]
+                        });
+                    }
+                    (mean, lanes_total(&q[0]) / m)
+                },
+            )
         })
         .collect();
     per.into_iter().unzip()
@@ -317,16 +322,21 @@ fn fwd_impl<T: Float>(
     y.par_chunks_mut(img)
         .zip(x.par_chunks(img))
         .for_each(|(yi, xi)| {
-            for ((yo, xc), ((&s, &m), &t)) in yi
-                .chunks_mut(hw.max(1))
-                .zip(xi.chunks(hw.max(1)))
-                .zip(scale.iter().zip(&mu).zip(b))
-            {
-                for (o, &v) in yo.iter_mut().zip(xc) {
-                    let r = (v - m) * s + t;
-                    *o = if relu && r < T::ZERO { T::ZERO } else { r };
-                }
-            }
+            super::wide(
+                #[inline(always)]
+                || {
+                    for ((yo, xc), ((&s, &m), &t)) in yi
+                        .chunks_mut(hw.max(1))
+                        .zip(xi.chunks(hw.max(1)))
+                        .zip(scale.iter().zip(&mu).zip(b))
+                    {
+                        for (o, &v) in yo.iter_mut().zip(xc) {
+                            let r = (v - m) * s + t;
+                            *o = if relu && r < T::ZERO { T::ZERO } else { r };
+                        }
+                    }
+                },
+            )
         });
     let mut st = mean;
     st.extend(var);
@@ -465,17 +475,22 @@ impl BnBackward {
             (0..c)
                 .into_par_iter()
                 .map(|ch| {
-                    let (mu, f) = (mean[ch], fwd[ch]);
-                    let mut acc = [[0f64; LANES]; 2];
-                    for b in 0..n {
-                        let r = (b * c + ch) * hw..(b * c + ch + 1) * hw;
-                        let (xb, gb) = (&x[r.clone()], &g[r]);
-                        lane_sum(xb, gb, gb, &mut acc, |xv, gv, _| {
-                            let d = gate(f, xv, gv).f();
-                            [d, d * (xv.f() - mu)]
-                        });
-                    }
-                    (lanes_total(&acc[0]), lanes_total(&acc[1]) * inv[ch])
+                    super::wide(
+                        #[inline(always)]
+                        || {
+                            let (mu, f) = (mean[ch], fwd[ch]);
+                            let mut acc = [[0f64; LANES]; 2];
+                            for b in 0..n {
+                                let r = (b * c + ch) * hw..(b * c + ch + 1) * hw;
+                                let (xb, gb) = (&x[r.clone()], &g[r]);
+                                lane_sum(xb, gb, gb, &mut acc, |xv, gv, _| {
+                                    let d = gate(f, xv, gv).f();
+                                    [d, d * (xv.f() - mu)]
+                                });
+                            }
+                            (lanes_total(&acc[0]), lanes_total(&acc[1]) * inv[ch])
+                        },
+                    )
                 })
                 .collect()
         };
@@ -493,15 +508,20 @@ impl BnBackward {
         let (dx, rest) = out.split_at_mut(x.len());
         let img = (c * hw).max(1);
         dx.par_chunks_mut(img).enumerate().for_each(|(bi, dxi)| {
-            for (ch, dxo) in dxi.chunks_mut(hw.max(1)).enumerate() {
-                let [k, a, mu, b] = coef[ch];
-                let r = bi * img + ch * hw..bi * img + (ch + 1) * hw;
-                let (xb, gb) = (&x[r.clone()], &g[r]);
-                let f = fwd[ch];
-                for ((o, &xv), &gv) in dxo.iter_mut().zip(xb).zip(gb) {
-                    *o = k * gate(f, xv, gv) + a * (xv - mu) + b;
-                }
-            }
+            super::wide(
+                #[inline(always)]
+                || {
+                    for (ch, dxo) in dxi.chunks_mut(hw.max(1)).enumerate() {
+                        let [k, a, mu, b] = coef[ch];
+                        let r = bi * img + ch * hw..bi * img + (ch + 1) * hw;
+                        let (xb, gb) = (&x[r.clone()], &g[r]);
+                        let f = fwd[ch];
+                        for ((o, &xv), &gv) in dxo.iter_mut().zip(xb).zip(gb) {
+                            *o = k * gate(f, xv, gv) + a * (xv - mu) + b;
+                        }
+                    }
+                },
+            )
         });
         for ch in 0..c {
             rest[ch] = T::from_f(sums[ch].1);

@@ -47,6 +47,27 @@ pub fn with_reference_ops<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Runs `f` compiled for AVX2 where the CPU has it, else as built (the
+/// baseline x86-64 target has SSE2 only, two f64 or four f32 lanes). `f`
+/// and what it calls must be `#[inline(always)]` so that they are compiled
+/// into the AVX2 copy. No FMA: Rust never contracts `a * b + c`, so both
+/// copies compute the same bits.
+#[inline(always)]
+pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { avx2(f) };
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// Whether the fast CPU kernels apply to a tensor on `dev` on this thread.
 pub(crate) fn fast_cpu(dev: &candle_core::Device) -> bool {
     dev.is_cpu() && !REFERENCE.with(|r| r.get())
