@@ -466,12 +466,18 @@ fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
         if imgs == 1 {
             return;
         }
-        // Cout x (imgs * pix) -> imgs x Cout x pix.
-        for j in 0..imgs {
-            for co in 0..g.cout {
-                yg[j * yimg + co * pix..j * yimg + (co + 1) * pix]
-                    .copy_from_slice(&tmp[co * cols + j * pix..co * cols + (j + 1) * pix]);
+        // Cout x (imgs * pix) -> imgs x Cout x pix (image by image across
+        // the threads when this is the only group).
+        let tmp = &tmp[..];
+        let scatter = |(j, yj): (usize, &mut [T])| {
+            for (co, d) in yj.chunks_exact_mut(pix).enumerate() {
+                d.copy_from_slice(&tmp[co * cols + j * pix..co * cols + (j + 1) * pix]);
             }
+        };
+        if across {
+            yg.chunks_mut(yimg).enumerate().for_each(scatter);
+        } else {
+            yg.par_chunks_mut(yimg).enumerate().for_each(scatter);
         }
     };
     let scratch = || (Vec::new(), Vec::new());
@@ -520,12 +526,17 @@ fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> (Ve
                 dy[i0 * yimg..].as_ptr()
             } else {
                 dyg.resize(g.cout * cols, T::ZERO);
-                for j in 0..imgs {
-                    for co in 0..g.cout {
+                // Row by row across the threads when this is the only group.
+                let gather = |(co, row): (usize, &mut [T])| {
+                    for (j, d) in row.chunks_exact_mut(pix).enumerate() {
                         let src = (i0 + j) * yimg + co * pix;
-                        dyg[co * cols + j * pix..co * cols + (j + 1) * pix]
-                            .copy_from_slice(&dy[src..src + pix]);
+                        d.copy_from_slice(&dy[src..src + pix]);
                     }
+                };
+                if across {
+                    dyg.chunks_mut(cols).enumerate().for_each(gather);
+                } else {
+                    dyg.par_chunks_mut(cols).enumerate().for_each(gather);
                 }
                 dyg.as_ptr()
             };
@@ -591,16 +602,21 @@ fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> (Ve
             .map(|item| per_group(&mut s, item))
             .collect()
     };
-    // Fixed-order reduction: independent of how rayon scheduled the groups.
-    let mut it = partials.into_iter();
-    if let Some(mut acc) = it.next() {
-        for p in it {
-            for (d, v) in acc.iter_mut().zip(p) {
-                *d += v;
+    // Fixed-order reduction (group by group for every value, however the
+    // values are split across the threads): independent of how rayon
+    // scheduled the groups.
+    let mut partials = partials;
+    if let Some((acc, rest)) = partials.split_first_mut() {
+        const CHUNK: usize = 4096;
+        acc.par_chunks_mut(CHUNK).enumerate().for_each(|(b, a)| {
+            for p in rest.iter() {
+                for (d, &v) in a.iter_mut().zip(&p[b * CHUNK..]) {
+                    *d += v;
+                }
             }
-        }
+        });
         // acc is dW^T (K x Cout); write dW (Cout x K).
-        transpose(&acc, k, g.cout, &mut dw);
+        transpose(acc, k, g.cout, &mut dw);
     }
     (dx, dw)
 }
