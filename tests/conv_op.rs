@@ -102,6 +102,13 @@ const CASES: &[Case] = &[
     case(2, 3, 4, 6, 11, 5, 1, 2),
     case(2, 3, 4, 2, 13, 5, 1, 2),
     case(1, 2, 3, 1, 50, 7, 1, 3),
+    // Planes of 25 to 36 pixels among those: one GEMM per tap over the
+    // pixels it reaches (several groups of 15 images at 6x6; a 5x5 kernel
+    // on 5x6, non-square; a 7x7 kernel on 4x7, whose outer taps reach no
+    // pixel; untracked-input and thread-count cases below use 6x6 too).
+    case(17, 3, 4, 6, 6, 3, 1, 1),
+    case(3, 2, 3, 5, 6, 5, 1, 2),
+    case(2, 3, 2, 4, 7, 7, 1, 3),
     // Dense path (H*W <= kh*kw): 2x2 and 1x1 planes, non-square, stride 2.
     case(5, 6, 7, 2, 2, 3, 1, 1),
     case(4, 5, 3, 1, 1, 3, 1, 1),
@@ -290,7 +297,11 @@ fn gradients_match_finite_differences_f64() {
 /// none, and the weight gradient is unchanged, on both code paths.
 #[test]
 fn untracked_input_gets_no_gradient() {
-    for c in [case(3, 3, 5, 9, 7, 3, 2, 1), case(4, 6, 5, 2, 2, 3, 1, 1)] {
+    for c in [
+        case(3, 3, 5, 9, 7, 3, 2, 1),
+        case(4, 6, 5, 2, 2, 3, 1, 1),
+        case(17, 3, 4, 6, 6, 3, 1, 1), // per tap
+    ] {
         let (_, _, dw) = run(c, true, DType::F32);
         let x = tensor(&[c.n, c.cin, c.h, c.w], 1, DType::F32);
         let w = Var::from_tensor(&tensor(&[c.cout, c.cin, c.k, c.k], 2, DType::F32)).unwrap();
@@ -329,6 +340,7 @@ fn bit_identical_across_thread_counts() {
         case(5, 4, 6, 18, 20, 3, 2, 1),  // rows
         case(16, 32, 24, 2, 2, 3, 1, 1), // dense
         case(80, 64, 64, 1, 1, 3, 1, 1), // dense, forward too
+        case(33, 16, 24, 6, 6, 3, 1, 1), // per tap, 3 groups
     ] {
         let with = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()

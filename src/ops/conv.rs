@@ -20,6 +20,8 @@
 //! * small planes (`H*W <= kh*kw`), forward from 64 images and always in
 //!   the backward: one dense matrix instead (submodule `dense`); im2col itself, by
 //!   shifted planes, row copies or a tap table, is in submodule `im2col`.
+//! * stride-1 "same" convs on planes of 25-36 pixels: one GEMM per kernel
+//!   tap over the pixels it reaches, no padding taps (submodule `taps`).
 //!
 //! Parallelism is rayon over groups with single-threaded `gemm` inside, or,
 //! when there are fewer groups than threads, gemm's own threads inside each
@@ -37,9 +39,11 @@ use std::sync::Mutex;
 
 mod dense;
 mod im2col;
+mod taps;
 
 use dense::{DENSE_FWD_MIN_BATCH, DENSE_MAX, dense_bwd, dense_fwd};
 use im2col::{col2im_add, im2col, table_for};
+use taps::{per_tap, taps_bwd, taps_fwd};
 
 /// 2-D convolution without bias, groups = 1, dilation = 1, with a fast CPU
 /// backward.
@@ -417,6 +421,9 @@ fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
     if !g.degenerate() && g.dense() && g.n >= DENSE_FWD_MIN_BATCH {
         return dense_fwd(g, x, w);
     }
+    if per_tap(g) {
+        return taps_fwd(g, x, w);
+    }
     let mut y = vec![T::ZERO; g.y_len()];
     if g.degenerate() {
         return y;
@@ -481,17 +488,70 @@ fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
         }
     };
     let scratch = || (Vec::new(), Vec::new());
+    for_groups(&mut y, gs * yimg, across, scratch, per_group);
+    y
+}
+
+/// Runs `f(scratch, (group, chunk))` over the `chunk`-sized chunks of `out`
+/// (one per group of images): across the threads, each with its own
+/// scratch, or one after the other when gemm's threads run inside.
+fn for_groups<T: Send, S>(
+    out: &mut [T],
+    chunk: usize,
+    across: bool,
+    scratch: impl Fn() -> S + Send + Sync,
+    f: impl Fn(&mut S, (usize, &mut [T])) + Send + Sync,
+) {
     if across {
-        y.par_chunks_mut(gs * yimg)
+        out.par_chunks_mut(chunk)
             .enumerate()
-            .for_each_init(scratch, per_group);
+            .for_each_init(scratch, f);
     } else {
         let mut s = scratch();
-        for item in y.chunks_mut(gs * yimg).enumerate() {
-            per_group(&mut s, item);
+        for item in out.chunks_mut(chunk).enumerate() {
+            f(&mut s, item);
         }
     }
-    y
+}
+
+/// The weight-gradient partials `f(scratch, (group, dX chunk))` of the
+/// `groups` groups, in group order; the dX chunks are `chunk` values of `dx`
+/// (empty slices when there is no dX). Threads as in [`for_groups`].
+fn map_groups<T: Send, S>(
+    dx: &mut [T],
+    chunk: usize,
+    groups: usize,
+    across: bool,
+    scratch: impl Fn() -> S + Send + Sync,
+    f: impl Fn(&mut S, (usize, &mut [T])) -> Vec<T> + Send + Sync,
+) -> Vec<Vec<T>> {
+    let items: Vec<(usize, &mut [T])> = if dx.is_empty() {
+        (0..groups).map(|gi| (gi, <&mut [T]>::default())).collect()
+    } else {
+        dx.chunks_mut(chunk).enumerate().collect()
+    };
+    if across {
+        items.into_par_iter().map_init(scratch, f).collect()
+    } else {
+        let mut s = scratch();
+        items.into_iter().map(|item| f(&mut s, item)).collect()
+    }
+}
+
+/// The sum of the partials, group by group for every value however the
+/// values are split across the threads, so it does not depend on how rayon
+/// scheduled the groups. None without partials.
+fn sum_partials<T: Elem>(mut partials: Vec<Vec<T>>) -> Option<Vec<T>> {
+    let (acc, rest) = partials.split_first_mut()?;
+    const CHUNK: usize = 4096;
+    acc.par_chunks_mut(CHUNK).enumerate().for_each(|(b, a)| {
+        for p in rest.iter() {
+            for (d, &v) in a.iter_mut().zip(&p[b * CHUNK..]) {
+                *d += v;
+            }
+        }
+    });
+    Some(std::mem::take(acc))
 }
 
 /// Both gradients: `dX` (N*Cin*H*W, empty unless `want_dx`) and `dW`
@@ -504,6 +564,9 @@ fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
 fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> (Vec<T>, Vec<T>) {
     if !g.degenerate() && g.dense() {
         return dense_bwd(g, x, w, dy, want_dx);
+    }
+    if per_tap(g) {
+        return taps_bwd(g, x, w, dy, want_dx);
     }
     let (nx, nw) = (if want_dx { g.x_len() } else { 0 }, g.w_len());
     let (mut dx, mut dw) = (vec![T::ZERO; nx], vec![T::ZERO; nw]);
@@ -587,36 +650,10 @@ fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> (Ve
             dwp
         };
     let scratch = || (Vec::new(), Vec::new(), Vec::new());
-    // Each group with its images' slice of dX (empty without dX).
-    let items: Vec<(usize, &mut [T])> = if want_dx {
-        dx.chunks_mut(gs * img).enumerate().collect()
-    } else {
-        (0..groups).map(|gi| (gi, <&mut [T]>::default())).collect()
-    };
-    let partials: Vec<Vec<T>> = if across {
-        items.into_par_iter().map_init(scratch, per_group).collect()
-    } else {
-        let mut s = scratch();
-        items
-            .into_iter()
-            .map(|item| per_group(&mut s, item))
-            .collect()
-    };
-    // Fixed-order reduction (group by group for every value, however the
-    // values are split across the threads): independent of how rayon
-    // scheduled the groups.
-    let mut partials = partials;
-    if let Some((acc, rest)) = partials.split_first_mut() {
-        const CHUNK: usize = 4096;
-        acc.par_chunks_mut(CHUNK).enumerate().for_each(|(b, a)| {
-            for p in rest.iter() {
-                for (d, &v) in a.iter_mut().zip(&p[b * CHUNK..]) {
-                    *d += v;
-                }
-            }
-        });
+    let partials = map_groups(&mut dx, gs * img, groups, across, scratch, per_group);
+    if let Some(acc) = sum_partials(partials) {
         // acc is dW^T (K x Cout); write dW (Cout x K).
-        transpose(acc, k, g.cout, &mut dw);
+        transpose(&acc, k, g.cout, &mut dw);
     }
     (dx, dw)
 }

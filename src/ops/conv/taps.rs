@@ -1,0 +1,248 @@
+//! Stride-1 "same" convs on small planes as one GEMM per kernel tap over
+//! the output pixels that tap reaches, so no multiply-add is spent on the
+//! padding: at a 6x6 plane a 3x3 kernel with padding 1 reaches 256 of the
+//! 324 (pixel, tap) pairs that im2col multiplies (at 3x3, 49 of 81, but
+//! there the tap GEMMs are too narrow to pay; see [`TAPS_HW`]).
+//!
+//! Tap `t = (ky, kx)` reads input pixel `(oy + ky - p, ox + kx - p)` for the
+//! output pixels of a rectangle `R_t`. Per group of images and per tap:
+//! - `B_t (Cin x imgs*|R_t|)`: the input pixels it reads, gathered;
+//! - forward: `Y_t = W_t * B_t` (`W_t = w[:, :, ky, kx]`, a strided view of
+//!   the weights), added into the output pixels of `R_t`;
+//! - backward: `dW_t = dY_t * B_t^T` written into the tap's weights, and
+//!   `dB_t = W_t^T * dY_t` added into the input pixels it read.
+//!
+//! Every output (input-gradient) value receives its taps in tap order, and
+//! the weight-gradient partials of the groups are summed in group order, so
+//! the result does not depend on the number of threads.
+
+use rayon::prelude::*;
+
+use super::{
+    Elem, Geom, for_groups, gemm_strided, group_size, map_groups, split_threads, sum_partials,
+};
+
+/// Planes (pixels) taking the per-tap path. Above, the padding taps im2col
+/// spends are a small share (16 % at 8x8, 8 % at 16x16). Below, the tap
+/// GEMMs get too narrow: measured on ResNet-18's 3x3 stage at 96 px (one
+/// group of 32 images, 128-288 columns per tap) the backward took 108-120
+/// ms against im2col's 73-87, while the 6x6 stage (groups of 15 images)
+/// went from 61-83 to 53-56 ms.
+const TAPS_HW: std::ops::RangeInclusive<usize> = 25..=36;
+
+/// Whether `g` takes the per-tap path (a function of the shapes only, so
+/// the result does not depend on the thread count).
+pub(super) fn per_tap(g: &Geom) -> bool {
+    g.same() && TAPS_HW.contains(&g.hw()) && !g.degenerate()
+}
+
+/// Output rectangle `(oy0, oy1, ox0, ox1)` (half-open) reached by tap
+/// `(ky, kx)`, and the shift `(dy, dx)` from output to input pixel.
+fn rect(g: &Geom, ky: usize, kx: usize) -> ((usize, usize, usize, usize), (isize, isize)) {
+    let (dy, dx) = (ky as isize - g.p as isize, kx as isize - g.p as isize);
+    let span = |d: isize, n: usize| {
+        let lo = (-d).max(0) as usize;
+        let hi = (n as isize - d.max(0)).max(0) as usize;
+        (lo.min(n), hi.min(n).max(lo.min(n)))
+    };
+    let (oy0, oy1) = span(dy, g.h);
+    let (ox0, ox1) = span(dx, g.w);
+    ((oy0, oy1, ox0, ox1), (dy, dx))
+}
+
+/// The taps with a non-empty rectangle: `(tap index, rectangle, shift)`.
+type Tap = (usize, (usize, usize, usize, usize), (isize, isize));
+
+fn taps(g: &Geom) -> Vec<Tap> {
+    let mut out = Vec::new();
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let (r, d) = rect(g, ky, kx);
+            if r.1 > r.0 && r.3 > r.2 {
+                out.push((ky * g.kw + kx, r, d));
+            }
+        }
+    }
+    out
+}
+
+/// Output pixels of a rectangle, row-major, with their input pixels.
+fn pixels(g: &Geom, &(_, (oy0, oy1, ox0, ox1), (dy, dx)): &Tap) -> Vec<(usize, usize)> {
+    let mut v = Vec::with_capacity((oy1 - oy0) * (ox1 - ox0));
+    for oy in oy0..oy1 {
+        for ox in ox0..ox1 {
+            let iy = (oy as isize + dy) as usize;
+            let ix = (ox as isize + dx) as usize;
+            v.push((oy * g.w + ox, iy * g.w + ix));
+        }
+    }
+    v
+}
+
+/// `rows x (imgs*P)` gathered from `src` (`imgs` images of `rows` planes of
+/// `hw`): `out[r][j*P + q] = src[j][r][idx[q]]`.
+fn gather<T: Elem>(src: &[T], rows: usize, hw: usize, idx: &[usize], out: &mut Vec<T>, par: bool) {
+    let p = idx.len();
+    let imgs = src.len() / (rows * hw);
+    out.resize(rows * imgs * p, T::ZERO);
+    let row = |(r, o): (usize, &mut [T])| {
+        for (j, oj) in o.chunks_exact_mut(p).enumerate() {
+            let plane = &src[(j * rows + r) * hw..(j * rows + r + 1) * hw];
+            for (d, &i) in oj.iter_mut().zip(idx) {
+                *d = plane[i];
+            }
+        }
+    };
+    if par {
+        out.par_chunks_mut(imgs * p).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(imgs * p).enumerate().for_each(row);
+    }
+}
+
+/// `dst[j][r][idx[q]] += m[r][j*P + q]`, the inverse of [`gather`], image by
+/// image (across the threads when `par`).
+fn scatter_add<T: Elem>(m: &[T], rows: usize, hw: usize, idx: &[usize], dst: &mut [T], par: bool) {
+    let p = idx.len();
+    let imgs = dst.len() / (rows * hw);
+    let img = |(j, d): (usize, &mut [T])| {
+        for (r, plane) in d.chunks_exact_mut(hw).enumerate() {
+            let src = &m[r * imgs * p + j * p..r * imgs * p + (j + 1) * p];
+            for (&v, &i) in src.iter().zip(idx) {
+                plane[i] += v;
+            }
+        }
+    };
+    if par {
+        dst.par_chunks_mut(rows * hw).enumerate().for_each(img);
+    } else {
+        dst.chunks_mut(rows * hw).enumerate().for_each(img);
+    }
+}
+
+pub(super) fn taps_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
+    let mut y = vec![T::ZERO; g.y_len()];
+    let (hw, nt) = (g.hw(), g.kh * g.kw);
+    let (img, yimg) = (g.cin * hw, g.cout * hw);
+    let gs = group_size(g);
+    let (across, inner) = split_threads(g.n.div_ceil(gs));
+    let taps = taps(g);
+    let pix: Vec<Vec<(usize, usize)>> = taps.iter().map(|t| pixels(g, t)).collect();
+    let per_group = |(b, yt): &mut (Vec<T>, Vec<T>), (gi, yg): (usize, &mut [T])| {
+        let imgs = yg.len() / yimg;
+        let xg = &x[gi * gs * img..(gi * gs + imgs) * img];
+        for (&(t, _, _), px) in taps.iter().zip(&pix) {
+            let (outs, ins): (Vec<usize>, Vec<usize>) = px.iter().copied().unzip();
+            let cols = imgs * px.len();
+            gather(xg, g.cin, hw, &ins, b, !across);
+            yt.resize(g.cout * cols, T::ZERO);
+            // SAFETY: w + t is Cout x Cin with strides (Cin*T, T); b is
+            // Cin x cols; yt is Cout x cols.
+            unsafe {
+                gemm_strided(
+                    g.cout,
+                    cols,
+                    g.cin,
+                    yt,
+                    (cols, 1),
+                    false,
+                    w[t..].as_ptr(),
+                    (g.cin * nt, nt),
+                    b.as_ptr(),
+                    (cols, 1),
+                    inner,
+                )
+            }
+            scatter_add(yt, g.cout, hw, &outs, yg, !across);
+        }
+    };
+    let scratch = || (Vec::new(), Vec::new());
+    for_groups(&mut y, gs * yimg, across, scratch, per_group);
+    y
+}
+
+pub(super) fn taps_bwd<T: Elem>(
+    g: &Geom,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    want_dx: bool,
+) -> (Vec<T>, Vec<T>) {
+    let (hw, nt) = (g.hw(), g.kh * g.kw);
+    let (img, yimg) = (g.cin * hw, g.cout * hw);
+    let (nx, nw) = (if want_dx { g.x_len() } else { 0 }, g.w_len());
+    let mut dx = vec![T::ZERO; nx];
+    let gs = group_size(g);
+    let groups = g.n.div_ceil(gs);
+    let (across, inner) = split_threads(groups);
+    let taps = taps(g);
+    let pix: Vec<Vec<(usize, usize)>> = taps.iter().map(|t| pixels(g, t)).collect();
+    let per_group = |(b, dyt, db, dwt): &mut (Vec<T>, Vec<T>, Vec<T>, Vec<T>),
+                     (gi, dxg): (usize, &mut [T])|
+     -> Vec<T> {
+        let i0 = gi * gs;
+        let imgs = gs.min(g.n - i0);
+        let xg = &x[i0 * img..(i0 + imgs) * img];
+        let dyg = &dy[i0 * yimg..(i0 + imgs) * yimg];
+        let mut dwp = vec![T::ZERO; nw];
+        for (&(t, _, _), px) in taps.iter().zip(&pix) {
+            let (outs, ins): (Vec<usize>, Vec<usize>) = px.iter().copied().unzip();
+            let cols = imgs * px.len();
+            gather(xg, g.cin, hw, &ins, b, !across);
+            gather(dyg, g.cout, hw, &outs, dyt, !across);
+            // dW_t (Cout x Cin) = dY_t * B_t^T, column-major (gemm's fast
+            // destination), then into the tap's strided slice of dwp.
+            dwt.resize(g.cout * g.cin, T::ZERO);
+            // SAFETY: dyt is Cout x cols; b is Cin x cols read transposed;
+            // dwt is Cout x Cin column-major.
+            unsafe {
+                gemm_strided(
+                    g.cout,
+                    g.cin,
+                    cols,
+                    dwt,
+                    (1, g.cout),
+                    false,
+                    dyt.as_ptr(),
+                    (cols, 1),
+                    b.as_ptr(),
+                    (1, cols),
+                    inner,
+                )
+            }
+            for (ci, col) in dwt.chunks_exact(g.cout).enumerate() {
+                for (co, &v) in col.iter().enumerate() {
+                    dwp[(co * g.cin + ci) * nt + t] = v;
+                }
+            }
+            if !want_dx {
+                continue;
+            }
+            // dB_t (Cin x cols) = W_t^T * dY_t.
+            db.resize(g.cin * cols, T::ZERO);
+            // SAFETY: w + t read as Cin x Cout with strides (T, Cin*T); dyt is
+            // Cout x cols; db is Cin x cols.
+            unsafe {
+                gemm_strided(
+                    g.cin,
+                    cols,
+                    g.cout,
+                    db,
+                    (cols, 1),
+                    false,
+                    w[t..].as_ptr(),
+                    (nt, g.cin * nt),
+                    dyt.as_ptr(),
+                    (cols, 1),
+                    inner,
+                )
+            }
+            scatter_add(db, g.cin, hw, &ins, dxg, !across);
+        }
+        dwp
+    };
+    let scratch = || (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let partials = map_groups(&mut dx, gs * img, groups, across, scratch, per_group);
+    let dw = sum_partials(partials).unwrap_or_else(|| vec![T::ZERO; nw]);
+    (dx, dw)
+}
