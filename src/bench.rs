@@ -51,6 +51,17 @@ fn per_step(steps: usize) -> Option<Vec<(String, f64)>> {
     })
 }
 
+/// The backward pass and the optimiser step, each under its profile timer.
+fn backward_and_update(loss: &Tensor, opt: &mut Optimizer, lr: f64) -> Result<()> {
+    let grads = {
+        let _t = profile::time(|| "backward (all)".into());
+        loss.backward()?
+    };
+    let _t = profile::time(|| "optimizer".into());
+    opt.step(&grads, lr)?;
+    Ok(())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -100,22 +111,15 @@ pub fn resnet_step(
     let x = input(batch, size, 1, dev)?;
     let (mut step_t, mut fwd_t) = (Vec::new(), Vec::new());
     for i in 0..warmup + steps {
+        if i == warmup {
+            profile::take();
+        }
         let t0 = Instant::now();
         let y = head.forward(&net.forward_t(&x, true)?)?;
         let loss = y.sqr()?.mean_all()?;
         loss.to_scalar::<f32>()?;
         let tf = t0.elapsed().as_secs_f64();
-        if i == warmup {
-            profile::take();
-        }
-        let grads = {
-            let _t = profile::time(|| "backward (all)".into());
-            loss.backward()?
-        };
-        {
-            let _t = profile::time(|| "optimizer".into());
-            opt.step(&grads, 1e-4)?;
-        }
+        backward_and_update(&loss, &mut opt, 1e-4)?;
         dev.synchronize()?;
         if i >= warmup {
             step_t.push(t0.elapsed().as_secs_f64());
@@ -166,6 +170,9 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize, dev: &Device) -> Res
     bank.fill(&(0..n).collect::<Vec<_>>(), &rows);
     let mut times = Vec::new();
     for i in 0..warmup + steps {
+        if i == warmup {
+            profile::take();
+        }
         let idx: Vec<usize> = (0..bs).map(|k| (i * bs + k) % n).collect();
         let img_idx: Vec<usize> = idx.iter().map(|k| k % pool).collect();
         let t0 = Instant::now();
@@ -179,17 +186,7 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize, dev: &Device) -> Res
         );
         let neg = bank.gather(&neg_idx, dev)?;
         let loss = crate::loss::pirl_loss(&m, &f, &g, &neg, cfg.pirl.tau, cfg.pirl.lambda)?;
-        if i == warmup {
-            profile::take();
-        }
-        let grads = {
-            let _t = profile::time(|| "backward (all)".into());
-            loss.backward()?
-        };
-        {
-            let _t = profile::time(|| "optimizer".into());
-            opt.step(&grads, cfg.train.optim.lr)?;
-        }
+        backward_and_update(&loss, &mut opt, cfg.train.optim.lr)?;
         bank.update(&idx, &f.detach().flatten_all()?.to_vec1::<f32>()?);
         dev.synchronize()?;
         if i >= warmup {
