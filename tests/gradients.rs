@@ -6,6 +6,11 @@ use candle_nn::{VarBuilder, VarMap};
 use pirlkit::model::{Arch, ResNet, ResNetConfig};
 use pirlkit::ops::MaxPool2d;
 
+/// All values of an f64 tensor, flattened.
+fn vec64(t: &Tensor) -> Vec<f64> {
+    t.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+}
+
 fn det(n: usize, salt: usize) -> Vec<f64> {
     // Distinct, deterministic values (no ties, so the max-pool is differentiable).
     (0..n)
@@ -18,8 +23,8 @@ fn maxpool_forward_matches_a_naive_pool() {
     let x = Tensor::from_vec(det(2 * 3 * 7 * 6, 1), (2, 3, 7, 6), &Device::Cpu).unwrap();
     let y = MaxPool2d::new(3, 2, 1).forward(&x).unwrap();
     assert_eq!(y.dims(), &[2, 3, 4, 3]);
-    let xs = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let ys = y.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let xs = vec64(&x);
+    let ys = vec64(&y);
     for p in 0..6 {
         for oy in 0..4 {
             for ox in 0..3 {
@@ -37,20 +42,8 @@ fn maxpool_forward_matches_a_naive_pool() {
         }
     }
     // kernel == stride agrees with candle's own pool.
-    let a = MaxPool2d::new(2, 2, 0)
-        .forward(&x)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let b = x
-        .max_pool2d(2)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
+    let a = vec64(&MaxPool2d::new(2, 2, 0).forward(&x).unwrap());
+    let b = vec64(&x.max_pool2d(2).unwrap());
     assert_eq!(a, b);
 }
 
@@ -85,14 +78,8 @@ fn maxpool_ties_and_nans_route_to_the_first_maximum() {
         let r: Vec<f64> = (0..n * c * ho * wo).map(|i| 1.0 + i as f64).collect();
         let rt = Tensor::from_vec(r.clone(), (n, c, ho, wo), &Device::Cpu).unwrap();
         let grads = (&y * &rt).unwrap().sum_all().unwrap().backward().unwrap();
-        let dx = grads
-            .get(x.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let ys = y.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let dx = vec64(&grads.get(x.as_tensor()).unwrap());
+        let ys = vec64(&y);
         let mut want_dx = vec![0.0; len];
         for pl in 0..n * c {
             for oy in 0..ho {
@@ -157,21 +144,8 @@ fn maxpool_gradient_matches_finite_differences() {
         .unwrap()
         .sum_all()
         .unwrap();
-    let g = l
-        .backward()
-        .unwrap()
-        .get(x.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let base = x
-        .as_tensor()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
+    let g = vec64(&l.backward().unwrap().get(x.as_tensor()).unwrap());
+    let base = vec64(&x.as_tensor());
     let h = 1e-6;
     for i in 0..n {
         let mut p = base.clone();
@@ -221,19 +195,8 @@ fn resnet_gradients_match_finite_differences() {
     let h = 1e-5;
     let rel = |a: f64, b: f64| (a - b).abs() / (a.abs().max(b.abs()).max(1e-4));
     // Input gradient at a spread of positions.
-    let gx = grads
-        .get(x.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let base = x
-        .as_tensor()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
+    let gx = vec64(&grads.get(x.as_tensor()).unwrap());
+    let base = vec64(&x.as_tensor());
     for i in (0..base.len()).step_by(97) {
         let mut p = base.clone();
         p[i] += h;
@@ -262,15 +225,13 @@ fn resnet_gradients_match_finite_differences() {
         "layer3.0.bn2.bias",
     ] {
         let var = data.get(name).unwrap_or_else(|| panic!("no {name}"));
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no grad for {name}"))
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
+        let g = vec64(
+            &grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no grad for {name}")),
+        );
         let orig = var.as_tensor().copy().unwrap();
-        let vals = orig.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let vals = vec64(&orig);
         for i in (0..vals.len()).step_by((vals.len() / 5).max(1)) {
             let eval = |delta: f64| {
                 let mut v = vals.clone();

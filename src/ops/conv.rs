@@ -22,6 +22,8 @@
 //!   shifted planes, row copies or a tap table, is in submodule `im2col`.
 //! * stride-1 "same" convs on planes of 25-36 pixels: one GEMM per kernel
 //!   tap over the pixels it reaches, no padding taps (submodule `taps`).
+//! * the grouping of images, the thread split and the ordered sum of the
+//!   weight-gradient partials, shared by these paths, are in `groups`.
 //!
 //! Parallelism is rayon over groups with single-threaded `gemm` inside, or,
 //! when there are fewer groups than threads, gemm's own threads inside each
@@ -38,11 +40,15 @@ use rayon::prelude::*;
 use std::sync::Mutex;
 
 mod dense;
+mod groups;
 mod im2col;
 mod taps;
 
 use dense::{DENSE_FWD_MIN_BATCH, DENSE_MAX, dense_bwd, dense_fwd};
-use im2col::{col2im_add, im2col, table_for};
+use groups::{
+    col2im_group, for_groups, group_size, im2col_group, map_groups, split_threads, sum_partials,
+};
+use im2col::table_for;
 use taps::{per_tap, taps_bwd, taps_fwd};
 
 /// 2-D convolution without bias, groups = 1, dilation = 1, with a fast CPU
@@ -232,18 +238,7 @@ impl Geom {
     /// `ox*s + kx - p` lies inside `[0, w)`.
     #[inline]
     fn ox_range(&self, kx: usize) -> (usize, usize) {
-        let lo = if kx >= self.p {
-            0
-        } else {
-            (self.p - kx).div_ceil(self.s)
-        };
-        let hi = if self.w + self.p <= kx {
-            0
-        } else {
-            (self.w + self.p - kx).div_ceil(self.s)
-        };
-        let hi = hi.min(self.wo);
-        (lo.min(hi), hi)
+        super::tap_outputs(kx, self.p, self.s, self.w, self.wo)
     }
 
     /// Input row for output row `oy` and kernel row `ky`, if inside.
@@ -313,107 +308,6 @@ unsafe fn gemm_strided<T: Elem>(
             false,
             par,
         )
-    }
-}
-
-/// Images per GEMM: enough that a group has about [`GROUP_COLS`] output
-/// pixels. Deep layers of a small input have a few pixels per image (2x2 at
-/// the last stage of a 64 px ResNet); one GEMM per image would then re-read
-/// the whole weight matrix for each image. A function of the shapes only, so
-/// the summation order (and the result) does not depend on the thread count.
-const GROUP_COLS: usize = 512;
-
-fn group_size(g: &Geom) -> usize {
-    GROUP_COLS.div_ceil(g.pix().max(1)).clamp(1, g.n.max(1))
-}
-
-/// (threads across groups, threads inside each GEMM).
-fn split_threads(groups: usize) -> (bool, usize) {
-    let t = rayon::current_num_threads().max(1);
-    if groups >= t { (true, 1) } else { (false, t) }
-}
-
-/// Channels per task when one group's im2col / col2im is split across the
-/// threads (a single group: the deep layers of small inputs, where gemm's
-/// own threads run the GEMM but the copies would run on one).
-fn channel_block(g: &Geom, par: bool) -> usize {
-    if par {
-        g.cin.div_ceil(4 * rayon::current_num_threads()).max(1)
-    } else {
-        g.cin.max(1)
-    }
-}
-
-/// The im2col of images `i0..i0 + imgs` into `col` (`K x imgs*Ho*Wo`), in
-/// channel blocks across the threads when `par`.
-fn im2col_group<T: Elem>(
-    g: &Geom,
-    table: &[u32],
-    x: &[T],
-    i0: usize,
-    imgs: usize,
-    col: &mut [T],
-    par: bool,
-) {
-    let (taps, hw, pix) = (g.kh * g.kw, g.hw(), g.pix());
-    let (img, cols) = (g.cin * hw, imgs * pix);
-    let cb = channel_block(g, par);
-    let task = |(b, colb): (usize, &mut [T])| {
-        let (c0, nc) = (b * cb, colb.len() / (taps * cols));
-        for j in 0..imgs {
-            let xi = (i0 + j) * img;
-            im2col(
-                g,
-                table,
-                &x[xi + c0 * hw..xi + (c0 + nc) * hw],
-                colb,
-                cols,
-                j * pix,
-            );
-        }
-    };
-    if par {
-        col.par_chunks_mut(cb * taps * cols)
-            .enumerate()
-            .for_each(task);
-    } else {
-        col.chunks_mut(cb * taps * cols).enumerate().for_each(task);
-    }
-}
-
-/// A pointer that may cross threads; users guarantee disjoint writes.
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: only used for writes to disjoint ranges (see col2im_group).
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-
-/// col2im of `dcol` (`K x imgs*Ho*Wo`, scratch) added into `dx` (the
-/// group's `imgs` images), in channel blocks across the threads when `par`.
-fn col2im_group<T: Elem>(g: &Geom, table: &[u32], dcol: &mut [T], dx: &mut [T], par: bool) {
-    let (taps, hw, pix) = (g.kh * g.kw, g.hw(), g.pix());
-    let img = g.cin * hw;
-    let imgs = dx.len() / img;
-    let cols = imgs * pix;
-    let cb = channel_block(g, par);
-    let dxp = SendPtr(dx.as_mut_ptr());
-    let task = |(b, colb): (usize, &mut [T])| {
-        let dxp = dxp;
-        let (c0, nc) = (b * cb, colb.len() / (taps * cols));
-        for j in 0..imgs {
-            // SAFETY: channel blocks are disjoint, so each task writes its
-            // own channels' planes of each image; all inside dx.
-            let dxn =
-                unsafe { std::slice::from_raw_parts_mut(dxp.0.add(j * img + c0 * hw), nc * hw) };
-            col2im_add(g, table, colb, cols, j * pix, dxn);
-        }
-    };
-    if par {
-        dcol.par_chunks_mut(cb * taps * cols)
-            .enumerate()
-            .for_each(task);
-    } else {
-        dcol.chunks_mut(cb * taps * cols).enumerate().for_each(task);
     }
 }
 
@@ -490,68 +384,6 @@ fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
     let scratch = || (Vec::new(), Vec::new());
     for_groups(&mut y, gs * yimg, across, scratch, per_group);
     y
-}
-
-/// Runs `f(scratch, (group, chunk))` over the `chunk`-sized chunks of `out`
-/// (one per group of images): across the threads, each with its own
-/// scratch, or one after the other when gemm's threads run inside.
-fn for_groups<T: Send, S>(
-    out: &mut [T],
-    chunk: usize,
-    across: bool,
-    scratch: impl Fn() -> S + Send + Sync,
-    f: impl Fn(&mut S, (usize, &mut [T])) + Send + Sync,
-) {
-    if across {
-        out.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each_init(scratch, f);
-    } else {
-        let mut s = scratch();
-        for item in out.chunks_mut(chunk).enumerate() {
-            f(&mut s, item);
-        }
-    }
-}
-
-/// The weight-gradient partials `f(scratch, (group, dX chunk))` of the
-/// `groups` groups, in group order; the dX chunks are `chunk` values of `dx`
-/// (empty slices when there is no dX). Threads as in [`for_groups`].
-fn map_groups<T: Send, S>(
-    dx: &mut [T],
-    chunk: usize,
-    groups: usize,
-    across: bool,
-    scratch: impl Fn() -> S + Send + Sync,
-    f: impl Fn(&mut S, (usize, &mut [T])) -> Vec<T> + Send + Sync,
-) -> Vec<Vec<T>> {
-    let items: Vec<(usize, &mut [T])> = if dx.is_empty() {
-        (0..groups).map(|gi| (gi, <&mut [T]>::default())).collect()
-    } else {
-        dx.chunks_mut(chunk).enumerate().collect()
-    };
-    if across {
-        items.into_par_iter().map_init(scratch, f).collect()
-    } else {
-        let mut s = scratch();
-        items.into_iter().map(|item| f(&mut s, item)).collect()
-    }
-}
-
-/// The sum of the partials, group by group for every value however the
-/// values are split across the threads, so it does not depend on how rayon
-/// scheduled the groups. None without partials.
-fn sum_partials<T: Elem>(mut partials: Vec<Vec<T>>) -> Option<Vec<T>> {
-    let (acc, rest) = partials.split_first_mut()?;
-    const CHUNK: usize = 4096;
-    acc.par_chunks_mut(CHUNK).enumerate().for_each(|(b, a)| {
-        for p in rest.iter() {
-            for (d, &v) in a.iter_mut().zip(&p[b * CHUNK..]) {
-                *d += v;
-            }
-        }
-    });
-    Some(std::mem::take(acc))
 }
 
 /// Both gradients: `dX` (N*Cin*H*W, empty unless `want_dx`) and `dW`

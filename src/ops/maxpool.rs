@@ -167,24 +167,6 @@ fn beats<T: PoolElem>(v: T, i: u32, b: T, j: u32) -> bool {
     (j == u32::MAX) | (v > b) | ((v == b) & earlier) | (vn & (!bn | earlier))
 }
 
-/// Half-open range of outputs `o` whose window tap `t` (input `o*s + t - p`)
-/// lies inside `[0, len)`.
-#[inline]
-fn tap_range(p: &MaxPool2d, t: usize, len: usize, outs: usize) -> (usize, usize) {
-    let lo = if t >= p.padding {
-        0
-    } else {
-        (p.padding - t).div_ceil(p.stride)
-    };
-    let hi = if len + p.padding <= t {
-        0
-    } else {
-        (len + p.padding - t).div_ceil(p.stride)
-    };
-    let hi = hi.min(outs);
-    (lo.min(hi), hi)
-}
-
 /// Output and, per output, the plane index of its first maximal input in
 /// window order (`u32::MAX` for a window entirely in the padding; see
 /// [`beats`]). Separable: per output row, the maximum of each input column
@@ -199,8 +181,9 @@ fn fwd_impl<T: PoolElem>(
 ) -> (Vec<T>, Vec<u32>) {
     let mut out = vec![T::default(); n * c * ho * wo];
     let mut arg = vec![u32::MAX; n * c * ho * wo];
-    let rows: Vec<(usize, usize)> = (0..p.kernel).map(|t| tap_range(p, t, h, ho)).collect();
-    let cols: Vec<(usize, usize)> = (0..p.kernel).map(|t| tap_range(p, t, w, wo)).collect();
+    let tap = |t, len, outs| super::tap_outputs(t, p.padding, p.stride, len, outs);
+    let rows: Vec<(usize, usize)> = (0..p.kernel).map(|t| tap(t, h, ho)).collect();
+    let cols: Vec<(usize, usize)> = (0..p.kernel).map(|t| tap(t, w, wo)).collect();
     out.par_chunks_mut(ho * wo)
         .zip(arg.par_chunks_mut(ho * wo))
         .enumerate()

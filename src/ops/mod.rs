@@ -48,6 +48,31 @@ pub fn with_reference_ops<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Half-open range of the outputs `o < outs` that kernel tap `t` reaches
+/// along one axis: those whose input `o*stride + t - pad` lies in `[0, len)`
+/// (conv and max-pool windows alike).
+#[inline]
+pub(crate) fn tap_outputs(
+    t: usize,
+    pad: usize,
+    stride: usize,
+    len: usize,
+    outs: usize,
+) -> (usize, usize) {
+    let lo = if t >= pad {
+        0
+    } else {
+        (pad - t).div_ceil(stride)
+    };
+    let hi = if len + pad <= t {
+        0
+    } else {
+        (len + pad - t).div_ceil(stride)
+    };
+    let hi = hi.min(outs);
+    (lo.min(hi), hi)
+}
+
 /// Runs `f` compiled for AVX2 where the CPU has it, else as built (the
 /// baseline x86-64 target has SSE2 only, two f64 or four f32 lanes). `f`
 /// and what it calls must be `#[inline(always)]` so that they are compiled

@@ -39,15 +39,10 @@ pub(super) fn per_tap(g: &Geom) -> bool {
 /// Output rectangle `(oy0, oy1, ox0, ox1)` (half-open) reached by tap
 /// `(ky, kx)`, and the shift `(dy, dx)` from output to input pixel.
 fn rect(g: &Geom, ky: usize, kx: usize) -> ((usize, usize, usize, usize), (isize, isize)) {
-    let (dy, dx) = (ky as isize - g.p as isize, kx as isize - g.p as isize);
-    let span = |d: isize, n: usize| {
-        let lo = (-d).max(0) as usize;
-        let hi = (n as isize - d.max(0)).max(0) as usize;
-        (lo.min(n), hi.min(n).max(lo.min(n)))
-    };
-    let (oy0, oy1) = span(dy, g.h);
-    let (ox0, ox1) = span(dx, g.w);
-    ((oy0, oy1, ox0, ox1), (dy, dx))
+    let (oy0, oy1) = crate::ops::tap_outputs(ky, g.p, 1, g.h, g.h);
+    let (ox0, ox1) = crate::ops::tap_outputs(kx, g.p, 1, g.w, g.w);
+    let shift = (ky as isize - g.p as isize, kx as isize - g.p as isize);
+    ((oy0, oy1, ox0, ox1), shift)
 }
 
 /// The taps with a non-empty rectangle: `(tap index, rectangle, shift)`.
@@ -66,8 +61,9 @@ fn taps(g: &Geom) -> Vec<Tap> {
     out
 }
 
-/// Output pixels of a rectangle, row-major, with their input pixels.
-fn pixels(g: &Geom, &(_, (oy0, oy1, ox0, ox1), (dy, dx)): &Tap) -> Vec<(usize, usize)> {
+/// The output pixels of a tap's rectangle (row-major) and the input pixels
+/// they read.
+fn pixels(g: &Geom, &(_, (oy0, oy1, ox0, ox1), (dy, dx)): &Tap) -> (Vec<usize>, Vec<usize>) {
     let mut v = Vec::with_capacity((oy1 - oy0) * (ox1 - ox0));
     for oy in oy0..oy1 {
         for ox in ox0..ox1 {
@@ -76,7 +72,7 @@ fn pixels(g: &Geom, &(_, (oy0, oy1, ox0, ox1), (dy, dx)): &Tap) -> Vec<(usize, u
             v.push((oy * g.w + ox, iy * g.w + ix));
         }
     }
-    v
+    v.into_iter().unzip()
 }
 
 /// `rows x (imgs*P)` gathered from `src` (`imgs` images of `rows` planes of
@@ -127,14 +123,13 @@ pub(super) fn taps_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
     let gs = group_size(g);
     let (across, inner) = split_threads(g.n.div_ceil(gs));
     let taps = taps(g);
-    let pix: Vec<Vec<(usize, usize)>> = taps.iter().map(|t| pixels(g, t)).collect();
+    let pix: Vec<(Vec<usize>, Vec<usize>)> = taps.iter().map(|t| pixels(g, t)).collect();
     let per_group = |(b, yt): &mut (Vec<T>, Vec<T>), (gi, yg): (usize, &mut [T])| {
         let imgs = yg.len() / yimg;
         let xg = &x[gi * gs * img..(gi * gs + imgs) * img];
-        for (&(t, _, _), px) in taps.iter().zip(&pix) {
-            let (outs, ins): (Vec<usize>, Vec<usize>) = px.iter().copied().unzip();
-            let cols = imgs * px.len();
-            gather(xg, g.cin, hw, &ins, b, !across);
+        for (&(t, _, _), (outs, ins)) in taps.iter().zip(&pix) {
+            let cols = imgs * outs.len();
+            gather(xg, g.cin, hw, ins, b, !across);
             yt.resize(g.cout * cols, T::ZERO);
             // SAFETY: w + t is Cout x Cin with strides (Cin*T, T); b is
             // Cin x cols; yt is Cout x cols.
@@ -153,7 +148,7 @@ pub(super) fn taps_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
                     inner,
                 )
             }
-            scatter_add(yt, g.cout, hw, &outs, yg, !across);
+            scatter_add(yt, g.cout, hw, outs, yg, !across);
         }
     };
     let scratch = || (Vec::new(), Vec::new());
@@ -176,7 +171,7 @@ pub(super) fn taps_bwd<T: Elem>(
     let groups = g.n.div_ceil(gs);
     let (across, inner) = split_threads(groups);
     let taps = taps(g);
-    let pix: Vec<Vec<(usize, usize)>> = taps.iter().map(|t| pixels(g, t)).collect();
+    let pix: Vec<(Vec<usize>, Vec<usize>)> = taps.iter().map(|t| pixels(g, t)).collect();
     let per_group = |(b, dyt, db, dwt): &mut (Vec<T>, Vec<T>, Vec<T>, Vec<T>),
                      (gi, dxg): (usize, &mut [T])|
      -> Vec<T> {
@@ -185,11 +180,10 @@ pub(super) fn taps_bwd<T: Elem>(
         let xg = &x[i0 * img..(i0 + imgs) * img];
         let dyg = &dy[i0 * yimg..(i0 + imgs) * yimg];
         let mut dwp = vec![T::ZERO; nw];
-        for (&(t, _, _), px) in taps.iter().zip(&pix) {
-            let (outs, ins): (Vec<usize>, Vec<usize>) = px.iter().copied().unzip();
-            let cols = imgs * px.len();
-            gather(xg, g.cin, hw, &ins, b, !across);
-            gather(dyg, g.cout, hw, &outs, dyt, !across);
+        for (&(t, _, _), (outs, ins)) in taps.iter().zip(&pix) {
+            let cols = imgs * outs.len();
+            gather(xg, g.cin, hw, ins, b, !across);
+            gather(dyg, g.cout, hw, outs, dyt, !across);
             // dW_t (Cout x Cin) = dY_t * B_t^T, column-major (gemm's fast
             // destination), then into the tap's strided slice of dwp.
             dwt.resize(g.cout * g.cin, T::ZERO);
@@ -237,7 +231,7 @@ pub(super) fn taps_bwd<T: Elem>(
                     inner,
                 )
             }
-            scatter_add(db, g.cin, hw, &ins, dxg, !across);
+            scatter_add(db, g.cin, hw, ins, dxg, !across);
         }
         dwp
     };
