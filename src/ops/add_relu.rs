@@ -26,13 +26,6 @@ const CHUNK: usize = 1 << 14;
 
 struct AddRelu;
 
-fn slice<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((s, e)) => Ok(&v[s..e]),
-        None => bail!("add-relu: inputs must be contiguous"),
-    }
-}
-
 fn fwd<T>(a: &[T], b: &[T]) -> Vec<T>
 where
     T: Copy + Send + Sync + Default + PartialOrd + std::ops::Add<Output = T>,
@@ -81,12 +74,14 @@ fn elementwise2(
         bail!("{what}: shapes {:?} and {:?} differ", l1.dims(), l2.dims())
     }
     let out = match (s1, s2) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-            CpuStorage::F32(f32(slice(a, l1)?, slice(b, l2)?))
-        }
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-            CpuStorage::F64(f64(slice(a, l1)?, slice(b, l2)?))
-        }
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(f32(
+            super::contiguous(a, l1, "add-relu: a")?,
+            super::contiguous(b, l2, "add-relu: b")?,
+        )),
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(f64(
+            super::contiguous(a, l1, "add-relu: a")?,
+            super::contiguous(b, l2, "add-relu: b")?,
+        )),
         _ => bail!("{what}: unsupported dtypes (f32 or f64, both the same)"),
     };
     Ok((out, l1.shape().clone()))

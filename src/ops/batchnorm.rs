@@ -159,13 +159,6 @@ impl Float for f64 {
     }
 }
 
-fn slice<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("batch-norm: {what} must be contiguous"),
-    }
-}
-
 /// Lanes of the f64 sums: independent accumulators, so the adds pipeline
 /// (one f64 accumulator waits on every add) and vectorise; combined in a
 /// fixed order, so the result does not depend on anything but the data.
@@ -373,9 +366,9 @@ impl CustomOp3 for BnTrain {
         let (out, st) = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(wt), CpuStorage::F32(b)) => {
                 let (y, st) = fwd_impl(
-                    slice(x, l1, "x")?,
-                    slice(wt, l2, "weight")?,
-                    slice(b, l3, "bias")?,
+                    super::contiguous(x, l1, "batch-norm: x")?,
+                    super::contiguous(wt, l2, "batch-norm: weight")?,
+                    super::contiguous(b, l3, "batch-norm: bias")?,
                     dims,
                     self.eps,
                     self.relu,
@@ -384,9 +377,9 @@ impl CustomOp3 for BnTrain {
             }
             (CpuStorage::F64(x), CpuStorage::F64(wt), CpuStorage::F64(b)) => {
                 let (y, st) = fwd_impl(
-                    slice(x, l1, "x")?,
-                    slice(wt, l2, "weight")?,
-                    slice(b, l3, "bias")?,
+                    super::contiguous(x, l1, "batch-norm: x")?,
+                    super::contiguous(wt, l2, "batch-norm: weight")?,
+                    super::contiguous(b, l3, "batch-norm: bias")?,
                     dims,
                     self.eps,
                     self.relu,
@@ -552,12 +545,20 @@ impl CustomOp2 for BnBackward {
         }
         let _t = super::profile::time(|| "batch-norm backward".into());
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                CpuStorage::F32(self.run(slice(x, l1, "x")?, slice(g, l2, "dy")?, n, c, h * w))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                CpuStorage::F64(self.run(slice(x, l1, "x")?, slice(g, l2, "dy")?, n, c, h * w))
-            }
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(self.run(
+                super::contiguous(x, l1, "batch-norm: x")?,
+                super::contiguous(g, l2, "batch-norm: dy")?,
+                n,
+                c,
+                h * w,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(self.run(
+                super::contiguous(x, l1, "batch-norm: x")?,
+                super::contiguous(g, l2, "batch-norm: dy")?,
+                n,
+                c,
+                h * w,
+            )),
             _ => bail!("batch-norm backward: unsupported dtypes"),
         };
         Ok((out, Shape::from(n * c * h * w + 2 * c)))

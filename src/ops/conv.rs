@@ -44,6 +44,7 @@ mod groups;
 mod im2col;
 mod taps;
 
+use super::contiguous;
 use dense::{DENSE_FWD_MIN_BATCH, DENSE_MAX, dense_bwd, dense_fwd};
 use groups::{
     col2im_group, for_groups, group_size, im2col_group, map_groups, split_threads, sum_partials,
@@ -246,13 +247,6 @@ impl Geom {
     fn in_row(&self, oy: usize, ky: usize) -> Option<usize> {
         let iy = oy * self.s + ky;
         (iy >= self.p && iy - self.p < self.h).then(|| iy - self.p)
-    }
-}
-
-fn contiguous<'a, T>(v: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("conv2d: {what} must be contiguous"),
     }
 }
 
@@ -531,13 +525,13 @@ impl CustomOp2 for Conv2dOp {
         let out = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(fwd_impl(
                 &g,
-                contiguous(x, l1, "x")?,
-                contiguous(w, l2, "w")?,
+                contiguous(x, l1, "conv2d: x")?,
+                contiguous(w, l2, "conv2d: w")?,
             )),
             (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(fwd_impl(
                 &g,
-                contiguous(x, l1, "x")?,
-                contiguous(w, l2, "w")?,
+                contiguous(x, l1, "conv2d: x")?,
+                contiguous(w, l2, "conv2d: w")?,
             )),
             _ => bail!("conv2d: unsupported dtypes (f32 or f64, both the same)"),
         };
@@ -620,9 +614,9 @@ impl CustomOp3 for Conv2dBackward {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(dy)) => {
                 let (dx, dw) = bwd_impl(
                     &g,
-                    contiguous(x, l1, "x")?,
-                    contiguous(w, l2, "w")?,
-                    contiguous(dy, l3, "grad")?,
+                    contiguous(x, l1, "conv2d: x")?,
+                    contiguous(w, l2, "conv2d: w")?,
+                    contiguous(dy, l3, "conv2d: grad")?,
                     self.want_dx,
                 );
                 (CpuStorage::F32(dx), CpuStorage::F32(dw))
@@ -630,9 +624,9 @@ impl CustomOp3 for Conv2dBackward {
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(dy)) => {
                 let (dx, dw) = bwd_impl(
                     &g,
-                    contiguous(x, l1, "x")?,
-                    contiguous(w, l2, "w")?,
-                    contiguous(dy, l3, "grad")?,
+                    contiguous(x, l1, "conv2d: x")?,
+                    contiguous(w, l2, "conv2d: w")?,
+                    contiguous(dy, l3, "conv2d: grad")?,
                     self.want_dx,
                 );
                 (CpuStorage::F64(dx), CpuStorage::F64(dw))

@@ -110,13 +110,6 @@ fn dims4(layout: &Layout) -> Result<(usize, usize, usize, usize)> {
     }
 }
 
-fn contiguous<'a, T>(v: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("max-pool needs a contiguous input"),
-    }
-}
-
 /// The float types the pool runs on, with a branch-free select (on real
 /// data "is this tap larger" is a coin flip for the branch predictor).
 trait PoolElem: Copy + Send + Sync + Default + PartialOrd {
@@ -280,11 +273,23 @@ impl CustomOp1 for PoolOp {
         }
         let (out, arg) = match storage {
             CpuStorage::F32(v) => {
-                let (o, a) = fwd_impl(contiguous(v, layout)?, d, &self.pool, ho, wo);
+                let (o, a) = fwd_impl(
+                    super::contiguous(v, layout, "max-pool: input")?,
+                    d,
+                    &self.pool,
+                    ho,
+                    wo,
+                );
                 (CpuStorage::F32(o), a)
             }
             CpuStorage::F64(v) => {
-                let (o, a) = fwd_impl(contiguous(v, layout)?, d, &self.pool, ho, wo);
+                let (o, a) = fwd_impl(
+                    super::contiguous(v, layout, "max-pool: input")?,
+                    d,
+                    &self.pool,
+                    ho,
+                    wo,
+                );
                 (CpuStorage::F64(o), a)
             }
             _ => bail!("max-pool: unsupported dtype (f32 and f64 only)"),
@@ -335,12 +340,18 @@ impl CustomOp2 for MaxPool2dBackward {
             bail!("max-pool backward: no forward argmax for this input")
         }
         let out = match s2 {
-            CpuStorage::F32(g) => {
-                CpuStorage::F32(bwd_impl(contiguous(g, l2)?, &self.argmax, d, (ho, wo)))
-            }
-            CpuStorage::F64(g) => {
-                CpuStorage::F64(bwd_impl(contiguous(g, l2)?, &self.argmax, d, (ho, wo)))
-            }
+            CpuStorage::F32(g) => CpuStorage::F32(bwd_impl(
+                super::contiguous(g, l2, "max-pool backward: gradient")?,
+                &self.argmax,
+                d,
+                (ho, wo),
+            )),
+            CpuStorage::F64(g) => CpuStorage::F64(bwd_impl(
+                super::contiguous(g, l2, "max-pool backward: gradient")?,
+                &self.argmax,
+                d,
+                (ho, wo),
+            )),
             _ => bail!("max-pool backward: unsupported dtypes"),
         };
         Ok((out, l1.shape().clone()))

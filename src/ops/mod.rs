@@ -48,6 +48,19 @@ pub fn with_reference_ops<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// The values of a contiguous tensor's storage, or an error naming `what`
+/// (for example "conv2d: x") when its layout is strided.
+pub(crate) fn contiguous<'a, T>(
+    v: &'a [T],
+    layout: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
 /// Half-open range of the outputs `o < outs` that kernel tap `t` reaches
 /// along one axis: those whose input `o*stride + t - pad` lies in `[0, len)`
 /// (conv and max-pool windows alike).
