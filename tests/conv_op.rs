@@ -102,13 +102,21 @@ const CASES: &[Case] = &[
     case(2, 3, 4, 6, 11, 5, 1, 2),
     case(2, 3, 4, 2, 13, 5, 1, 2),
     case(1, 2, 3, 1, 50, 7, 1, 3),
-    // Planes of 25 to 36 pixels among those: one GEMM per tap over the
-    // pixels it reaches (several groups of 15 images at 6x6; a 5x5 kernel
-    // on 5x6, non-square; a 7x7 kernel on 4x7, whose outer taps reach no
-    // pixel; untracked-input and thread-count cases below use 6x6 too).
+    // 3x3 kernels on planes of 16 pixels and more: Winograd F(2x2, 3x3)
+    // (one group of 17 images at 6x6; odd heights and widths, whose last
+    // tiles hang over the plane; a prime batch in 13 groups of one image; a
+    // single group of 7; untracked-input and thread-count cases below too).
     case(17, 3, 4, 6, 6, 3, 1, 1),
+    case(6, 3, 4, 9, 5, 3, 1, 1),
+    case(4, 9, 10, 5, 4, 3, 1, 1),
+    case(13, 3, 2, 16, 16, 3, 1, 1),
+    case(7, 5, 6, 12, 12, 3, 1, 1),
+    // Other kernels on planes of 25 to 36 pixels: one GEMM per tap over
+    // the pixels it reaches (a 5x5 kernel on 5x6, non-square; a 7x7 kernel
+    // on 4x7, whose outer taps reach no pixel; 5x5 on 6x6 in groups of 15).
     case(3, 2, 3, 5, 6, 5, 1, 2),
     case(2, 3, 2, 4, 7, 7, 1, 3),
+    case(17, 3, 4, 6, 6, 5, 1, 2),
     // Dense path (H*W <= kh*kw): 2x2 and 1x1 planes, non-square, stride 2.
     case(5, 6, 7, 2, 2, 3, 1, 1),
     case(4, 5, 3, 1, 1, 3, 1, 1),
@@ -291,6 +299,8 @@ fn gradients_match_finite_differences_f64() {
     finite_difference_check(case(2, 2, 3, 5, 4, 3, 2, 1));
     finite_difference_check(case(5, 2, 3, 3, 4, 1, 1, 0)); // pointwise, two chunks
     finite_difference_check(case(3, 2, 3, 2, 2, 3, 1, 1)); // dense
+    finite_difference_check(case(2, 2, 3, 5, 4, 3, 1, 1)); // Winograd
+    finite_difference_check(case(2, 2, 3, 6, 6, 5, 1, 2)); // per tap
 }
 
 /// An input that needs no gradient (the image into the first conv) gets
@@ -300,7 +310,8 @@ fn untracked_input_gets_no_gradient() {
     for c in [
         case(3, 3, 5, 9, 7, 3, 2, 1),
         case(4, 6, 5, 2, 2, 3, 1, 1),
-        case(17, 3, 4, 6, 6, 3, 1, 1), // per tap
+        case(17, 3, 4, 6, 6, 3, 1, 1), // Winograd
+        case(17, 3, 4, 6, 6, 5, 1, 2), // per tap
     ] {
         let (_, _, dw) = run(c, true, DType::F32);
         let x = tensor(&[c.n, c.cin, c.h, c.w], 1, DType::F32);
@@ -340,7 +351,10 @@ fn bit_identical_across_thread_counts() {
         case(5, 4, 6, 18, 20, 3, 2, 1),  // rows
         case(16, 32, 24, 2, 2, 3, 1, 1), // dense
         case(80, 64, 64, 1, 1, 3, 1, 1), // dense, forward too
-        case(33, 16, 24, 6, 6, 3, 1, 1), // per tap, 3 groups
+        case(33, 16, 24, 6, 6, 3, 1, 1), // Winograd, 3 groups
+        case(12, 8, 6, 10, 10, 3, 1, 1), // Winograd, 2 groups
+        case(8, 8, 6, 9, 7, 3, 1, 1),    // Winograd, one group
+        case(33, 16, 24, 6, 6, 5, 1, 2), // per tap, 3 groups
     ] {
         let with = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()

@@ -77,7 +77,7 @@ pub(super) fn im2col_group<T: Elem>(
 
 /// A pointer that may cross threads; users guarantee disjoint writes.
 #[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
+pub(super) struct SendPtr<T>(pub(super) *mut T);
 // SAFETY: only used for writes to disjoint ranges (see col2im_group).
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}

@@ -2,7 +2,9 @@
 //! the output pixels that tap reaches, so no multiply-add is spent on the
 //! padding: at a 6x6 plane a 3x3 kernel with padding 1 reaches 256 of the
 //! 324 (pixel, tap) pairs that im2col multiplies (at 3x3, 49 of 81, but
-//! there the tap GEMMs are too narrow to pay; see [`TAPS_HW`]).
+//! there the tap GEMMs are too narrow to pay; see [`TAPS_HW`]). The
+//! ResNet's own 3x3 convs now take the Winograd path instead (16 multiplies
+//! per 4 outputs); this one serves the other "same" kernels (5x5, 7x7).
 //!
 //! Tap `t = (ky, kx)` reads input pixel `(oy + ky - p, ox + kx - p)` for the
 //! output pixels of a rectangle `R_t`. Per group of images and per tap:

@@ -1,0 +1,672 @@
+//! Stride-1 3x3 convs with padding 1 by Winograd's minimal filtering,
+//! F(2x2, 3x3): each 2x2 block of outputs (a tile) costs 16 multiplies per
+//! (input, output) channel pair instead of 36, so the GEMMs do 2.25x fewer
+//! multiply-adds than im2col's (Lavin & Gray, "Fast Algorithms for
+//! Convolutional Neural Networks", 2016).
+//!
+//! Per tile `Y = A^T [(G g G^T) . (B^T d B)] A` (`.` elementwise, `d` the
+//! 4x4 input patch around the tile, `g` the 3x3 kernel), with
+//! ```text
+//! B^T = [1  0 -1  0]    G = [ 1    0    0 ]    A^T = [1  1  1  0]
+//!       [0  1  1  0]        [1/2  1/2  1/2]          [0  1 -1 -1]
+//!       [0 -1  1  0]        [1/2 -1/2  1/2]
+//!       [0  1  0 -1]        [ 0    0    1 ]
+//! ```
+//! The 16 points of the transformed tile are independent, so the sum over
+//! input channels is one GEMM per point: `M_xi (Cout x tiles) = U_xi (Cout
+//! x Cin) * V_xi (Cin x tiles)`. The backward reuses the same algebra:
+//! - the input gradient is the same-size conv of `dY` with the kernels
+//!   rotated by 180 degrees and their channels swapped;
+//! - the weight gradient, differentiating `Y` above with respect to `g`, is
+//!   `dW = G^T [sum over tiles of (A dY A^T) . (B^T d B)] G`: per point one
+//!   GEMM `dY_xi (Cout x tiles) * V_xi^T`, summed over tiles before the one
+//!   inverse transform per kernel.
+//!
+//! The transforms only add, subtract and halve. Measured against an f64
+//! conv (4 images of unit normals, He-scaled kernels), the largest error
+//! relative to the largest output was 2.9e-7 at 64 channels on 24x24 and
+//! 9.5e-7 at 512 channels on 6x6, against 6.8e-7 and 5.2e-7 for candle's
+//! own f32 conv.
+//!
+//! The transforms run over a channel's planes of a whole group of images
+//! at once (even and odd columns split apart so that every pass is a long
+//! vector operation, compiled for AVX2 where the CPU has it): 0.2-0.9 ns
+//! per transformed value from 24x24 to 6x6 planes on the 2-core machine
+//! this was measured on, about a fifth of the conv's time at 96 px.
+//!
+//! Images are processed in equal groups of at most about [`GROUP_TILES`]
+//! tiles (a function of the shapes only): across the threads, each group
+//! with its own scratch, or, with fewer groups than threads, one group at a
+//! time with its transforms split by channels and its 16 GEMMs across the
+//! threads. Weight-gradient partials are summed in group order, so results
+//! are bit-identical whatever the number of threads.
+
+use rayon::prelude::*;
+
+use super::groups::SendPtr;
+use super::{Elem, Geom, for_groups, gemm_strided, map_groups, split_threads, sum_partials};
+
+/// Points of a transformed tile (4x4).
+const PTS: usize = 16;
+
+/// Distance between the 16 matrices of a transformed buffer holding `n`
+/// values each: `n` rounded up to a multiple of 16, plus 16, so that the
+/// 16 streams a tile reads or writes start in different cache sets (at
+/// 64 channels x 288 tiles, `n` is 18 x 4 KiB and the 16 streams would
+/// evict each other from the same sets of the 8-way L1).
+fn spaced(n: usize) -> usize {
+    n.next_multiple_of(16) + 16
+}
+
+/// Tiles per group of images (the GEMMs' column count). A group's scratch
+/// is `16 * (Cin + Cout) * tiles` values: 1.2 MiB in f32 at 64 channels and
+/// 256 tiles.
+const GROUP_TILES: usize = 256;
+
+/// Smallest plane (pixels) taking this path. Below, at 3x3, the four tiles
+/// cover 16 outputs of which 9 are in the plane (64 multiplies per channel
+/// pair against im2col's 81), and at 2x2 one tile (16, as many as the dense
+/// path): on ResNet-18's 512-channel stage, where a batch of 32 has 32-128
+/// tiles, transforming the 512x512 kernels and packing them for 16 narrow
+/// GEMMs cost more than that saved (2x2: forward 13.7 against 11.9 ms,
+/// backward 29.8 against 26.3; 3x3: a wash).
+const MIN_HW: usize = 16;
+
+/// Whether `g` takes this path (a function of the shapes only).
+pub(super) fn winograd(g: &Geom) -> bool {
+    g.same() && g.kh == 3 && g.kw == 3 && g.p == 1 && !g.degenerate() && g.hw() >= MIN_HW
+}
+
+/// Tile rows, tile columns.
+fn tiles(g: &Geom) -> (usize, usize) {
+    (g.h.div_ceil(2), g.w.div_ceil(2))
+}
+
+/// Images per group: the largest divisor of the batch that keeps a group
+/// within about [`GROUP_TILES`] tiles, so that all groups are the same size
+/// (5 groups of 7, 7, 7, 7, 4 images would leave one of two threads idle
+/// for a fifth of the time).
+fn group_size(g: &Geom) -> usize {
+    let (th, tw) = tiles(g);
+    let most = (GROUP_TILES / (th * tw)).max(1);
+    (1..=most.min(g.n))
+        .rev()
+        .find(|&d| g.n.is_multiple_of(d))
+        .unwrap_or(1)
+}
+
+/// `U_xi = (G g G^T)_xi` for every kernel, as 16 matrices `rows x cols`
+/// (`[xi][r][c]`): `rows = Cout`, `cols = Cin` from `w (Cout x Cin x 3 x 3)`,
+/// or, with `flip`, the kernels of the input gradient: `rows = Cin`, `cols =
+/// Cout`, each kernel rotated by 180 degrees.
+fn filter_transform<T: Elem>(g: &Geom, w: &[T], flip: bool) -> Vec<T> {
+    let (rows, cols) = if flip {
+        (g.cin, g.cout)
+    } else {
+        (g.cout, g.cin)
+    };
+    let plane = spaced(rows * cols);
+    let mut u = vec![T::ZERO; PTS * plane];
+    let up = SendPtr(u.as_mut_ptr());
+    (0..rows).into_par_iter().for_each(|r| {
+        let up = up;
+        for c in 0..cols {
+            let (co, ci) = if flip { (c, r) } else { (r, c) };
+            let k = &w[(co * g.cin + ci) * 9..(co * g.cin + ci + 1) * 9];
+            let mut kk = [T::ZERO; 9];
+            for (i, v) in kk.iter_mut().enumerate() {
+                *v = if flip { k[8 - i] } else { k[i] };
+            }
+            // G along the kernel's columns, then along its rows.
+            let mut t = [T::ZERO; 12]; // 4 x 3
+            for j in 0..3 {
+                let g4 = g_col(kk[j], kk[3 + j], kk[6 + j]);
+                for (a, v) in g4.into_iter().enumerate() {
+                    t[a * 3 + j] = v;
+                }
+            }
+            for a in 0..4 {
+                let g4 = g_col(t[a * 3], t[a * 3 + 1], t[a * 3 + 2]);
+                for (b, v) in g4.into_iter().enumerate() {
+                    // SAFETY: (r, c) is this task's own row; the index is
+                    // inside the 16 x rows x cols buffer.
+                    unsafe { *up.0.add((a * 4 + b) * plane + r * cols + c) = v };
+                }
+            }
+        }
+    });
+    u
+}
+
+/// `G (g0, g1, g2)`: `(g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2)`.
+#[inline(always)]
+fn g_col<T: Elem>(g0: T, g1: T, g2: T) -> [T; 4] {
+    let s = g0 + g2;
+    [g0, (s + g1) * T::HALF, (s - g1) * T::HALF, g2]
+}
+
+/// `G^T (x0, x1, x2, x3)`: `(x0 + (x1+x2)/2, (x1-x2)/2, (x1+x2)/2 + x3)`.
+#[inline(always)]
+fn gt_col<T: Elem>(x: [T; 4]) -> [T; 3] {
+    let s = (x[1] + x[2]) * T::HALF;
+    [x[0] + s, (x[1] - x[2]) * T::HALF, s + x[3]]
+}
+
+/// `dW (Cout x Cin x 3 x 3) = G^T X G` of each kernel's summed `X`
+/// (`[xi][Cout][Cin]`).
+fn filter_inverse<T: Elem>(g: &Geom, x: &[T]) -> Vec<T> {
+    let plane = spaced(g.cout * g.cin);
+    let mut dw = vec![T::ZERO; g.w_len()];
+    dw.par_chunks_mut(g.cin * 9)
+        .enumerate()
+        .for_each(|(co, row)| {
+            for (ci, k) in row.chunks_exact_mut(9).enumerate() {
+                let at = |xi: usize| x[xi * plane + co * g.cin + ci];
+                let mut t = [T::ZERO; 12]; // 3 x 4
+                for b in 0..4 {
+                    let v = gt_col([at(b), at(4 + b), at(8 + b), at(12 + b)]);
+                    for (i, v) in v.into_iter().enumerate() {
+                        t[i * 4 + b] = v;
+                    }
+                }
+                for i in 0..3 {
+                    let v = gt_col([t[i * 4], t[i * 4 + 1], t[i * 4 + 2], t[i * 4 + 3]]);
+                    k[i * 3..i * 3 + 3].copy_from_slice(&v);
+                }
+            }
+        });
+    dw
+}
+
+/// Where one group's transformed planes go: `16 x chans x tiles` values,
+/// point `xi`, channel `c`, image `j` of the group at
+/// `(xi * chans + c) * tiles + j * th*tw`.
+#[derive(Clone, Copy)]
+struct Points {
+    chans: usize,
+    tiles: usize,
+}
+
+impl Points {
+    /// Distance between points.
+    fn stride(&self) -> usize {
+        spaced(self.chans * self.tiles)
+    }
+    fn len(&self) -> usize {
+        PTS * self.stride()
+    }
+    fn at(&self, xi: usize, c: usize) -> usize {
+        xi * self.stride() + c * self.tiles
+    }
+}
+
+/// Which transform of the tiles of a plane: `B^T d B` of the 4x4 input
+/// patches (forward, and `dY` for the input gradient), or `A dY A^T` of the
+/// 2x2 output-gradient blocks (weight gradient).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tr {
+    Input,
+    OutGrad,
+}
+
+/// The transform `tr` of the `imgs x chans` planes of `src` (`h x w` each)
+/// into `dst` laid out as `pts`, split by channels across the threads when
+/// `par`. A channel's planes of all the group's images are one contiguous
+/// run of tiles in each of the 16 points, so the vector operations run over
+/// all of them at once (at 6x6 a plane has only 9 tiles).
+#[allow(clippy::too_many_arguments)]
+fn transform<T: Elem>(
+    tr: Tr,
+    src: &[T],
+    imgs: usize,
+    (h, w): (usize, usize),
+    dst: &mut [T],
+    pts: Points,
+    par: bool,
+) {
+    let dp = SendPtr(dst.as_mut_ptr());
+    let task = |c: usize, buf: &mut Vec<T>| {
+        let dp = dp;
+        let plane = |j: usize| &src[(j * pts.chans + c) * h * w..(j * pts.chans + c + 1) * h * w];
+        // SAFETY: channel c's rows of every point belong to this task
+        // only; `chan_*` write imgs*th*tw values at each of the 16 offsets.
+        let out = |xi: usize| unsafe { dp.0.add(pts.at(xi, c)) };
+        crate::ops::wide(
+            #[inline(always)]
+            || unsafe {
+                match tr {
+                    Tr::Input => chan_input(plane, imgs, h, w, buf, out),
+                    Tr::OutGrad => chan_outgrad(plane, imgs, h, w, buf, out),
+                }
+            },
+        );
+    };
+    if par {
+        (0..pts.chans)
+            .into_par_iter()
+            .for_each_init(Vec::new, |buf, c| task(c, buf));
+    } else {
+        let mut buf = Vec::new();
+        (0..pts.chans).for_each(|c| task(c, &mut buf));
+    }
+}
+
+/// One input row's even and odd columns: `ev[t] = row[2t]`, `od[t] =
+/// row[2t+1]` (zero past the row), `t < ev.len()`.
+#[inline(always)]
+fn split_row<T: Elem>(row: &[T], ev: &mut [T], od: &mut [T]) {
+    let pairs = row.len() / 2;
+    for ((p, e), o) in row
+        .chunks_exact(2)
+        .zip(&mut ev[..pairs])
+        .zip(&mut od[..pairs])
+    {
+        *e = p[0];
+        *o = p[1];
+    }
+    if row.len() % 2 == 1 {
+        ev[pairs] = row[2 * pairs];
+        od[pairs] = T::ZERO;
+    }
+}
+
+/// `dst[i] = f(a[i], b[i])` over `dst`'s length.
+#[inline(always)]
+fn map2<T: Elem>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
+    let n = dst.len();
+    for ((d, &p), &q) in dst.iter_mut().zip(&a[..n]).zip(&b[..n]) {
+        *d = f(p, q);
+    }
+}
+
+/// `B^T d B` for each tile of the planes `plane(j)` (`h x w`, `j < imgs`)
+/// of one channel: tile `(ti, tj)` of image `j` reads input rows
+/// `2ti-1 ..= 2ti+2` and columns `2tj-1 ..= 2tj+2` (zero outside), and point
+/// `xi` goes to `out(xi)[j*th*tw + ti*tw + tj]`.
+///
+/// Along one axis, `B^T (d0, d1, d2, d3) = (d0-d2, d1+d2, d2-d1, d1-d3)`.
+/// Row `q` of tile row `ti` is input row `2ti+q-1`; those rows, split into
+/// even and odd columns (`ev[t]` = column `2t`, `od[t]` = column `2t+1`),
+/// are laid out like the tiles (`rows[q]`, one value per tile), so the pass
+/// down the columns is four vector operations over all tiles. Along the
+/// rows, tile `tj` reads columns `2tj-1 .. 2tj+2`: `od[tj-1], ev[tj],
+/// od[tj], ev[tj+1]`, the same vectors shifted by one, with the first and
+/// last tile of each row corrected for the zero outside the plane.
+///
+/// # Safety
+/// `out(xi)` must be valid for `imgs*th*tw` writes.
+#[inline(always)]
+unsafe fn chan_input<'a, T: Elem>(
+    plane: impl Fn(usize) -> &'a [T],
+    imgs: usize,
+    h: usize,
+    w: usize,
+    buf: &mut Vec<T>,
+    out: impl Fn(usize) -> *mut T,
+) {
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let (n, nt) = (th * tw, imgs * th * tw);
+    // 8 vectors (rows q = 0..4, even / odd columns), then 8 more (their
+    // transform down the columns), each with one spare value at both ends.
+    let len = nt + 2;
+    buf.resize(16 * len, T::ZERO);
+    let (rows, cols) = buf.split_at_mut(8 * len);
+    let at = |q: usize, odd: usize, i: usize| (2 * q + odd) * len + 1 + i;
+    for j in 0..imgs {
+        let x = plane(j);
+        for ti in 0..th {
+            let t0 = j * n + ti * tw;
+            for q in 0..4 {
+                // Input row 2ti+q-1, zero outside the plane.
+                let r = (2 * ti + q).wrapping_sub(1);
+                if r >= h {
+                    rows[at(q, 0, t0)..at(q, 0, t0) + tw].fill(T::ZERO);
+                    rows[at(q, 1, t0)..at(q, 1, t0) + tw].fill(T::ZERO);
+                } else if q >= 2 && ti + 1 < th {
+                    // Rows q = 2, 3 of tile row ti are rows 0, 1 of ti+1:
+                    // split there and copied back below.
+                } else {
+                    let (e, o) = rows.split_at_mut(at(q, 1, t0));
+                    split_row(
+                        &x[r * w..(r + 1) * w],
+                        &mut e[at(q, 0, t0)..at(q, 0, t0) + tw],
+                        &mut o[..tw],
+                    );
+                }
+            }
+            if ti > 0 {
+                // Rows 0, 1 of this tile row are rows 2, 3 of the last.
+                let p0 = t0 - tw;
+                for (q, odd) in [(2, 0), (2, 1), (3, 0), (3, 1)] {
+                    rows.copy_within(at(q - 2, odd, t0)..at(q - 2, odd, t0) + tw, at(q, odd, p0));
+                }
+            }
+        }
+    }
+    // Down the columns, for the even and the odd columns.
+    for odd in 0..2 {
+        let r = |q: usize| &rows[at(q, odd, 0)..at(q, odd, 0) + nt];
+        let c = |a: usize| (2 * a + odd) * len + 1..(2 * a + odd) * len + 1 + nt;
+        map2(&mut cols[c(0)], r(0), r(2), |p, q| p - q);
+        map2(&mut cols[c(1)], r(1), r(2), |p, q| p + q);
+        map2(&mut cols[c(2)], r(2), r(1), |p, q| p - q);
+        map2(&mut cols[c(3)], r(1), r(3), |p, q| p - q);
+    }
+    // Along the rows: (od[t-1] - od[t], ev[t] + od[t], od[t] - ev[t],
+    // ev[t] - ev[t+1]).
+    for a in 0..4 {
+        let ev = &cols[2 * a * len..(2 * a + 1) * len];
+        let od = &cols[(2 * a + 1) * len..(2 * a + 2) * len];
+        // SAFETY: out(xi) spans imgs*th*tw values (caller).
+        let dst = |b: usize| unsafe { std::slice::from_raw_parts_mut(out(a * 4 + b), nt) };
+        let (d0, d3) = (dst(0), dst(3));
+        map2(d0, od, &od[1..], |p, q| p - q);
+        map2(dst(1), &ev[1..], &od[1..], |p, q| p + q);
+        map2(dst(2), &od[1..], &ev[1..], |p, q| p - q);
+        map2(d3, &ev[1..], &ev[2..], |p, q| p - q);
+        // The first tile of a row has zero left of it, the last zero right
+        // of it (column 2tw is past the plane).
+        for s in (0..nt).step_by(tw) {
+            d0[s] = T::ZERO - od[1 + s];
+            d3[s + tw - 1] = ev[s + tw];
+        }
+    }
+}
+
+/// `A dY A^T` for each 2x2 block of the output-gradient planes `plane(j)`
+/// (`h x w`, zero outside) of one channel, point `xi` to
+/// `out(xi)[j*th*tw + ti*tw + tj]`. Along one axis, `A (y0, y1) = (y0,
+/// y0+y1, y0-y1, -y1)`; block `(ti, tj)` is rows `2ti, 2ti+1` and columns
+/// `2tj, 2tj+1`, so with those rows split into even and odd columns and laid
+/// out like the tiles, both passes are vector operations over all tiles.
+///
+/// # Safety
+/// `out(xi)` must be valid for `imgs*th*tw` writes.
+#[inline(always)]
+unsafe fn chan_outgrad<'a, T: Elem>(
+    plane: impl Fn(usize) -> &'a [T],
+    imgs: usize,
+    h: usize,
+    w: usize,
+    buf: &mut Vec<T>,
+    out: impl Fn(usize) -> *mut T,
+) {
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let (n, nt) = (th * tw, imgs * th * tw);
+    buf.resize(8 * nt, T::ZERO);
+    // Row 0 / 1 of each block, even / odd columns; then sums and differences.
+    let (rows, sd) = buf.split_at_mut(4 * nt);
+    let at = |q: usize, odd: usize, i: usize| (2 * q + odd) * nt + i;
+    for j in 0..imgs {
+        let y = plane(j);
+        for ti in 0..th {
+            let t0 = j * n + ti * tw;
+            for q in 0..2 {
+                let r = 2 * ti + q;
+                let (e, o) = rows.split_at_mut(at(q, 1, t0));
+                let (e, o) = (&mut e[at(q, 0, t0)..at(q, 0, t0) + tw], &mut o[..tw]);
+                if r < h {
+                    split_row(&y[r * w..(r + 1) * w], e, o);
+                } else {
+                    e.fill(T::ZERO);
+                    o.fill(T::ZERO);
+                }
+            }
+        }
+    }
+    let r = |q: usize, odd: usize| &rows[at(q, odd, 0)..at(q, odd, 0) + nt];
+    // Along the rows: (ev, ev+od, ev-od, -od), for rows 0 and 1.
+    for q in 0..2 {
+        let (s, d) = sd[2 * q * nt..(2 * q + 2) * nt].split_at_mut(nt);
+        map2(s, r(q, 0), r(q, 1), |p, q| p + q);
+        map2(d, r(q, 0), r(q, 1), |p, q| p - q);
+    }
+    // Down the columns, rows e and o: (e, e+o, e-o, -o).
+    for b in 0..4 {
+        let (he, ho, neg) = match b {
+            0 => (r(0, 0), r(1, 0), false),
+            1 => (&sd[..nt], &sd[2 * nt..3 * nt], false),
+            2 => (&sd[nt..2 * nt], &sd[3 * nt..], false),
+            _ => (r(0, 1), r(1, 1), true),
+        };
+        // SAFETY: out(xi) spans imgs*th*tw values (caller).
+        let dst = |a: usize| unsafe { std::slice::from_raw_parts_mut(out(a * 4 + b), nt) };
+        if neg {
+            map2(dst(0), he, he, |p, _| T::ZERO - p);
+            map2(dst(1), he, ho, |p, q| T::ZERO - p - q);
+            map2(dst(2), ho, he, |p, q| p - q);
+            dst(3).copy_from_slice(ho);
+        } else {
+            dst(0).copy_from_slice(he);
+            map2(dst(1), he, ho, |p, q| p + q);
+            map2(dst(2), he, ho, |p, q| p - q);
+            map2(dst(3), ho, ho, |p, _| T::ZERO - p);
+        }
+    }
+}
+
+/// `A^T M A` of each tile of the `imgs x chans` planes laid out as `pts`,
+/// written into `dst` (`imgs x chans x h x w`), by channels across the
+/// threads when `par`. Along one axis, `A^T (m0, m1, m2, m3) = (m0+m1+m2,
+/// m1-m2-m3)`.
+fn inverse<T: Elem>(m: &[T], pts: Points, (h, w): (usize, usize), dst: &mut [T], par: bool) {
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let (hw, n, nt) = (h * w, th * tw, pts.tiles);
+    let imgs = nt / n;
+    let dp = SendPtr(dst.as_mut_ptr());
+    let task = |buf: &mut Vec<T>, c: usize| {
+        let dp = dp;
+        buf.resize(4 * nt, T::ZERO);
+        crate::ops::wide(
+            #[inline(always)]
+            || {
+                let v: [&[T]; PTS] =
+                    std::array::from_fn(|xi| &m[pts.at(xi, c)..pts.at(xi, c) + nt]);
+                let (y00, rest) = buf.split_at_mut(nt);
+                let (y01, rest) = rest.split_at_mut(nt);
+                let (y10, y11) = rest.split_at_mut(nt);
+                for t in 0..nt {
+                    // Down the tile's columns (a), then along its rows (b).
+                    let s0: [T; 4] = std::array::from_fn(|b| v[b][t] + v[4 + b][t] + v[8 + b][t]);
+                    let s1: [T; 4] =
+                        std::array::from_fn(|b| v[4 + b][t] - v[8 + b][t] - v[12 + b][t]);
+                    y00[t] = s0[0] + s0[1] + s0[2];
+                    y01[t] = s0[1] - s0[2] - s0[3];
+                    y10[t] = s1[0] + s1[1] + s1[2];
+                    y11[t] = s1[1] - s1[2] - s1[3];
+                }
+                for j in 0..imgs {
+                    // SAFETY: plane (j, c) belongs to this task only.
+                    let y = unsafe {
+                        std::slice::from_raw_parts_mut(dp.0.add((j * pts.chans + c) * hw), hw)
+                    };
+                    for ti in 0..th {
+                        let s = j * n + ti * tw..j * n + ti * tw + tw;
+                        let r0 = 2 * ti;
+                        interleave(
+                            &mut y[r0 * w..(r0 + 1) * w],
+                            &y00[s.clone()],
+                            &y01[s.clone()],
+                        );
+                        if r0 + 1 < h {
+                            interleave(
+                                &mut y[(r0 + 1) * w..(r0 + 2) * w],
+                                &y10[s.clone()],
+                                &y11[s],
+                            );
+                        }
+                    }
+                }
+            },
+        )
+    };
+    debug_assert_eq!(dst.len(), imgs * pts.chans * hw);
+    if par {
+        (0..pts.chans).into_par_iter().for_each_init(Vec::new, task);
+    } else {
+        let mut buf = Vec::new();
+        (0..pts.chans).for_each(|c| task(&mut buf, c));
+    }
+}
+
+/// `row[2t] = a[t]`, `row[2t+1] = b[t]`, as far as the row goes.
+#[inline(always)]
+fn interleave<T: Elem>(row: &mut [T], a: &[T], b: &[T]) {
+    let pairs = row.len() / 2;
+    for ((d, &p), &q) in row.chunks_exact_mut(2).zip(&a[..pairs]).zip(&b[..pairs]) {
+        d[0] = p;
+        d[1] = q;
+    }
+    if row.len() % 2 == 1 {
+        row[2 * pairs] = a[pairs];
+    }
+}
+
+/// The 16 GEMMs `dst_xi (m x n) = lhs_xi (m x k) * rhs_xi (k x n)`, where
+/// operand `xi` starts at `xi * stride` and has the given (row, column)
+/// strides, and `dst_xi` (row-major) at `xi * dst.len() / 16`; across the threads when `par` (each GEMM on one thread, so the
+/// result does not depend on the thread count).
+#[allow(clippy::too_many_arguments)]
+fn gemms<T: Elem>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    lhs: &[T],
+    (ls, lrs, lcs): (usize, usize, usize),
+    rhs: &[T],
+    (rs, rrs, rcs): (usize, usize, usize),
+    par: bool,
+) {
+    let one = |(xi, d): (usize, &mut [T])| {
+        // SAFETY: operand xi lies inside lhs / rhs (callers size them as
+        // 16 strided matrices); d is m x n row-major.
+        unsafe {
+            gemm_strided(
+                m,
+                n,
+                k,
+                d,
+                (n, 1),
+                false,
+                lhs[xi * ls..].as_ptr(),
+                (lrs, lcs),
+                rhs[xi * rs..].as_ptr(),
+                (rrs, rcs),
+                1,
+            )
+        }
+    };
+    let ds = dst.len() / PTS;
+    debug_assert!(ds >= m * n);
+    if par {
+        dst.par_chunks_mut(ds).enumerate().for_each(one);
+    } else {
+        dst.chunks_mut(ds).enumerate().for_each(one);
+    }
+}
+
+/// The forward: `y (N x Cout x H x W)`.
+pub(super) fn wino_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
+    let u = filter_transform(g, w, false);
+    let mut y = vec![T::ZERO; g.y_len()];
+    conv_groups(g, x, &u, g.cin, g.cout, &mut y);
+    y
+}
+
+/// `out = conv(src, U)` in groups: `src` has `cin` channels, `out` `cout`,
+/// both `g.h x g.w` planes; `u` is [`filter_transform`]'s `16 x cout x cin`.
+fn conv_groups<T: Elem>(g: &Geom, src: &[T], u: &[T], cin: usize, cout: usize, out: &mut [T]) {
+    let (th, tw) = tiles(g);
+    let (hw, tp) = (g.hw(), th * tw);
+    let gs = group_size(g);
+    let (across, _) = split_threads(g.n.div_ceil(gs));
+    let per_group = |(v, m): &mut (Vec<T>, Vec<T>), (gi, og): (usize, &mut [T])| {
+        let imgs = og.len() / (cout * hw);
+        let tiles = imgs * tp;
+        let i0 = gi * gs;
+        let (pin, pout) = (Points { chans: cin, tiles }, Points { chans: cout, tiles });
+        v.resize(pin.len(), T::ZERO);
+        let xs = &src[i0 * cin * hw..(i0 + imgs) * cin * hw];
+        transform(Tr::Input, xs, imgs, (g.h, g.w), v, pin, !across);
+        m.resize(pout.len(), T::ZERO);
+        gemms(
+            (cout, tiles, cin),
+            m,
+            u,
+            (spaced(cout * cin), cin, 1),
+            v,
+            (pin.stride(), tiles, 1),
+            !across,
+        );
+        inverse(m, pout, (g.h, g.w), og, !across);
+    };
+    for_groups(
+        out,
+        gs * cout * hw,
+        across,
+        || (Vec::new(), Vec::new()),
+        per_group,
+    );
+}
+
+/// Both gradients: `dX` (empty unless `want_dx`) and `dW`.
+pub(super) fn wino_bwd<T: Elem>(
+    g: &Geom,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    want_dx: bool,
+) -> (Vec<T>, Vec<T>) {
+    let (th, tw) = tiles(g);
+    let (hw, tp) = (g.hw(), th * tw);
+    let gs = group_size(g);
+    let groups = g.n.div_ceil(gs);
+    let (across, _) = split_threads(groups);
+    let mut dx = Vec::new();
+    if want_dx {
+        // The input gradient: a same-size conv of dY with the rotated,
+        // channel-swapped kernels.
+        let u = filter_transform(g, w, true);
+        dx = vec![T::ZERO; g.x_len()];
+        conv_groups(g, dy, &u, g.cout, g.cin, &mut dx);
+    }
+    let per_group = |(v, e): &mut (Vec<T>, Vec<T>), (gi, _): (usize, &mut [T])| -> Vec<T> {
+        let i0 = gi * gs;
+        let imgs = gs.min(g.n - i0);
+        let tiles = imgs * tp;
+        let (pin, pout) = (
+            Points {
+                chans: g.cin,
+                tiles,
+            },
+            Points {
+                chans: g.cout,
+                tiles,
+            },
+        );
+        v.resize(pin.len(), T::ZERO);
+        let xs = &x[i0 * g.cin * hw..(i0 + imgs) * g.cin * hw];
+        transform(Tr::Input, xs, imgs, (g.h, g.w), v, pin, !across);
+        e.resize(pout.len(), T::ZERO);
+        let ds = &dy[i0 * g.cout * hw..(i0 + imgs) * g.cout * hw];
+        transform(Tr::OutGrad, ds, imgs, (g.h, g.w), e, pout, !across);
+        // X_xi (Cout x Cin) = E_xi (Cout x tiles) * V_xi^T (tiles x Cin).
+        let mut part = vec![T::ZERO; PTS * spaced(g.cout * g.cin)];
+        gemms(
+            (g.cout, g.cin, tiles),
+            &mut part,
+            e,
+            (pout.stride(), tiles, 1),
+            v,
+            (pin.stride(), 1, tiles),
+            !across,
+        );
+        part
+    };
+    let scratch = || (Vec::new(), Vec::new());
+    let partials = map_groups(&mut [], 0, groups, across, scratch, per_group);
+    let dw = match sum_partials(partials) {
+        Some(acc) => filter_inverse(g, &acc),
+        None => vec![T::ZERO; g.w_len()],
+    };
+    (dx, dw)
+}
