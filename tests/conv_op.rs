@@ -111,20 +111,24 @@ const CASES: &[Case] = &[
     case(4, 9, 10, 5, 4, 3, 1, 1),
     case(13, 3, 2, 16, 16, 3, 1, 1),
     case(7, 5, 6, 12, 12, 3, 1, 1),
-    // Other kernels on planes of 25 to 36 pixels: one GEMM per tap over
-    // the pixels it reaches (a 5x5 kernel on 5x6, non-square; a 7x7 kernel
-    // on 4x7, whose outer taps reach no pixel; 5x5 on 6x6 in groups of 15).
+    // Other "same" convs on planes of 4 to 36 pixels: one GEMM per tap
+    // over the pixels it reaches (3x3 kernels on 2x2, 3x3 and 2x3 planes;
+    // a 5x5 kernel on 5x6, non-square; a 7x7 kernel on 4x7, whose outer
+    // taps reach no pixel; 5x5 on 6x6 in groups of 15).
+    case(5, 6, 7, 2, 2, 3, 1, 1),
+    case(33, 5, 6, 3, 3, 3, 1, 1),
+    case(3, 4, 5, 2, 3, 3, 1, 1),
     case(3, 2, 3, 5, 6, 5, 1, 2),
     case(2, 3, 2, 4, 7, 7, 1, 3),
     case(17, 3, 4, 6, 6, 5, 1, 2),
-    // Dense path (H*W <= kh*kw): 2x2 and 1x1 planes, non-square, stride 2.
-    case(5, 6, 7, 2, 2, 3, 1, 1),
+    // Dense path (other H*W <= kh*kw): 1x1 planes, non-square, stride 2,
+    // no padding.
     case(4, 5, 3, 1, 1, 3, 1, 1),
-    case(3, 4, 5, 2, 3, 3, 1, 1),
+    case(3, 5, 4, 1, 3, 3, 1, 1),
     case(3, 4, 5, 3, 3, 3, 2, 1),
     case(2, 3, 4, 2, 2, 3, 2, 1),
     case(1, 9, 2, 3, 3, 3, 1, 0),
-    case(64, 3, 4, 2, 2, 3, 1, 1), // dense forward too (64 images and more)
+    case(64, 3, 4, 3, 3, 3, 2, 1), // dense forward too (64 images and more)
     case(70, 2, 3, 1, 3, 3, 2, 1),
 ];
 
@@ -298,7 +302,8 @@ fn finite_difference_check(c: Case) {
 fn gradients_match_finite_differences_f64() {
     finite_difference_check(case(2, 2, 3, 5, 4, 3, 2, 1));
     finite_difference_check(case(5, 2, 3, 3, 4, 1, 1, 0)); // pointwise, two chunks
-    finite_difference_check(case(3, 2, 3, 2, 2, 3, 1, 1)); // dense
+    finite_difference_check(case(3, 2, 3, 3, 2, 3, 2, 1)); // dense
+    finite_difference_check(case(3, 2, 3, 2, 2, 3, 1, 1)); // per tap
     finite_difference_check(case(2, 2, 3, 5, 4, 3, 1, 1)); // Winograd
     finite_difference_check(case(2, 2, 3, 6, 6, 5, 1, 2)); // per tap
 }
@@ -309,7 +314,8 @@ fn gradients_match_finite_differences_f64() {
 fn untracked_input_gets_no_gradient() {
     for c in [
         case(3, 3, 5, 9, 7, 3, 2, 1),
-        case(4, 6, 5, 2, 2, 3, 1, 1),
+        case(4, 6, 5, 3, 3, 3, 2, 1),  // dense
+        case(4, 6, 5, 2, 2, 3, 1, 1),  // per tap
         case(17, 3, 4, 6, 6, 3, 1, 1), // Winograd
         case(17, 3, 4, 6, 6, 5, 1, 2), // per tap
     ] {
@@ -349,7 +355,8 @@ fn bit_identical_across_thread_counts() {
         case(7, 8, 16, 12, 10, 3, 2, 1),
         case(5, 2, 3, 20, 20, 3, 1, 1),
         case(5, 4, 6, 18, 20, 3, 2, 1),  // rows
-        case(16, 32, 24, 2, 2, 3, 1, 1), // dense
+        case(16, 32, 24, 3, 3, 3, 2, 1), // dense
+        case(16, 32, 24, 2, 2, 3, 1, 1), // per tap, one group
         case(80, 64, 64, 1, 1, 3, 1, 1), // dense, forward too
         case(33, 16, 24, 6, 6, 3, 1, 1), // Winograd, 3 groups
         case(12, 8, 6, 10, 10, 3, 1, 1), // Winograd, 2 groups

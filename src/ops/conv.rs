@@ -17,15 +17,18 @@
 //! * a single group (deep layers of small inputs) runs gemm's own threads
 //!   inside the GEMMs and splits its im2col / col2im by channel blocks.
 //!
-//! * small planes (`H*W <= kh*kw`), forward from 64 images and always in
-//!   the backward: one dense matrix instead (submodule `dense`); im2col itself, by
-//!   shifted planes, row copies or a tap table, is in submodule `im2col`.
+//! The first of these that applies replaces im2col (see [`Path`]):
 //! * stride-1 3x3 convs with padding 1 on planes of 16 pixels and more:
 //!   Winograd F(2x2, 3x3), 2.25x fewer multiply-adds in the GEMMs
 //!   (submodule `winograd`).
-//! * other stride-1 "same" convs on planes of 25-36 pixels: one GEMM per
+//! * other stride-1 "same" convs on planes of 4-36 pixels: one GEMM per
 //!   kernel tap over the pixels it reaches, no padding taps (submodule
 //!   `taps`).
+//! * other small planes (`H*W <= kh*kw`), forward from 64 images and always
+//!   in the backward: one dense matrix (submodule `dense`).
+//!
+//! im2col itself, by shifted planes, row copies or a tap table, is in
+//! submodule `im2col`.
 //! * the grouping of images, the thread split and the ordered sum of the
 //!   weight-gradient partials, shared by these paths, are in `groups`.
 //!
@@ -268,6 +271,36 @@ impl Geom {
     }
 }
 
+/// Which kernel computes a conv, the first that applies (a function of the
+/// shapes only, so results do not depend on the thread count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// Stride-1 3x3 convs with padding 1 on planes of 16 pixels and more.
+    Winograd,
+    /// Other stride-1 "same" convs on planes of 4 to 36 pixels.
+    Taps,
+    /// Other planes of at most `kh*kw` pixels (the forward only from
+    /// [`DENSE_FWD_MIN_BATCH`] images; im2col below).
+    Dense,
+    Im2col,
+}
+
+impl Path {
+    fn of(g: &Geom) -> Self {
+        if g.degenerate() {
+            Self::Im2col
+        } else if winograd(g) {
+            Self::Winograd
+        } else if per_tap(g) {
+            Self::Taps
+        } else if g.dense() {
+            Self::Dense
+        } else {
+            Self::Im2col
+        }
+    }
+}
+
 /// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)`, each operand given with
 /// its (row stride, column stride); `threads > 1` lets gemm split the output
 /// over that many rayon threads (each output element is still reduced in
@@ -324,14 +357,11 @@ unsafe fn gemm_strided<T: Elem>(
 }
 
 fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
-    if !g.degenerate() && g.dense() && g.n >= DENSE_FWD_MIN_BATCH {
-        return dense_fwd(g, x, w);
-    }
-    if winograd(g) {
-        return wino_fwd(g, x, w);
-    }
-    if per_tap(g) {
-        return taps_fwd(g, x, w);
+    match Path::of(g) {
+        Path::Winograd => return wino_fwd(g, x, w),
+        Path::Taps => return taps_fwd(g, x, w),
+        Path::Dense if g.n >= DENSE_FWD_MIN_BATCH => return dense_fwd(g, x, w),
+        _ => {}
     }
     let mut y = vec![T::ZERO; g.y_len()];
     if g.degenerate() {
@@ -409,14 +439,11 @@ fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
 /// one GEMM, and col2im per image. Group partials of `dW` are summed in group
 /// order.
 fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> (Vec<T>, Vec<T>) {
-    if !g.degenerate() && g.dense() {
-        return dense_bwd(g, x, w, dy, want_dx);
-    }
-    if winograd(g) {
-        return wino_bwd(g, x, w, dy, want_dx);
-    }
-    if per_tap(g) {
-        return taps_bwd(g, x, w, dy, want_dx);
+    match Path::of(g) {
+        Path::Winograd => return wino_bwd(g, x, w, dy, want_dx),
+        Path::Taps => return taps_bwd(g, x, w, dy, want_dx),
+        Path::Dense => return dense_bwd(g, x, w, dy, want_dx),
+        Path::Im2col => {}
     }
     let (nx, nw) = (if want_dx { g.x_len() } else { 0 }, g.w_len());
     let (mut dx, mut dw) = (vec![T::ZERO; nx], vec![T::ZERO; nw]);

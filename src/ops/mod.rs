@@ -5,9 +5,10 @@
 //!   copy of the plane per channel and tap for stride-1 "same" convs, else
 //!   row copies, or a per-tap index table for narrow rows) + one GEMM per
 //!   group of images; Winograd F(2x2, 3x3) for stride-1 3x3 convs on
-//!   planes of 16 pixels and more; one dense GEMM on planes of at most
-//!   `kh*kw` pixels; one GEMM per kernel tap for other kernels on 5x5-6x6
-//!   planes (no padding taps); no input gradient for tensors that need none.
+//!   planes of 16 pixels and more; one GEMM per kernel tap (no padding
+//!   taps) for other stride-1 "same" convs on planes of 4-36 pixels; one
+//!   dense GEMM on other planes of at most `kh*kw` pixels; no input
+//!   gradient for tensors that need none.
 //! - [`batchnorm`]: training-mode BatchNorm (+ ReLU), alone or fused with
 //!   the conv before it ([`BatchNorm2d::forward_conv_t`]), with a
 //!   closed-form backward; per-channel sums in f64 lanes.

@@ -1,15 +1,16 @@
 //! Stride-1 "same" convs on small planes as one GEMM per kernel tap over
 //! the output pixels that tap reaches, so no multiply-add is spent on the
-//! padding: at a 6x6 plane a 3x3 kernel with padding 1 reaches 256 of the
-//! 324 (pixel, tap) pairs that im2col multiplies (at 3x3, 49 of 81, but
-//! there the tap GEMMs are too narrow to pay; see [`TAPS_HW`]). The
-//! ResNet's own 3x3 convs now take the Winograd path instead (16 multiplies
-//! per 4 outputs); this one serves the other "same" kernels (5x5, 7x7).
+//! padding: a 3x3 kernel with padding 1 reaches 49 of the 81 (pixel, tap)
+//! pairs that im2col multiplies at a 3x3 plane, 16 of 36 at 2x2 (where the
+//! dense path does the same 16 but through a matrix four times the size of
+//! the weights). ResNet-18's last stage at 64 and 96 px. On larger planes
+//! 3x3 kernels take the Winograd path (16 multiplies per 4 outputs); this
+//! one also serves other "same" kernels (5x5, 7x7) on 4-36 pixels.
 //!
 //! Tap `t = (ky, kx)` reads input pixel `(oy + ky - p, ox + kx - p)` for the
 //! output pixels of a rectangle `R_t`. Per group of images and per tap:
 //! - `B_t (Cin x imgs*|R_t|)`: the input pixels it reads, gathered;
-//! - forward: `Y_t = W_t * B_t` (`W_t = w[:, :, ky, kx]`, a strided view of
+//! - forward: `Y_t = W_t * B_t` (`W_t = w[:, :, ky, kx]`, from a tap-major copy of
 //!   the weights), added into the output pixels of `R_t`;
 //! - backward: `dW_t = dY_t * B_t^T` written into the tap's weights, and
 //!   `dB_t = W_t^T * dY_t` added into the input pixels it read.
@@ -25,12 +26,15 @@ use super::{
 };
 
 /// Planes (pixels) taking the per-tap path. Above, the padding taps im2col
-/// spends are a small share (16 % at 8x8, 8 % at 16x16). Below, the tap
-/// GEMMs get too narrow: measured on ResNet-18's 3x3 stage at 96 px (one
-/// group of 32 images, 128-288 columns per tap) the backward took 108-120
-/// ms against im2col's 73-87, while the 6x6 stage (groups of 15 images)
-/// went from 61-83 to 53-56 ms.
-const TAPS_HW: std::ops::RangeInclusive<usize> = 25..=36;
+/// spends are a small share (16 % at 8x8, 8 % at 16x16). Below 4 pixels the
+/// dense path. With the weights copied tap-major first (each tap's GEMM
+/// packs a contiguous matrix, not one value in nine of the whole tensor),
+/// ResNet-18's 512-channel stage (medians of 4 alternating runs against
+/// im2col / dense, batch 32, 2 threads): at 3x3 forward 26.4 against 32.1
+/// ms, backward 56.2 against 72.8; at 2x2 forward 12.1 against 14.7,
+/// backward 26.8 against 35.0. Without that copy, the 3x3 backward had
+/// been slower than im2col's (108-120 ms against 73-87).
+const TAPS_HW: std::ops::RangeInclusive<usize> = 4..=36;
 
 /// Whether `g` takes the per-tap path (a function of the shapes only, so
 /// the result does not depend on the thread count).
@@ -118,14 +122,49 @@ fn scatter_add<T: Elem>(m: &[T], rows: usize, hw: usize, idx: &[usize], dst: &mu
     }
 }
 
+/// The kernels tap by tap: `wt[t][co][ci] = w[co][ci][t]`, so that each
+/// tap's GEMM reads (packs) a contiguous matrix instead of one value in
+/// every `kh*kw`, spread over the whole weight tensor.
+fn tap_major<T: Elem>(g: &Geom, w: &[T]) -> Vec<T> {
+    let nt = g.kh * g.kw;
+    let mut wt = vec![T::ZERO; g.w_len()];
+    wt.par_chunks_mut(g.cin).enumerate().for_each(|(r, d)| {
+        let (t, co) = (r / g.cout, r % g.cout);
+        let src = &w[co * g.cin * nt..(co + 1) * g.cin * nt];
+        for (ci, v) in d.iter_mut().enumerate() {
+            *v = src[ci * nt + t];
+        }
+    });
+    wt
+}
+
+/// `dw[co][ci][t] = dwt[t][co][ci]`, the inverse of [`tap_major`].
+fn from_tap_major<T: Elem>(g: &Geom, dwt: &[T]) -> Vec<T> {
+    let nt = g.kh * g.kw;
+    let mut dw = vec![T::ZERO; g.w_len()];
+    dw.par_chunks_mut(g.cin * nt)
+        .enumerate()
+        .for_each(|(co, d)| {
+            for t in 0..nt {
+                let src = &dwt[(t * g.cout + co) * g.cin..(t * g.cout + co + 1) * g.cin];
+                for (ci, &v) in src.iter().enumerate() {
+                    d[ci * nt + t] = v;
+                }
+            }
+        });
+    dw
+}
+
 pub(super) fn taps_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
     let mut y = vec![T::ZERO; g.y_len()];
-    let (hw, nt) = (g.hw(), g.kh * g.kw);
+    let hw = g.hw();
     let (img, yimg) = (g.cin * hw, g.cout * hw);
     let gs = group_size(g);
     let (across, inner) = split_threads(g.n.div_ceil(gs));
     let taps = taps(g);
     let pix: Vec<(Vec<usize>, Vec<usize>)> = taps.iter().map(|t| pixels(g, t)).collect();
+    let wt = tap_major(g, w);
+    let wt = &wt[..];
     let per_group = |(b, yt): &mut (Vec<T>, Vec<T>), (gi, yg): (usize, &mut [T])| {
         let imgs = yg.len() / yimg;
         let xg = &x[gi * gs * img..(gi * gs + imgs) * img];
@@ -133,8 +172,8 @@ pub(super) fn taps_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
             let cols = imgs * outs.len();
             gather(xg, g.cin, hw, ins, b, !across);
             yt.resize(g.cout * cols, T::ZERO);
-            // SAFETY: w + t is Cout x Cin with strides (Cin*T, T); b is
-            // Cin x cols; yt is Cout x cols.
+            // SAFETY: wt's tap t is Cout x Cin; b is Cin x cols; yt is
+            // Cout x cols.
             unsafe {
                 gemm_strided(
                     g.cout,
@@ -143,8 +182,8 @@ pub(super) fn taps_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
                     yt,
                     (cols, 1),
                     false,
-                    w[t..].as_ptr(),
-                    (g.cin * nt, nt),
+                    wt[t * g.cout * g.cin..].as_ptr(),
+                    (g.cin, 1),
                     b.as_ptr(),
                     (cols, 1),
                     inner,
@@ -165,7 +204,7 @@ pub(super) fn taps_bwd<T: Elem>(
     dy: &[T],
     want_dx: bool,
 ) -> (Vec<T>, Vec<T>) {
-    let (hw, nt) = (g.hw(), g.kh * g.kw);
+    let hw = g.hw();
     let (img, yimg) = (g.cin * hw, g.cout * hw);
     let (nx, nw) = (if want_dx { g.x_len() } else { 0 }, g.w_len());
     let mut dx = vec![T::ZERO; nx];
@@ -174,71 +213,69 @@ pub(super) fn taps_bwd<T: Elem>(
     let (across, inner) = split_threads(groups);
     let taps = taps(g);
     let pix: Vec<(Vec<usize>, Vec<usize>)> = taps.iter().map(|t| pixels(g, t)).collect();
-    let per_group = |(b, dyt, db, dwt): &mut (Vec<T>, Vec<T>, Vec<T>, Vec<T>),
-                     (gi, dxg): (usize, &mut [T])|
-     -> Vec<T> {
-        let i0 = gi * gs;
-        let imgs = gs.min(g.n - i0);
-        let xg = &x[i0 * img..(i0 + imgs) * img];
-        let dyg = &dy[i0 * yimg..(i0 + imgs) * yimg];
-        let mut dwp = vec![T::ZERO; nw];
-        for (&(t, _, _), (outs, ins)) in taps.iter().zip(&pix) {
-            let cols = imgs * outs.len();
-            gather(xg, g.cin, hw, ins, b, !across);
-            gather(dyg, g.cout, hw, outs, dyt, !across);
-            // dW_t (Cout x Cin) = dY_t * B_t^T, column-major (gemm's fast
-            // destination), then into the tap's strided slice of dwp.
-            dwt.resize(g.cout * g.cin, T::ZERO);
-            // SAFETY: dyt is Cout x cols; b is Cin x cols read transposed;
-            // dwt is Cout x Cin column-major.
-            unsafe {
-                gemm_strided(
-                    g.cout,
-                    g.cin,
-                    cols,
-                    dwt,
-                    (1, g.cout),
-                    false,
-                    dyt.as_ptr(),
-                    (cols, 1),
-                    b.as_ptr(),
-                    (1, cols),
-                    inner,
-                )
-            }
-            for (ci, col) in dwt.chunks_exact(g.cout).enumerate() {
-                for (co, &v) in col.iter().enumerate() {
-                    dwp[(co * g.cin + ci) * nt + t] = v;
+    let wt = if want_dx { tap_major(g, w) } else { Vec::new() };
+    let wt = &wt[..];
+    let per_group =
+        |(b, dyt, db): &mut (Vec<T>, Vec<T>, Vec<T>), (gi, dxg): (usize, &mut [T])| -> Vec<T> {
+            let i0 = gi * gs;
+            let imgs = gs.min(g.n - i0);
+            let xg = &x[i0 * img..(i0 + imgs) * img];
+            let dyg = &dy[i0 * yimg..(i0 + imgs) * yimg];
+            let mut dwp = vec![T::ZERO; nw];
+            for (&(t, _, _), (outs, ins)) in taps.iter().zip(&pix) {
+                let cols = imgs * outs.len();
+                gather(xg, g.cin, hw, ins, b, !across);
+                gather(dyg, g.cout, hw, outs, dyt, !across);
+                // dW_t (Cout x Cin) = dY_t * B_t^T, into the tap's block of the
+                // tap-major partial.
+                // SAFETY: dyt is Cout x cols; b is Cin x cols read transposed;
+                // the tap's block of dwp is Cout x Cin.
+                unsafe {
+                    gemm_strided(
+                        g.cout,
+                        g.cin,
+                        cols,
+                        &mut dwp[t * g.cout * g.cin..],
+                        (g.cin, 1),
+                        false,
+                        dyt.as_ptr(),
+                        (cols, 1),
+                        b.as_ptr(),
+                        (1, cols),
+                        inner,
+                    )
                 }
+                if !want_dx {
+                    continue;
+                }
+                // dB_t (Cin x cols) = W_t^T * dY_t.
+                db.resize(g.cin * cols, T::ZERO);
+                // SAFETY: wt's tap t read as Cin x Cout (transposed); dyt is
+                // Cout x cols; db is Cin x cols.
+                unsafe {
+                    gemm_strided(
+                        g.cin,
+                        cols,
+                        g.cout,
+                        db,
+                        (cols, 1),
+                        false,
+                        wt[t * g.cout * g.cin..].as_ptr(),
+                        (1, g.cin),
+                        dyt.as_ptr(),
+                        (cols, 1),
+                        inner,
+                    )
+                }
+                scatter_add(db, g.cin, hw, ins, dxg, !across);
             }
-            if !want_dx {
-                continue;
-            }
-            // dB_t (Cin x cols) = W_t^T * dY_t.
-            db.resize(g.cin * cols, T::ZERO);
-            // SAFETY: w + t read as Cin x Cout with strides (T, Cin*T); dyt is
-            // Cout x cols; db is Cin x cols.
-            unsafe {
-                gemm_strided(
-                    g.cin,
-                    cols,
-                    g.cout,
-                    db,
-                    (cols, 1),
-                    false,
-                    w[t..].as_ptr(),
-                    (nt, g.cin * nt),
-                    dyt.as_ptr(),
-                    (cols, 1),
-                    inner,
-                )
-            }
-            scatter_add(db, g.cin, hw, ins, dxg, !across);
-        }
-        dwp
-    };
-    let scratch = || (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            dwp
+        };
+    let scratch = || (Vec::new(), Vec::new(), Vec::new());
     let partials = map_groups(&mut dx, gs * img, groups, across, scratch, per_group);
-    let dw = sum_partials(partials).unwrap_or_else(|| vec![T::ZERO; nw]);
+    let dw = match sum_partials(partials) {
+        Some(dwt) => from_tap_major(g, &dwt),
+        None => vec![T::ZERO; nw],
+    };
     (dx, dw)
 }
