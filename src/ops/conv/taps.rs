@@ -128,11 +128,19 @@ fn scatter_add<T: Elem>(m: &[T], rows: usize, hw: usize, idx: &[usize], dst: &mu
 fn tap_major<T: Elem>(g: &Geom, w: &[T]) -> Vec<T> {
     let nt = g.kh * g.kw;
     let mut wt = vec![T::ZERO; g.w_len()];
-    wt.par_chunks_mut(g.cin).enumerate().for_each(|(r, d)| {
-        let (t, co) = (r / g.cout, r % g.cout);
-        let src = &w[co * g.cin * nt..(co + 1) * g.cin * nt];
-        for (ci, v) in d.iter_mut().enumerate() {
-            *v = src[ci * nt + t];
+    let wp = super::groups::SendPtr(wt.as_mut_ptr());
+    // By output channel: its kernels (Cin*T values) are read once, while
+    // they are in cache, into its row of every tap.
+    w.par_chunks(g.cin * nt).enumerate().for_each(|(co, src)| {
+        let wp = wp;
+        for t in 0..nt {
+            // SAFETY: row (t, co) of wt, Cin values, written by this task only.
+            let d = unsafe {
+                std::slice::from_raw_parts_mut(wp.0.add((t * g.cout + co) * g.cin), g.cin)
+            };
+            for (v, k) in d.iter_mut().zip(src.chunks_exact(nt)) {
+                *v = k[t];
+            }
         }
     });
     wt
