@@ -129,6 +129,7 @@ const CASES: &[Case] = &[
     case(2, 3, 4, 2, 2, 3, 2, 1),
     case(1, 9, 2, 3, 3, 3, 1, 0),
     case(64, 3, 4, 3, 3, 3, 2, 1), // dense forward too (64 images and more)
+    case(72, 3, 4, 2, 2, 3, 1, 1), // same conv, many images: dense
     case(70, 2, 3, 1, 3, 3, 2, 1),
 ];
 
