@@ -50,6 +50,29 @@ pub fn with_reference_ops<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// A vector of `n` values, every one of which `fill` writes (through the
+/// `MaybeUninit` slots or their pointer), without zeroing them first: for
+/// large buffers that are overwritten anyway (a transposed copy of a weight
+/// tensor is 9 MiB at 512 channels, and its memset a pass over memory of
+/// its own).
+///
+/// # Safety
+/// `fill` must initialise all `n` values before it returns.
+pub(crate) unsafe fn written<T: Copy>(
+    n: usize,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<T>]),
+) -> Vec<T> {
+    let mut v: Vec<std::mem::MaybeUninit<T>> = Vec::with_capacity(n);
+    // SAFETY: MaybeUninit values need no initialisation.
+    unsafe { v.set_len(n) };
+    fill(&mut v);
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: fill initialised every value (the caller's contract), and
+    // MaybeUninit<T> has T's size and alignment, so the allocation is a
+    // valid Vec<T> of the same length and capacity.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
+}
+
 /// The values of a contiguous tensor's storage, or an error naming `what`
 /// (for example "conv2d: x") when its layout is strided.
 pub(crate) fn contiguous<'a, T>(

@@ -127,40 +127,46 @@ fn scatter_add<T: Elem>(m: &[T], rows: usize, hw: usize, idx: &[usize], dst: &mu
 /// every `kh*kw`, spread over the whole weight tensor.
 fn tap_major<T: Elem>(g: &Geom, w: &[T]) -> Vec<T> {
     let nt = g.kh * g.kw;
-    let mut wt = vec![T::ZERO; g.w_len()];
-    let wp = super::groups::SendPtr(wt.as_mut_ptr());
-    // By output channel: its kernels (Cin*T values) are read once, while
-    // they are in cache, into its row of every tap.
-    w.par_chunks(g.cin * nt).enumerate().for_each(|(co, src)| {
-        let wp = wp;
-        for t in 0..nt {
-            // SAFETY: row (t, co) of wt, Cin values, written by this task only.
-            let d = unsafe {
-                std::slice::from_raw_parts_mut(wp.0.add((t * g.cout + co) * g.cin), g.cin)
-            };
-            for (v, k) in d.iter_mut().zip(src.chunks_exact(nt)) {
-                *v = k[t];
+    let fill = |wt: &mut [std::mem::MaybeUninit<T>]| {
+        let wp = super::groups::SendPtr(wt.as_mut_ptr());
+        // By output channel: its kernels (Cin*T values) are read once, while
+        // they are in cache, into its row of every tap.
+        w.par_chunks(g.cin * nt).enumerate().for_each(|(co, src)| {
+            let wp = wp;
+            for t in 0..nt {
+                // SAFETY: row (t, co) of wt, Cin slots, written by this task
+                // only.
+                let d = unsafe {
+                    std::slice::from_raw_parts_mut(wp.0.add((t * g.cout + co) * g.cin), g.cin)
+                };
+                for (v, k) in d.iter_mut().zip(src.chunks_exact(nt)) {
+                    v.write(k[t]);
+                }
             }
-        }
-    });
-    wt
+        });
+    };
+    // SAFETY: the rows (t, co) for all t < T, co < Cout cover wt, each
+    // written in full.
+    unsafe { crate::ops::written(g.w_len(), fill) }
 }
 
 /// `dw[co][ci][t] = dwt[t][co][ci]`, the inverse of [`tap_major`].
 fn from_tap_major<T: Elem>(g: &Geom, dwt: &[T]) -> Vec<T> {
     let nt = g.kh * g.kw;
-    let mut dw = vec![T::ZERO; g.w_len()];
-    dw.par_chunks_mut(g.cin * nt)
-        .enumerate()
-        .for_each(|(co, d)| {
-            for t in 0..nt {
-                let src = &dwt[(t * g.cout + co) * g.cin..(t * g.cout + co + 1) * g.cin];
-                for (ci, &v) in src.iter().enumerate() {
-                    d[ci * nt + t] = v;
+    let fill = |dw: &mut [std::mem::MaybeUninit<T>]| {
+        dw.par_chunks_mut(g.cin * nt)
+            .enumerate()
+            .for_each(|(co, d)| {
+                for t in 0..nt {
+                    let src = &dwt[(t * g.cout + co) * g.cin..(t * g.cout + co + 1) * g.cin];
+                    for (ci, &v) in src.iter().enumerate() {
+                        d[ci * nt + t].write(v);
+                    }
                 }
-            }
-        });
-    dw
+            });
+    };
+    // SAFETY: every (co, ci, t) is written.
+    unsafe { crate::ops::written(g.w_len(), fill) }
 }
 
 pub(super) fn taps_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {

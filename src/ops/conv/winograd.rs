@@ -41,6 +41,8 @@
 //! threads. Weight-gradient partials are summed in group order, so results
 //! are bit-identical whatever the number of threads.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::groups::SendPtr;
@@ -105,37 +107,45 @@ fn filter_transform<T: Elem>(g: &Geom, w: &[T], flip: bool) -> Vec<T> {
     } else {
         (g.cout, g.cin)
     };
-    let plane = spaced(rows * cols);
-    let mut u = vec![T::ZERO; PTS * plane];
-    let up = SendPtr(u.as_mut_ptr());
-    (0..rows).into_par_iter().for_each(|r| {
-        let up = up;
-        for c in 0..cols {
-            let (co, ci) = if flip { (c, r) } else { (r, c) };
-            let k = &w[(co * g.cin + ci) * 9..(co * g.cin + ci + 1) * 9];
-            let mut kk = [T::ZERO; 9];
-            for (i, v) in kk.iter_mut().enumerate() {
-                *v = if flip { k[8 - i] } else { k[i] };
-            }
-            // G along the kernel's columns, then along its rows.
-            let mut t = [T::ZERO; 12]; // 4 x 3
-            for j in 0..3 {
-                let g4 = g_col(kk[j], kk[3 + j], kk[6 + j]);
-                for (a, v) in g4.into_iter().enumerate() {
-                    t[a * 3 + j] = v;
-                }
-            }
-            for a in 0..4 {
-                let g4 = g_col(t[a * 3], t[a * 3 + 1], t[a * 3 + 2]);
-                for (b, v) in g4.into_iter().enumerate() {
-                    // SAFETY: (r, c) is this task's own row; the index is
-                    // inside the 16 x rows x cols buffer.
-                    unsafe { *up.0.add((a * 4 + b) * plane + r * cols + c) = v };
-                }
+    let (n, plane) = (rows * cols, spaced(rows * cols));
+    let fill = |u: &mut [std::mem::MaybeUninit<T>]| {
+        // The gaps between the 16 matrices, read by nothing, zeroed.
+        for xi in 0..PTS {
+            for v in &mut u[xi * plane + n..(xi + 1) * plane] {
+                v.write(T::ZERO);
             }
         }
-    });
-    u
+        let up = SendPtr(u.as_mut_ptr());
+        (0..rows).into_par_iter().for_each(|r| {
+            let up = up;
+            for c in 0..cols {
+                let (co, ci) = if flip { (c, r) } else { (r, c) };
+                let k = &w[(co * g.cin + ci) * 9..(co * g.cin + ci + 1) * 9];
+                let mut kk = [T::ZERO; 9];
+                for (i, v) in kk.iter_mut().enumerate() {
+                    *v = if flip { k[8 - i] } else { k[i] };
+                }
+                // G along the kernel's columns, then along its rows.
+                let mut t = [T::ZERO; 12]; // 4 x 3
+                for j in 0..3 {
+                    let g4 = g_col(kk[j], kk[3 + j], kk[6 + j]);
+                    for (a, v) in g4.into_iter().enumerate() {
+                        t[a * 3 + j] = v;
+                    }
+                }
+                for a in 0..4 {
+                    let g4 = g_col(t[a * 3], t[a * 3 + 1], t[a * 3 + 2]);
+                    for (b, v) in g4.into_iter().enumerate() {
+                        // SAFETY: (r, c) is this task's own row; the index
+                        // is inside the 16 spaced rows x cols matrices.
+                        unsafe { (*up.0.add((a * 4 + b) * plane + r * cols + c)).write(v) };
+                    }
+                }
+            }
+        });
+    };
+    // SAFETY: every (xi, r, c) and the gaps are written.
+    unsafe { crate::ops::written(PTS * plane, fill) }
 }
 
 /// `G (g0, g1, g2)`: `(g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2)`.
@@ -449,7 +459,13 @@ unsafe fn chan_outgrad<'a, T: Elem>(
 /// written into `dst` (`imgs x chans x h x w`), by channels across the
 /// threads when `par`. Along one axis, `A^T (m0, m1, m2, m3) = (m0+m1+m2,
 /// m1-m2-m3)`.
-fn inverse<T: Elem>(m: &[T], pts: Points, (h, w): (usize, usize), dst: &mut [T], par: bool) {
+fn inverse<T: Elem>(
+    m: &[T],
+    pts: Points,
+    (h, w): (usize, usize),
+    dst: &mut [MaybeUninit<T>],
+    par: bool,
+) {
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let (hw, n, nt) = (h * w, th * tw, pts.tiles);
     let imgs = nt / n;
@@ -511,14 +527,14 @@ fn inverse<T: Elem>(m: &[T], pts: Points, (h, w): (usize, usize), dst: &mut [T],
 
 /// `row[2t] = a[t]`, `row[2t+1] = b[t]`, as far as the row goes.
 #[inline(always)]
-fn interleave<T: Elem>(row: &mut [T], a: &[T], b: &[T]) {
+fn interleave<T: Elem>(row: &mut [MaybeUninit<T>], a: &[T], b: &[T]) {
     let pairs = row.len() / 2;
     for ((d, &p), &q) in row.chunks_exact_mut(2).zip(&a[..pairs]).zip(&b[..pairs]) {
-        d[0] = p;
-        d[1] = q;
+        d[0].write(p);
+        d[1].write(q);
     }
     if row.len() % 2 == 1 {
-        row[2 * pairs] = a[pairs];
+        row[2 * pairs].write(a[pairs]);
     }
 }
 
@@ -567,19 +583,25 @@ fn gemms<T: Elem>(
 /// The forward: `y (N x Cout x H x W)`.
 pub(super) fn wino_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
     let u = filter_transform(g, w, false);
-    let mut y = vec![T::ZERO; g.y_len()];
-    conv_groups(g, x, &u, g.cin, g.cout, &mut y);
-    y
+    // SAFETY: the inverse transform writes every output pixel.
+    unsafe { crate::ops::written(g.y_len(), |y| conv_groups(g, x, &u, g.cin, g.cout, y)) }
 }
 
 /// `out = conv(src, U)` in groups: `src` has `cin` channels, `out` `cout`,
 /// both `g.h x g.w` planes; `u` is [`filter_transform`]'s `16 x cout x cin`.
-fn conv_groups<T: Elem>(g: &Geom, src: &[T], u: &[T], cin: usize, cout: usize, out: &mut [T]) {
+fn conv_groups<T: Elem>(
+    g: &Geom,
+    src: &[T],
+    u: &[T],
+    cin: usize,
+    cout: usize,
+    out: &mut [MaybeUninit<T>],
+) {
     let (th, tw) = tiles(g);
     let (hw, tp) = (g.hw(), th * tw);
     let gs = group_size(g);
     let (across, _) = split_threads(g.n.div_ceil(gs));
-    let per_group = |(v, m): &mut (Vec<T>, Vec<T>), (gi, og): (usize, &mut [T])| {
+    let per_group = |(v, m): &mut (Vec<T>, Vec<T>), (gi, og): (usize, &mut [MaybeUninit<T>])| {
         let imgs = og.len() / (cout * hw);
         let tiles = imgs * tp;
         let i0 = gi * gs;
@@ -626,8 +648,9 @@ pub(super) fn wino_bwd<T: Elem>(
         // The input gradient: a same-size conv of dY with the rotated,
         // channel-swapped kernels.
         let u = filter_transform(g, w, true);
-        dx = vec![T::ZERO; g.x_len()];
-        conv_groups(g, dy, &u, g.cout, g.cin, &mut dx);
+        // SAFETY: the inverse transform writes every input pixel.
+        dx =
+            unsafe { crate::ops::written(g.x_len(), |d| conv_groups(g, dy, &u, g.cout, g.cin, d)) };
     }
     let per_group = |(v, e): &mut (Vec<T>, Vec<T>), (gi, _): (usize, &mut [T])| -> Vec<T> {
         let i0 = gi * gs;
