@@ -30,16 +30,20 @@ fn fwd<T>(a: &[T], b: &[T]) -> Vec<T>
 where
     T: Copy + Send + Sync + Default + PartialOrd + std::ops::Add<Output = T>,
 {
-    let mut y = vec![T::default(); a.len()];
-    y.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(y, (a, b))| {
-            for ((o, &x), &z) in y.iter_mut().zip(a).zip(b) {
-                let s = x + z;
-                *o = if s > T::default() { s } else { T::default() };
-            }
-        });
-    y
+    assert_eq!(a.len(), b.len(), "add_relu: operands of different lengths");
+    let fill = |y: &mut [std::mem::MaybeUninit<T>]| {
+        y.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(y, (a, b))| {
+                for ((o, &x), &z) in y.iter_mut().zip(a).zip(b) {
+                    let s = x + z;
+                    o.write(if s > T::default() { s } else { T::default() });
+                }
+            });
+    };
+    // SAFETY: a and b have the same length (asserted above), so every value is
+    // written.
+    unsafe { super::written(a.len(), fill) }
 }
 
 /// `dy` where `y > 0`, else 0.
@@ -47,17 +51,19 @@ fn gate<T>(y: &[T], g: &[T]) -> Vec<T>
 where
     T: Copy + Send + Sync + Default + PartialOrd,
 {
-    let mut d = vec![T::default(); y.len()];
-    d.par_chunks_mut(CHUNK)
-        .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-        .for_each(|(d, (y, g))| {
-            for ((o, &yv), &gv) in d.iter_mut().zip(y).zip(g) {
-                if yv > T::default() {
-                    *o = gv;
+    assert_eq!(y.len(), g.len(), "add_relu: gradient of a different length");
+    let fill = |d: &mut [std::mem::MaybeUninit<T>]| {
+        d.par_chunks_mut(CHUNK)
+            .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(d, (y, g))| {
+                for ((o, &yv), &gv) in d.iter_mut().zip(y).zip(g) {
+                    o.write(if yv > T::default() { gv } else { T::default() });
                 }
-            }
-        });
-    d
+            });
+    };
+    // SAFETY: y and g have the same length (asserted above), so every value is
+    // written.
+    unsafe { super::written(y.len(), fill) }
 }
 
 /// An element-wise op of two same-shape f32 or f64 tensors, both ops' CPU

@@ -337,6 +337,44 @@ unsafe fn gemm_strided<T: Elem>(
     threads: usize,
 ) {
     debug_assert!(dst.len() >= m * n);
+    // SAFETY: forwarded to the caller; dst spans m x n with these strides.
+    unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            (dst_rs, dst_cs),
+            accumulate,
+            lhs,
+            (lhs_rs, lhs_cs),
+            rhs,
+            (rhs_rs, rhs_cs),
+            threads,
+        )
+    }
+}
+
+/// [`gemm_strided`] into a raw destination, which need not be initialised
+/// unless `accumulate` (gemm does not read it otherwise).
+///
+/// # Safety
+/// As [`gemm_strided`]; `dst` must be valid for writes of the m x n matrix.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn gemm_raw<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: *const T,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const T,
+    (rhs_rs, rhs_cs): (usize, usize),
+    threads: usize,
+) {
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -348,7 +386,7 @@ unsafe fn gemm_strided<T: Elem>(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             dst_cs as isize,
             dst_rs as isize,
             accumulate,

@@ -22,7 +22,8 @@
 use rayon::prelude::*;
 
 use super::{
-    Elem, Geom, for_groups, gemm_strided, group_size, map_groups, split_threads, sum_partials,
+    Elem, Geom, for_groups, gemm_raw, gemm_strided, group_size, map_groups, split_threads,
+    sum_partials,
 };
 
 /// Planes (pixels) taking the per-tap path. Above, the padding taps im2col
@@ -218,7 +219,7 @@ pub(super) fn taps_bwd<T: Elem>(
     dy: &[T],
     want_dx: bool,
 ) -> (Vec<T>, Vec<T>) {
-    let hw = g.hw();
+    let (hw, nt) = (g.hw(), g.kh * g.kw);
     let (img, yimg) = (g.cin * hw, g.cout * hw);
     let (nx, nw) = (if want_dx { g.x_len() } else { 0 }, g.w_len());
     let mut dx = vec![T::ZERO; nx];
@@ -235,55 +236,65 @@ pub(super) fn taps_bwd<T: Elem>(
             let imgs = gs.min(g.n - i0);
             let xg = &x[i0 * img..(i0 + imgs) * img];
             let dyg = &dy[i0 * yimg..(i0 + imgs) * yimg];
-            let mut dwp = vec![T::ZERO; nw];
-            for (&(t, _, _), (outs, ins)) in taps.iter().zip(&pix) {
-                let cols = imgs * outs.len();
-                gather(xg, g.cin, hw, ins, b, !across);
-                gather(dyg, g.cout, hw, outs, dyt, !across);
-                // dW_t (Cout x Cin) = dY_t * B_t^T, into the tap's block of the
-                // tap-major partial.
-                // SAFETY: dyt is Cout x cols; b is Cin x cols read transposed;
-                // the tap's block of dwp is Cout x Cin.
-                unsafe {
-                    gemm_strided(
-                        g.cout,
-                        g.cin,
-                        cols,
-                        &mut dwp[t * g.cout * g.cin..],
-                        (g.cin, 1),
-                        false,
-                        dyt.as_ptr(),
-                        (cols, 1),
-                        b.as_ptr(),
-                        (1, cols),
-                        inner,
-                    )
+            let cc = g.cout * g.cin;
+            let fill = |dwp: &mut [std::mem::MaybeUninit<T>]| {
+                // Taps that reach no pixel have a zero gradient.
+                for t in 0..nt {
+                    if !taps.iter().any(|&(u, _, _)| u == t) {
+                        dwp[t * cc..(t + 1) * cc].fill(std::mem::MaybeUninit::new(T::ZERO));
+                    }
                 }
-                if !want_dx {
-                    continue;
+                for (&(t, _, _), (outs, ins)) in taps.iter().zip(&pix) {
+                    let cols = imgs * outs.len();
+                    gather(xg, g.cin, hw, ins, b, !across);
+                    gather(dyg, g.cout, hw, outs, dyt, !across);
+                    // dW_t (Cout x Cin) = dY_t * B_t^T, into the tap's block of the
+                    // tap-major partial.
+                    // SAFETY: dyt is Cout x cols; b is Cin x cols read transposed;
+                    // the tap's block of dwp is Cout x Cin (written, not read).
+                    unsafe {
+                        gemm_raw(
+                            g.cout,
+                            g.cin,
+                            cols,
+                            dwp[t * cc..(t + 1) * cc].as_mut_ptr().cast::<T>(),
+                            (g.cin, 1),
+                            false,
+                            dyt.as_ptr(),
+                            (cols, 1),
+                            b.as_ptr(),
+                            (1, cols),
+                            inner,
+                        )
+                    }
+                    if !want_dx {
+                        continue;
+                    }
+                    // dB_t (Cin x cols) = W_t^T * dY_t.
+                    db.resize(g.cin * cols, T::ZERO);
+                    // SAFETY: wt's tap t read as Cin x Cout (transposed); dyt is
+                    // Cout x cols; db is Cin x cols.
+                    unsafe {
+                        gemm_strided(
+                            g.cin,
+                            cols,
+                            g.cout,
+                            db,
+                            (cols, 1),
+                            false,
+                            wt[t * g.cout * g.cin..].as_ptr(),
+                            (1, g.cin),
+                            dyt.as_ptr(),
+                            (cols, 1),
+                            inner,
+                        )
+                    }
+                    scatter_add(db, g.cin, hw, ins, dxg, !across);
                 }
-                // dB_t (Cin x cols) = W_t^T * dY_t.
-                db.resize(g.cin * cols, T::ZERO);
-                // SAFETY: wt's tap t read as Cin x Cout (transposed); dyt is
-                // Cout x cols; db is Cin x cols.
-                unsafe {
-                    gemm_strided(
-                        g.cin,
-                        cols,
-                        g.cout,
-                        db,
-                        (cols, 1),
-                        false,
-                        wt[t * g.cout * g.cin..].as_ptr(),
-                        (1, g.cin),
-                        dyt.as_ptr(),
-                        (cols, 1),
-                        inner,
-                    )
-                }
-                scatter_add(db, g.cin, hw, ins, dxg, !across);
-            }
-            dwp
+            };
+            // SAFETY: every tap's block is zeroed above or written by its
+            // dW GEMM.
+            unsafe { crate::ops::written(nw, fill) }
         };
     let scratch = || (Vec::new(), Vec::new(), Vec::new());
     let partials = map_groups(&mut dx, gs * img, groups, across, scratch, per_group);

@@ -46,7 +46,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::groups::SendPtr;
-use super::{Elem, Geom, for_groups, gemm_strided, map_groups, split_threads, sum_partials};
+use super::{Elem, Geom, for_groups, gemm_raw, map_groups, split_threads, sum_partials};
 
 /// Points of a transformed tile (4x4).
 const PTS: usize = 16;
@@ -545,22 +545,25 @@ fn interleave<T: Elem>(row: &mut [MaybeUninit<T>], a: &[T], b: &[T]) {
 #[allow(clippy::too_many_arguments)]
 fn gemms<T: Elem>(
     (m, n, k): (usize, usize, usize),
-    dst: &mut [T],
+    dst: &mut [MaybeUninit<T>],
     lhs: &[T],
     (ls, lrs, lcs): (usize, usize, usize),
     rhs: &[T],
     (rs, rrs, rcs): (usize, usize, usize),
     par: bool,
 ) {
-    let one = |(xi, d): (usize, &mut [T])| {
+    let ds = dst.len() / PTS;
+    assert!(ds >= m * n, "winograd: GEMM destination too small");
+    let one = |(xi, d): (usize, &mut [MaybeUninit<T>])| {
         // SAFETY: operand xi lies inside lhs / rhs (callers size them as
-        // 16 strided matrices); d is m x n row-major.
+        // 16 strided matrices); d holds the m x n row-major result, which
+        // gemm writes without reading.
         unsafe {
-            gemm_strided(
+            gemm_raw(
                 m,
                 n,
                 k,
-                d,
+                d.as_mut_ptr().cast::<T>(),
                 (n, 1),
                 false,
                 lhs[xi * ls..].as_ptr(),
@@ -571,13 +574,17 @@ fn gemms<T: Elem>(
             )
         }
     };
-    let ds = dst.len() / PTS;
-    debug_assert!(ds >= m * n);
     if par {
         dst.par_chunks_mut(ds).enumerate().for_each(one);
     } else {
         dst.chunks_mut(ds).enumerate().for_each(one);
     }
+}
+
+/// `v` as slots to overwrite (a `T` is a valid `MaybeUninit<T>`).
+fn slots<T>(v: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: same layout; writing a T into a slot leaves a valid T.
+    unsafe { &mut *(v as *mut [T] as *mut [MaybeUninit<T>]) }
 }
 
 /// The forward: `y (N x Cout x H x W)`.
@@ -612,7 +619,7 @@ fn conv_groups<T: Elem>(
         m.resize(pout.len(), T::ZERO);
         gemms(
             (cout, tiles, cin),
-            m,
+            slots(m),
             u,
             (spaced(cout * cin), cin, 1),
             v,
@@ -673,17 +680,25 @@ pub(super) fn wino_bwd<T: Elem>(
         let ds = &dy[i0 * g.cout * hw..(i0 + imgs) * g.cout * hw];
         transform(Tr::OutGrad, ds, imgs, (g.h, g.w), e, pout, !across);
         // X_xi (Cout x Cin) = E_xi (Cout x tiles) * V_xi^T (tiles x Cin).
-        let mut part = vec![T::ZERO; PTS * spaced(g.cout * g.cin)];
-        gemms(
-            (g.cout, g.cin, tiles),
-            &mut part,
-            e,
-            (pout.stride(), tiles, 1),
-            v,
-            (pin.stride(), 1, tiles),
-            !across,
-        );
-        part
+        let (n, sp) = (g.cout * g.cin, spaced(g.cout * g.cin));
+        let fill = |part: &mut [MaybeUninit<T>]| {
+            // The gaps between the 16 matrices (summed, never read).
+            for xi in 0..PTS {
+                part[xi * sp + n..(xi + 1) * sp].fill(MaybeUninit::new(T::ZERO));
+            }
+            gemms(
+                (g.cout, g.cin, tiles),
+                part,
+                e,
+                (pout.stride(), tiles, 1),
+                v,
+                (pin.stride(), 1, tiles),
+                !across,
+            );
+        };
+        // SAFETY: the 16 GEMMs write their Cout x Cin matrices, the gaps
+        // are zeroed.
+        unsafe { crate::ops::written(PTS * sp, fill) }
     };
     let scratch = || (Vec::new(), Vec::new());
     let partials = map_groups(&mut [], 0, groups, across, scratch, per_group);
