@@ -320,49 +320,11 @@ impl Path {
 ///
 /// # Safety
 /// The pointers must cover the strided matrices they describe; `dst` must not
-/// alias `lhs` or `rhs`.
+/// alias `lhs` or `rhs`. `dst` need not be initialised unless `accumulate`
+/// (gemm does not read it otherwise).
 #[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn gemm_strided<T: Elem>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [T],
-    (dst_rs, dst_cs): (usize, usize),
-    accumulate: bool,
-    lhs: *const T,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const T,
-    (rhs_rs, rhs_cs): (usize, usize),
-    threads: usize,
-) {
-    debug_assert!(dst.len() >= m * n);
-    // SAFETY: forwarded to the caller; dst spans m x n with these strides.
-    unsafe {
-        gemm_raw(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            (dst_rs, dst_cs),
-            accumulate,
-            lhs,
-            (lhs_rs, lhs_cs),
-            rhs,
-            (rhs_rs, rhs_cs),
-            threads,
-        )
-    }
-}
-
-/// [`gemm_strided`] into a raw destination, which need not be initialised
-/// unless `accumulate` (gemm does not read it otherwise).
-///
-/// # Safety
-/// As [`gemm_strided`]; `dst` must be valid for writes of the m x n matrix.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-unsafe fn gemm_raw<T: Elem>(
     m: usize,
     n: usize,
     k: usize,
@@ -449,7 +411,7 @@ fn fwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
                 g.cout,
                 cols,
                 k,
-                dst,
+                dst.as_mut_ptr(),
                 (cols, 1),
                 false,
                 w.as_ptr(),
@@ -542,7 +504,7 @@ fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> (Ve
                     g.cout,
                     k,
                     cols,
-                    &mut dwp,
+                    dwp.as_mut_ptr(),
                     (1, g.cout),
                     false,
                     dyp,
@@ -563,7 +525,7 @@ fn bwd_impl<T: Elem>(g: &Geom, x: &[T], w: &[T], dy: &[T], want_dx: bool) -> (Ve
                     k,
                     cols,
                     g.cout,
-                    dcol,
+                    dcol.as_mut_ptr(),
                     (cols, 1),
                     false,
                     w.as_ptr(),

@@ -22,8 +22,7 @@
 use rayon::prelude::*;
 
 use super::{
-    Elem, Geom, for_groups, gemm_raw, gemm_strided, group_size, map_groups, split_threads,
-    sum_partials,
+    Elem, Geom, for_groups, gemm_strided, group_size, map_groups, split_threads, sum_partials,
 };
 
 /// Planes (pixels) taking the per-tap path. Above, the padding taps im2col
@@ -194,7 +193,7 @@ pub(super) fn taps_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
                     g.cout,
                     cols,
                     g.cin,
-                    yt,
+                    yt.as_mut_ptr(),
                     (cols, 1),
                     false,
                     wt[t * g.cout * g.cin..].as_ptr(),
@@ -253,7 +252,7 @@ pub(super) fn taps_bwd<T: Elem>(
                     // SAFETY: dyt is Cout x cols; b is Cin x cols read transposed;
                     // the tap's block of dwp is Cout x Cin (written, not read).
                     unsafe {
-                        gemm_raw(
+                        gemm_strided(
                             g.cout,
                             g.cin,
                             cols,
@@ -279,7 +278,7 @@ pub(super) fn taps_bwd<T: Elem>(
                             g.cin,
                             cols,
                             g.cout,
-                            db,
+                            db.as_mut_ptr(),
                             (cols, 1),
                             false,
                             wt[t * g.cout * g.cin..].as_ptr(),

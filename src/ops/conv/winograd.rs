@@ -46,7 +46,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::groups::SendPtr;
-use super::{Elem, Geom, for_groups, gemm_raw, map_groups, split_threads, sum_partials};
+use super::{Elem, Geom, for_groups, gemm_strided, map_groups, split_threads, sum_partials};
 
 /// Points of a transformed tile (4x4).
 const PTS: usize = 16;
@@ -559,7 +559,7 @@ fn gemms<T: Elem>(
         // 16 strided matrices); d holds the m x n row-major result, which
         // gemm writes without reading.
         unsafe {
-            gemm_raw(
+            gemm_strided(
                 m,
                 n,
                 k,
