@@ -111,6 +111,8 @@ const CASES: &[Case] = &[
     case(4, 9, 10, 5, 4, 3, 1, 1),
     case(13, 3, 2, 16, 16, 3, 1, 1),
     case(7, 5, 6, 12, 12, 3, 1, 1),
+    case(2, 3, 4, 1, 17, 3, 1, 1), // one row: a single tile row
+    case(2, 3, 4, 19, 1, 3, 1, 1), // one column
     // Other "same" convs on planes of 4 to 36 pixels: one GEMM per tap
     // over the pixels it reaches (3x3 kernels on 2x2, 3x3 and 2x3 planes;
     // a 5x5 kernel on 5x6, non-square; a 7x7 kernel on 4x7, whose outer
