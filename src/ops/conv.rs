@@ -17,7 +17,7 @@
 //! * a single group (deep layers of small inputs) runs gemm's own threads
 //!   inside the GEMMs and splits its im2col / col2im by channel blocks.
 //!
-//! The first of these that applies replaces im2col (see [`Path`]):
+//! The first of these that applies replaces im2col (`Path` in submodule `geom`, beside the sizes, `Geom`):
 //! * stride-1 3x3 convs with padding 1 on planes of 16 pixels and more:
 //!   Winograd F(2x2, 3x3), 2.25x fewer multiply-adds in the GEMMs
 //!   (submodule `winograd`).
@@ -47,19 +47,21 @@ use rayon::prelude::*;
 use std::sync::Mutex;
 
 mod dense;
+mod geom;
 mod groups;
 mod im2col;
 mod taps;
 mod winograd;
 
 use super::contiguous;
-use dense::{DENSE_FWD_MIN_BATCH, DENSE_MAX, dense_bwd, dense_fwd};
+use dense::{DENSE_FWD_MIN_BATCH, dense_bwd, dense_fwd};
+use geom::{Geom, Path};
 use groups::{
     col2im_group, for_groups, group_size, im2col_group, map_groups, split_threads, sum_partials,
 };
 use im2col::table_for;
-use taps::{per_tap, taps_bwd, taps_fwd};
-use winograd::{wino_bwd, wino_fwd, winograd};
+use taps::{taps_bwd, taps_fwd};
+use winograd::{wino_bwd, wino_fwd};
 
 /// 2-D convolution without bias, groups = 1, dilation = 1, with a fast CPU
 /// backward.
@@ -148,169 +150,6 @@ impl Elem for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     const HALF: Self = 0.5;
-}
-
-/// All sizes of one convolution.
-#[derive(Debug, Clone, Copy)]
-struct Geom {
-    n: usize,
-    cin: usize,
-    h: usize,
-    w: usize,
-    cout: usize,
-    kh: usize,
-    kw: usize,
-    ho: usize,
-    wo: usize,
-    s: usize,
-    p: usize,
-}
-
-impl Geom {
-    fn new(xd: &[usize], wd: &[usize], s: usize, p: usize) -> Result<Self> {
-        let &[n, cin, h, w] = xd else {
-            bail!("conv2d: x must be (N, Cin, H, W), got {xd:?}")
-        };
-        let &[cout, cin_w, kh, kw] = wd else {
-            bail!("conv2d: w must be (Cout, Cin, kh, kw), got {wd:?}")
-        };
-        if cin != cin_w {
-            bail!("conv2d: x has {cin} channels but w expects {cin_w}")
-        }
-        if s == 0 {
-            bail!("conv2d: stride must be >= 1")
-        }
-        if kh == 0 || kw == 0 {
-            bail!("conv2d: empty kernel {kh}x{kw}")
-        }
-        if h + 2 * p < kh || w + 2 * p < kw {
-            bail!(
-                "conv2d: kernel {kh}x{kw} larger than padded input {}x{}",
-                h + 2 * p,
-                w + 2 * p
-            )
-        }
-        let ho = (h + 2 * p - kh) / s + 1;
-        let wo = (w + 2 * p - kw) / s + 1;
-        Ok(Self {
-            n,
-            cin,
-            h,
-            w,
-            cout,
-            kh,
-            kw,
-            ho,
-            wo,
-            s,
-            p,
-        })
-    }
-
-    fn k(&self) -> usize {
-        self.cin * self.kh * self.kw
-    }
-    /// For profiles: `N x Cin x HxW -> Cout, kh x kw / s`.
-    fn describe(&self) -> String {
-        format!(
-            "{}x{}x{}x{} -> {}, {}x{}/{}",
-            self.n, self.cin, self.h, self.w, self.cout, self.kh, self.kw, self.s
-        )
-    }
-    fn hw(&self) -> usize {
-        self.h * self.w
-    }
-    fn pix(&self) -> usize {
-        self.ho * self.wo
-    }
-    fn x_len(&self) -> usize {
-        self.n * self.cin * self.hw()
-    }
-    fn w_len(&self) -> usize {
-        self.cout * self.k()
-    }
-    fn y_len(&self) -> usize {
-        self.n * self.cout * self.pix()
-    }
-    /// 1x1, stride 1, no padding: the input plane is the col matrix.
-    fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.s == 1 && self.p == 0
-    }
-    /// Small planes: the conv as one dense `(Cout*Ho*Wo) x (Cin*H*W)` matrix
-    /// does fewer multiply-adds than im2col (`H*W <= kh*kw`: at 2x2 pixels a
-    /// 3x3 kernel with padding 1 has 4 of its 9 taps inside the plane, at 1x1
-    /// one), needs no im2col at all (NCHW already is `N x (Cin*H*W)`), and
-    /// its matrix stays small (at most [`DENSE_MAX`] values).
-    fn dense(&self) -> bool {
-        !self.pointwise()
-            && self.hw() <= self.kh * self.kw
-            && self.cout * self.pix() * self.cin * self.hw() <= DENSE_MAX
-    }
-    /// Whether the dense matrix (`Cout*Ho*Wo x Cin*H*W`) is small next to
-    /// the batch's input (`N x Cin*H*W`): at most 4 times its values. Then
-    /// the dense path beats one GEMM per tap on a small plane (PIRL's 576
-    /// patches at 2x2, 128 channels: forward 6.6-7.5 against 10.4-10.7 ms,
-    /// backward 9.9-12.3 against 20.7-21.1); with few images and many
-    /// channels the matrix is 16 to 64 times the input and the per-tap
-    /// GEMMs win (64 images at 256 channels: forward 5.7-5.9 against
-    /// 11.0-12.5 ms, backward about even).
-    fn dense_pays(&self) -> bool {
-        self.cout * self.pix() <= 4 * self.n
-    }
-    /// Stride 1 and an output plane the size of the input (a `2p+1` square
-    /// kernel): each tap reads the input plane shifted by a constant.
-    fn same(&self) -> bool {
-        self.s == 1 && self.ho == self.h && self.wo == self.w && !self.pointwise()
-    }
-    /// Nothing to compute (some size is zero); outputs are all zeros.
-    fn degenerate(&self) -> bool {
-        self.n == 0 || self.cout == 0 || self.cin == 0 || self.h == 0 || self.w == 0
-    }
-
-    /// Half-open range of output columns `ox` whose input column
-    /// `ox*s + kx - p` lies inside `[0, w)`.
-    #[inline]
-    fn ox_range(&self, kx: usize) -> (usize, usize) {
-        super::tap_outputs(kx, self.p, self.s, self.w, self.wo)
-    }
-
-    /// Input row for output row `oy` and kernel row `ky`, if inside.
-    #[inline]
-    fn in_row(&self, oy: usize, ky: usize) -> Option<usize> {
-        let iy = oy * self.s + ky;
-        (iy >= self.p && iy - self.p < self.h).then(|| iy - self.p)
-    }
-}
-
-/// Which kernel computes a conv, the first that applies (a function of the
-/// shapes only, so results do not depend on the thread count).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Path {
-    /// Stride-1 3x3 convs with padding 1 on planes of 16 pixels and more.
-    Winograd,
-    /// Other stride-1 "same" convs on planes of 4 to 36 pixels, unless the
-    /// dense path applies and pays ([`Geom::dense_pays`]).
-    Taps,
-    /// Other planes of at most `kh*kw` pixels (the forward only from
-    /// [`DENSE_FWD_MIN_BATCH`] images; im2col below).
-    Dense,
-    Im2col,
-}
-
-impl Path {
-    fn of(g: &Geom) -> Self {
-        if g.degenerate() {
-            Self::Im2col
-        } else if winograd(g) {
-            Self::Winograd
-        } else if per_tap(g) && !(g.dense() && g.dense_pays()) {
-            Self::Taps
-        } else if g.dense() {
-            Self::Dense
-        } else {
-            Self::Im2col
-        }
-    }
 }
 
 /// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)`, each operand given with
