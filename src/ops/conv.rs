@@ -17,7 +17,8 @@
 //! * a single group (deep layers of small inputs) runs gemm's own threads
 //!   inside the GEMMs and splits its im2col / col2im by channel blocks.
 //!
-//! The first of these that applies replaces im2col (`Path` in submodule `geom`, beside the sizes, `Geom`):
+//! The first of these that applies replaces im2col (`Path`, in submodule
+//! `geom` with the sizes, `Geom`):
 //! * stride-1 3x3 convs with padding 1 on planes of 16 pixels and more:
 //!   Winograd F(2x2, 3x3), 2.25x fewer multiply-adds in the GEMMs
 //!   (submodule `winograd`).
