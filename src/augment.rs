@@ -26,6 +26,42 @@ pub struct AugmentConfig {
     pub grayscale_p: f64,
     /// Horizontal flip probability; default 0.5.
     pub flip_p: f64,
+    /// Vertical flip probability; default 0 (off).
+    pub vflip_p: f64,
+    /// Rotate by a random multiple of 90 degrees (a lesion has no up);
+    /// default false.
+    pub rot90: bool,
+}
+
+impl AugmentConfig {
+    /// Rejects values out of range, naming the key under `prefix`.
+    pub fn check(&self, prefix: &str) -> Result<(), String> {
+        if !(self.crop_scale_min > 0.0 && self.crop_scale_min <= 1.0) {
+            return Err(format!(
+                "{prefix}.crop_scale_min must be in (0, 1], got {}",
+                self.crop_scale_min
+            ));
+        }
+        for (k, v) in [
+            ("jitter_p", self.jitter_p),
+            ("grayscale_p", self.grayscale_p),
+            ("flip_p", self.flip_p),
+            ("vflip_p", self.vflip_p),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{prefix}.{k} must be in [0, 1], got {v}"));
+            }
+        }
+        if !(self.jitter.is_finite()
+            && (0.0..1.0).contains(&self.jitter)
+            && (0.0..=0.5).contains(&self.hue))
+        {
+            return Err(format!(
+                "{prefix}.jitter must be in [0, 1) and {prefix}.hue in [0, 0.5]"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for AugmentConfig {
@@ -37,6 +73,8 @@ impl Default for AugmentConfig {
             jitter_p: 0.8,
             grayscale_p: 0.2,
             flip_p: 0.5,
+            vflip_p: 0.0,
+            rot90: false,
         }
     }
 }
@@ -120,6 +158,17 @@ pub fn random_resized_crop<R: Rng>(img: &RgbImage, out: usize, scale_min: f64, r
 pub fn hflip(x: &mut Chw) {
     for row in x.data.chunks_mut(x.w) {
         row.reverse();
+    }
+}
+
+pub fn vflip(x: &mut Chw) {
+    let (h, w) = (x.h, x.w);
+    for c in 0..3 {
+        let plane = &mut x.data[c * h * w..(c + 1) * h * w];
+        for y in 0..h / 2 {
+            let (top, bottom) = plane.split_at_mut((h - 1 - y) * w);
+            top[y * w..(y + 1) * w].swap_with_slice(&mut bottom[..w]);
+        }
     }
 }
 
@@ -209,8 +258,33 @@ pub fn image_view<R: Rng>(img: &RgbImage, out: usize, cfg: &AugmentConfig, rng: 
     if rng.random_bool(cfg.flip_p.clamp(0.0, 1.0)) {
         hflip(&mut x);
     }
+    // Drawn only when on, so configs without them keep their random streams.
+    if cfg.vflip_p > 0.0 && rng.random_bool(cfg.vflip_p.min(1.0)) {
+        vflip(&mut x);
+    }
+    if cfg.rot90 {
+        let k = rng.random_range(0..4usize);
+        if k > 0 {
+            x = rotate90(&x, k);
+        }
+    }
     photometric(&mut x, cfg, rng);
     x
+}
+
+/// Stacks CHW buffers into a `(B, 3, H, W)` tensor, normalising each.
+pub fn stack(
+    views: Vec<Chw>,
+    device: &candle_core::Device,
+) -> candle_core::Result<candle_core::Tensor> {
+    let (h, w) = (views[0].h, views[0].w);
+    let b = views.len();
+    let mut data = Vec::with_capacity(b * 3 * h * w);
+    for mut v in views {
+        normalize(&mut v);
+        data.extend_from_slice(&v.data);
+    }
+    candle_core::Tensor::from_vec(data, (b, 3, h, w), device)
 }
 
 /// Subtracts the ImageNet mean and divides by its std, per channel.

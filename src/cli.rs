@@ -78,9 +78,9 @@ pub enum Command {
         /// Freeze the encoder up to and including this stage.
         #[arg(long, value_parser = ["stem", "layer1", "layer2", "layer3", "layer4"])]
         freeze_up_to: Option<String>,
-        /// Fine-tuning epochs.
-        #[arg(long, default_value_t = 30)]
-        ft_epochs: usize,
+        /// Fine-tuning epochs (overrides the config's finetune.epochs).
+        #[arg(long)]
+        ft_epochs: Option<usize>,
         /// Where to write finetune.json.
         #[arg(long, default_value = "runs/finetune")]
         out: PathBuf,

@@ -688,7 +688,7 @@ pub fn import(source: Source, input: &Path, out: &Path) -> Result<ImportSummary>
                 ("note".to_string(), V1_NOTE.to_string()),
             ]);
             let bytes = to_safetensors(&c.tensors, &meta)?;
-            crate::train::checkpoint::write_atomic(out, &bytes)?;
+            crate::io::write_atomic(out, &bytes)?;
             Ok(ImportSummary {
                 out: out.into(),
                 source,

@@ -15,6 +15,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod import;
+pub mod io;
 pub mod loss;
 pub mod malloc;
 pub mod memory_bank;

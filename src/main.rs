@@ -140,10 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ds.check_labeled()?;
             let r = pipeline::probe_checkpoint(&cfg, checkpoint.as_deref(), &ds, &imgs)?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            pirlkit::train::checkpoint::write_atomic(
-                &out.join("probe.json"),
-                &serde_json::to_vec_pretty(&r)?,
-            )?;
+            pirlkit::io::write_atomic(&out.join("probe.json"), &serde_json::to_vec_pretty(&r)?)?;
             println!(
                 "test AUC {:.4} on {} images ({} positive); val AUC {:.4} at alpha {}",
                 r.test_auc, r.n_test, r.n_test_pos, r.val_auc, r.alpha
@@ -194,25 +191,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ft_epochs,
             out,
         } => {
-            use pirlkit::train::finetune::{FinetuneConfig, Init, Labeled, Stage};
+            use pirlkit::train::finetune::{Init, Labeled, Stage};
             let mut cfg = run.resolve()?;
             if let Some(ck) = &checkpoint {
+                // The checkpoint decides the encoder and the views; the
+                // fine-tuning recipe comes from the command's config.
+                let ft = cfg.finetune.clone();
                 cfg = pirlkit::train::checkpoint::read_meta(ck)?.config;
+                cfg.finetune = ft;
             }
+            if let Some(e) = ft_epochs {
+                cfg.finetune.epochs = e;
+            }
+            if let Some(s) = freeze_up_to {
+                cfg.finetune.freeze_up_to = Some(toml::Value::String(s).try_into::<Stage>()?);
+            }
+            cfg.check().map_err(|e| anyhow::anyhow!("config: {e}"))?;
             setup_threads(cfg.threads);
             let init = match (checkpoint, weights) {
                 (Some(c), _) => Init::Checkpoint(c),
                 (None, Some(w)) => Init::Torchvision(w),
                 (None, None) if random_init => Init::Random,
                 _ => anyhow::bail!("give --checkpoint, --weights or --random-init"),
-            };
-            let freeze = freeze_up_to
-                .map(|s| toml::Value::String(s).try_into::<Stage>())
-                .transpose()?;
-            let ft = FinetuneConfig {
-                epochs: ft_epochs,
-                freeze_up_to: freeze,
-                ..Default::default()
             };
             let cache = ImageCache::new(
                 run.cache_dir
@@ -237,14 +237,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 images: pd.test.0.clone(),
                 labels: pd.test.1.clone(),
             };
+            // The saved state is continued only for the same settings, init
+            // weights, data and label subset.
+            let identity = {
+                use sha2::Digest;
+                let init_hash = match &init {
+                    Init::Random => "random".to_string(),
+                    Init::Checkpoint(c) => pirlkit::data::fingerprint::file_sha256(
+                        &c.join(pirlkit::train::checkpoint::MODEL_FILE),
+                    )?,
+                    Init::Torchvision(w) => pirlkit::data::fingerprint::file_sha256(w)?,
+                };
+                let fp = pirlkit::data::fingerprint::fingerprint(&ds)?;
+                hex::encode(sha2::Sha256::digest(serde_json::to_vec(
+                    &serde_json::json!({
+                        "config": cfg, "init": init_hash, "data": fp.sha256_all, "fraction": fraction,
+                    }),
+                )?))
+            };
             let r = pirlkit::train::finetune::finetune(
-                &cfg, &ft, &init, &train, &val, &test, cfg.seed,
+                &cfg,
+                &init,
+                &train,
+                &val,
+                &test,
+                cfg.seed,
+                Some((&out.join("checkpoint"), &identity)),
             )?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            pirlkit::train::checkpoint::write_atomic(
-                &out.join("finetune.json"),
-                &serde_json::to_vec_pretty(&r)?,
-            )?;
+            pirlkit::io::write_atomic(&out.join("finetune.json"), &serde_json::to_vec_pretty(&r)?)?;
             println!(
                 "test AUC {:.4} (best val AUC {:.4} at epoch {} of {})",
                 r.test_auc,
@@ -369,7 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let m = pirlkit::eval::evaluate_file(&scores, &label_column, resamples, seed)?;
             println!("{}", serde_json::to_string_pretty(&m)?);
             if let Some(o) = out {
-                pirlkit::train::checkpoint::write_atomic(&o, &serde_json::to_vec_pretty(&m)?)?;
+                pirlkit::io::write_atomic(&o, &serde_json::to_vec_pretty(&m)?)?;
             }
         }
         Command::Reproduce {

@@ -113,6 +113,8 @@ struct Param {
     name: String,
     var: Var,
     decay: bool,
+    /// This parameter's learning rate as a fraction of the step's.
+    lr_mult: f64,
 }
 
 /// One parameter's optimiser buffers (SGD: the momentum buffer; AdamW: the
@@ -253,6 +255,19 @@ impl Optimizer {
     /// Optimises the trainable variables of `vm` whose names start with one of
     /// `prefixes` (all when empty).
     pub fn new(vm: &VarMap, cfg: &OptimConfig, prefixes: &[&str]) -> Result<Self> {
+        Self::with_lr_mults(vm, cfg, prefixes, &[])
+    }
+
+    /// As [`Optimizer::new`], with per-parameter learning-rate factors: a
+    /// parameter whose name starts with the prefix of an entry of
+    /// `lr_mults` (the first that matches) steps at that fraction of the
+    /// learning rate (discriminative rates); the others at 1.
+    pub fn with_lr_mults(
+        vm: &VarMap,
+        cfg: &OptimConfig,
+        prefixes: &[&str],
+        lr_mults: &[(&str, f64)],
+    ) -> Result<Self> {
         let data = vm.data().lock().expect("varmap lock");
         let mut params: Vec<Param> = data
             .iter()
@@ -264,6 +279,10 @@ impl Optimizer {
                 name: n.clone(),
                 var: v.clone(),
                 decay: v.rank() > 1,
+                lr_mult: lr_mults
+                    .iter()
+                    .find(|(p, _)| n.starts_with(p))
+                    .map_or(1.0, |(_, m)| *m),
             })
             .collect();
         params.sort_by(|a, b| a.name.cmp(&b.name));
@@ -303,6 +322,7 @@ impl Optimizer {
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
+            let lr = lr * p.lr_mult;
             if let Slots::Host(bufs) = st {
                 let (b1, b2) = c.betas;
                 let op = FusedUpdate {

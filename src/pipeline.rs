@@ -172,7 +172,7 @@ pub fn write_skipped(dir: &Path, skipped: &[crate::data::cache::Skipped]) -> Res
     }
     let bytes = w.into_inner().map_err(|e| Error::Report(e.to_string()))?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    checkpoint::write_atomic(&dir.join("skipped.csv"), &bytes)
+    crate::io::write_atomic(&dir.join("skipped.csv"), &bytes)
 }
 
 /// Probes the encoder of `ckpt` (or a seeded random init when `None`).
@@ -239,7 +239,7 @@ fn write_scores(dir: &Path, ds: &Dataset, probes: &[(String, ProbeResult)]) -> R
         }
         s.push('\n');
     }
-    checkpoint::write_atomic(&dir.join("test_scores.csv"), s.as_bytes())
+    crate::io::write_atomic(&dir.join("test_scores.csv"), s.as_bytes())
 }
 
 /// Pretrain, probe both arms, write the report.
@@ -262,7 +262,7 @@ pub fn reproduce(
     for (e, l) in pre.epoch_losses.iter().enumerate() {
         log.push_str(&format!("{},{l}\n", e + 1));
     }
-    checkpoint::write_atomic(&paths.report.join("pretrain_loss.csv"), log.as_bytes())?;
+    crate::io::write_atomic(&paths.report.join("pretrain_loss.csv"), log.as_bytes())?;
 
     let mut probes = Vec::new();
     for (arm, ck) in [
@@ -341,29 +341,11 @@ pub fn check_run_name(name: &str) -> Result<()> {
 pub fn manifest(
     cfg: &Config,
     ds: &Dataset,
+    data: &crate::data::fingerprint::Fingerprint,
     checkpoints: &[PathBuf],
     extra: serde_json::Value,
 ) -> Result<serde_json::Value> {
-    use rayon::prelude::*;
     use sha2::{Digest, Sha256};
-    let file_hashes: Vec<(String, String, String)> = ds
-        .samples
-        .par_iter()
-        .map(|s| {
-            let b = std::fs::read(&s.path).map_err(io(&s.path))?;
-            Ok((
-                s.id.clone(),
-                s.split.as_str().to_string(),
-                hex::encode(Sha256::digest(&b)),
-            ))
-        })
-        .collect::<Result<_>>()?;
-    let mut whole = Sha256::new();
-    let mut split = Sha256::new();
-    for (id, sp, h) in &file_hashes {
-        whole.update(h.as_bytes());
-        split.update(format!("{id},{sp}\n").as_bytes());
-    }
     let mut ckpts = serde_json::Map::new();
     for c in checkpoints {
         let p = c.join(checkpoint::MODEL_FILE);
@@ -415,10 +397,10 @@ pub fn manifest(
         "seed": cfg.seed,
         "data": {
             "root": ds.root.display().to_string(),
-            "images": file_hashes.len(),
-            "sha256_all": hex::encode(whole.finalize()),
-            "split_sha256": hex::encode(split.finalize()),
-            "files": file_hashes.iter().map(|(id, sp, h)| serde_json::json!({"id": id, "split": sp, "sha256": h})).collect::<Vec<_>>(),
+            "images": data.files.len(),
+            "sha256_all": data.sha256_all,
+            "split_sha256": data.split_sha256,
+            "files": data.files.iter().map(|f| serde_json::json!({"id": f.id, "split": f.split, "sha256": f.sha256})).collect::<Vec<_>>(),
         },
         "checkpoints_sha256": ckpts,
         "git_commit": env!("PIRLKIT_GIT_COMMIT"),
@@ -485,7 +467,8 @@ pub fn run_protocol(
         pirl_checkpoint: ckpt.clone(),
         protocol_dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
     };
-    let results = runner.run(&p)?;
+    let fp = crate::data::fingerprint::fingerprint(&ds)?;
+    let results = runner.run(&p, &fp)?;
     let labels = |s: Split| {
         ds.indices(s)
             .iter()
@@ -494,7 +477,19 @@ pub fn run_protocol(
     };
     let (val_y, test_y) = (labels(Split::Val), labels(Split::Test));
     let extra = serde_json::to_value(&p).map_err(|e| Error::Report(e.to_string()))?;
-    let mut manifest = manifest(&cfg, &ds, &ckpt.into_iter().collect::<Vec<_>>(), extra)?;
+    let mut manifest = manifest(&cfg, &ds, &fp, &ckpt.into_iter().collect::<Vec<_>>(), extra)?;
+    // Per run: its key, and whether this process computed it or read it back.
+    manifest["runs"] = results
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "arm": r.arm, "init": r.init, "fraction": r.fraction, "seed": r.seed,
+                "key": r.key,
+                "status": if r.computed_now { "computed" } else { "reused" },
+            })
+        })
+        .collect::<Vec<_>>()
+        .into();
     // Weights files the arms start from, hashed like the data.
     let protocol_dir = path.parent().unwrap_or(Path::new("."));
     let mut weights = serde_json::Map::new();

@@ -2,8 +2,10 @@
 //! (linear probe, k-NN, full or partial fine-tuning), each from PIRL, random
 //! init or a weights file, at several label fractions and seeds, through one
 //! code path. Each finished (arm, init, fraction, seed) is saved as it
-//! completes, so an interrupted protocol continues with what is not done,
-//! and the report is built only from finished results.
+//! completes under a key that hashes everything that fixes its numbers
+//! ([`RunKey`]): an interrupted protocol continues with what is not done, a
+//! changed setting reruns exactly the runs it touches, and the report is
+//! built only from finished results of the current keys.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,8 +16,8 @@ use crate::config::{Config, Preset};
 use crate::data::{Dataset, RgbImage, Split};
 use crate::error::{Error, Result, io};
 use crate::eval::probe::{self, ProbeData};
-use crate::train::checkpoint::write_atomic;
-use crate::train::finetune::{self, FinetuneConfig, Init, Labeled};
+use crate::io::write_atomic;
+use crate::train::finetune::{self, Init, Labeled};
 
 /// How an arm uses the encoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,9 +42,10 @@ pub struct Arm {
     /// (torchvision naming, relative to the protocol file).
     #[serde(default = "default_inits")]
     pub inits: Vec<String>,
-    /// Fine-tuning settings (kind = finetune).
+    /// Fine-tuning settings (kind = finetune): keys of the config's
+    /// `finetune` table, merged over the protocol's.
     #[serde(default)]
-    pub finetune: FinetuneConfig,
+    pub finetune: toml::Table,
     /// Neighbours for kind = knn; default 20.
     #[serde(default = "default_k")]
     pub k: usize,
@@ -141,13 +144,22 @@ impl Protocol {
     }
 
     /// The config an arm runs with: the protocol's, with the arm's `config`
-    /// keys merged on top.
+    /// keys, then its `finetune` keys, merged on top.
     pub fn arm_config(&self, arm: &Arm, cfg: &Config) -> std::result::Result<Config, String> {
-        if arm.config.is_empty() {
+        let mut over = arm.config.clone();
+        if !arm.finetune.is_empty() {
+            let mut ft = match over.remove("finetune") {
+                Some(toml::Value::Table(t)) => t,
+                _ => toml::Table::new(),
+            };
+            ft.extend(arm.finetune.clone());
+            over.insert("finetune".into(), toml::Value::Table(ft));
+        }
+        if over.is_empty() {
             return Ok(cfg.clone());
         }
-        cfg.with_overrides(&arm.config)
-            .map_err(|e| format!("arm {}: [arms.config] {e}", arm.name))
+        cfg.with_overrides(&over)
+            .map_err(|e| format!("arm {}: [arms.config] / [arms.finetune] {e}", arm.name))
     }
 
     pub fn check(&self) -> std::result::Result<(), String> {
@@ -228,6 +240,9 @@ pub struct ArmResult {
     pub init: String,
     pub fraction: f64,
     pub seed: u64,
+    /// The run's key ([`RunKey`]): what it was computed from.
+    #[serde(default)]
+    pub key: String,
     pub n_train: usize,
     pub n_train_pos: usize,
     pub val_auc: f64,
@@ -238,12 +253,140 @@ pub struct ArmResult {
     pub val_scores: Vec<f64>,
     /// Arm-specific detail (chosen penalty, best epoch, ...).
     pub detail: String,
+    /// Fine-tuning: validation AUC after each epoch, and the mean training
+    /// loss of each (empty for frozen-feature arms).
+    #[serde(default)]
+    pub val_curve: Vec<f64>,
+    #[serde(default)]
+    pub train_losses: Vec<f64>,
     pub seconds: f64,
+    /// Whether this process computed it (false: read back from its saved
+    /// file under the same key). Not saved.
+    #[serde(skip)]
+    pub computed_now: bool,
 }
 
-fn result_path(dir: &Path, arm: &str, init: &str, fraction: f64, seed: u64) -> PathBuf {
+/// Bump when a change in pirlkit changes the numbers that the same settings
+/// give (a new recipe default is a change of settings and needs no bump).
+pub const RESULT_VERSION: u32 = 2;
+
+/// What fixes a run's numbers, hashed into its key: the arm's kind and the
+/// resolved settings that its kind reads, the init (and the hash of the
+/// weights it loads), the data set's and split's hashes, the fraction and
+/// the seed. Settings a kind does not read are left out, so changing them
+/// reruns nothing; the report's name for an arm is left out too.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunKey {
+    pub result_version: u32,
+    pub kind: ArmKind,
+    pub init: String,
+    /// SHA-256 of the weights the init loads (`random`: none).
+    pub init_sha256: Option<String>,
+    pub data_sha256: String,
+    pub split_sha256: String,
+    pub fraction: f64,
+    pub seed: u64,
+    /// The resolved settings this kind reads.
+    pub settings: serde_json::Value,
+}
+
+impl RunKey {
+    /// SHA-256 of the key's canonical JSON, hex.
+    pub fn hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(
+            serde_json::to_vec(self).expect("key serialises"),
+        ))
+    }
+
+    /// The settings of `cfg` that an arm of `kind` reads.
+    pub fn settings(kind: ArmKind, cfg: &Config, k: usize) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "device": cfg.device,
+            "tf32": cfg.tf32,
+            "image_size": cfg.data.image_size,
+            "limit_per_split": cfg.data.limit_per_split,
+            "model": cfg.model,
+            "crop": cfg.pretext.crop,
+        });
+        let m = v.as_object_mut().expect("object");
+        match kind {
+            ArmKind::LinearProbe | ArmKind::Knn => {
+                // The random-init encoder is drawn from the config's seed;
+                // features come in batches of train.batch_size.
+                m.insert("init_seed".into(), cfg.seed.into());
+                m.insert("batch".into(), cfg.train.batch_size.into());
+                if kind == ArmKind::LinearProbe {
+                    m.insert(
+                        "probe".into(),
+                        serde_json::to_value(&cfg.probe).expect("probe"),
+                    );
+                } else {
+                    m.insert("recompute_bn".into(), cfg.probe.recompute_bn.into());
+                    m.insert("k".into(), k.into());
+                }
+            }
+            ArmKind::Finetune => {
+                m.insert(
+                    "finetune".into(),
+                    serde_json::to_value(&cfg.finetune).expect("finetune"),
+                );
+            }
+        }
+        v
+    }
+}
+
+fn result_path(dir: &Path, arm: &str, init: &str, fraction: f64, seed: u64, key: &str) -> PathBuf {
     let init = init.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_");
-    dir.join(format!("{arm}__{init}__f{fraction}__s{seed}.json"))
+    dir.join(format!(
+        "{arm}__{init}__f{fraction}__s{seed}__{}.json",
+        &key[..16]
+    ))
+}
+
+/// A saved result under exactly `key`, if there is one.
+fn saved_result(path: &Path, key: &str) -> Option<ArmResult> {
+    let bytes = std::fs::read(path).ok()?;
+    let r: ArmResult = serde_json::from_slice(&bytes).ok()?;
+    (r.key == key).then_some(r)
+}
+
+/// One (arm, init, fraction, seed) of a protocol, with the config it runs with.
+pub struct RunSpec<'p> {
+    pub arm: &'p Arm,
+    pub init: String,
+    pub fraction: f64,
+    pub seed: u64,
+    pub cfg: Config,
+}
+
+impl Protocol {
+    /// Every run of the protocol, in order (arm, init, fraction, seed).
+    pub fn runs(&self, cfg: &Config) -> Result<Vec<RunSpec<'_>>> {
+        let mut out = Vec::new();
+        for arm in &self.arms {
+            let acfg = self.arm_config(arm, cfg).map_err(Error::Config)?;
+            for init in &arm.inits {
+                for &fraction in arm
+                    .label_fractions
+                    .as_ref()
+                    .unwrap_or(&self.label_fractions)
+                {
+                    for &seed in arm.seeds.as_ref().unwrap_or(&self.seeds) {
+                        out.push(RunSpec {
+                            arm,
+                            init: init.clone(),
+                            fraction,
+                            seed,
+                            cfg: acfg.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Everything needed to run arms on one data set.
@@ -259,6 +402,11 @@ pub struct Runner<'a> {
     pub protocol_dir: PathBuf,
 }
 
+/// A frozen-feature arm's result, shared by the runs whose key differs only
+/// in the seed and whose label subset is the same (at 100 % of the labels
+/// every seed gets the same one).
+type Fitted = (f64, f64, Vec<f64>, Vec<f64>, String);
+
 impl Runner<'_> {
     fn init(&self, s: &str) -> Result<Init> {
         Ok(match s {
@@ -272,6 +420,16 @@ impl Runner<'_> {
         })
     }
 
+    /// SHA-256 of the weights an init loads (`None` for random init).
+    fn init_hash(&self, s: &str) -> Result<Option<String>> {
+        let path = match self.init(s)? {
+            Init::Random => return Ok(None),
+            Init::Checkpoint(dir) => dir.join(crate::train::checkpoint::MODEL_FILE),
+            Init::Torchvision(p) => p,
+        };
+        Ok(Some(crate::data::fingerprint::file_sha256(&path)?))
+    }
+
     fn split(&self, s: Split) -> (Vec<&RgbImage>, Vec<u8>) {
         let idx = self.ds.indices(s);
         (
@@ -282,174 +440,221 @@ impl Runner<'_> {
         )
     }
 
-    /// Runs every (arm, init, fraction, seed) not finished yet; returns all results.
-    pub fn run(&self, p: &Protocol) -> Result<Vec<ArmResult>> {
+    /// The key of every run of `p`, in [`Protocol::runs`] order.
+    pub fn keys(
+        &self,
+        p: &Protocol,
+        data: &crate::data::fingerprint::Fingerprint,
+    ) -> Result<Vec<RunKey>> {
+        let mut init_hashes: BTreeMap<String, Option<String>> = BTreeMap::new();
+        p.runs(self.cfg)?
+            .iter()
+            .map(|r| {
+                if !init_hashes.contains_key(&r.init) {
+                    init_hashes.insert(r.init.clone(), self.init_hash(&r.init)?);
+                }
+                Ok(RunKey {
+                    result_version: RESULT_VERSION,
+                    kind: r.arm.kind,
+                    init: r.init.clone(),
+                    init_sha256: init_hashes[&r.init].clone(),
+                    data_sha256: data.sha256_all.clone(),
+                    split_sha256: data.split_sha256.clone(),
+                    fraction: r.fraction,
+                    seed: r.seed,
+                    settings: RunKey::settings(r.arm.kind, &r.cfg, r.arm.k),
+                })
+            })
+            .collect()
+    }
+
+    /// Runs every (arm, init, fraction, seed) whose result under its current
+    /// key is not saved yet; returns all results, in protocol order.
+    pub fn run(
+        &self,
+        p: &Protocol,
+        data: &crate::data::fingerprint::Fingerprint,
+    ) -> Result<Vec<ArmResult>> {
         std::fs::create_dir_all(&self.results_dir).map_err(io(&self.results_dir))?;
-        let (tr_i, tr_y) = self.split(Split::Train);
-        let (va_i, va_y) = self.split(Split::Val);
-        let (te_i, te_y) = self.split(Split::Test);
+        let specs = p.runs(self.cfg)?;
+        let keys = self.keys(p, data)?;
+        let (_, tr_y) = self.split(Split::Train);
         let mut results = Vec::new();
         // Frozen features per (encoder, view, init), computed once and shared
         // by arms, fractions and seeds.
         let mut feats: BTreeMap<String, [ndarray::Array2<f64>; 3]> = BTreeMap::new();
-        // A frozen-feature arm is a function of its training subset alone
-        // (at 100 % of the labels every seed gets the same subset): fitted
-        // once per (arm, init, subset).
-        type Fitted = (f64, f64, Vec<f64>, Vec<f64>, String);
-        let mut fitted: BTreeMap<(String, String, Vec<usize>), Fitted> = BTreeMap::new();
-        for arm in &p.arms {
-            let acfg = p.arm_config(arm, self.cfg).map_err(Error::Config)?;
-            for init_s in &arm.inits {
-                let feat_key = format!(
-                    "{}|{}|{init_s}",
-                    serde_json::to_string(&acfg.model).unwrap_or_default(),
-                    serde_json::to_string(&acfg.pretext.crop).unwrap_or_default()
-                );
-                for &fraction in arm.label_fractions.as_ref().unwrap_or(&p.label_fractions) {
-                    for &seed in arm.seeds.as_ref().unwrap_or(&p.seeds) {
-                        let path =
-                            result_path(&self.results_dir, &arm.name, init_s, fraction, seed);
-                        if let Ok(bytes) = std::fs::read(&path)
-                            && let Ok(r) = serde_json::from_slice::<ArmResult>(&bytes)
-                        {
-                            results.push(r);
-                            continue;
-                        }
-                        if crate::train::pretrain::STOP.load(std::sync::atomic::Ordering::SeqCst) {
-                            return Err(Error::Stopped(format!(
-                                "{} finished runs are saved in {}",
-                                results.len(),
-                                self.results_dir.display()
-                            )));
-                        }
-                        let t = std::time::Instant::now();
-                        let sub = label_subset(&tr_y, fraction, seed);
-                        let sub_i: Vec<&RgbImage> = sub.iter().map(|&i| tr_i[i]).collect();
-                        let sub_y: Vec<u8> = sub.iter().map(|&i| tr_y[i]).collect();
-                        let fit_key = (arm.name.clone(), init_s.clone(), sub.clone());
-                        let earlier = fitted.get(&fit_key).cloned();
-                        let (val_auc, test_auc, val_scores, test_scores, detail) = match arm.kind {
-                            ArmKind::LinearProbe | ArmKind::Knn if earlier.is_some() => {
-                                earlier.expect("checked by the guard")
-                            }
-                            ArmKind::LinearProbe | ArmKind::Knn => {
-                                if !feats.contains_key(&feat_key) {
-                                    feats.insert(
-                                        feat_key.clone(),
-                                        self.frozen_features(
-                                            &acfg,
-                                            &self.init(init_s)?,
-                                            &tr_i,
-                                            &va_i,
-                                            &te_i,
-                                        )?,
-                                    );
-                                }
-                                let [ftr, fva, fte] = &feats[&feat_key];
-                                let ftr_sub = ftr.select(ndarray::Axis(0), &sub);
-                                if arm.kind == ArmKind::LinearProbe {
-                                    let r = probe::fit_probe(
-                                        &ftr_sub,
-                                        &sub_y,
-                                        fva,
-                                        &va_y,
-                                        fte,
-                                        &te_y,
-                                        &acfg.probe,
-                                    )?;
-                                    (
-                                        r.val_auc,
-                                        r.test_auc,
-                                        r.val_scores,
-                                        r.test_scores,
-                                        format!("alpha {}", r.alpha),
-                                    )
-                                } else {
-                                    let vs = probe::knn_scores(&ftr_sub, &sub_y, fva, arm.k);
-                                    let ts = probe::knn_scores(&ftr_sub, &sub_y, fte, arm.k);
-                                    (
-                                        crate::eval::auc(&vs, &va_y)?,
-                                        crate::eval::auc(&ts, &te_y)?,
-                                        vs,
-                                        ts,
-                                        format!("k {}", arm.k),
-                                    )
-                                }
-                            }
-                            ArmKind::Finetune => {
-                                let init = self.init(init_s)?;
-                                let r = finetune::finetune(
-                                    &acfg,
-                                    &arm.finetune,
-                                    &init,
-                                    &Labeled {
-                                        images: sub_i.clone(),
-                                        labels: sub_y.clone(),
-                                    },
-                                    &Labeled {
-                                        images: va_i.clone(),
-                                        labels: va_y.clone(),
-                                    },
-                                    &Labeled {
-                                        images: te_i.clone(),
-                                        labels: te_y.clone(),
-                                    },
-                                    seed,
-                                )?;
-                                (
-                                    r.val_auc,
-                                    r.test_auc,
-                                    r.val_scores,
-                                    r.test_scores,
-                                    format!("best epoch {} of {}", r.best_epoch, r.val_curve.len()),
-                                )
-                            }
-                        };
-                        if arm.kind != ArmKind::Finetune {
-                            fitted.entry(fit_key).or_insert_with(|| {
-                                (
-                                    val_auc,
-                                    test_auc,
-                                    val_scores.clone(),
-                                    test_scores.clone(),
-                                    detail.clone(),
-                                )
-                            });
-                        }
-                        let r = ArmResult {
-                            arm: arm.name.clone(),
-                            kind: arm.kind,
-                            init: init_s.clone(),
-                            fraction,
-                            seed,
-                            n_train: sub_y.len(),
-                            n_train_pos: sub_y.iter().filter(|&&y| y == 1).count(),
-                            val_auc,
-                            test_auc,
-                            test_scores,
-                            val_scores,
-                            detail,
-                            seconds: t.elapsed().as_secs_f64(),
-                        };
-                        tracing::info!(
-                            "{} / {} / {:.0} % labels / seed {}: val AUC {:.4}, test AUC {:.4} ({}, {:.0} s)",
-                            r.arm,
-                            r.init,
-                            fraction * 100.0,
-                            seed,
-                            val_auc,
-                            test_auc,
-                            r.detail,
-                            r.seconds
-                        );
-                        let j = serde_json::to_vec(&r).map_err(|e| Error::Report(e.to_string()))?;
-                        write_atomic(&path, &j)?;
-                        results.push(r);
-                    }
-                }
+        let mut fitted: BTreeMap<(String, Vec<usize>), Fitted> = BTreeMap::new();
+        for (spec, key) in specs.iter().zip(&keys) {
+            let hash = key.hash();
+            let path = result_path(
+                &self.results_dir,
+                &spec.arm.name,
+                &spec.init,
+                spec.fraction,
+                spec.seed,
+                &hash,
+            );
+            if let Some(mut r) = saved_result(&path, &hash) {
+                r.arm = spec.arm.name.clone();
+                results.push(r);
+                continue;
             }
+            if crate::train::pretrain::STOP.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::Stopped(format!(
+                    "{} finished runs are saved in {}",
+                    results.len(),
+                    self.results_dir.display()
+                )));
+            }
+            let t = std::time::Instant::now();
+            let sub = label_subset(&tr_y, spec.fraction, spec.seed);
+            let sub_y: Vec<u8> = sub.iter().map(|&i| tr_y[i]).collect();
+            let (val_auc, test_auc, val_scores, test_scores, detail, curves) = match spec.arm.kind {
+                ArmKind::LinearProbe | ArmKind::Knn => {
+                    // The key without its seed: runs that share it and the
+                    // label subset share the fit.
+                    let mut k = key.clone();
+                    k.seed = 0;
+                    let fit_key = (k.hash(), sub.clone());
+                    let r = match fitted.get(&fit_key) {
+                        Some(r) => r.clone(),
+                        None => {
+                            let r = self.frozen_arm(spec, &sub, &mut feats)?;
+                            fitted.insert(fit_key, r.clone());
+                            r
+                        }
+                    };
+                    (r.0, r.1, r.2, r.3, r.4, (Vec::new(), Vec::new()))
+                }
+                ArmKind::Finetune => {
+                    let ckpt = path.with_extension("ckpt");
+                    let r = self.finetune_arm(spec, &sub, (&ckpt, &hash))?;
+                    (
+                        r.val_auc,
+                        r.test_auc,
+                        r.val_scores,
+                        r.test_scores,
+                        format!("selected epoch {} of {}", r.best_epoch, r.val_curve.len()),
+                        (r.val_curve, r.train_losses),
+                    )
+                }
+            };
+            let r = ArmResult {
+                arm: spec.arm.name.clone(),
+                kind: spec.arm.kind,
+                init: spec.init.clone(),
+                fraction: spec.fraction,
+                seed: spec.seed,
+                key: hash,
+                n_train: sub_y.len(),
+                n_train_pos: sub_y.iter().filter(|&&y| y == 1).count(),
+                val_auc,
+                test_auc,
+                test_scores,
+                val_scores,
+                detail,
+                val_curve: curves.0,
+                train_losses: curves.1,
+                seconds: t.elapsed().as_secs_f64(),
+                computed_now: true,
+            };
+            tracing::info!(
+                "{} / {} / {:.0} % labels / seed {}: val AUC {:.4}, test AUC {:.4} ({}, {:.0} s)",
+                r.arm,
+                r.init,
+                spec.fraction * 100.0,
+                spec.seed,
+                val_auc,
+                test_auc,
+                r.detail,
+                r.seconds
+            );
+            let j = serde_json::to_vec(&r).map_err(|e| Error::Report(e.to_string()))?;
+            write_atomic(&path, &j)?;
+            let ckpt = path.with_extension("ckpt");
+            if ckpt.exists() {
+                let _ = std::fs::remove_dir_all(&ckpt);
+            }
+            results.push(r);
         }
         Ok(results)
+    }
+
+    /// A linear probe or k-NN on frozen features of the training subset `sub`.
+    fn frozen_arm(
+        &self,
+        spec: &RunSpec,
+        sub: &[usize],
+        feats: &mut BTreeMap<String, [ndarray::Array2<f64>; 3]>,
+    ) -> Result<Fitted> {
+        let acfg = &spec.cfg;
+        let feat_key = format!(
+            "{}|{}|{}|{}",
+            serde_json::to_string(&acfg.model).unwrap_or_default(),
+            acfg.pretext.crop,
+            acfg.probe.recompute_bn,
+            spec.init
+        );
+        if !feats.contains_key(&feat_key) {
+            let (tr_i, _) = self.split(Split::Train);
+            let (va_i, _) = self.split(Split::Val);
+            let (te_i, _) = self.split(Split::Test);
+            feats.insert(
+                feat_key.clone(),
+                self.frozen_features(acfg, &self.init(&spec.init)?, &tr_i, &va_i, &te_i)?,
+            );
+        }
+        let (_, tr_y) = self.split(Split::Train);
+        let (_, va_y) = self.split(Split::Val);
+        let (_, te_y) = self.split(Split::Test);
+        let sub_y: Vec<u8> = sub.iter().map(|&i| tr_y[i]).collect();
+        let [ftr, fva, fte] = &feats[&feat_key];
+        let ftr_sub = ftr.select(ndarray::Axis(0), sub);
+        if spec.arm.kind == ArmKind::LinearProbe {
+            let r = probe::fit_probe(&ftr_sub, &sub_y, fva, &va_y, fte, &te_y, &acfg.probe)?;
+            let detail = probe::describe_choice(&r, &acfg.probe);
+            Ok((r.val_auc, r.test_auc, r.val_scores, r.test_scores, detail))
+        } else {
+            let vs = probe::knn_scores(&ftr_sub, &sub_y, fva, spec.arm.k);
+            let ts = probe::knn_scores(&ftr_sub, &sub_y, fte, spec.arm.k);
+            Ok((
+                crate::eval::auc(&vs, &va_y)?,
+                crate::eval::auc(&ts, &te_y)?,
+                vs,
+                ts,
+                format!("k {}", spec.arm.k),
+            ))
+        }
+    }
+
+    /// Fine-tuning on the training subset `sub`, checkpointed in `ckpt`.
+    fn finetune_arm(
+        &self,
+        spec: &RunSpec,
+        sub: &[usize],
+        ckpt: (&Path, &str),
+    ) -> Result<finetune::FinetuneResult> {
+        let (tr_i, tr_y) = self.split(Split::Train);
+        let (va_i, va_y) = self.split(Split::Val);
+        let (te_i, te_y) = self.split(Split::Test);
+        finetune::finetune(
+            &spec.cfg,
+            &self.init(&spec.init)?,
+            &Labeled {
+                images: sub.iter().map(|&i| tr_i[i]).collect(),
+                labels: sub.iter().map(|&i| tr_y[i]).collect(),
+            },
+            &Labeled {
+                images: va_i,
+                labels: va_y,
+            },
+            &Labeled {
+                images: te_i,
+                labels: te_y,
+            },
+            spec.seed,
+            Some(ckpt),
+        )
     }
 
     /// Frozen features (train, val, test) of the encoder from `init`, with
@@ -462,15 +667,14 @@ impl Runner<'_> {
         va: &[&RgbImage],
         te: &[&RgbImage],
     ) -> Result<[ndarray::Array2<f64>; 3]> {
-        let (vm, m) = crate::model::build(
+        let (vm, enc) = crate::model::build_encoder(
             &cfg.model,
-            cfg.pretext.kind,
             cfg.seed,
             candle_core::DType::F32,
             &crate::device::open(&cfg.device, cfg.tf32)?,
         )?;
         finetune::load_encoder(&vm, init)?;
-        probe::frozen_features(&vm, &m.encoder, "encoder", cfg, tr, va, te)
+        probe::frozen_features(&vm, &enc, "encoder", cfg, tr, va, te)
     }
 }
 

@@ -298,3 +298,108 @@ fn check_in_browser(html: &Path, tmp: &Path) {
         "curves not visible: {blue} blue, {red} red pixels"
     );
 }
+
+/// Regression for the stale-results bug: saved runs were found by (arm,
+/// init, fraction, seed) alone, so an edited arm was served its old
+/// numbers. Now a run is saved under the hash of what fixes it, and editing
+/// one arm reruns that arm's runs and no other.
+#[test]
+fn a_changed_setting_reruns_only_the_runs_it_touches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proto = tmp.path().join("tiny.toml");
+    std::fs::write(&proto, PROTOCOL).unwrap();
+    let (reports, cache) = (tmp.path().join("reports"), tmp.path().join("cache"));
+    let status = |dir: &Path| -> Vec<(String, String, String)> {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        m["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["arm"].as_str().unwrap().to_string(),
+                    r["status"].as_str().unwrap().to_string(),
+                    r["key"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let out = run(&proto, &reports, &cache);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = reports.join("tiny-protocol");
+    let first = status(&dir);
+    assert_eq!(first.len(), 24);
+    assert!(first.iter().all(|(_, s, _)| s == "computed"), "{first:?}");
+    let runs_before = lines(&dir.join("runs.csv"));
+
+    // The same protocol again: everything is reused.
+    let out = run(&proto, &reports, &cache);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(status(&dir).iter().all(|(_, s, _)| s == "reused"));
+
+    // One arm edited (k-NN's k): its 8 runs rerun under new keys, the other
+    // 16 are reused under their old ones.
+    std::fs::write(&proto, PROTOCOL.replace("k = 5", "k = 7")).unwrap();
+    let out = run(&proto, &reports, &cache);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(log.matches("test AUC").count(), 8, "{log}");
+    let second = status(&dir);
+    for ((arm, st, key), (_, _, old_key)) in second.iter().zip(&first) {
+        if arm == "knn" {
+            assert_eq!(st, "computed", "{arm}");
+            assert_ne!(key, old_key, "{arm}");
+        } else {
+            assert_eq!(st, "reused", "{arm}");
+            assert_eq!(key, old_key, "{arm}");
+        }
+    }
+    let runs_after = lines(&dir.join("runs.csv"));
+    for (a, b) in runs_before.iter().zip(&runs_after) {
+        if a.starts_with("knn,") {
+            assert!(b.starts_with("knn,"));
+        } else {
+            assert_eq!(a, b);
+        }
+    }
+    // A fine-tuning setting reruns the fine-tuning arm alone.
+    std::fs::write(
+        &proto,
+        PROTOCOL.replace("k = 5", "k = 7").replace(
+            "freeze_up_to = \"layer3\"",
+            "freeze_up_to = \"layer3\"\nlr = 1e-3",
+        ),
+    )
+    .unwrap();
+    let out = run(&proto, &reports, &cache);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let third = status(&dir);
+    for (arm, st, _) in &third {
+        assert_eq!(
+            st,
+            if arm == "partial-finetune" {
+                "computed"
+            } else {
+                "reused"
+            },
+            "{arm}"
+        );
+    }
+}

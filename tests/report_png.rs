@@ -166,6 +166,10 @@ fn result(
         val_scores,
         detail: format!("C=0.1 seed {seed}"),
         seconds: 1.0,
+        key: format!("{arm}-{init}-{fraction}-{seed}"),
+        val_curve: Vec::new(),
+        train_losses: Vec::new(),
+        computed_now: true,
     }
 }
 

@@ -362,7 +362,7 @@ pub fn audit(ds: &Dataset, cache: &ImageCache, out_csv: &Path) -> crate::Result<
     };
     let (bytes, rows) = to_csv(&report)?;
     report.counts.findings = rows;
-    crate::train::checkpoint::write_atomic(out_csv, &bytes)?;
+    crate::io::write_atomic(out_csv, &bytes)?;
     Ok(report)
 }
 

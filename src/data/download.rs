@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use super::isic::Descriptor;
 use super::{DataError, Split};
 use crate::error::{Error, Result, io};
-use crate::train::checkpoint::write_atomic;
+use crate::io::write_atomic;
 
 /// Written last into an extracted image folder; its presence means "complete".
 pub const COMPLETE_MARKER: &str = ".complete";

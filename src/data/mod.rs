@@ -5,6 +5,7 @@ pub mod audit;
 pub mod cache;
 pub mod dicom;
 pub mod download;
+pub mod fingerprint;
 pub mod isic;
 pub mod layouts;
 pub mod manifest;

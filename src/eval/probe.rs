@@ -10,13 +10,12 @@ use ndarray::{Array1, Array2};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::augment;
+use crate::augment::{self, stack};
 use crate::config::{Config, ProbeConfig};
 use crate::data::RgbImage;
 use crate::error::{Error, Result};
 use crate::eval::auc;
 use crate::model::{ResNet, ResNetConfig};
-use crate::train::pretrain::stack;
 
 /// Labeled images of the three splits.
 pub struct ProbeData<'a> {
@@ -138,6 +137,24 @@ pub fn recompute_bn(
         v.set(&(s / weight)?)?;
     }
     Ok(())
+}
+
+/// The probe's chosen penalty for the log and the report, saying so when
+/// it is the smallest or largest of the grid (then the grid may be too
+/// narrow), and logging a warning then.
+pub fn describe_choice(r: &ProbeResult, cfg: &ProbeConfig) -> String {
+    let lo = cfg.alphas.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = cfg.alphas.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if cfg.alphas.len() > 1 && (r.alpha == lo || r.alpha == hi) {
+        tracing::warn!(
+            "linear probe: the chosen penalty alpha {} is at the edge of probe.alphas [{lo}, {hi}]; widen the grid",
+            r.alpha
+        );
+        let end = if r.alpha == lo { "lowest" } else { "highest" };
+        format!("alpha {} ({end} of the grid)", r.alpha)
+    } else {
+        format!("alpha {}", r.alpha)
+    }
 }
 
 /// Per-column mean and std of `x` (std floored at 1e-8).

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder, VarMap};
 use rand::Rng;
 
-pub use resnet::{Arch, ResNet, ResNetConfig};
+pub use resnet::{Arch, ResNet, ResNetConfig, Stage};
 
 /// Output dimension of the heads f and g (the paper's 128).
 pub const EMBED_DIM: usize = 128;
@@ -100,6 +100,22 @@ pub fn build(
     let model = PirlModel::new(cfg, pretext, vb)?;
     seeded_init(&vm, seed)?;
     Ok((vm, model))
+}
+
+/// The encoder alone (variables `encoder.*`), seeded as [`build`] seeds it:
+/// `encoder.*` sorts before every head's name, so a seed gives the same
+/// encoder here as at the start of pretraining.
+pub fn build_encoder(
+    cfg: &ResNetConfig,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<(VarMap, ResNet)> {
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, dtype, device);
+    let enc = ResNet::new(cfg, vb.pp("encoder"))?;
+    seeded_init(&vm, seed)?;
+    Ok((vm, enc))
 }
 
 /// Re-initialises every variable deterministically, as torchvision does:

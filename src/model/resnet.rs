@@ -31,6 +31,37 @@ impl Arch {
     }
 }
 
+/// A stage of the ResNet (for partial fine-tuning: freeze up to one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Stem,
+    Layer1,
+    Layer2,
+    Layer3,
+    Layer4,
+}
+
+impl Stage {
+    /// Variable-name prefixes (under `encoder.`) of this stage.
+    pub fn prefixes(self) -> Vec<&'static str> {
+        match self {
+            Stage::Stem => vec!["encoder.conv1.", "encoder.bn1."],
+            Stage::Layer1 => vec!["encoder.layer1."],
+            Stage::Layer2 => vec!["encoder.layer2."],
+            Stage::Layer3 => vec!["encoder.layer3."],
+            Stage::Layer4 => vec!["encoder.layer4."],
+        }
+    }
+    pub const ALL: [Stage; 5] = [
+        Stage::Stem,
+        Stage::Layer1,
+        Stage::Layer2,
+        Stage::Layer3,
+        Stage::Layer4,
+    ];
+}
+
 /// Encoder settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

@@ -12,7 +12,7 @@ use polars::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::train::checkpoint::write_atomic;
+use crate::io::write_atomic;
 
 /// One evaluated arm.
 #[derive(Debug, Clone, Serialize)]

@@ -13,11 +13,11 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::eval::roc;
 use crate::eval::stats::{self, AucCi, PairedTest};
+use crate::io::write_atomic;
 use crate::protocol::ArmResult;
 use crate::report::markdown_table;
 use crate::report::png;
 use crate::report::svg::{Series, line_chart};
-use crate::train::checkpoint::write_atomic;
 
 /// The statistics of one run on the test split.
 #[derive(Debug, Clone, Serialize)]

@@ -6,7 +6,6 @@
 //! or the new checkpoint, never half of one.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -15,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::error::{Error, Result, io};
+use crate::io::{fsync_file, write_atomic};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIM_FILE: &str = "optimizer.safetensors";
@@ -57,36 +57,6 @@ pub fn config_hash(cfg: &Config) -> String {
     use sha2::{Digest, Sha256};
     let j = serde_json::to_vec(cfg).expect("config serialises");
     hex::encode(Sha256::digest(&j))
-}
-
-fn fsync_file(p: &Path) -> Result<()> {
-    std::fs::File::open(p)
-        .and_then(|f| f.sync_all())
-        .map_err(io(p))
-}
-
-/// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let name = path
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::Io {
-            path: path.into(),
-            source: e,
-        });
-    }
-    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 /// Everything a checkpoint holds, borrowed for saving.

@@ -1,99 +1,35 @@
 //! Fine-tuning on labels: the encoder (from PIRL, from random init, or from a
-//! weights file in torchvision naming) plus Linear(d, 1), class-weighted BCE,
-//! augmentation, AdamW with a cosine schedule, model selection and early
-//! stopping on validation AUC only; the test split is scored once, with the
-//! weights of the best validation epoch.
+//! weights file in torchvision naming) plus Linear(d, 1), (class-weighted)
+//! BCE, augmentation, AdamW with warm-up and cosine decay, optionally a lower
+//! rate for the encoder than for the head; the epoch is selected on the
+//! validation split only (best, last, or best mean over a window of epochs)
+//! and the test split is scored once, with that epoch's weights, optionally
+//! averaged over flipped and rotated views.
+//!
+//! With a checkpoint folder, every epoch end is saved (weights, optimiser
+//! state, the selected weights so far, the validation history); a rerun
+//! continues from the last one and ends bit-identical to an uninterrupted
+//! run, since every random stream is a function of (seed, epoch, image).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::augment::{self, AugmentConfig, Chw};
+use crate::augment::{self, Chw, stack};
 use crate::config::Config;
+pub use crate::config::{FinetuneConfig, Selection, Tta};
 use crate::data::RgbImage;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, io};
 use crate::eval::auc;
+pub use crate::model::Stage;
 use crate::model::{ResNet, seeded_init};
 use crate::optim::{CosineSchedule, OptimConfig, Optimizer, OptimizerKind};
 use crate::rng::stream;
-use crate::train::pretrain::stack;
-
-/// A stage of the ResNet, for partial fine-tuning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stage {
-    Stem,
-    Layer1,
-    Layer2,
-    Layer3,
-    Layer4,
-}
-
-impl Stage {
-    /// Variable-name prefixes (under `encoder.`) of this stage.
-    fn prefixes(self) -> Vec<&'static str> {
-        match self {
-            Stage::Stem => vec!["encoder.conv1.", "encoder.bn1."],
-            Stage::Layer1 => vec!["encoder.layer1."],
-            Stage::Layer2 => vec!["encoder.layer2."],
-            Stage::Layer3 => vec!["encoder.layer3."],
-            Stage::Layer4 => vec!["encoder.layer4."],
-        }
-    }
-    const ALL: [Stage; 5] = [
-        Stage::Stem,
-        Stage::Layer1,
-        Stage::Layer2,
-        Stage::Layer3,
-        Stage::Layer4,
-    ];
-}
-
-/// Fine-tuning settings.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FinetuneConfig {
-    /// Maximum epochs; default 30.
-    pub epochs: usize,
-    /// Default 32.
-    pub batch_size: usize,
-    /// AdamW learning rate; default 3e-4.
-    pub lr: f64,
-    /// AdamW decoupled weight decay (not on BatchNorm or biases); default 1e-4.
-    pub weight_decay: f64,
-    /// Stop after this many epochs without a better validation AUC (0 = never); default 10.
-    pub patience: usize,
-    /// Freeze the encoder up to and including this stage (partial
-    /// fine-tuning); default none (full fine-tuning).
-    pub freeze_up_to: Option<Stage>,
-    /// Augmentation of the training images.
-    pub augment: AugmentConfig,
-}
-
-impl Default for FinetuneConfig {
-    fn default() -> Self {
-        Self {
-            epochs: 30,
-            batch_size: 32,
-            lr: 3e-4,
-            weight_decay: 1e-4,
-            patience: 10,
-            freeze_up_to: None,
-            augment: AugmentConfig {
-                crop_scale_min: 0.5,
-                jitter: 0.2,
-                hue: 0.02,
-                jitter_p: 0.8,
-                grayscale_p: 0.0,
-                flip_p: 0.5,
-            },
-        }
-    }
-}
+use crate::train::checkpoint;
 
 /// Where the encoder's starting weights come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,11 +85,14 @@ pub struct Labeled<'a> {
 /// What a fine-tuning run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FinetuneResult {
+    /// The selected epoch (1-based).
     pub best_epoch: usize,
+    /// Validation AUC of the selected epoch.
     pub val_auc: f64,
     pub test_auc: f64,
+    /// Test logits of the selected epoch's weights, in test order.
     pub test_scores: Vec<f64>,
-    /// Validation scores of the selected epoch.
+    /// Validation logits of the selected epoch.
     pub val_scores: Vec<f64>,
     /// Validation AUC after each epoch run.
     pub val_curve: Vec<f64>,
@@ -182,6 +121,25 @@ struct Classifier {
     frozen: usize,
 }
 
+/// The views test-time augmentation averages over, as (quarter turns, mirror).
+fn tta_views(tta: Tta) -> &'static [(usize, bool)] {
+    match tta {
+        Tta::None => &[(0, false)],
+        // Identity, left-right, up-down (= rotation by 180 then left-right), both (= 180).
+        Tta::Flips => &[(0, false), (0, true), (2, true), (2, false)],
+        Tta::Dihedral => &[
+            (0, false),
+            (1, false),
+            (2, false),
+            (3, false),
+            (0, true),
+            (1, true),
+            (2, true),
+            (3, true),
+        ],
+    }
+}
+
 impl Classifier {
     fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         Ok(self
@@ -190,15 +148,36 @@ impl Classifier {
             .squeeze(1)?)
     }
 
-    fn scores(&self, images: &[&RgbImage], crop: usize, batch: usize) -> Result<Vec<f64>> {
-        let mut out = Vec::with_capacity(images.len());
-        for chunk in images.chunks(batch.max(1)) {
-            let views: Vec<Chw> = chunk
-                .par_iter()
-                .map(|im| augment::resize_full(im, crop))
-                .collect();
-            let z = self.logits(&stack(views, self.encoder.device())?, false)?;
-            out.extend(z.to_vec1::<f32>()?.into_iter().map(f64::from));
+    /// Logits of the whole images at `crop` px (BatchNorm in eval mode),
+    /// averaged over the views of `tta`.
+    fn scores(
+        &self,
+        images: &[&RgbImage],
+        crop: usize,
+        batch: usize,
+        tta: Tta,
+    ) -> Result<Vec<f64>> {
+        let views = tta_views(tta);
+        let mut out = vec![0f64; images.len()];
+        for &(k, mirror) in views {
+            let mut i = 0;
+            for chunk in images.chunks(batch.max(1)) {
+                let xs: Vec<Chw> = chunk
+                    .par_iter()
+                    .map(|im| {
+                        let mut v = augment::resize_full(im, crop);
+                        if mirror {
+                            augment::hflip(&mut v);
+                        }
+                        if k > 0 { augment::rotate90(&v, k) } else { v }
+                    })
+                    .collect();
+                let z = self.logits(&stack(xs, self.encoder.device())?, false)?;
+                for v in z.to_vec1::<f32>()? {
+                    out[i] += f64::from(v) / views.len() as f64;
+                    i += 1;
+                }
+            }
         }
         Ok(out)
     }
@@ -214,23 +193,136 @@ fn snapshot(vm: &VarMap) -> Result<HashMap<String, Tensor>> {
 fn restore(vm: &VarMap, snap: &HashMap<String, Tensor>) -> Result<()> {
     let data = vm.data().lock().expect("varmap lock");
     for (k, v) in data.iter() {
-        v.set(&snap[k])?;
+        let t = snap.get(k).ok_or_else(|| Error::Checkpoint {
+            path: PathBuf::new(),
+            msg: format!("saved weights lack {k}"),
+        })?;
+        v.set(&t.to_device(v.device())?)?;
     }
     Ok(())
 }
 
+/// Where fine-tuning stands after an epoch: what a checkpoint holds besides
+/// the weights and the optimiser state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Progress {
+    /// What the run is (a hash of its settings, init and data): a folder
+    /// holding another run's state is refused.
+    identity: String,
+    /// Completed epochs.
+    epochs_done: usize,
+    /// Completed optimiser steps.
+    step: usize,
+    val_curve: Vec<f64>,
+    train_losses: Vec<f64>,
+    /// The selected epoch so far (1-based), its criterion and its
+    /// validation scores; its weights are `selected.safetensors`.
+    selected: Option<(usize, f64, Vec<f64>)>,
+    /// Epochs since the criterion last improved (early stopping).
+    stale: usize,
+}
+
+const PROGRESS_FILE: &str = "progress.json";
+const SELECTED_FILE: &str = "selected.safetensors";
+
+/// The selection criterion after the epochs in `curve` (`None`: the last
+/// epoch of `curve` cannot be selected).
+fn criterion(ft: &FinetuneConfig, curve: &[f64]) -> Option<f64> {
+    let e = curve.len();
+    let from = ((ft.selection_from * ft.epochs as f64).ceil() as usize).max(1);
+    match ft.selection {
+        Selection::Last => (e == ft.epochs).then_some(0.0),
+        _ if e < from => None,
+        Selection::Best => curve.last().copied(),
+        Selection::Smoothed => {
+            let w = &curve[e.saturating_sub(ft.selection_window)..];
+            Some(w.iter().sum::<f64>() / w.len() as f64)
+        }
+    }
+}
+
+/// Saves the state after an epoch into `dir/epoch-NNNN` and points
+/// `dir/latest` at it; older epoch folders are removed.
+fn save_progress(
+    dir: &Path,
+    vm: &VarMap,
+    opt: &Optimizer,
+    selected: Option<&HashMap<String, Tensor>>,
+    prog: &Progress,
+) -> Result<()> {
+    let name = format!("epoch-{:04}", prog.epochs_done);
+    crate::io::write_dir_atomic(&dir.join(&name), |tmp| {
+        vm.save(tmp.join(checkpoint::MODEL_FILE))?;
+        candle_core::safetensors::save(&opt.state_tensors()?, tmp.join(checkpoint::OPTIM_FILE))?;
+        if let Some(sel) = selected {
+            candle_core::safetensors::save(sel, tmp.join(SELECTED_FILE))?;
+        }
+        let j = serde_json::to_vec_pretty(prog).map_err(|e| Error::Report(e.to_string()))?;
+        std::fs::write(tmp.join(PROGRESS_FILE), j).map_err(io(tmp.join(PROGRESS_FILE)))
+    })?;
+    crate::io::write_atomic(&dir.join("latest"), name.as_bytes())?;
+    for e in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with("epoch-") && n != name {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// The state saved by [`save_progress`], if `dir` holds one.
+fn load_progress(
+    dir: &Path,
+    vm: &VarMap,
+    opt: &mut Optimizer,
+    dev: &Device,
+) -> Result<Option<(Progress, Option<HashMap<String, Tensor>>)>> {
+    let Ok(name) = std::fs::read_to_string(dir.join("latest")) else {
+        return Ok(None);
+    };
+    let ck = dir.join(name.trim());
+    let p = ck.join(PROGRESS_FILE);
+    let bytes = std::fs::read(&p).map_err(io(&p))?;
+    let prog: Progress = serde_json::from_slice(&bytes).map_err(|e| Error::Checkpoint {
+        path: p.clone(),
+        msg: e.to_string(),
+    })?;
+    restore(
+        vm,
+        &checkpoint::load_tensors(&ck.join(checkpoint::MODEL_FILE), dev)?,
+    )?;
+    opt.load_state(&checkpoint::load_tensors(
+        &ck.join(checkpoint::OPTIM_FILE),
+        dev,
+    )?)?;
+    let sel = ck.join(SELECTED_FILE);
+    let selected = if sel.is_file() {
+        Some(checkpoint::load_tensors(&sel, dev)?)
+    } else {
+        None
+    };
+    Ok(Some((prog, selected)))
+}
+
 /// Fine-tunes from `init` on `train`, selects the epoch on `val`, scores `test` once.
-/// `cfg` gives the architecture and the view size; `seed` the head init,
-/// data order and augmentation.
+/// `cfg` gives the architecture, the view size and `cfg.finetune` the
+/// recipe; `seed` the head init, data order and augmentation. With
+/// `ckpt = (folder, identity)`, each epoch is saved in the folder and an
+/// earlier run's saved state is continued if its identity (a hash of
+/// everything that fixes the run's numbers) is the same; a folder holding
+/// another identity is an error.
 pub fn finetune(
     cfg: &Config,
-    ft: &FinetuneConfig,
     init: &Init,
     train: &Labeled,
     val: &Labeled,
     test: &Labeled,
     seed: u64,
+    ckpt: Option<(&Path, &str)>,
 ) -> Result<FinetuneResult> {
+    let ckpt_dir = ckpt.map(|c| c.0);
+    let ft = &cfg.finetune;
+    ft.check().map_err(Error::Config)?;
     let n = train.images.len();
     let n_pos = train.labels.iter().filter(|&&l| l == 1).count();
     if n_pos == 0 || n_pos == n {
@@ -238,16 +330,13 @@ pub fn finetune(
             "fine-tuning needs both classes in the training labels ({n_pos} positives of {n})"
         )));
     }
-    if ft.batch_size < 2 || ft.epochs == 0 {
-        return Err(Error::Config(
-            "finetune.batch_size must be >= 2 and finetune.epochs >= 1".into(),
-        ));
-    }
     let dev = crate::device::open(&cfg.device, cfg.tf32)?;
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
     let encoder = ResNet::new(&cfg.model, vb.pp("encoder"))?;
-    let head = candle_nn::linear(cfg.model.feature_dim(), 1, vb.pp("classifier"))?;
+    // `head.*` sorts after `encoder.*`: a seed's random encoder is the one
+    // pretraining starts from and the random-init probe reads.
+    let head = candle_nn::linear(cfg.model.feature_dim(), 1, vb.pp("head"))?;
     seeded_init(&vm, seed)?;
     load_encoder(&vm, init)?;
     let frozen = match ft.freeze_up_to {
@@ -261,12 +350,12 @@ pub fn finetune(
     };
 
     let trainable: Vec<&str> = match ft.freeze_up_to {
-        None => vec!["encoder.", "classifier."],
+        None => vec!["encoder.", "head."],
         Some(last) => Stage::ALL
             .iter()
             .filter(|s| **s > last)
             .flat_map(|s| s.prefixes())
-            .chain(["classifier."])
+            .chain(["head."])
             .collect(),
     };
     let ocfg = OptimConfig {
@@ -275,89 +364,164 @@ pub fn finetune(
         weight_decay: ft.weight_decay,
         ..Default::default()
     };
-    let mut opt = Optimizer::new(&vm, &ocfg, &trainable)?;
+    let mut opt =
+        Optimizer::with_lr_mults(&vm, &ocfg, &trainable, &[("encoder.", ft.encoder_lr_mult)])?;
     let bs = ft.batch_size.min(n);
     let steps_per_epoch = n / bs;
     let sched = CosineSchedule {
         lr: ft.lr,
-        warmup_steps: 0,
+        warmup_steps: (ft.warmup_epochs * steps_per_epoch as f64).round() as usize,
         total_steps: ft.epochs * steps_per_epoch,
         final_fraction: 0.0,
     };
-    let pos_weight = (n - n_pos) as f64 / n_pos as f64;
+    let pos_weight = if ft.class_weight {
+        (n - n_pos) as f64 / n_pos as f64
+    } else {
+        1.0
+    };
     let crop = cfg.pretext.crop;
 
-    let mut best: Option<(usize, f64, HashMap<String, Tensor>, Vec<f64>)> = None;
-    let mut val_curve = Vec::new();
-    let mut train_losses = Vec::new();
-    let mut step = 0;
-    for epoch in 0..ft.epochs {
-        let mut order: Vec<usize> = (0..n).collect();
-        crate::rng::shuffle(
-            &mut order,
-            &mut stream(seed, "finetune-order", epoch as u64, 0),
-        );
-        let mut loss_sum = 0.0;
-        for idx in order.chunks_exact(bs) {
-            let views: Vec<Chw> = idx
-                .par_iter()
-                .map(|&i| {
-                    augment::image_view(
-                        train.images[i],
-                        crop,
-                        &ft.augment,
-                        &mut stream(seed, "finetune-augment", epoch as u64, i as u64),
-                    )
-                })
-                .collect();
-            let y: Vec<f32> = idx.iter().map(|&i| train.labels[i] as f32).collect();
-            let logits = model.logits(&stack(views, &dev)?, true)?;
-            let loss = weighted_bce(&logits, &Tensor::from_vec(y, idx.len(), &dev)?, pos_weight)?;
-            let lv = loss.to_scalar::<f32>()? as f64;
-            if !lv.is_finite() {
-                return Err(Error::NonFinite {
-                    loss: lv,
-                    epoch: epoch + 1,
-                    step,
-                    last_good: "Fine-tuning keeps no checkpoint; lower finetune.lr.".into(),
+    let mut prog = Progress {
+        identity: ckpt.map(|c| c.1.to_string()).unwrap_or_default(),
+        ..Default::default()
+    };
+    let mut selected: Option<HashMap<String, Tensor>> = None;
+    if let Some((dir, identity)) = ckpt {
+        if let Some((p, sel)) = load_progress(dir, &vm, &mut opt, &dev)? {
+            if p.identity != identity {
+                return Err(Error::Checkpoint {
+                    path: dir.to_path_buf(),
+                    msg: "this folder holds the state of a fine-tuning with other settings, init or data; remove it or choose another output folder".into(),
                 });
             }
-            opt.step(&loss.backward()?, sched.at(step))?;
-            if crate::train::pretrain::STOP.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(Error::Stopped(format!(
-                    "fine-tuning was at epoch {}, step {step}; it restarts from its first epoch",
-                    epoch + 1
-                )));
-            }
-            loss_sum += lv;
-            step += 1;
-        }
-        train_losses.push(loss_sum / steps_per_epoch as f64);
-        let vs = model.scores(&val.images, crop, bs)?;
-        let v = auc(&vs, &val.labels)?;
-        val_curve.push(v);
-        tracing::debug!(
-            "fine-tune epoch {}: loss {:.4}, val AUC {v:.4}",
-            epoch + 1,
-            train_losses.last().unwrap()
-        );
-        if best.as_ref().is_none_or(|(_, b, _, _)| v > *b) {
-            best = Some((epoch + 1, v, snapshot(&vm)?, vs));
-        } else if ft.patience > 0 && epoch + 1 - best.as_ref().map_or(0, |b| b.0) >= ft.patience {
-            break;
+            tracing::info!(
+                "fine-tuning resumes after epoch {} of {} ({})",
+                p.epochs_done,
+                ft.epochs,
+                dir.display()
+            );
+            prog = p;
+            selected = sel;
         }
     }
-    let (best_epoch, val_auc, snap, val_scores) = best.expect("at least one epoch");
-    restore(&vm, &snap)?;
-    let test_scores = model.scores(&test.images, crop, bs)?;
+    while prog.epochs_done < ft.epochs && (ft.patience == 0 || prog.stale < ft.patience) {
+        let epoch = prog.epochs_done;
+        let loss = train_epoch(
+            &model,
+            &mut opt,
+            &sched,
+            train,
+            ft,
+            crop,
+            bs,
+            pos_weight,
+            seed,
+            epoch,
+            &mut prog.step,
+            &dev,
+        )?;
+        prog.train_losses.push(loss);
+        let vs = model.scores(&val.images, crop, bs, ft.tta)?;
+        let v = auc(&vs, &val.labels)?;
+        prog.val_curve.push(v);
+        prog.epochs_done += 1;
+        tracing::debug!(
+            "fine-tune epoch {}: loss {loss:.4}, val AUC {v:.4}",
+            epoch + 1
+        );
+        if let Some(c) = criterion(ft, &prog.val_curve) {
+            if prog.selected.as_ref().is_none_or(|(_, b, _)| c > *b) {
+                prog.selected = Some((epoch + 1, c, vs));
+                selected = Some(snapshot(&vm)?);
+                prog.stale = 0;
+            } else {
+                prog.stale += 1;
+            }
+        }
+        if let Some(dir) = ckpt_dir {
+            save_progress(dir, &vm, &opt, selected.as_ref(), &prog)?;
+        }
+        if crate::train::pretrain::STOP.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Stopped(format!(
+                "fine-tuning stopped after epoch {} of {}{}",
+                prog.epochs_done,
+                ft.epochs,
+                if ckpt_dir.is_some() {
+                    "; it resumes from there"
+                } else {
+                    ""
+                }
+            )));
+        }
+    }
+    let (best_epoch, _, val_scores) = prog.selected.clone().ok_or_else(|| {
+        Error::Config("fine-tuning selected no epoch (finetune.selection_from too late?)".into())
+    })?;
+    restore(&vm, selected.as_ref().expect("saved with the selection"))?;
+    let test_scores = model.scores(&test.images, crop, bs, ft.tta)?;
     let test_auc = auc(&test_scores, &test.labels)?;
     Ok(FinetuneResult {
         best_epoch,
-        val_auc,
+        val_auc: prog.val_curve[best_epoch - 1],
         test_auc,
         test_scores,
         val_scores,
-        val_curve,
-        train_losses,
+        val_curve: prog.val_curve,
+        train_losses: prog.train_losses,
     })
+}
+
+/// One epoch of training; returns its mean loss. `step` counts optimiser steps.
+#[allow(clippy::too_many_arguments)]
+fn train_epoch(
+    model: &Classifier,
+    opt: &mut Optimizer,
+    sched: &CosineSchedule,
+    train: &Labeled,
+    ft: &FinetuneConfig,
+    crop: usize,
+    bs: usize,
+    pos_weight: f64,
+    seed: u64,
+    epoch: usize,
+    step: &mut usize,
+    dev: &Device,
+) -> Result<f64> {
+    let n = train.images.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    crate::rng::shuffle(
+        &mut order,
+        &mut stream(seed, "finetune-order", epoch as u64, 0),
+    );
+    let mut loss_sum = 0.0;
+    let steps = n / bs;
+    for idx in order.chunks_exact(bs) {
+        let views: Vec<Chw> = idx
+            .par_iter()
+            .map(|&i| {
+                augment::image_view(
+                    train.images[i],
+                    crop,
+                    &ft.augment,
+                    &mut stream(seed, "finetune-augment", epoch as u64, i as u64),
+                )
+            })
+            .collect();
+        let y: Vec<f32> = idx.iter().map(|&i| train.labels[i] as f32).collect();
+        let logits = model.logits(&stack(views, dev)?, true)?;
+        let loss = weighted_bce(&logits, &Tensor::from_vec(y, idx.len(), dev)?, pos_weight)?;
+        let lv = loss.to_scalar::<f32>()? as f64;
+        if !lv.is_finite() {
+            return Err(Error::NonFinite {
+                loss: lv,
+                epoch: epoch + 1,
+                step: *step,
+                last_good: "The last epoch's state is in the fine-tune checkpoint, if one is kept; lower finetune.lr.".into(),
+            });
+        }
+        opt.step(&loss.backward()?, sched.at(*step))?;
+        loss_sum += lv;
+        *step += 1;
+    }
+    Ok(loss_sum / steps as f64)
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::augment::{self, Chw};
+use crate::augment::{self, Chw, stack};
 use crate::config::Config;
 use crate::data::RgbImage;
 use crate::error::{Error, Result, io};
@@ -42,18 +42,6 @@ pub struct PretrainOutcome {
     pub epoch_losses: Vec<f64>,
     /// Training images per second in this session.
     pub images_per_s: f64,
-}
-
-/// Stacks CHW buffers into a `(B, 3, H, W)` tensor, normalising each.
-pub fn stack(views: Vec<Chw>, device: &Device) -> Result<Tensor> {
-    let (h, w) = (views[0].h, views[0].w);
-    let b = views.len();
-    let mut data = Vec::with_capacity(b * 3 * h * w);
-    for mut v in views {
-        augment::normalize(&mut v);
-        data.extend_from_slice(&v.data);
-    }
-    Ok(Tensor::from_vec(data, (b, 3, h, w), device)?)
 }
 
 /// The two inputs of one PIRL step for images `idx` in `epoch`: the image
@@ -290,7 +278,7 @@ pub fn pretrain(
         last_ckpt = Some(ck);
     } else {
         let cfg_json = serde_json::to_vec_pretty(cfg).map_err(|e| Error::Config(e.to_string()))?;
-        checkpoint::write_atomic(&run_dir.join("config.json"), &cfg_json)?;
+        crate::io::write_atomic(&run_dir.join("config.json"), &cfg_json)?;
         fill_bank(&model, cfg, images, &mut bank, &device)?;
     }
 
