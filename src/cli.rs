@@ -54,6 +54,9 @@ pub enum Command {
         /// Probe a seeded random-init encoder instead.
         #[arg(long)]
         random_init: bool,
+        /// Tuning: fit and choose on validation, never score the test split.
+        #[arg(long)]
+        val_only: bool,
         /// Where to write probe.json.
         #[arg(long, default_value = "runs/probe")]
         out: PathBuf,
@@ -81,6 +84,9 @@ pub enum Command {
         /// Fine-tuning epochs (overrides the config's finetune.epochs).
         #[arg(long)]
         ft_epochs: Option<usize>,
+        /// Tuning: train and select on validation, never score the test split.
+        #[arg(long)]
+        val_only: bool,
         /// Where to write finetune.json.
         #[arg(long, default_value = "runs/finetune")]
         out: PathBuf,
@@ -210,6 +216,21 @@ pub enum Command {
         /// Resume even though the run's checkpoint has a different config.
         #[arg(long)]
         force_resume: bool,
+        /// Which part to run: all (pretraining, runs, report), pretrain, or
+        /// arms (the runs of this shard, after the pretraining).
+        #[arg(long, value_enum, default_value = "all")]
+        stage: crate::runner::Stage,
+        /// Run only the K-th of N shares of the runs (1 <= K <= N), as one
+        /// task of a cluster array job; inside a Slurm array job it is read
+        /// from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT when not given.
+        #[arg(long, value_name = "K/N")]
+        shard: Option<String>,
+    },
+    /// Rebuild a protocol's report from its saved runs alone (no training):
+    /// merges the shards of a cluster run into one report.
+    Report {
+        /// The protocol's folder (`<reports>/<protocol name>`).
+        dir: PathBuf,
     },
 }
 

@@ -4,11 +4,13 @@
 //!
 //! Stages, one module each: [`data`] -> [`augment`] / [`pretext`] ->
 //! [`model`] -> [`loss`] + [`memory_bank`] -> [`optim`] -> [`train`] ->
-//! [`eval`] -> [`report`]; [`pipeline`] chains them.
+//! [`eval`] -> [`report`]; [`runner`] chains them (through [`protocol`]),
+//! and [`commands`] is what each subcommand does.
 
 pub mod augment;
 pub mod bench;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod data;
 pub mod device;
@@ -22,11 +24,11 @@ pub mod memory_bank;
 pub mod model;
 pub mod ops;
 pub mod optim;
-pub mod pipeline;
 pub mod pretext;
 pub mod protocol;
 pub mod report;
 pub mod rng;
+pub mod runner;
 pub mod selftest;
 pub mod train;
 

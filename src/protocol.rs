@@ -117,30 +117,55 @@ impl Protocol {
         let cfg_text = toml::to_string(&p.config).map_err(|e| Error::Config(e.to_string()))?;
         let cfg = Config::from_toml_over(p.preset, &cfg_text)
             .map_err(|e| Error::Config(format!("{}: [config] {e}", path.display())))?;
-        p.check()
+        p.validate(&cfg)
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        for a in &p.arms {
-            let ac = p
-                .arm_config(a, &cfg)
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Ok((p, cfg))
+    }
+
+    /// The built-in protocol of `reproduce` without a protocol file: PIRL
+    /// pretraining, then the linear probe of the PIRL and of the random-init
+    /// encoder on all the training labels, for the config's seed.
+    pub fn builtin(name: String, cfg: &Config) -> Protocol {
+        Protocol {
+            name,
+            preset: Preset::Cpu,
+            config: toml::Table::new(),
+            seeds: vec![cfg.seed],
+            label_fractions: vec![1.0],
+            bootstrap_resamples: default_resamples(),
+            arms: vec![Arm {
+                name: "linear-probe".into(),
+                kind: ArmKind::LinearProbe,
+                inits: default_inits(),
+                finetune: toml::Table::new(),
+                k: default_k(),
+                config: toml::Table::new(),
+                seeds: None,
+                label_fractions: None,
+            }],
+        }
+    }
+
+    /// Checks the protocol and every arm's config against `cfg` (the
+    /// protocol's resolved config).
+    pub fn validate(&self, cfg: &Config) -> std::result::Result<(), String> {
+        self.check()?;
+        for a in &self.arms {
+            let ac = self.arm_config(a, cfg)?;
             if ac.data != cfg.data {
-                return Err(Error::Config(format!(
-                    "{}: arm {}: [arms.config] cannot change data settings (the images are loaded once for all arms)",
-                    path.display(),
+                return Err(format!(
+                    "arm {}: [arms.config] cannot change data settings (the images are loaded once for all arms)",
                     a.name
-                )));
+                ));
             }
             if ac.model != cfg.model && a.inits.iter().any(|i| i == "pirl") {
-                return Err(Error::Config(format!(
-                    "{}: arm {} changes the encoder (model), so it cannot take the pirl init (pretrained as {:?} width {})",
-                    path.display(),
-                    a.name,
-                    cfg.model.arch,
-                    cfg.model.width
-                )));
+                return Err(format!(
+                    "arm {} changes the encoder (model), so it cannot take the pirl init (pretrained as {:?} width {})",
+                    a.name, cfg.model.arch, cfg.model.width
+                ));
             }
         }
-        Ok((p, cfg))
+        Ok(())
     }
 
     /// The config an arm runs with: the protocol's, with the arm's `config`
@@ -260,6 +285,9 @@ pub struct ArmResult {
     #[serde(default)]
     pub train_losses: Vec<f64>,
     pub seconds: f64,
+    /// The invocation that computed it (`host:pid:unix-ms`).
+    #[serde(default)]
+    pub computed_by: String,
     /// Whether this process computed it (false: read back from its saved
     /// file under the same key). Not saved.
     #[serde(skip)]
@@ -337,19 +365,83 @@ impl RunKey {
     }
 }
 
-fn result_path(dir: &Path, arm: &str, init: &str, fraction: f64, seed: u64, key: &str) -> PathBuf {
+/// The file name of a run's result: readable, and unique by its key.
+pub fn result_file_name(arm: &str, init: &str, fraction: f64, seed: u64, key: &str) -> String {
     let init = init.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_");
-    dir.join(format!(
-        "{arm}__{init}__f{fraction}__s{seed}__{}.json",
-        &key[..16]
-    ))
+    format!("{arm}__{init}__f{fraction}__s{seed}__{}.json", &key[..16])
 }
 
 /// A saved result under exactly `key`, if there is one.
-fn saved_result(path: &Path, key: &str) -> Option<ArmResult> {
+pub fn saved_result(path: &Path, key: &str) -> Option<ArmResult> {
     let bytes = std::fs::read(path).ok()?;
     let r: ArmResult = serde_json::from_slice(&bytes).ok()?;
     (r.key == key).then_some(r)
+}
+
+/// What became of one run in [`Runner::run`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    /// Computed and saved by this process.
+    Computed,
+    /// Its result under the same key was saved already.
+    Reused,
+    /// Another process holds its lock (`host:pid:...`).
+    HeldElsewhere(String),
+    /// Not in this process's shard.
+    OtherShard,
+}
+
+/// A run's lock file: created exclusively before the run is computed,
+/// removed when it is saved (or fails). A lock left by a process of this
+/// machine that is no longer alive is taken over.
+struct RunLock(PathBuf);
+
+impl RunLock {
+    /// `Ok(Ok(lock))`, or `Ok(Err(holder))` when another live process holds it.
+    fn take(path: &Path) -> Result<std::result::Result<RunLock, String>> {
+        let me = crate::runner::invocation_id();
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    f.write_all(me.as_bytes()).map_err(io(path))?;
+                    return Ok(Ok(RunLock(path.to_path_buf())));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(path).unwrap_or_default();
+                    let mut parts = holder.trim().split(':');
+                    let (host, pid) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                    let my_host = me.split(':').next().unwrap_or("");
+                    let dead = host == my_host
+                        && !pid.is_empty()
+                        && !Path::new("/proc").join(pid).exists();
+                    if dead || holder.trim().is_empty() {
+                        tracing::warn!("taking over the stale lock {} ({holder})", path.display());
+                        let _ = std::fs::remove_file(path);
+                        continue;
+                    }
+                    return Ok(Err(holder.trim().to_string()));
+                }
+                Err(e) => {
+                    return Err(Error::Io {
+                        path: path.to_path_buf(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(Err(format!("{} (could not be taken over)", path.display())))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// One (arm, init, fraction, seed) of a protocol, with the config it runs with.
@@ -468,43 +560,66 @@ impl Runner<'_> {
             .collect()
     }
 
-    /// Runs every (arm, init, fraction, seed) whose result under its current
-    /// key is not saved yet; returns all results, in protocol order.
+    /// Runs every (arm, init, fraction, seed) that `select` picks (by its
+    /// index in protocol order) and whose result under its current key is
+    /// not saved yet, nor being computed by another process; says for each
+    /// run what became of it.
     pub fn run(
         &self,
         p: &Protocol,
         data: &crate::data::fingerprint::Fingerprint,
-    ) -> Result<Vec<ArmResult>> {
+        select: &dyn Fn(usize) -> bool,
+    ) -> Result<Vec<RunOutcome>> {
         std::fs::create_dir_all(&self.results_dir).map_err(io(&self.results_dir))?;
         let specs = p.runs(self.cfg)?;
         let keys = self.keys(p, data)?;
         let (_, tr_y) = self.split(Split::Train);
-        let mut results = Vec::new();
+        let mut outcomes = Vec::new();
         // Frozen features per (encoder, view, init), computed once and shared
         // by arms, fractions and seeds.
         let mut feats: BTreeMap<String, [ndarray::Array2<f64>; 3]> = BTreeMap::new();
         let mut fitted: BTreeMap<(String, Vec<usize>), Fitted> = BTreeMap::new();
-        for (spec, key) in specs.iter().zip(&keys) {
+        for (i, (spec, key)) in specs.iter().zip(&keys).enumerate() {
             let hash = key.hash();
-            let path = result_path(
-                &self.results_dir,
+            let path = self.results_dir.join(result_file_name(
                 &spec.arm.name,
                 &spec.init,
                 spec.fraction,
                 spec.seed,
                 &hash,
-            );
-            if let Some(mut r) = saved_result(&path, &hash) {
-                r.arm = spec.arm.name.clone();
-                results.push(r);
+            ));
+            if !select(i) {
+                outcomes.push(RunOutcome::OtherShard);
+                continue;
+            }
+            if saved_result(&path, &hash).is_some() {
+                outcomes.push(RunOutcome::Reused);
                 continue;
             }
             if crate::train::pretrain::STOP.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(Error::Stopped(format!(
-                    "{} finished runs are saved in {}",
-                    results.len(),
+                    "the finished runs are saved in {}",
                     self.results_dir.display()
                 )));
+            }
+            let _lock = match RunLock::take(&path.with_extension("lock"))? {
+                Ok(l) => l,
+                Err(holder) => {
+                    tracing::info!(
+                        "{} / {} / {} / seed {}: held by {holder}, skipped",
+                        spec.arm.name,
+                        spec.init,
+                        spec.fraction,
+                        spec.seed
+                    );
+                    outcomes.push(RunOutcome::HeldElsewhere(holder));
+                    continue;
+                }
+            };
+            // Another process may have finished it while we looked.
+            if saved_result(&path, &hash).is_some() {
+                outcomes.push(RunOutcome::Reused);
+                continue;
             }
             let t = std::time::Instant::now();
             let sub = label_subset(&tr_y, spec.fraction, spec.seed);
@@ -556,6 +671,7 @@ impl Runner<'_> {
                 val_curve: curves.0,
                 train_losses: curves.1,
                 seconds: t.elapsed().as_secs_f64(),
+                computed_by: crate::runner::invocation_id().to_string(),
                 computed_now: true,
             };
             tracing::info!(
@@ -575,9 +691,9 @@ impl Runner<'_> {
             if ckpt.exists() {
                 let _ = std::fs::remove_dir_all(&ckpt);
             }
-            results.push(r);
+            outcomes.push(RunOutcome::Computed);
         }
-        Ok(results)
+        Ok(outcomes)
     }
 
     /// A linear probe or k-NN on frozen features of the training subset `sub`.
@@ -648,10 +764,10 @@ impl Runner<'_> {
                 images: va_i,
                 labels: va_y,
             },
-            &Labeled {
+            Some(&Labeled {
                 images: te_i,
                 labels: te_y,
-            },
+            }),
             spec.seed,
             Some(ckpt),
         )

@@ -219,7 +219,7 @@ fn splits_made_by_pirlkit_keep_duplicates_together() {
     std::fs::write(d.path().join("manifest.csv"), csv).unwrap();
     let cache = ImageCache::new(d.path().join("cache"));
     let plain = Dataset::open(d.path()).unwrap();
-    let ds = pirlkit::pipeline::open_dataset(Some(d.path()), &cache, 0).unwrap();
+    let ds = pirlkit::data::load::open_dataset(Some(d.path()), &cache, 0).unwrap();
     let split_of = |ds: &Dataset, id: &str| ds.samples.iter().find(|s| s.id == id).unwrap().split;
     let straddle = |ds: &Dataset| {
         (0..40)

@@ -55,7 +55,8 @@ fn reproduce_on_isic_subset_writes_the_report() {
     );
 
     let dir = reports.join("e2e");
-    let rows = read_csv(&dir.join("summary.csv"));
+    // One runner: the built-in protocol's report, one row per init.
+    let rows = read_csv(&dir.join("runs.csv"));
     let h = &rows[0];
     let col = |name: &str| {
         h.iter()
@@ -63,9 +64,14 @@ fn reproduce_on_isic_subset_writes_the_report() {
             .unwrap_or_else(|| panic!("no column {name} in {h:?}"))
     };
     assert_eq!(rows.len(), 3, "{rows:?}");
-    assert_eq!(rows[1][col("arm")], "pirl-linear-probe");
-    assert_eq!(rows[2][col("arm")], "random-init-linear-probe");
-    // The first 64 rows of the test ground truth.
+    assert_eq!(rows[1][col("arm")], "linear-probe");
+    assert_eq!(rows[1][col("init")], "pirl");
+    assert_eq!(rows[2][col("init")], "random");
+    for r in &rows[1..] {
+        let auc: f64 = r[col("test_auc")].parse().unwrap();
+        assert!((0.0..=1.0).contains(&auc), "{auc}");
+    }
+    // The first 64 rows of the test ground truth, scored by both arms.
     let gt = std::fs::read_to_string(data.join("ISIC-2017_Test_v2_Part3_GroundTruth.csv")).unwrap();
     let want_pos = gt
         .lines()
@@ -73,28 +79,29 @@ fn reproduce_on_isic_subset_writes_the_report() {
         .take(64)
         .filter(|l| l.split(',').nth(1) == Some("1.0"))
         .count();
-    for r in &rows[1..] {
-        let auc: f64 = r[col("test_auc")].parse().unwrap();
-        assert!((0.0..=1.0).contains(&auc), "{auc}");
-        assert_eq!(r[col("n_test")], "64");
-        assert_eq!(r[col("n_test_pos")], want_pos.to_string());
-    }
-    assert_eq!(rows[1][col("pretrain_epochs")], "2");
-    assert!(rows[1][col("pretrain_wall_s")].parse::<f64>().unwrap() > 0.0);
-    let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    let scores = read_csv(&dir.join("test_scores.csv"));
+    assert_eq!(scores.len(), 65);
+    assert_eq!(scores[0].len(), 4, "{:?}", scores[0]);
+    assert!(scores[1][0].starts_with("ISIC_"));
+    assert_eq!(scores[1..].iter().filter(|r| r[1] == "1").count(), want_pos);
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("PIRL pretraining: 2 epochs"), "{md}");
+    // The headline, printed and at the top of the report.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let head = stdout.lines().next().unwrap_or_default();
     assert!(
-        md.contains("| pirl-linear-probe |") && md.contains("| random-init-linear-probe |"),
-        "{md}"
+        head.starts_with("linear-probe, 100 % labels: PIRL ")
+            && head.contains("vs random init")
+            && head.contains("paired DeLong p = "),
+        "{stdout}"
     );
+    assert!(md.contains(head), "{md}");
     // Checkpoint and resolved config beside it.
     assert!(dir.join("pretrain/config.json").is_file());
     assert!(
         dir.join("pretrain/checkpoints/step-00000008/model.safetensors")
             .is_file()
     );
-    let scores = read_csv(&dir.join("test_scores.csv"));
-    assert_eq!(scores.len(), 65);
-    assert!(scores[1][0].starts_with("ISIC_"));
 
     // Same seed, fresh folder, cache reused: the same numbers.
     let out2 = reproduce(&data, &reports, &cache, "e2e-again");
@@ -103,7 +110,7 @@ fn reproduce_on_isic_subset_writes_the_report() {
         "stderr: {}",
         String::from_utf8_lossy(&out2.stderr)
     );
-    let rows2 = read_csv(&reports.join("e2e-again/summary.csv"));
+    let rows2 = read_csv(&reports.join("e2e-again/runs.csv"));
     for (a, b) in rows[1..].iter().zip(&rows2[1..]) {
         assert_eq!(a[col("test_auc")], b[col("test_auc")]);
     }
@@ -275,6 +282,6 @@ fn skip_bad_leaves_out_unreadable_images_and_lists_them() {
     let skipped = std::fs::read_to_string(tmp.path().join("reports/lenient/skipped.csv")).unwrap();
     assert_eq!(skipped.lines().count(), 2, "{skipped}");
     assert!(skipped.contains("synth_00001"), "{skipped}");
-    let md = std::fs::read_to_string(tmp.path().join("reports/lenient/summary.md")).unwrap();
-    assert!(md.contains("1 unreadable skipped"), "{md}");
+    let md = std::fs::read_to_string(tmp.path().join("reports/lenient/report.md")).unwrap();
+    assert!(md.contains("unreadable images skipped: 1"), "{md}");
 }

@@ -12,8 +12,9 @@ use polars::prelude::{AnyValue, DataFrame, ParquetReader, SerReader};
 use pirlkit::eval::auc::auc;
 use pirlkit::protocol::{ArmKind, ArmResult};
 use pirlkit::report::png::{self, COLORS, HEIGHT, MARGINS, WIDTH};
-use pirlkit::report::protocol::{Context, write};
+use pirlkit::report::protocol::write;
 use pirlkit::report::svg::Series;
+use pirlkit::runner::ReportInputs;
 
 fn near(p: &Rgb<u8>, c: (u8, u8, u8)) -> bool {
     let d = |a: u8, b: u8| (a as i32 - b as i32).abs() < 24;
@@ -169,6 +170,7 @@ fn result(
         key: format!("{arm}-{init}-{fraction}-{seed}"),
         val_curve: Vec::new(),
         train_losses: Vec::new(),
+        computed_by: "test".into(),
         computed_now: true,
     }
 }
@@ -227,15 +229,21 @@ fn report_writes_parquet_and_png() {
         }
     }
     let losses = [6.2, 5.1, 4.4, 4.0];
-    let ctx = Context {
-        title: "pirlkit: png-parquet",
+    let ctx = ReportInputs {
+        title: "pirlkit: png-parquet".into(),
         lines: vec!["data: synthetic scores".into()],
-        pretrain_losses: &losses,
+        pretrain_losses: losses.to_vec(),
         manifest: serde_json::json!({"name": "png-parquet"}),
+        val_labels: val_y.clone(),
+        test_labels: test_y.clone(),
+        test_ids: (0..test_y.len()).map(|i| format!("img{i}")).collect(),
+        resamples: 100,
+        runs: Vec::new(),
+        invocation: "test".into(),
     };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("report");
-    write(&dir, &results, &val_y, &test_y, 100, &ctx).unwrap();
+    write(&dir, &results, &ctx).unwrap();
 
     // runs.parquet: the values written, bit for bit, in the CSV's order.
     let runs = read_parquet(&dir.join("runs.parquet"));

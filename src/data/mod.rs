@@ -8,7 +8,9 @@ pub mod download;
 pub mod fingerprint;
 pub mod isic;
 pub mod layouts;
+pub mod load;
 pub mod manifest;
+pub mod splits;
 pub mod synthetic;
 
 use std::path::{Path, PathBuf};

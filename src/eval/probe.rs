@@ -220,7 +220,12 @@ pub fn fit_probe(
         fit(&ztr, ytrain, alpha, cfg.max_iterations)?
     };
     let test_scores = score(&zte, &w);
-    let test_auc = auc(&test_scores, ytest)?;
+    // No test images (tuning on validation alone): nothing to score.
+    let test_auc = if ytest.is_empty() {
+        f64::NAN
+    } else {
+        auc(&test_scores, ytest)?
+    };
     Ok(ProbeResult {
         val_aucs,
         alpha,

@@ -18,6 +18,7 @@ use crate::protocol::ArmResult;
 use crate::report::markdown_table;
 use crate::report::png;
 use crate::report::svg::{Series, line_chart};
+use crate::runner::ReportInputs;
 
 /// The statistics of one run on the test split.
 #[derive(Debug, Clone, Serialize)]
@@ -85,24 +86,11 @@ fn write_frame(dir: &Path, stem: &str, df: &mut DataFrame) -> Result<String> {
     Ok(md)
 }
 
-/// Settings and provenance shown in the report.
-pub struct Context<'a> {
-    pub title: &'a str,
-    /// Markdown-free lines: data, settings, machine.
-    pub lines: Vec<String>,
-    pub pretrain_losses: &'a [f64],
-    pub manifest: serde_json::Value,
-}
-
-/// Writes every report file into `dir`; returns the summary table as Markdown.
-pub fn write(
-    dir: &Path,
-    results: &[ArmResult],
-    val_labels: &[u8],
-    test_labels: &[u8],
-    resamples: usize,
-    ctx: &Context,
-) -> Result<String> {
+/// Writes every report file into `dir`; returns the headline: one line per
+/// comparison of a pretrained init with random init (per arm and fraction).
+pub fn write(dir: &Path, results: &[ArmResult], ctx: &ReportInputs) -> Result<Vec<String>> {
+    let (val_labels, test_labels, resamples) =
+        (&ctx.val_labels[..], &ctx.test_labels[..], ctx.resamples);
     std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
     let stats: Vec<RowStats> = results
         .iter()
@@ -142,6 +130,7 @@ pub fn write(
     )
     .map_err(df_err)?;
     write_frame(dir, "runs", &mut rows)?;
+    write_test_scores(dir, results, ctx)?;
 
     // Paired tests.
     let mut paired = Vec::new();
@@ -317,11 +306,16 @@ pub fn write(
     } else {
         "Pretrained init"
     };
-    let html = html_page(ctx, &summary_md, &paired_md, vs, &svgs);
+    let head = headline(results, &stats, &paired);
+    let html = html_page(ctx, &head, &summary_md, &paired_md, vs, &svgs);
     write_atomic(&dir.join("report.html"), html.as_bytes())?;
     let mut md = format!(
-        "# {}\n\n{}\n\n## Summary (test AUC over seeds)\n\n{summary_md}\n## {vs} vs. random init (paired DeLong, bootstrap)\n\n{paired_md}",
+        "# {}\n\n{}\n\n{}\n\n## Summary (test AUC over seeds)\n\n{summary_md}\n## {vs} vs. random init (paired DeLong, bootstrap)\n\n{paired_md}",
         ctx.title,
+        head.iter()
+            .map(|l| format!("**{l}**"))
+            .collect::<Vec<_>>()
+            .join("\n\n"),
         ctx.lines
             .iter()
             .map(|l| format!("- {l}"))
@@ -335,7 +329,91 @@ pub fn write(
         }
     }
     write_atomic(&dir.join("report.md"), md.as_bytes())?;
-    Ok(summary_md)
+    Ok(head)
+}
+
+/// `test_scores.csv`: one row per test image (id, label), one column of
+/// scores per run (`arm/init/f<fraction>/s<seed>`), for re-analysis
+/// elsewhere.
+fn write_test_scores(dir: &Path, results: &[ArmResult], ctx: &ReportInputs) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let rerr = |e: csv::Error| Error::Report(e.to_string());
+    let mut head = vec!["image_id".to_string(), "label".to_string()];
+    head.extend(
+        results
+            .iter()
+            .map(|r| format!("{}/{}/f{}/s{}", r.arm, r.init, r.fraction, r.seed)),
+    );
+    w.write_record(&head).map_err(rerr)?;
+    for (i, (id, y)) in ctx.test_ids.iter().zip(&ctx.test_labels).enumerate() {
+        let mut row = vec![id.clone(), y.to_string()];
+        row.extend(results.iter().map(|r| format!("{}", r.test_scores[i])));
+        w.write_record(&row).map_err(rerr)?;
+    }
+    let bytes = w.into_inner().map_err(|e| Error::Report(e.to_string()))?;
+    write_atomic(&dir.join("test_scores.csv"), &bytes)
+}
+
+/// One line per (arm, pretrained init, fraction) that has a random-init
+/// twin: test AUC with its DeLong CI (one seed) or mean ± sd (several), and
+/// the paired DeLong p of each seed.
+fn headline(results: &[ArmResult], stats: &[RowStats], paired: &[Paired]) -> Vec<String> {
+    let mut groups: BTreeMap<(String, String, String), Vec<&Paired>> = BTreeMap::new();
+    for p in paired {
+        groups
+            .entry((p.arm.clone(), p.init.clone(), format!("{}", p.fraction)))
+            .or_default()
+            .push(p);
+    }
+    let name = |init: &str| match init {
+        "pirl" => "PIRL".to_string(),
+        "random" => "random init".to_string(),
+        w => w.to_string(),
+    };
+    let show = |init: &str, arm: &str, frac: &str| -> String {
+        let idx: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.arm == arm && r.init == init && format!("{}", r.fraction) == frac)
+            .map(|(i, _)| i)
+            .collect();
+        if idx.len() == 1 {
+            let s = &stats[idx[0]];
+            format!(
+                "{:.3} [{:.3}, {:.3}]",
+                results[idx[0]].test_auc, s.delong.lo, s.delong.hi
+            )
+        } else {
+            let a: Vec<f64> = idx.iter().map(|&i| results[i].test_auc).collect();
+            let (m, sd) = stats::mean_sd(&a);
+            format!("{m:.3} ± {sd:.3} ({} seeds)", a.len())
+        }
+    };
+    groups
+        .iter()
+        .map(|((arm, init, frac), ps)| {
+            let p: Vec<String> = ps.iter().map(|p| format_p(p.delong.p)).collect();
+            format!(
+                "{arm}, {} % labels: {} {} vs random init {}, paired DeLong p = {}",
+                frac.parse::<f64>().unwrap_or(0.0) * 100.0,
+                name(init),
+                show(init, arm, frac),
+                show("random", arm, frac),
+                p.join(", ")
+            )
+        })
+        .collect()
+}
+
+/// A p-value with two significant digits, or "< 0.0001".
+pub fn format_p(p: f64) -> String {
+    if p < 1e-4 {
+        "< 0.0001".into()
+    } else if p < 0.01 {
+        format!("{p:.4}")
+    } else {
+        format!("{p:.3}")
+    }
 }
 
 /// Image alt text: no brackets or line breaks that would end the link early.
@@ -386,7 +464,8 @@ fn md_to_html_table(md: &str) -> String {
 }
 
 fn html_page(
-    ctx: &Context,
+    ctx: &ReportInputs,
+    head: &[String],
     summary_md: &str,
     paired_md: &str,
     vs: &str,
@@ -395,9 +474,14 @@ fn html_page(
     let mut s = String::new();
     let _ = write!(
         s,
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}.plots{{display:flex;flex-wrap:wrap;gap:12px}}</style></head><body><h1>{t}</h1><ul>",
-        t = esc(ctx.title)
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}.plots{{display:flex;flex-wrap:wrap;gap:12px}}</style></head><body><h1>{t}</h1>",
+        t = esc(&ctx.title)
     );
+    s.push_str("<div class=\"headline\">");
+    for l in head {
+        let _ = write!(s, "<p><b>{}</b></p>", esc(l));
+    }
+    s.push_str("</div><ul>");
     for l in &ctx.lines {
         let _ = write!(s, "<li>{}</li>", esc(l));
     }

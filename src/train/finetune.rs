@@ -304,7 +304,8 @@ fn load_progress(
     Ok(Some((prog, selected)))
 }
 
-/// Fine-tunes from `init` on `train`, selects the epoch on `val`, scores `test` once.
+/// Fine-tunes from `init` on `train`, selects the epoch on `val`, scores
+/// `test` once (when given: without it the test split is never touched).
 /// `cfg` gives the architecture, the view size and `cfg.finetune` the
 /// recipe; `seed` the head init, data order and augmentation. With
 /// `ckpt = (folder, identity)`, each epoch is saved in the folder and an
@@ -316,7 +317,7 @@ pub fn finetune(
     init: &Init,
     train: &Labeled,
     val: &Labeled,
-    test: &Labeled,
+    test: Option<&Labeled>,
     seed: u64,
     ckpt: Option<(&Path, &str)>,
 ) -> Result<FinetuneResult> {
@@ -458,8 +459,15 @@ pub fn finetune(
         Error::Config("fine-tuning selected no epoch (finetune.selection_from too late?)".into())
     })?;
     restore(&vm, selected.as_ref().expect("saved with the selection"))?;
-    let test_scores = model.scores(&test.images, crop, bs, ft.tta)?;
-    let test_auc = auc(&test_scores, &test.labels)?;
+    // Without a test split (tuning on validation alone) nothing is scored.
+    let (test_scores, test_auc) = match test {
+        Some(t) => {
+            let s = model.scores(&t.images, crop, bs, ft.tta)?;
+            let a = auc(&s, &t.labels)?;
+            (s, a)
+        }
+        None => (Vec::new(), f64::NAN),
+    };
     Ok(FinetuneResult {
         best_epoch,
         val_auc: prog.val_curve[best_epoch - 1],
