@@ -287,6 +287,37 @@ pub fn stack(
     candle_core::Tensor::from_vec(data, (b, 3, h, w), device)
 }
 
+/// The views test-time augmentation averages over, as (quarter turns,
+/// mirrored left-right).
+pub fn tta_views(tta: crate::config::Tta) -> &'static [(usize, bool)] {
+    use crate::config::Tta;
+    match tta {
+        Tta::None => &[(0, false)],
+        // Identity, left-right, up-down (= left-right of the half turn), half turn.
+        Tta::Flips => &[(0, false), (0, true), (2, true), (2, false)],
+        Tta::Dihedral => &[
+            (0, false),
+            (1, false),
+            (2, false),
+            (3, false),
+            (0, true),
+            (1, true),
+            (2, true),
+            (3, true),
+        ],
+    }
+}
+
+/// The whole image at `out` px, mirrored left-right if `mirror`, then
+/// rotated by `k` quarter turns (a view of [`tta_views`]).
+pub fn tta_view(img: &RgbImage, out: usize, (k, mirror): (usize, bool)) -> Chw {
+    let mut v = resize_full(img, out);
+    if mirror {
+        hflip(&mut v);
+    }
+    if k > 0 { rotate90(&v, k) } else { v }
+}
+
 /// Subtracts the ImageNet mean and divides by its std, per channel.
 pub fn normalize(x: &mut Chw) {
     let n = x.h * x.w;

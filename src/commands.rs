@@ -324,12 +324,13 @@ fn probe(
     let cache = cache_of(run);
     let mut ds = open_dataset(run.data.as_deref(), &cache, cfg.seed)?;
     limit_per_split(&mut ds, cfg.data.limit_per_split);
-    if val_only {
-        // Dropped before loading: the images follow the samples' order.
-        ds.samples.retain(|s| s.split != crate::data::Split::Test);
-    }
     let (imgs, _) = load_images(&mut ds, &cfg, &cache, run.skip_bad)?;
     ds.check_labeled()?;
+    let mut data = crate::protocol::probe_data(&ds, &imgs);
+    if val_only {
+        // Tuning: the test split is never scored.
+        data.test = (Vec::new(), Vec::new());
+    }
     let (vm, enc) = crate::model::build_encoder(
         &cfg.model,
         cfg.seed,

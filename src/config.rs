@@ -138,6 +138,22 @@ pub struct ProbeConfig {
     pub max_iterations: u64,
     /// Refit the chosen model on train + val before scoring test; default true.
     pub refit_on_train_val: bool,
+    /// Side (px) of the whole-image view the features are taken from
+    /// (0 = `pretext.crop`); default 0.
+    pub crop: usize,
+    /// Features averaged over these views of each image; default `none`.
+    pub tta: Tta,
+}
+
+impl ProbeConfig {
+    /// The view side: `crop`, or the pretext's when 0.
+    pub fn view(&self, pretext_crop: usize) -> usize {
+        if self.crop == 0 {
+            pretext_crop
+        } else {
+            self.crop
+        }
+    }
 }
 
 impl Default for ProbeConfig {
@@ -149,6 +165,8 @@ impl Default for ProbeConfig {
             recompute_bn: true,
             max_iterations: 300,
             refit_on_train_val: true,
+            crop: 0,
+            tta: Tta::None,
         }
     }
 }
@@ -220,6 +238,9 @@ pub struct FinetuneConfig {
     pub augment: AugmentConfig,
     /// Test-time augmentation of the validation and test images; default `none`.
     pub tta: Tta,
+    /// Side (px) of the training views and of the scored whole images
+    /// (0 = `pretext.crop`); default 0.
+    pub crop: usize,
 }
 
 impl Default for FinetuneConfig {
@@ -248,11 +269,21 @@ impl Default for FinetuneConfig {
                 rot90: true,
             },
             tta: Tta::None,
+            crop: 0,
         }
     }
 }
 
 impl FinetuneConfig {
+    /// The view side: `crop`, or the pretext's when 0.
+    pub fn view(&self, pretext_crop: usize) -> usize {
+        if self.crop == 0 {
+            pretext_crop
+        } else {
+            self.crop
+        }
+    }
+
     /// Rejects settings that cannot work, naming the key.
     pub fn check(&self) -> Result<(), String> {
         if self.epochs == 0 || self.batch_size < 2 {
@@ -517,6 +548,17 @@ impl Config {
         }
         p.augment.check("pretext.augment")?;
         self.finetune.check()?;
+        for (k, c) in [
+            ("finetune.crop", self.finetune.crop),
+            ("probe.crop", self.probe.crop),
+        ] {
+            if c != 0 && !(16..=d.image_size).contains(&c) {
+                return Err(format!(
+                    "{k} must be 0 (the pretext crop) or in [16, data.image_size = {}], got {c}",
+                    d.image_size
+                ));
+            }
+        }
         let q = &self.pirl;
         if !(q.tau.is_finite() && q.tau > 0.0) {
             return Err(format!("pirl.tau must be > 0, got {}", q.tau));

@@ -351,6 +351,11 @@ impl RunKey {
                     );
                 } else {
                     m.insert("recompute_bn".into(), cfg.probe.recompute_bn.into());
+                    m.insert("probe_crop".into(), cfg.probe.crop.into());
+                    m.insert(
+                        "probe_tta".into(),
+                        serde_json::to_value(cfg.probe.tta).expect("tta"),
+                    );
                     m.insert("k".into(), k.into());
                 }
             }
@@ -705,10 +710,12 @@ impl Runner<'_> {
     ) -> Result<Fitted> {
         let acfg = &spec.cfg;
         let feat_key = format!(
-            "{}|{}|{}|{}",
+            "{}|{}|{}|{}|{:?}|{}",
             serde_json::to_string(&acfg.model).unwrap_or_default(),
-            acfg.pretext.crop,
+            acfg.probe.view(acfg.pretext.crop),
             acfg.probe.recompute_bn,
+            acfg.train.batch_size,
+            acfg.probe.tta,
             spec.init
         );
         if !feats.contains_key(&feat_key) {

@@ -476,3 +476,114 @@ fn best_checkpoint_by_epoch_loss_survives_pruning() {
         "{kept:?}"
     );
 }
+
+fn finetune_cmd(data: &Path, out: &Path, cache: &Path, cfg: &Path) -> Command {
+    let mut c = Command::new(common::bin());
+    c.args([
+        "finetune",
+        "--preset",
+        "tiny",
+        "--random-init",
+        "--threads",
+        "2",
+        "--no-progress",
+    ])
+    .arg("--data")
+    .arg(data)
+    .arg("--out")
+    .arg(out)
+    .arg("--cache-dir")
+    .arg(cache)
+    .arg("--config")
+    .arg(cfg);
+    c
+}
+
+/// Epochs done by the fine-tuning state in `out/checkpoint`.
+fn finetune_epochs_done(out: &Path) -> Option<usize> {
+    let s = std::fs::read_to_string(out.join("checkpoint/latest")).ok()?;
+    s.trim().strip_prefix("epoch-")?.parse().ok()
+}
+
+/// The fine-tuning's scores and curves, as written (floats round-trip exactly).
+fn finetune_numbers(out: &Path) -> serde_json::Value {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("finetune.json")).unwrap()).unwrap();
+    v.as_object_mut().unwrap().retain(|k, _| {
+        [
+            "test_scores",
+            "val_scores",
+            "val_curve",
+            "train_losses",
+            "best_epoch",
+        ]
+        .contains(&k.as_str())
+    });
+    v
+}
+
+#[test]
+fn finetune_sigkill_at_any_point_then_rerun_gives_the_same_scores() {
+    let data = data_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("ft.toml");
+    std::fs::write(&cfg, "[finetune]\nepochs = 6\nbatch_size = 8\n").unwrap();
+    let cache = tmp.path().join("cache");
+    let reference = tmp.path().join("ref");
+    let st = finetune_cmd(data.path(), &reference, &cache, &cfg)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let want = finetune_numbers(&reference);
+    assert_eq!(want["val_curve"].as_array().unwrap().len(), 6);
+
+    // Kill points: after an epoch's state appears, plus delays landing in
+    // the next epoch's steps, its validation pass and its state write.
+    let out = tmp.path().join("killed");
+    let mut kills = 0;
+    for (epoch, delay) in [(0, 0), (1, 3), (2, 9), (4, 1)] {
+        let mut child = finetune_cmd(data.path(), &out, &cache, &cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        let st = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if finetune_epochs_done(&out).unwrap_or(0) >= epoch {
+                std::thread::sleep(Duration::from_millis(delay));
+                child.kill().unwrap(); // SIGKILL
+                break child.wait().unwrap();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "no epoch {epoch}");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        if !st.success() {
+            kills += 1;
+        }
+    }
+    assert!(kills >= 3, "only {kills} of 4 runs were actually killed");
+    assert!(
+        finetune_epochs_done(&out).is_some_and(|e| e < 6),
+        "the killed runs should not have finished"
+    );
+    let st = finetune_cmd(data.path(), &out, &cache, &cfg)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(want, finetune_numbers(&out));
+
+    // A state saved under other settings is refused, not continued.
+    std::fs::write(&cfg, "[finetune]\nepochs = 6\nbatch_size = 8\nlr = 1e-3\n").unwrap();
+    let o = finetune_cmd(data.path(), &out, &cache, &cfg)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("other settings") && err.contains("checkpoint"),
+        "{err}"
+    );
+}

@@ -40,7 +40,8 @@ pub struct ProbeResult {
     pub val_scores: Vec<f64>,
 }
 
-/// Pooled features of `images` at `crop` px, in eval mode.
+/// Pooled features of the whole `images` at `crop` px, in eval mode,
+/// averaged over the views of `tta`.
 ///
 /// # Shapes
 /// returns `(images.len(), feature_dim)`, row-major.
@@ -49,24 +50,30 @@ pub fn features(
     images: &[&RgbImage],
     crop: usize,
     batch: usize,
+    tta: crate::config::Tta,
 ) -> Result<Array2<f64>> {
     let d = encoder.config().feature_dim();
-    let mut out = Vec::with_capacity(images.len() * d);
-    for chunk in images.chunks(batch.max(1)) {
-        let views = chunk
-            .par_iter()
-            .map(|im| augment::resize_full(im, crop))
-            .collect();
-        let x = stack(views, encoder.device())?;
-        let f = encoder.forward_t(&x, false)?.detach();
-        out.extend(
-            f.flatten_all()?
-                .to_vec1::<f32>()?
-                .into_iter()
-                .map(f64::from),
-        );
+    let views = augment::tta_views(tta);
+    let mut out = Array2::<f64>::zeros((images.len(), d));
+    for &view in views {
+        let mut row = 0;
+        for chunk in images.chunks(batch.max(1)) {
+            let xs = chunk
+                .par_iter()
+                .map(|im| augment::tta_view(im, crop, view))
+                .collect();
+            let x = stack(xs, encoder.device())?;
+            let f = encoder.forward_t(&x, false)?.detach();
+            let v = f.flatten_all()?.to_vec1::<f32>()?;
+            for (i, c) in v.chunks(d).enumerate() {
+                for (j, &x) in c.iter().enumerate() {
+                    out[[row + i, j]] += f64::from(x) / views.len() as f64;
+                }
+            }
+            row += chunk.len();
+        }
     }
-    Array2::from_shape_vec((images.len(), d), out).map_err(|e| Error::Eval(e.to_string()))
+    Ok(out)
 }
 
 /// Recomputes the encoder's BatchNorm running statistics as the average of
@@ -281,15 +288,16 @@ pub fn frozen_features(
     val: &[&RgbImage],
     test: &[&RgbImage],
 ) -> Result<[Array2<f64>; 3]> {
-    let crop = cfg.pretext.crop;
+    let crop = cfg.probe.view(cfg.pretext.crop);
     let bs = cfg.train.batch_size.max(2);
     if cfg.probe.recompute_bn {
         recompute_bn(vm, encoder.config(), prefix, train, crop, bs)?;
     }
+    let tta = cfg.probe.tta;
     Ok([
-        features(encoder, train, crop, bs)?,
-        features(encoder, val, crop, bs)?,
-        features(encoder, test, crop, bs)?,
+        features(encoder, train, crop, bs, tta)?,
+        features(encoder, val, crop, bs, tta)?,
+        features(encoder, test, crop, bs, tta)?,
     ])
 }
 

@@ -121,25 +121,6 @@ struct Classifier {
     frozen: usize,
 }
 
-/// The views test-time augmentation averages over, as (quarter turns, mirror).
-fn tta_views(tta: Tta) -> &'static [(usize, bool)] {
-    match tta {
-        Tta::None => &[(0, false)],
-        // Identity, left-right, up-down (= rotation by 180 then left-right), both (= 180).
-        Tta::Flips => &[(0, false), (0, true), (2, true), (2, false)],
-        Tta::Dihedral => &[
-            (0, false),
-            (1, false),
-            (2, false),
-            (3, false),
-            (0, true),
-            (1, true),
-            (2, true),
-            (3, true),
-        ],
-    }
-}
-
 impl Classifier {
     fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         Ok(self
@@ -157,20 +138,14 @@ impl Classifier {
         batch: usize,
         tta: Tta,
     ) -> Result<Vec<f64>> {
-        let views = tta_views(tta);
+        let views = augment::tta_views(tta);
         let mut out = vec![0f64; images.len()];
         for &(k, mirror) in views {
             let mut i = 0;
             for chunk in images.chunks(batch.max(1)) {
                 let xs: Vec<Chw> = chunk
                     .par_iter()
-                    .map(|im| {
-                        let mut v = augment::resize_full(im, crop);
-                        if mirror {
-                            augment::hflip(&mut v);
-                        }
-                        if k > 0 { augment::rotate90(&v, k) } else { v }
-                    })
+                    .map(|im| augment::tta_view(im, crop, (k, mirror)))
                     .collect();
                 let z = self.logits(&stack(xs, self.encoder.device())?, false)?;
                 for v in z.to_vec1::<f32>()? {
@@ -261,9 +236,12 @@ fn save_progress(
         std::fs::write(tmp.join(PROGRESS_FILE), j).map_err(io(tmp.join(PROGRESS_FILE)))
     })?;
     crate::io::write_atomic(&dir.join("latest"), name.as_bytes())?;
+    // Older epochs, and temporary folders a killed write left behind.
     for e in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with("epoch-") && n != name {
+        if (n.starts_with("epoch-") && n != name)
+            || (n.starts_with(".epoch-") && n.ends_with(".tmp"))
+        {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -380,7 +358,7 @@ pub fn finetune(
     } else {
         1.0
     };
-    let crop = cfg.pretext.crop;
+    let crop = ft.view(cfg.pretext.crop);
 
     let mut prog = Progress {
         identity: ckpt.map(|c| c.1.to_string()).unwrap_or_default(),
