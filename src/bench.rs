@@ -160,7 +160,14 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize, dev: &Device) -> Res
         })
         .map(|data| RgbImage { size: s, data })
         .collect();
-    let (vm, model) = crate::model::build(&cfg.model, cfg.pretext.kind, cfg.seed, DType::F32, dev)?;
+    let (vm, model) = crate::model::build(
+        &cfg.model,
+        cfg.pretext.kind,
+        cfg.pirl.head,
+        cfg.seed,
+        DType::F32,
+        dev,
+    )?;
     let mut opt = Optimizer::new(&vm, &cfg.train.optim, &[])?;
     let mut bank =
         crate::memory_bank::MemoryBank::new(n, crate::model::EMBED_DIM, cfg.pirl.bank_momentum);
@@ -176,16 +183,14 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize, dev: &Device) -> Res
         let idx: Vec<usize> = (0..bs).map(|k| (i * bs + k) % n).collect();
         let img_idx: Vec<usize> = idx.iter().map(|k| k % pool).collect();
         let t0 = Instant::now();
-        let (views, pre) = crate::train::pretrain::make_batch(cfg, &imgs, &img_idx, i, dev)?;
-        let f = model.embed_image(&views, true)?;
-        let g = model.embed_pretext(&pre, true)?;
+        let batch = crate::train::pretrain::make_batch(cfg, &imgs, &img_idx, i, dev)?;
         let m = bank.gather(&idx, dev)?;
         let neg_idx = bank.sample_negatives(
             cfg.pirl.negatives,
             &mut crate::rng::stream(cfg.seed, "negatives", i as u64, 0),
         );
         let neg = bank.gather(&neg_idx, dev)?;
-        let loss = crate::loss::pirl_loss(&m, &f, &g, &neg, cfg.pirl.tau, cfg.pirl.lambda)?;
+        let (loss, f) = crate::train::pretrain::pirl_forward(&model, cfg, &batch, &m, &neg)?;
         backward_and_update(&loss, &mut opt, cfg.train.optim.lr)?;
         bank.update(&idx, &f.detach().flatten_all()?.to_vec1::<f32>()?);
         dev.synchronize()?;

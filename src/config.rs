@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::augment::AugmentConfig;
-use crate::model::{Arch, PretextKind, ResNetConfig, Stage};
+use crate::model::{Arch, HeadKind, PretextKind, ResNetConfig, Stage};
 use crate::optim::OptimConfig;
 
 /// Data settings.
@@ -69,6 +69,9 @@ pub struct PirlConfig {
     pub lambda: f64,
     /// Weight of the old row in the bank update; default 0.5.
     pub bank_momentum: f32,
+    /// Form of the heads f and g: `linear` (the paper) or `mlp` (VISSL's
+    /// PIRL MLP variant); default `linear`.
+    pub head: HeadKind,
 }
 
 impl Default for PirlConfig {
@@ -78,6 +81,7 @@ impl Default for PirlConfig {
             negatives: 1023,
             lambda: 0.5,
             bank_momentum: 0.5,
+            head: HeadKind::Linear,
         }
     }
 }
@@ -539,7 +543,7 @@ impl Config {
                 d.image_size, p.crop
             ));
         }
-        if p.kind == PretextKind::Jigsaw && (p.patch < 8 || p.patch > d.image_size / 3) {
+        if p.kind != PretextKind::Rotation && (p.patch < 8 || p.patch > d.image_size / 3) {
             return Err(format!(
                 "pretext.patch must be in [8, data.image_size / 3 = {}], got {}",
                 d.image_size / 3,

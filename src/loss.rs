@@ -19,6 +19,27 @@ pub fn nce_loss(m: &Tensor, x: &Tensor, negatives: &Tensor, tau: f64) -> Result<
     lsm.narrow(1, 0, 1)?.mean_all()?.neg()
 }
 
+/// L = λ mean_t L_NCE(m, g_t(v_It)) + (1 - λ) L_NCE(m, f(v_I)), the pretext
+/// term averaged over the branches `gs` (one for jigsaw or rotation alone).
+pub fn pirl_loss_multi(
+    m: &Tensor,
+    f: &Tensor,
+    gs: &[Tensor],
+    negatives: &Tensor,
+    tau: f64,
+    lambda: f64,
+) -> Result<Tensor> {
+    let mut lg = nce_loss(m, &gs[0], negatives, tau)?;
+    for g in &gs[1..] {
+        lg = (lg + nce_loss(m, g, negatives, tau)?)?;
+    }
+    if gs.len() > 1 {
+        lg = (lg / gs.len() as f64)?;
+    }
+    let lf = nce_loss(m, f, negatives, tau)?;
+    (lg * lambda)? + (lf * (1.0 - lambda))?
+}
+
 /// L = λ L_NCE(m, g(v_It)) + (1 - λ) L_NCE(m, f(v_I)).
 pub fn pirl_loss(
     m: &Tensor,

@@ -133,8 +133,14 @@ fn resnet_grads(dev: &Device) -> Result<(Vec<f32>, Vec<f32>)> {
         bn_momentum: 0.1,
         ..Default::default()
     };
-    let (vm, model) =
-        crate::model::build(&cfg, crate::model::PretextKind::Jigsaw, 7, DType::F32, dev)?;
+    let (vm, model) = crate::model::build(
+        &cfg,
+        crate::model::PretextKind::Jigsaw,
+        crate::model::HeadKind::Linear,
+        7,
+        DType::F32,
+        dev,
+    )?;
     let x = Tensor::from_vec(det(4 * 3 * 33 * 31, 3), (4, 3, 33, 31), dev)?;
     let f = model.encoder.forward_t(&x, true)?;
     let r = Tensor::from_vec(det(f.elem_count(), 4), f.shape(), dev)?;

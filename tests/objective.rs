@@ -1,7 +1,7 @@
 //! The PIRL loss and the memory bank against hand-computed values.
 
 use candle_core::{Device, Tensor};
-use pirlkit::loss::{nce_loss, pirl_loss};
+use pirlkit::loss::{nce_loss, pirl_loss, pirl_loss_multi};
 use pirlkit::memory_bank::MemoryBank;
 
 fn t(v: &[f32], r: usize, c: usize) -> Tensor {
@@ -43,6 +43,84 @@ fn pirl_loss_weighs_the_two_terms_by_lambda() {
         let want = lambda * 0.7936198484546433 + (1.0 - lambda) * 1.2718811500986886;
         assert!((l - want).abs() < 1e-5, "lambda {lambda}: {l} vs {want}");
     }
+}
+
+#[test]
+fn the_combined_pretext_averages_its_two_branch_terms() {
+    // g1 = G (term 0.79362), g2 = F (term 1.27188): the pretext term is
+    // their mean, 1.03275, weighed by lambda beside the image term.
+    let (m, f, g, n) = (t(&M, 2, 2), t(&F, 2, 2), t(&G, 2, 2), t(&NEG, 3, 2));
+    for lambda in [0.0, 0.5, 0.9] {
+        let l = pirl_loss_multi(&m, &f, &[g.clone(), f.clone()], &n, 0.5, lambda)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        let pretext = (0.7936198484546433 + 1.2718811500986886) / 2.0;
+        let want = lambda * pretext + (1.0 - lambda) * 1.2718811500986886;
+        assert!((l - want).abs() < 1e-5, "lambda {lambda}: {l} vs {want}");
+    }
+    // One branch: the same as the paper's two-term loss.
+    let one = pirl_loss_multi(&m, &f, &[g.clone()], &n, 0.5, 0.3).unwrap();
+    let two = pirl_loss(&m, &f, &g, &n, 0.5, 0.3).unwrap();
+    assert_eq!(
+        one.to_scalar::<f32>().unwrap(),
+        two.to_scalar::<f32>().unwrap()
+    );
+}
+
+#[test]
+fn heads_and_branches_have_their_variables_and_leave_the_encoder_alone() {
+    use pirlkit::model::{HeadKind, PretextKind, ResNetConfig, build};
+    let cfg = ResNetConfig {
+        width: 0.0625,
+        ..Default::default()
+    };
+    let names = |kind, head| {
+        let (vm, _) = build(&cfg, kind, head, 3, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let d = vm.data().lock().unwrap();
+        let mut n: Vec<String> = d
+            .keys()
+            .filter(|k| !k.starts_with("encoder."))
+            .cloned()
+            .collect();
+        n.sort();
+        let enc: Vec<f32> = d["encoder.conv1.weight"]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        (n, enc)
+    };
+    let (lin, enc_a) = names(PretextKind::Jigsaw, HeadKind::Linear);
+    assert_eq!(
+        lin,
+        [
+            "head_f.bias",
+            "head_f.weight",
+            "head_g.bias",
+            "head_g.weight",
+            "head_g_proj.bias",
+            "head_g_proj.weight"
+        ]
+    );
+    let (both, enc_b) = names(PretextKind::JigsawRotation, HeadKind::Mlp);
+    for want in [
+        "head_f.0.weight",
+        "head_f.2.weight",
+        "head_g.2.bias",
+        "head_g_proj.weight",
+        "head_r.0.weight",
+        "head_r.2.weight",
+    ] {
+        assert!(both.iter().any(|n| n == want), "{want} missing in {both:?}");
+    }
+    assert!(
+        !both.iter().any(|n| n.starts_with("head_r_proj")),
+        "{both:?}"
+    );
+    // The same seed gives the same encoder whatever the heads.
+    assert_eq!(enc_a, enc_b);
 }
 
 #[test]

@@ -13,43 +13,124 @@ pub const EMBED_DIM: usize = 128;
 
 /// Which pretext branch feeds head g.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum PretextKind {
     /// 3x3 jigsaw: per-patch head, 9x128 concatenated, projected to 128.
     Jigsaw,
     /// Image rotated by 0/90/180/270 degrees, one head.
     Rotation,
+    /// Both, as the paper's combined pretext: each branch has its own head
+    /// g, and the pretext term is the mean of their two NCE losses.
+    JigsawRotation,
 }
 
-/// Encoder θ with heads f (image branch) and g (pretext branch).
+/// One pretext transform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Branch {
+    Jigsaw,
+    Rotation,
+}
+
+impl PretextKind {
+    /// The branches, in the order their inputs and heads come.
+    pub fn branches(self) -> &'static [Branch] {
+        match self {
+            PretextKind::Jigsaw => &[Branch::Jigsaw],
+            PretextKind::Rotation => &[Branch::Rotation],
+            PretextKind::JigsawRotation => &[Branch::Jigsaw, Branch::Rotation],
+        }
+    }
+}
+
+/// The projection heads' form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadKind {
+    /// Linear(d, 128), as the paper.
+    Linear,
+    /// Linear(d, d), ReLU, Linear(d, 128), as VISSL's PIRL MLP variant.
+    Mlp,
+}
+
+/// A projection head.
+pub enum Head {
+    Linear(Linear),
+    /// Variables `<name>.0.*` and `<name>.2.*` (PyTorch Sequential's names).
+    Mlp(Linear, Linear),
+}
+
+impl Head {
+    pub fn new(kind: HeadKind, d_in: usize, d_out: usize, vb: VarBuilder) -> Result<Head> {
+        Ok(match kind {
+            HeadKind::Linear => Head::Linear(candle_nn::linear(d_in, d_out, vb)?),
+            HeadKind::Mlp => Head::Mlp(
+                candle_nn::linear(d_in, d_in, vb.pp("0"))?,
+                candle_nn::linear(d_in, d_out, vb.pp("2"))?,
+            ),
+        })
+    }
+}
+
+impl Module for Head {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Head::Linear(l) => l.forward(x),
+            Head::Mlp(a, b) => b.forward(&a.forward(x)?.relu()?),
+        }
+    }
+}
+
+/// A pretext branch's head g (and, for the jigsaw, the projection of the
+/// 9 concatenated patch embeddings).
+pub struct PretextHead {
+    pub branch: Branch,
+    pub head: Head,
+    pub proj: Option<Linear>,
+}
+
+/// Encoder θ with heads f (image branch) and g (one per pretext branch).
 pub struct PirlModel {
     pub encoder: ResNet,
-    pub head_f: Linear,
-    pub head_g: Linear,
-    /// Jigsaw only: Linear(9 * 128, 128) over the concatenated patch embeddings.
-    pub head_g_proj: Option<Linear>,
+    pub head_f: Head,
+    pub heads_g: Vec<PretextHead>,
     pub pretext: PretextKind,
 }
 
 impl PirlModel {
-    pub fn new(cfg: &ResNetConfig, pretext: PretextKind, vb: VarBuilder) -> Result<Self> {
+    /// The heads' variables are `head_f`, `head_g` (+ `head_g_proj` for the
+    /// jigsaw) and, for the second branch of the combined pretext, `head_r`;
+    /// all sort after `encoder.*`, so a seed gives the same encoder whatever
+    /// the heads.
+    pub fn new(
+        cfg: &ResNetConfig,
+        pretext: PretextKind,
+        head: HeadKind,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let encoder = ResNet::new(cfg, vb.pp("encoder"))?;
         let d = cfg.feature_dim();
-        let head_f = candle_nn::linear(d, EMBED_DIM, vb.pp("head_f"))?;
-        let head_g = candle_nn::linear(d, EMBED_DIM, vb.pp("head_g"))?;
-        let head_g_proj = match pretext {
-            PretextKind::Jigsaw => Some(candle_nn::linear(
-                9 * EMBED_DIM,
-                EMBED_DIM,
-                vb.pp("head_g_proj"),
-            )?),
-            PretextKind::Rotation => None,
-        };
+        let head_f = Head::new(head, d, EMBED_DIM, vb.pp("head_f"))?;
+        let mut heads_g = Vec::new();
+        for (i, &branch) in pretext.branches().iter().enumerate() {
+            let name = if i == 0 { "head_g" } else { "head_r" };
+            let proj = match branch {
+                Branch::Jigsaw => Some(candle_nn::linear(
+                    9 * EMBED_DIM,
+                    EMBED_DIM,
+                    vb.pp(format!("{name}_proj")),
+                )?),
+                Branch::Rotation => None,
+            };
+            heads_g.push(PretextHead {
+                branch,
+                head: Head::new(head, d, EMBED_DIM, vb.pp(name))?,
+                proj,
+            });
+        }
         Ok(Self {
             encoder,
             head_f,
-            head_g,
-            head_g_proj,
+            heads_g,
             pretext,
         })
     }
@@ -62,21 +143,27 @@ impl PirlModel {
         l2_normalize(&self.head_f.forward(&self.encoder.forward_t(x, train)?)?)
     }
 
-    /// g(v_It), L2-normalised.
+    /// g(v_It) of each pretext branch, L2-normalised, from that branch's input.
     ///
     /// # Shapes
     /// Jigsaw: `(9B, 3, P, P)` patches in shuffled order, image-major -> `(B, 128)`.
     /// Rotation: `(B, 3, H, W)` -> `(B, 128)`.
-    pub fn embed_pretext(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let z = self.head_g.forward(&self.encoder.forward_t(x, train)?)?;
-        let z = match &self.head_g_proj {
-            Some(proj) => {
-                let b = z.dim(0)? / 9;
-                proj.forward(&z.reshape((b, 9 * EMBED_DIM))?)?
-            }
-            None => z,
-        };
-        l2_normalize(&z)
+    pub fn embed_pretexts(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
+        self.heads_g
+            .iter()
+            .zip(xs)
+            .map(|(h, x)| {
+                let z = h.head.forward(&self.encoder.forward_t(x, train)?)?;
+                let z = match &h.proj {
+                    Some(proj) => {
+                        let b = z.dim(0)? / 9;
+                        proj.forward(&z.reshape((b, 9 * EMBED_DIM))?)?
+                    }
+                    None => z,
+                };
+                l2_normalize(&z)
+            })
+            .collect()
     }
 }
 
@@ -91,13 +178,14 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
 pub fn build(
     cfg: &ResNetConfig,
     pretext: PretextKind,
+    head: HeadKind,
     seed: u64,
     dtype: DType,
     device: &Device,
 ) -> Result<(VarMap, PirlModel)> {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, dtype, device);
-    let model = PirlModel::new(cfg, pretext, vb)?;
+    let model = PirlModel::new(cfg, pretext, head, vb)?;
     seeded_init(&vm, seed)?;
     Ok((vm, model))
 }

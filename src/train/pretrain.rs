@@ -11,9 +11,9 @@ use crate::augment::{self, Chw, stack};
 use crate::config::Config;
 use crate::data::RgbImage;
 use crate::error::{Error, Result, io};
-use crate::loss::pirl_loss;
+use crate::loss::pirl_loss_multi;
 use crate::memory_bank::MemoryBank;
-use crate::model::{self, EMBED_DIM, PirlModel, PretextKind};
+use crate::model::{self, Branch, EMBED_DIM, PirlModel};
 use crate::optim::{CosineSchedule, Optimizer};
 use crate::rng::stream;
 use crate::train::checkpoint::{self, Meta, Snapshot};
@@ -44,45 +44,73 @@ pub struct PretrainOutcome {
     pub images_per_s: f64,
 }
 
-/// The two inputs of one PIRL step for images `idx` in `epoch`: the image
-/// views `(B, 3, C, C)` and the pretext input (jigsaw: `(9B, 3, P, P)`,
-/// rotation: `(B, 3, C, C)`). Each image's randomness comes from its own
-/// stream, so the batch does not depend on the thread count.
+/// The inputs of one PIRL step for images `idx` in `epoch`: the image views
+/// `(B, 3, C, C)` and one input per pretext branch, in the order of
+/// [`PretextKind::branches`] (jigsaw: `(9B, 3, P, P)`, rotation:
+/// `(B, 3, C, C)`). Each image's randomness comes from its own stream, so
+/// the batch does not depend on the thread count.
 pub fn make_batch(
     cfg: &Config,
     images: &[RgbImage],
     idx: &[usize],
     epoch: usize,
     device: &Device,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<Batch> {
     let p = &cfg.pretext;
-    let parts: Vec<(Chw, Vec<Chw>)> = idx
+    let branches = p.kind.branches();
+    let parts: Vec<(Chw, Vec<Vec<Chw>>)> = idx
         .par_iter()
         .map(|&i| {
             let mut rng = stream(cfg.seed, "augment", epoch as u64, i as u64);
             let img = &images[i];
             let v = augment::image_view(img, p.crop, &p.augment, &mut rng);
-            let t = match p.kind {
-                PretextKind::Jigsaw => {
-                    crate::pretext::jigsaw(img, p.patch, Some(&p.augment), &mut rng).patches
-                }
-                PretextKind::Rotation => {
-                    vec![crate::pretext::rotation(img, p.crop, &p.augment, &mut rng).0]
-                }
-            };
+            let t = branches
+                .iter()
+                .map(|b| match b {
+                    Branch::Jigsaw => {
+                        crate::pretext::jigsaw(img, p.patch, Some(&p.augment), &mut rng).patches
+                    }
+                    Branch::Rotation => {
+                        vec![crate::pretext::rotation(img, p.crop, &p.augment, &mut rng).0]
+                    }
+                })
+                .collect();
             (v, t)
         })
         .collect();
     let mut views = Vec::with_capacity(idx.len());
-    let mut pre = Vec::with_capacity(idx.len() * 9);
+    let mut pre: Vec<Vec<Chw>> = vec![Vec::new(); branches.len()];
     for (v, t) in parts {
         views.push(v);
-        pre.extend(t);
+        for (k, x) in t.into_iter().enumerate() {
+            pre[k].extend(x);
+        }
     }
-    Ok((stack(views, device)?, stack(pre, device)?))
+    Ok((
+        stack(views, device)?,
+        pre.into_iter()
+            .map(|x| Ok(stack(x, device)?))
+            .collect::<Result<_>>()?,
+    ))
 }
 
-type Batch = (Tensor, Tensor);
+/// A batch: the image views and one input per pretext branch.
+pub type Batch = (Tensor, Vec<Tensor>);
+
+/// The PIRL loss of one batch against bank rows `m` (the batch's images)
+/// and `negatives`, and f(v_I) for the bank update.
+pub fn pirl_forward(
+    model: &PirlModel,
+    cfg: &Config,
+    batch: &Batch,
+    m: &Tensor,
+    negatives: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let f = model.embed_image(&batch.0, true)?;
+    let gs = model.embed_pretexts(&batch.1, true)?;
+    let loss = pirl_loss_multi(m, &f, &gs, negatives, cfg.pirl.tau, cfg.pirl.lambda)?;
+    Ok((loss, f))
+}
 
 /// Pretraining batches in order, built on a worker thread up to `depth`
 /// ahead of the step (or in line when `depth` is 0). Each batch is a pure
@@ -208,8 +236,14 @@ pub fn pretrain(
     let device = crate::device::open(&cfg.device, cfg.tf32)?;
     std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
     let hash = checkpoint::config_hash(cfg);
-    let (mut vm, model) =
-        model::build(&cfg.model, cfg.pretext.kind, cfg.seed, DType::F32, &device)?;
+    let (mut vm, model) = model::build(
+        &cfg.model,
+        cfg.pretext.kind,
+        cfg.pirl.head,
+        cfg.seed,
+        DType::F32,
+        &device,
+    )?;
     let mut opt = Optimizer::new(&vm, &cfg.train.optim, &[])?;
     let mut bank = MemoryBank::new(n, EMBED_DIM, cfg.pirl.bank_momentum);
     let steps_per_epoch = n / bs; // the last partial batch is dropped
@@ -344,16 +378,19 @@ pub fn pretrain(
             for bi in first..steps_per_epoch {
                 let idx = &order[bi * bs..(bi + 1) * bs];
                 let (views, pre) = feed.next()?;
-                let (views, pre) = (views.to_device(&device)?, pre.to_device(&device)?);
-                let f = model.embed_image(&views, true)?;
-                let g = model.embed_pretext(&pre, true)?;
+                let batch = (
+                    views.to_device(&device)?,
+                    pre.iter()
+                        .map(|t| t.to_device(&device))
+                        .collect::<candle_core::Result<Vec<_>>>()?,
+                );
                 let m = bank.gather(idx, &device)?;
                 let neg_idx = bank.sample_negatives(
                     cfg.pirl.negatives,
                     &mut stream(cfg.seed, "negatives", epoch as u64, bi as u64),
                 );
                 let neg = bank.gather(&neg_idx, &device)?;
-                let mut loss = pirl_loss(&m, &f, &g, &neg, cfg.pirl.tau, cfg.pirl.lambda)?;
+                let (mut loss, f) = pirl_forward(&model, cfg, &batch, &m, &neg)?;
                 if nan_at == Some(step) {
                     loss = (loss * f64::NAN)?;
                 }
