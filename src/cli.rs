@@ -229,8 +229,12 @@ pub enum Command {
     /// Rebuild a protocol's report from its saved runs alone (no training):
     /// merges the shards of a cluster run into one report.
     Report {
-        /// The protocol's folder (`<reports>/<protocol name>`).
-        dir: PathBuf,
+        /// The protocol's folder (`<reports>/<protocol name>`), or the
+        /// protocol file (its folder is then found under --reports).
+        target: PathBuf,
+        /// Reports folder (with a protocol file).
+        #[arg(long, default_value = "reports")]
+        reports: PathBuf,
     },
 }
 

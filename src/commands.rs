@@ -47,7 +47,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stage,
             shard.as_deref(),
         )?,
-        Command::Report { dir } => {
+        Command::Report { target, reports } => {
+            let dir = if target.is_file() {
+                reports.join(Protocol::from_file(&target)?.0.name)
+            } else {
+                target
+            };
             for l in runner::report(&dir)? {
                 println!("{l}");
             }
