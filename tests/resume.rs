@@ -271,6 +271,20 @@ fn resume_with_changed_config_is_refused_naming_keys() {
         err.contains("pirl.tau") && err.contains("seed") && err.contains("--force-resume"),
         "{err}"
     );
+    assert!(!err.contains("probe") && !err.contains("finetune"), "{err}");
+
+    // Settings pretraining does not read (the probe's, fine-tuning's, the
+    // thread count) do not block a resume: a protocol's downstream recipe
+    // can change without a new pretraining.
+    std::fs::write(
+        &cfg,
+        "seed = 1\nthreads = 1\n[probe]\ncrop = 24\n[finetune]\nlr = 1e-3\nepochs = 3\n",
+    )
+    .unwrap();
+    let o = pretrain_cmd(data.path(), &out, &cache, &cfg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]

@@ -52,6 +52,29 @@ fn one() -> f64 {
     1.0
 }
 
+/// The settings pretraining reads: the config with the sections and keys it
+/// does not (the probe, fine-tuning, worker threads, batch prefetching) at
+/// their defaults.
+pub fn pretrain_settings(cfg: &Config) -> Config {
+    let d = Config::default();
+    Config {
+        threads: d.threads,
+        probe: d.probe,
+        finetune: d.finetune,
+        data: crate::config::DataConfig {
+            prefetch: d.data.prefetch,
+            ..cfg.data.clone()
+        },
+        ..cfg.clone()
+    }
+}
+
+/// SHA-256 of the pretraining settings ([`pretrain_settings`]): a checkpoint
+/// is continued only under the same hash.
+pub fn pretrain_hash(cfg: &Config) -> String {
+    config_hash(&pretrain_settings(cfg))
+}
+
 /// SHA-256 of the config's canonical JSON.
 pub fn config_hash(cfg: &Config) -> String {
     use sha2::{Digest, Sha256};

@@ -208,10 +208,11 @@ fn progress_bar(total: u64, show: bool) -> indicatif::ProgressBar {
 /// it: every random stream is a function of (seed, epoch, image or batch),
 /// and weights, BatchNorm statistics, optimiser state, memory bank and step
 /// are restored, so an interrupted run ends bit-identical to an
-/// uninterrupted one (same machine and thread count). A checkpoint of a
-/// different config is refused, naming the keys that differ, unless
-/// `force_resume`. [`STOP`] ends the run after the current step, with a
-/// checkpoint.
+/// uninterrupted one (same machine and thread count). A checkpoint of
+/// different pretraining settings is refused, naming the keys that differ,
+/// unless `force_resume` (settings pretraining does not read, such as the
+/// probe's and fine-tuning's, do not count). [`STOP`] ends the run after
+/// the current step, with a checkpoint.
 pub fn pretrain(
     cfg: &Config,
     images: &[RgbImage],
@@ -219,9 +220,62 @@ pub fn pretrain(
     show_progress: bool,
     force_resume: bool,
 ) -> Result<PretrainOutcome> {
+    check_inputs(cfg, images)?;
+    std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    let mut run = Run::build(cfg, images.len(), run_dir)?;
+    match checkpoint::latest(run_dir)? {
+        Some(ck) => run.resume(&ck, force_resume)?,
+        None => {
+            let cfg_json =
+                serde_json::to_vec_pretty(cfg).map_err(|e| Error::Config(e.to_string()))?;
+            crate::io::write_atomic(&run_dir.join("config.json"), &cfg_json)?;
+            fill_bank(&run.model, cfg, images, &mut run.bank, &run.device)?;
+        }
+    }
+    let total_steps = cfg.train.epochs * run.steps_per_epoch;
+    let pb = progress_bar(total_steps.saturating_sub(run.step) as u64, show_progress);
+    for epoch in run.step / run.steps_per_epoch..cfg.train.epochs {
+        let te = Instant::now();
+        let first = run.step - epoch * run.steps_per_epoch;
+        if let Err(e) = run.epoch(images, epoch, &pb) {
+            pb.abandon();
+            return Err(e);
+        }
+        let secs = te.elapsed().as_secs_f64();
+        tracing::info!(
+            "epoch {}/{}: loss {:.4}, lr {:.5}, {:.1} s, {:.1} img/s",
+            epoch + 1,
+            cfg.train.epochs,
+            run.epoch_losses.last().copied().unwrap_or(f64::NAN),
+            run.sched.at(run.step.saturating_sub(1)),
+            secs,
+            ((run.steps_per_epoch - first) * cfg.train.batch_size) as f64 / secs
+        );
+    }
+    pb.finish_and_clear();
+    let ck = run
+        .last_ckpt
+        .clone()
+        .ok_or_else(|| Error::Config("train.epochs is 0: nothing to pretrain".into()))?;
+    let wall = run.t0.elapsed().as_secs_f64();
+    Ok(PretrainOutcome {
+        checkpoint: ck,
+        epochs: cfg.train.epochs,
+        steps: run.step,
+        wall_s: run.wall_before + wall,
+        epoch_losses: run.epoch_losses,
+        images_per_s: if wall > 0.0 {
+            run.seen as f64 / wall
+        } else {
+            0.0
+        },
+    })
+}
+
+/// Refuses settings and images pretraining cannot use, naming them.
+fn check_inputs(cfg: &Config, images: &[RgbImage]) -> Result<()> {
     cfg.check().map_err(Error::Config)?;
-    let n = images.len();
-    let bs = cfg.train.batch_size;
+    let (n, bs) = (images.len(), cfg.train.batch_size);
     if n < bs.max(2) {
         return Err(Error::Config(format!(
             "pretraining needs at least train.batch_size = {bs} images, got {n}"
@@ -233,45 +287,99 @@ pub fn pretrain(
             images[bad].size, cfg.data.image_size
         )));
     }
-    let device = crate::device::open(&cfg.device, cfg.tf32)?;
-    std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
-    let hash = checkpoint::config_hash(cfg);
-    let (mut vm, model) = model::build(
-        &cfg.model,
-        cfg.pretext.kind,
-        cfg.pirl.head,
-        cfg.seed,
-        DType::F32,
-        &device,
-    )?;
-    let mut opt = Optimizer::new(&vm, &cfg.train.optim, &[])?;
-    let mut bank = MemoryBank::new(n, EMBED_DIM, cfg.pirl.bank_momentum);
-    let steps_per_epoch = n / bs; // the last partial batch is dropped
-    let sched = CosineSchedule {
-        lr: cfg.train.optim.lr,
-        warmup_steps: (cfg.train.optim.warmup_epochs * steps_per_epoch as f64).round() as usize,
-        total_steps: cfg.train.epochs * steps_per_epoch,
-        final_fraction: cfg.train.optim.final_lr_fraction,
-    };
+    Ok(())
+}
 
-    let mut start_step = 0;
-    let mut epoch_losses = Vec::new();
-    let mut partial_loss = 0.0;
-    let mut partial_steps = 0usize;
-    let mut lr_scale = 1.0f64;
-    let mut skipped = 0usize;
-    let mut consecutive_bad = 0usize;
-    let mut wall_before = 0.0;
-    let mut last_ckpt: Option<PathBuf> = None;
-    if let Some(ck) = checkpoint::latest(run_dir)? {
-        let meta = checkpoint::read_meta(&ck)?;
+/// A pretraining run's state: the model, optimiser and bank, and where the
+/// schedule stands (everything a checkpoint holds).
+struct Run<'c> {
+    cfg: &'c Config,
+    run_dir: &'c Path,
+    hash: String,
+    device: Device,
+    vm: candle_nn::VarMap,
+    model: PirlModel,
+    opt: Optimizer,
+    bank: MemoryBank,
+    steps_per_epoch: usize,
+    sched: CosineSchedule,
+    step: usize,
+    epoch_losses: Vec<f64>,
+    partial_loss: f64,
+    partial_steps: usize,
+    /// Learning-rate factor after skipped non-finite batches.
+    lr_scale: f64,
+    skipped: usize,
+    consecutive_bad: usize,
+    /// Wall time of earlier sessions of a resumed run.
+    wall_before: f64,
+    t0: Instant,
+    seen: usize,
+    last_ckpt: Option<PathBuf>,
+    /// The step the last checkpoint was written at.
+    saved_step: Option<usize>,
+}
+
+impl<'c> Run<'c> {
+    /// A fresh run over `n` images: seeded model, zero optimiser state,
+    /// empty bank.
+    fn build(cfg: &'c Config, n: usize, run_dir: &'c Path) -> Result<Run<'c>> {
+        let device = crate::device::open(&cfg.device, cfg.tf32)?;
+        let (vm, model) = model::build(
+            &cfg.model,
+            cfg.pretext.kind,
+            cfg.pirl.head,
+            cfg.seed,
+            DType::F32,
+            &device,
+        )?;
+        let opt = Optimizer::new(&vm, &cfg.train.optim, &[])?;
+        let steps_per_epoch = n / cfg.train.batch_size; // the last partial batch is dropped
+        let sched = CosineSchedule {
+            lr: cfg.train.optim.lr,
+            warmup_steps: (cfg.train.optim.warmup_epochs * steps_per_epoch as f64).round() as usize,
+            total_steps: cfg.train.epochs * steps_per_epoch,
+            final_fraction: cfg.train.optim.final_lr_fraction,
+        };
+        Ok(Run {
+            cfg,
+            run_dir,
+            hash: checkpoint::pretrain_hash(cfg),
+            device,
+            vm,
+            model,
+            opt,
+            bank: MemoryBank::new(n, EMBED_DIM, cfg.pirl.bank_momentum),
+            steps_per_epoch,
+            sched,
+            step: 0,
+            epoch_losses: Vec::new(),
+            partial_loss: 0.0,
+            partial_steps: 0,
+            lr_scale: 1.0,
+            skipped: 0,
+            consecutive_bad: 0,
+            wall_before: 0.0,
+            t0: Instant::now(),
+            seen: 0,
+            last_ckpt: None,
+            saved_step: None,
+        })
+    }
+
+    /// Restores the state saved in checkpoint `ck`.
+    fn resume(&mut self, ck: &Path, force_resume: bool) -> Result<()> {
+        let meta = checkpoint::read_meta(ck)?;
         // Compare the saved config re-read under today's schema (new keys take
         // their defaults), so a pirlkit upgrade alone does not block a resume.
-        if checkpoint::config_hash(&meta.config) != hash {
-            let diff = checkpoint::config_diff(&meta.config, cfg);
+        if checkpoint::pretrain_hash(&meta.config) != self.hash {
+            let diff = checkpoint::config_diff(
+                &checkpoint::pretrain_settings(&meta.config),
+                &checkpoint::pretrain_settings(self.cfg),
+            );
             if !force_resume {
                 return Err(Error::Checkpoint {
-                    path: ck,
+                    path: ck.to_path_buf(),
                     msg: format!(
                         "this run folder holds a checkpoint of a different config (differing keys: {}); use another output folder, or --force-resume to continue anyway",
                         diff.join(", ")
@@ -280,247 +388,237 @@ pub fn pretrain(
             }
             tracing::warn!("resuming despite config changes in: {}", diff.join(", "));
         }
-        checkpoint::load_weights(&mut vm, &ck)?;
-        opt.load_state(&checkpoint::load_tensors(
+        checkpoint::load_weights(&mut self.vm, ck)?;
+        self.opt.load_state(&checkpoint::load_tensors(
             &ck.join(checkpoint::OPTIM_FILE),
-            &device,
+            &self.device,
         )?)?;
-        let b = checkpoint::load_tensors(&ck.join(checkpoint::BANK_FILE), &device)?;
+        let b = checkpoint::load_tensors(&ck.join(checkpoint::BANK_FILE), &self.device)?;
         let bt = b.get("bank").ok_or_else(|| Error::Checkpoint {
-            path: ck.clone(),
+            path: ck.to_path_buf(),
             msg: "bank missing".into(),
         })?;
-        bank = MemoryBank::from_tensor(bt, cfg.pirl.bank_momentum)?;
-        if bank.len() != n {
+        let n = self.bank.len();
+        self.bank = MemoryBank::from_tensor(bt, self.cfg.pirl.bank_momentum)?;
+        if self.bank.len() != n {
             return Err(Error::Checkpoint {
-                path: ck,
-                msg: format!("memory bank has {} rows, data has {n} images", bank.len()),
+                path: ck.to_path_buf(),
+                msg: format!(
+                    "memory bank has {} rows, data has {n} images",
+                    self.bank.len()
+                ),
             });
         }
-        start_step = meta.step;
-        epoch_losses = meta.epoch_losses;
-        partial_loss = meta.partial_loss_sum;
-        partial_steps = meta.partial_steps;
-        lr_scale = meta.lr_scale;
-        skipped = meta.skipped_steps;
-        wall_before = meta.wall_s;
+        self.step = meta.step;
+        self.epoch_losses = meta.epoch_losses;
+        self.partial_loss = meta.partial_loss_sum;
+        self.partial_steps = meta.partial_steps;
+        self.lr_scale = meta.lr_scale;
+        self.skipped = meta.skipped_steps;
+        self.wall_before = meta.wall_s;
         tracing::info!(
-            "resuming from {} (step {start_step}, epoch {})",
+            "resuming from {} (step {}, epoch {})",
             ck.display(),
-            start_step / steps_per_epoch + 1
+            self.step,
+            self.step / self.steps_per_epoch + 1
         );
-        last_ckpt = Some(ck);
-    } else {
-        let cfg_json = serde_json::to_vec_pretty(cfg).map_err(|e| Error::Config(e.to_string()))?;
-        crate::io::write_atomic(&run_dir.join("config.json"), &cfg_json)?;
-        fill_bank(&model, cfg, images, &mut bank, &device)?;
+        self.last_ckpt = Some(ck.to_path_buf());
+        self.saved_step = Some(self.step);
+        Ok(())
     }
 
-    let t0 = Instant::now();
-    let total_steps = cfg.train.epochs * steps_per_epoch;
-    let pb = progress_bar(total_steps.saturating_sub(start_step) as u64, show_progress);
-    let mut step = start_step;
-    let mut seen = 0usize;
-    let nan_at = injected_nan_step();
-    let every = cfg.train.checkpoint_every_steps;
-    #[allow(clippy::too_many_arguments)]
-    let save = |step: usize,
-                losses: &Vec<f64>,
-                partial: (f64, usize),
-                lr_scale: f64,
-                skipped: usize,
-                vm: &candle_nn::VarMap,
-                opt: &Optimizer,
-                bank: &MemoryBank|
-     -> Result<PathBuf> {
+    /// Writes a checkpoint of the current state.
+    fn save(&mut self) -> Result<()> {
         let meta = Meta {
-            epoch: step / steps_per_epoch,
-            step,
-            config: cfg.clone(),
-            config_hash: hash.clone(),
-            epoch_losses: losses.clone(),
-            partial_loss_sum: partial.0,
-            partial_steps: partial.1,
-            lr_scale,
-            skipped_steps: skipped,
-            wall_s: wall_before + t0.elapsed().as_secs_f64(),
+            epoch: self.step / self.steps_per_epoch,
+            step: self.step,
+            config: self.cfg.clone(),
+            config_hash: self.hash.clone(),
+            epoch_losses: self.epoch_losses.clone(),
+            partial_loss_sum: self.partial_loss,
+            partial_steps: self.partial_steps,
+            lr_scale: self.lr_scale,
+            skipped_steps: self.skipped,
+            wall_s: self.wall_before + self.t0.elapsed().as_secs_f64(),
             pirlkit_version: env!("CARGO_PKG_VERSION").into(),
         };
         let snap = Snapshot {
-            vm,
-            optimizer: opt.state_tensors()?,
-            bank: bank.to_tensor(&device)?,
+            vm: &self.vm,
+            optimizer: self.opt.state_tensors()?,
+            bank: self.bank.to_tensor(&self.device)?,
             meta,
         };
-        checkpoint::save(run_dir, snap, cfg.train.keep_checkpoints)
-    };
-    for epoch in start_step / steps_per_epoch..cfg.train.epochs {
-        let te = Instant::now();
+        self.last_ckpt = Some(checkpoint::save(
+            self.run_dir,
+            snap,
+            self.cfg.train.keep_checkpoints,
+        )?);
+        self.saved_step = Some(self.step);
+        Ok(())
+    }
+
+    /// Closes the epoch's loss (NaN when every batch was skipped).
+    fn end_epoch(&mut self) {
+        self.epoch_losses.push(if self.partial_steps > 0 {
+            self.partial_loss / self.partial_steps as f64
+        } else {
+            f64::NAN
+        });
+        self.partial_loss = 0.0;
+        self.partial_steps = 0;
+    }
+
+    /// The rest of `epoch` from the current step, batches built ahead on a
+    /// worker thread.
+    fn epoch(
+        &mut self,
+        images: &[RgbImage],
+        epoch: usize,
+        pb: &indicatif::ProgressBar,
+    ) -> Result<()> {
+        let (cfg, n, bs) = (self.cfg, images.len(), self.cfg.train.batch_size);
         let mut order: Vec<usize> = (0..n).collect();
         crate::rng::shuffle(&mut order, &mut stream(cfg.seed, "order", epoch as u64, 0));
-        let first = step - epoch * steps_per_epoch;
+        let first = self.step - epoch * self.steps_per_epoch;
+        let spe = self.steps_per_epoch;
         std::thread::scope(|scope| -> Result<()> {
             let order = &order;
-            let mut feed = Feed::start(
-                scope,
-                cfg.data.prefetch,
-                first..steps_per_epoch,
-                move |bi| {
-                    make_batch(
-                        cfg,
-                        images,
-                        &order[bi * bs..(bi + 1) * bs],
-                        epoch,
-                        &Device::Cpu,
-                    )
-                },
-            );
-            for bi in first..steps_per_epoch {
-                let idx = &order[bi * bs..(bi + 1) * bs];
+            let mut feed = Feed::start(scope, cfg.data.prefetch, first..spe, move |bi| {
+                make_batch(
+                    cfg,
+                    images,
+                    &order[bi * bs..(bi + 1) * bs],
+                    epoch,
+                    &Device::Cpu,
+                )
+            });
+            for bi in first..spe {
                 let (views, pre) = feed.next()?;
-                let batch = (
-                    views.to_device(&device)?,
-                    pre.iter()
-                        .map(|t| t.to_device(&device))
-                        .collect::<candle_core::Result<Vec<_>>>()?,
-                );
-                let m = bank.gather(idx, &device)?;
-                let neg_idx = bank.sample_negatives(
-                    cfg.pirl.negatives,
-                    &mut stream(cfg.seed, "negatives", epoch as u64, bi as u64),
-                );
-                let neg = bank.gather(&neg_idx, &device)?;
-                let (mut loss, f) = pirl_forward(&model, cfg, &batch, &m, &neg)?;
-                if nan_at == Some(step) {
-                    loss = (loss * f64::NAN)?;
-                }
-                let lv = loss.to_scalar::<f32>()? as f64;
-                let grads = if lv.is_finite() {
-                    Some(loss.backward()?)
-                } else {
-                    None
-                };
-                let grad_ok = match &grads {
-                    Some(g) => opt.grad_sq_norm(g)?.is_finite(),
-                    None => false,
-                };
-                if !grad_ok {
-                    if cfg.train.skip_nonfinite && consecutive_bad < 10 {
-                        consecutive_bad += 1;
-                        skipped += 1;
-                        lr_scale *= cfg.train.nonfinite_lr_factor;
-                        tracing::warn!(
-                            "non-finite loss or gradient at step {step}: batch skipped, learning rate scaled to {lr_scale:.4} of the schedule"
-                        );
-                        step += 1;
-                        pb.inc(1);
-                        if bi + 1 == steps_per_epoch {
-                            epoch_losses.push(if partial_steps > 0 {
-                                partial_loss / partial_steps as f64
-                            } else {
-                                f64::NAN
-                            });
-                            partial_loss = 0.0;
-                            partial_steps = 0;
-                            last_ckpt = Some(save(
-                                step,
-                                &epoch_losses,
-                                (partial_loss, partial_steps),
-                                lr_scale,
-                                skipped,
-                                &vm,
-                                &opt,
-                                &bank,
-                            )?);
-                        }
-                        continue;
+                self.step_batch(&order[bi * bs..(bi + 1) * bs], (views, pre), epoch, bi, pb)?;
+                if STOP.load(Ordering::SeqCst) {
+                    if self.saved_step != Some(self.step) {
+                        self.save()?;
                     }
-                    pb.abandon();
-                    let last_good = match &last_ckpt {
-                        Some(p) => format!(
-                            "The last good checkpoint is {}; rerun the same command to resume from it (lower train.optim.lr, or set train.skip_nonfinite, if it diverges again).",
-                            p.display()
-                        ),
-                        None => "No checkpoint was written yet.".into(),
-                    };
-                    return Err(Error::NonFinite {
-                        loss: lv,
-                        epoch: epoch + 1,
-                        step,
-                        last_good,
-                    });
-                }
-                consecutive_bad = 0;
-                opt.step(
-                    grads.as_ref().expect("finite loss has grads"),
-                    sched.at(step) * lr_scale,
-                )?;
-                bank.update(idx, &f.detach().flatten_all()?.to_vec1::<f32>()?);
-                partial_loss += lv;
-                partial_steps += 1;
-                step += 1;
-                seen += idx.len();
-                pb.inc(1);
-                pb.set_message(format!(
-                    "epoch {}/{} loss {lv:.3}",
-                    epoch + 1,
-                    cfg.train.epochs
-                ));
-                let epoch_end = bi + 1 == steps_per_epoch;
-                if epoch_end {
-                    epoch_losses.push(partial_loss / partial_steps as f64);
-                    partial_loss = 0.0;
-                    partial_steps = 0;
-                }
-                let stop = STOP.load(Ordering::SeqCst);
-                if epoch_end || stop || (every > 0 && step % every == 0) {
-                    last_ckpt = Some(save(
-                        step,
-                        &epoch_losses,
-                        (partial_loss, partial_steps),
-                        lr_scale,
-                        skipped,
-                        &vm,
-                        &opt,
-                        &bank,
-                    )?);
-                }
-                if stop {
-                    pb.abandon();
                     return Err(Error::Interrupted {
-                        checkpoint: last_ckpt.clone().expect("just saved"),
+                        checkpoint: self.last_ckpt.clone().expect("just saved"),
                     });
                 }
             }
             Ok(())
-        })?;
-        let secs = te.elapsed().as_secs_f64();
-        tracing::info!(
-            "epoch {}/{}: loss {:.4}, lr {:.5}, {:.1} s, {:.1} img/s",
-            epoch + 1,
-            cfg.train.epochs,
-            epoch_losses.last().copied().unwrap_or(f64::NAN),
-            sched.at(step.saturating_sub(1)),
-            secs,
-            ((steps_per_epoch - first) * bs) as f64 / secs
-        );
+        })
     }
-    pb.finish_and_clear();
-    let ck = match last_ckpt {
-        Some(c) => c,
-        None => {
-            return Err(Error::Config(
-                "train.epochs is 0: nothing to pretrain".into(),
-            ));
+
+    /// One optimiser step on the images `idx` (batch `bi` of `epoch`), a
+    /// checkpoint where one is due; a non-finite loss or gradient skips the
+    /// batch (`train.skip_nonfinite`) or stops the run.
+    fn step_batch(
+        &mut self,
+        idx: &[usize],
+        batch: Batch,
+        epoch: usize,
+        bi: usize,
+        pb: &indicatif::ProgressBar,
+    ) -> Result<()> {
+        let cfg = self.cfg;
+        let dev = &self.device;
+        let batch = (
+            batch.0.to_device(dev)?,
+            batch
+                .1
+                .iter()
+                .map(|t| t.to_device(dev))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+        );
+        let m = self.bank.gather(idx, dev)?;
+        let neg_idx = self.bank.sample_negatives(
+            cfg.pirl.negatives,
+            &mut stream(cfg.seed, "negatives", epoch as u64, bi as u64),
+        );
+        let neg = self.bank.gather(&neg_idx, dev)?;
+        let (mut loss, f) = pirl_forward(&self.model, cfg, &batch, &m, &neg)?;
+        if injected_nan_step() == Some(self.step) {
+            loss = (loss * f64::NAN)?;
         }
-    };
-    let wall = t0.elapsed().as_secs_f64();
-    Ok(PretrainOutcome {
-        checkpoint: ck,
-        epochs: cfg.train.epochs,
-        steps: step,
-        wall_s: wall_before + wall,
-        epoch_losses,
-        images_per_s: if wall > 0.0 { seen as f64 / wall } else { 0.0 },
-    })
+        let lv = loss.to_scalar::<f32>()? as f64;
+        let grads = if lv.is_finite() {
+            Some(loss.backward()?)
+        } else {
+            None
+        };
+        let grad_ok = match &grads {
+            Some(g) => self.opt.grad_sq_norm(g)?.is_finite(),
+            None => false,
+        };
+        let epoch_end = bi + 1 == self.steps_per_epoch;
+        if !grad_ok {
+            return self.skip_or_stop(lv, epoch, epoch_end, pb);
+        }
+        self.consecutive_bad = 0;
+        self.opt.step(
+            grads.as_ref().expect("finite loss has grads"),
+            self.sched.at(self.step) * self.lr_scale,
+        )?;
+        self.bank
+            .update(idx, &f.detach().flatten_all()?.to_vec1::<f32>()?);
+        self.partial_loss += lv;
+        self.partial_steps += 1;
+        self.step += 1;
+        self.seen += idx.len();
+        pb.inc(1);
+        pb.set_message(format!(
+            "epoch {}/{} loss {lv:.3}",
+            epoch + 1,
+            cfg.train.epochs
+        ));
+        if epoch_end {
+            self.end_epoch();
+        }
+        let every = cfg.train.checkpoint_every_steps;
+        if epoch_end || (every > 0 && self.step % every == 0) {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// A non-finite loss or gradient: skip the batch and lower the learning
+    /// rate (`train.skip_nonfinite`, at most 10 in a row), or stop with the
+    /// last good checkpoint named.
+    fn skip_or_stop(
+        &mut self,
+        loss: f64,
+        epoch: usize,
+        epoch_end: bool,
+        pb: &indicatif::ProgressBar,
+    ) -> Result<()> {
+        if self.cfg.train.skip_nonfinite && self.consecutive_bad < 10 {
+            self.consecutive_bad += 1;
+            self.skipped += 1;
+            self.lr_scale *= self.cfg.train.nonfinite_lr_factor;
+            tracing::warn!(
+                "non-finite loss or gradient at step {}: batch skipped, learning rate scaled to {:.4} of the schedule",
+                self.step,
+                self.lr_scale
+            );
+            self.step += 1;
+            pb.inc(1);
+            if epoch_end {
+                self.end_epoch();
+                self.save()?;
+            }
+            return Ok(());
+        }
+        let last_good = match &self.last_ckpt {
+            Some(p) => format!(
+                "The last good checkpoint is {}; rerun the same command to resume from it (lower train.optim.lr, or set train.skip_nonfinite, if it diverges again).",
+                p.display()
+            ),
+            None => "No checkpoint was written yet.".into(),
+        };
+        Err(Error::NonFinite {
+            loss,
+            epoch: epoch + 1,
+            step: self.step,
+            last_good,
+        })
+    }
 }
