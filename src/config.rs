@@ -142,20 +142,43 @@ pub struct ProbeConfig {
     pub max_iterations: u64,
     /// Refit the chosen model on train + val before scoring test; default true.
     pub refit_on_train_val: bool,
-    /// Side (px) of the whole-image view the features are taken from
-    /// (0 = `pretext.crop`); default 0.
+    /// The feature views tried: the whole image at `crop` px (0 =
+    /// `pretext.crop`), features averaged over the views of `tta`. With
+    /// several, the one whose best penalty has the best validation AUC is
+    /// used (each encoder, PIRL or random init, gets its own best view).
+    /// The k-NN arm reads the first. Default one: `{ crop = 0, tta = "none" }`.
+    pub views: Vec<ProbeView>,
+}
+
+/// One feature view of the linear probe.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeView {
+    /// Side (px) of the whole image (0 = `pretext.crop`); default 0.
     pub crop: usize,
-    /// Features averaged over these views of each image; default `none`.
+    /// Features averaged over these views; default `none`.
     pub tta: Tta,
 }
 
-impl ProbeConfig {
-    /// The view side: `crop`, or the pretext's when 0.
-    pub fn view(&self, pretext_crop: usize) -> usize {
-        if self.crop == 0 {
-            pretext_crop
-        } else {
-            self.crop
+impl Default for ProbeView {
+    fn default() -> Self {
+        Self {
+            crop: 0,
+            tta: Tta::None,
+        }
+    }
+}
+
+impl ProbeView {
+    /// The view with its crop resolved against the pretext crop.
+    pub fn resolved(self, pretext_crop: usize) -> ProbeView {
+        ProbeView {
+            crop: if self.crop == 0 {
+                pretext_crop
+            } else {
+                self.crop
+            },
+            ..self
         }
     }
 }
@@ -169,8 +192,7 @@ impl Default for ProbeConfig {
             recompute_bn: true,
             max_iterations: 300,
             refit_on_train_val: true,
-            crop: 0,
-            tta: Tta::None,
+            views: vec![ProbeView::default()],
         }
     }
 }
@@ -552,10 +574,16 @@ impl Config {
         }
         p.augment.check("pretext.augment")?;
         self.finetune.check()?;
-        for (k, c) in [
-            ("finetune.crop", self.finetune.crop),
-            ("probe.crop", self.probe.crop),
-        ] {
+        if self.probe.views.is_empty() {
+            return Err("probe.views must name at least one view".into());
+        }
+        let crops = std::iter::once(("finetune.crop", self.finetune.crop)).chain(
+            self.probe
+                .views
+                .iter()
+                .map(|v| ("probe.views.crop", v.crop)),
+        );
+        for (k, c) in crops {
             if c != 0 && !(16..=d.image_size).contains(&c) {
                 return Err(format!(
                     "{k} must be 0 (the pretext crop) or in [16, data.image_size = {}], got {c}",

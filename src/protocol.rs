@@ -351,10 +351,9 @@ impl RunKey {
                     );
                 } else {
                     m.insert("recompute_bn".into(), cfg.probe.recompute_bn.into());
-                    m.insert("probe_crop".into(), cfg.probe.crop.into());
                     m.insert(
-                        "probe_tta".into(),
-                        serde_json::to_value(cfg.probe.tta).expect("tta"),
+                        "probe_view".into(),
+                        serde_json::to_value(cfg.probe.views[0]).expect("view"),
                     );
                     m.insert("k".into(), k.into());
                 }
@@ -582,7 +581,7 @@ impl Runner<'_> {
         let mut outcomes = Vec::new();
         // Frozen features per (encoder, view, init), computed once and shared
         // by arms, fractions and seeds.
-        let mut feats: BTreeMap<String, [ndarray::Array2<f64>; 3]> = BTreeMap::new();
+        let mut feats: BTreeMap<String, Vec<probe::ViewFeatures>> = BTreeMap::new();
         let mut fitted: BTreeMap<(String, Vec<usize>), Fitted> = BTreeMap::new();
         for (i, (spec, key)) in specs.iter().zip(&keys).enumerate() {
             let hash = key.hash();
@@ -706,38 +705,47 @@ impl Runner<'_> {
         &self,
         spec: &RunSpec,
         sub: &[usize],
-        feats: &mut BTreeMap<String, [ndarray::Array2<f64>; 3]>,
+        feats: &mut BTreeMap<String, Vec<probe::ViewFeatures>>,
     ) -> Result<Fitted> {
         let acfg = &spec.cfg;
+        // A k-NN arm reads the first view only.
+        let views = if spec.arm.kind == ArmKind::Knn {
+            &acfg.probe.views[..1]
+        } else {
+            &acfg.probe.views[..]
+        };
         let feat_key = format!(
-            "{}|{}|{}|{}|{:?}|{}",
+            "{}|{}|{}|{}|{}|{}",
             serde_json::to_string(&acfg.model).unwrap_or_default(),
-            acfg.probe.view(acfg.pretext.crop),
+            acfg.pretext.crop,
+            serde_json::to_string(views).unwrap_or_default(),
             acfg.probe.recompute_bn,
             acfg.train.batch_size,
-            acfg.probe.tta,
             spec.init
         );
         if !feats.contains_key(&feat_key) {
             let (tr_i, _) = self.split(Split::Train);
             let (va_i, _) = self.split(Split::Val);
             let (te_i, _) = self.split(Split::Test);
+            let mut c = acfg.clone();
+            c.probe.views = views.to_vec();
             feats.insert(
                 feat_key.clone(),
-                self.frozen_features(acfg, &self.init(&spec.init)?, &tr_i, &va_i, &te_i)?,
+                self.frozen_features(&c, &self.init(&spec.init)?, &tr_i, &va_i, &te_i)?,
             );
         }
         let (_, tr_y) = self.split(Split::Train);
         let (_, va_y) = self.split(Split::Val);
         let (_, te_y) = self.split(Split::Test);
         let sub_y: Vec<u8> = sub.iter().map(|&i| tr_y[i]).collect();
-        let [ftr, fva, fte] = &feats[&feat_key];
-        let ftr_sub = ftr.select(ndarray::Axis(0), sub);
+        let vf = &feats[&feat_key];
         if spec.arm.kind == ArmKind::LinearProbe {
-            let r = probe::fit_probe(&ftr_sub, &sub_y, fva, &va_y, fte, &te_y, &acfg.probe)?;
+            let r = probe::fit_probe_views(vf, sub, &sub_y, &va_y, &te_y, &acfg.probe)?;
             let detail = probe::describe_choice(&r, &acfg.probe);
             Ok((r.val_auc, r.test_auc, r.val_scores, r.test_scores, detail))
         } else {
+            let [ftr, fva, fte] = &vf[0].1;
+            let ftr_sub = ftr.select(ndarray::Axis(0), sub);
             let vs = probe::knn_scores(&ftr_sub, &sub_y, fva, spec.arm.k);
             let ts = probe::knn_scores(&ftr_sub, &sub_y, fte, spec.arm.k);
             Ok((
@@ -789,7 +797,7 @@ impl Runner<'_> {
         tr: &[&RgbImage],
         va: &[&RgbImage],
         te: &[&RgbImage],
-    ) -> Result<[ndarray::Array2<f64>; 3]> {
+    ) -> Result<Vec<probe::ViewFeatures>> {
         let (vm, enc) = crate::model::build_encoder(
             &cfg.model,
             cfg.seed,

@@ -164,3 +164,89 @@ fn impossible_arm_settings_are_refused_naming_the_arm() {
         );
     }
 }
+
+/// With several probe views, each init's probe takes the view whose best
+/// penalty has the best validation AUC, and says which; k-NN reads the first.
+#[test]
+fn probe_views_are_chosen_on_validation_per_init() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proto = tmp.path().join("p.toml");
+    std::fs::write(
+        &proto,
+        r#"
+name = "views"
+preset = "tiny"
+bootstrap_resamples = 100
+
+[config]
+data.limit_per_split = 60
+probe.views = [{ crop = 24 }, { crop = 32, tta = "dihedral" }]
+
+[[arms]]
+name = "linear-probe"
+kind = "linear-probe"
+inits = ["random"]
+"#,
+    )
+    .unwrap();
+    let (reports, cache) = (tmp.path().join("reports"), tmp.path().join("cache"));
+    let out = run(&proto, &reports, &cache);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs = std::fs::read_to_string(reports.join("views/runs.csv")).unwrap();
+    let row = runs.lines().nth(1).unwrap();
+    assert!(row.contains(" px ") && row.contains(" view"), "{row}");
+}
+
+/// The view chosen is the one with the best validation AUC: an informative
+/// feature set against pure noise, in either order.
+#[test]
+fn the_probe_takes_the_view_that_validates_best() {
+    use ndarray::Array2;
+    use pirlkit::config::{ProbeConfig, ProbeView, Tta};
+    let y = |n: usize| -> Vec<u8> { (0..n).map(|i| (i % 3 == 0) as u8).collect() };
+    let (ytr, yva, yte) = (y(90), y(60), y(60));
+    // Feature 0 carries the label (with overlap), the rest is hashed noise.
+    let noise = |i: usize, j: usize| ((i * 7919 + j * 104729) % 1000) as f64 / 1000.0;
+    let informative = |ys: &[u8]| {
+        Array2::from_shape_fn((ys.len(), 4), |(i, j)| {
+            if j == 0 {
+                ys[i] as f64 + 1.5 * noise(i, 9)
+            } else {
+                noise(i, j)
+            }
+        })
+    };
+    let junk = |n: usize| Array2::from_shape_fn((n, 4), |(i, j)| noise(i + 500, j + 3));
+    let good = (
+        ProbeView {
+            crop: 32,
+            tta: Tta::Dihedral,
+        },
+        [informative(&ytr), informative(&yva), informative(&yte)],
+    );
+    let bad = (
+        ProbeView {
+            crop: 24,
+            tta: Tta::None,
+        },
+        [junk(90), junk(60), junk(60)],
+    );
+    let cfg = ProbeConfig::default();
+    let all: Vec<usize> = (0..90).collect();
+    for views in [
+        vec![bad.clone(), good.clone()],
+        vec![good.clone(), bad.clone()],
+    ] {
+        let r =
+            pirlkit::eval::probe::fit_probe_views(&views, &all, &ytr, &yva, &yte, &cfg).unwrap();
+        assert_eq!(r.view, good.0);
+        assert_eq!(r.view_aucs.len(), 2);
+        let best = r.view_aucs.iter().map(|v| v.1).fold(f64::MIN, f64::max);
+        assert_eq!(r.val_auc, best);
+        assert!(r.val_auc > 0.8, "{}", r.val_auc);
+    }
+}

@@ -278,7 +278,7 @@ fn resume_with_changed_config_is_refused_naming_keys() {
     // can change without a new pretraining.
     std::fs::write(
         &cfg,
-        "seed = 1\nthreads = 1\n[probe]\ncrop = 24\n[finetune]\nlr = 1e-3\nepochs = 3\n",
+        "seed = 1\nthreads = 1\n[probe]\nviews = [{ crop = 24 }]\n[finetune]\nlr = 1e-3\nepochs = 3\n",
     )
     .unwrap();
     let o = pretrain_cmd(data.path(), &out, &cache, &cfg)

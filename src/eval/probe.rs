@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::augment::{self, stack};
-use crate::config::{Config, ProbeConfig};
+use crate::config::{Config, ProbeConfig, ProbeView};
 use crate::data::RgbImage;
 use crate::error::{Error, Result};
 use crate::eval::auc;
@@ -38,7 +38,14 @@ pub struct ProbeResult {
     pub test_scores: Vec<f64>,
     /// Validation scores of the chosen penalty (fit on train only).
     pub val_scores: Vec<f64>,
+    /// The feature view used (crop resolved), and each view's best
+    /// validation AUC when several were tried.
+    pub view: ProbeView,
+    pub view_aucs: Vec<(ProbeView, f64)>,
 }
+
+/// Frozen features of one view: (view, [train, val, test]).
+pub type ViewFeatures = (ProbeView, [Array2<f64>; 3]);
 
 /// Pooled features of the whole `images` at `crop` px, in eval mode,
 /// averaged over the views of `tta`.
@@ -152,15 +159,20 @@ pub fn recompute_bn(
 pub fn describe_choice(r: &ProbeResult, cfg: &ProbeConfig) -> String {
     let lo = cfg.alphas.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = cfg.alphas.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let view = if r.view_aucs.is_empty() {
+        String::new()
+    } else {
+        format!("; {} px {:?} view", r.view.crop, r.view.tta).to_lowercase()
+    };
     if cfg.alphas.len() > 1 && (r.alpha == lo || r.alpha == hi) {
         tracing::warn!(
             "linear probe: the chosen penalty alpha {} is at the edge of probe.alphas [{lo}, {hi}]; widen the grid",
             r.alpha
         );
         let end = if r.alpha == lo { "lowest" } else { "highest" };
-        format!("alpha {} ({end} of the grid)", r.alpha)
+        format!("alpha {} ({end} of the grid){view}", r.alpha)
     } else {
-        format!("alpha {}", r.alpha)
+        format!("alpha {}{view}", r.alpha)
     }
 }
 
@@ -242,7 +254,37 @@ pub fn fit_probe(
         n_test_pos: ytest.iter().filter(|&&l| l == 1).count(),
         test_scores,
         val_scores: best_val_scores,
+        view: ProbeView::default(),
+        view_aucs: Vec::new(),
     })
+}
+
+/// [`fit_probe`] on each view's features (training rows `sub` of each), and
+/// the result of the view with the best validation AUC (ties: the first).
+pub fn fit_probe_views(
+    views: &[ViewFeatures],
+    sub: &[usize],
+    ytrain: &[u8],
+    yval: &[u8],
+    ytest: &[u8],
+    cfg: &ProbeConfig,
+) -> Result<ProbeResult> {
+    let mut best: Option<ProbeResult> = None;
+    let mut view_aucs = Vec::new();
+    for (view, [ftr, fva, fte]) in views {
+        let ftr = ftr.select(ndarray::Axis(0), sub);
+        let mut r = fit_probe(&ftr, ytrain, fva, yval, fte, ytest, cfg)?;
+        r.view = *view;
+        view_aucs.push((*view, r.val_auc));
+        if best.as_ref().is_none_or(|b| r.val_auc > b.val_auc) {
+            best = Some(r);
+        }
+    }
+    let mut r = best.ok_or_else(|| Error::Eval("probe: no feature view".into()))?;
+    if views.len() > 1 {
+        r.view_aucs = view_aucs;
+    }
+    Ok(r)
 }
 
 /// k-NN scores: for each query row, the similarity-weighted share of
@@ -277,8 +319,9 @@ pub fn knn_scores(ftrain: &Array2<f64>, ytrain: &[u8], fquery: &Array2<f64>, k: 
         .collect()
 }
 
-/// Frozen pooled features of train, val and test, after recomputing the
-/// BatchNorm statistics on the training images when `probe.recompute_bn`.
+/// Frozen pooled features of train, val and test for each of
+/// `probe.views`, after recomputing the BatchNorm statistics on the
+/// training images at the view's size when `probe.recompute_bn`.
 pub fn frozen_features(
     vm: &VarMap,
     encoder: &ResNet,
@@ -287,22 +330,30 @@ pub fn frozen_features(
     train: &[&RgbImage],
     val: &[&RgbImage],
     test: &[&RgbImage],
-) -> Result<[Array2<f64>; 3]> {
-    let crop = cfg.probe.view(cfg.pretext.crop);
+) -> Result<Vec<ViewFeatures>> {
     let bs = cfg.train.batch_size.max(2);
-    if cfg.probe.recompute_bn {
-        recompute_bn(vm, encoder.config(), prefix, train, crop, bs)?;
+    let mut out = Vec::new();
+    let mut stats_at = None;
+    for v in &cfg.probe.views {
+        let view = v.resolved(cfg.pretext.crop);
+        if cfg.probe.recompute_bn && stats_at != Some(view.crop) {
+            recompute_bn(vm, encoder.config(), prefix, train, view.crop, bs)?;
+            stats_at = Some(view.crop);
+        }
+        out.push((
+            view,
+            [
+                features(encoder, train, view.crop, bs, view.tta)?,
+                features(encoder, val, view.crop, bs, view.tta)?,
+                features(encoder, test, view.crop, bs, view.tta)?,
+            ],
+        ));
     }
-    let tta = cfg.probe.tta;
-    Ok([
-        features(encoder, train, crop, bs, tta)?,
-        features(encoder, val, crop, bs, tta)?,
-        features(encoder, test, crop, bs, tta)?,
-    ])
+    Ok(out)
 }
 
 /// The whole probe for the encoder under `prefix` in `vm`: optional BatchNorm
-/// recompute, features, fit, score.
+/// recompute, features of each view, fit, choice on validation, score.
 pub fn run_probe(
     vm: &VarMap,
     encoder: &ResNet,
@@ -310,7 +361,7 @@ pub fn run_probe(
     cfg: &Config,
     data: &ProbeData,
 ) -> Result<ProbeResult> {
-    let [ftr, fva, fte] = frozen_features(
+    let views = frozen_features(
         vm,
         encoder,
         prefix,
@@ -319,12 +370,12 @@ pub fn run_probe(
         &data.val.0,
         &data.test.0,
     )?;
-    fit_probe(
-        &ftr,
+    let all: Vec<usize> = (0..data.train.1.len()).collect();
+    fit_probe_views(
+        &views,
+        &all,
         &data.train.1,
-        &fva,
         &data.val.1,
-        &fte,
         &data.test.1,
         &cfg.probe,
     )
