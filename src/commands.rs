@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::cli::{Cli, Command, RunArgs};
 use crate::data::ImageCache;
-use crate::data::load::{limit_per_split, load_images, open_dataset};
+use crate::data::load::{apply_config, load_images, open_dataset};
 use crate::protocol::Protocol;
 use crate::runner::{self, Shard, Stage};
 
@@ -72,11 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             use crate::train::finetune::{Init, Labeled, Stage};
             let mut cfg = run.resolve()?;
             if let Some(ck) = &checkpoint {
-                // The checkpoint decides the encoder and the views; the
-                // fine-tuning recipe comes from the command's config.
-                let ft = cfg.finetune.clone();
-                cfg = crate::train::checkpoint::read_meta(ck)?.config;
-                cfg.finetune = ft;
+                cfg = with_encoder_of(cfg, ck)?;
             }
             if let Some(e) = ft_epochs {
                 cfg.finetune.epochs = e;
@@ -94,7 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let cache = cache_of(&run);
             let mut ds = open_dataset(run.data.as_deref(), &cache, cfg.seed)?;
-            limit_per_split(&mut ds, cfg.data.limit_per_split);
+            apply_config(&mut ds, &cfg);
             let (imgs, _) = load_images(&mut ds, &cfg, &cache, run.skip_bad)?;
             ds.check_labeled()?;
             let pd = crate::protocol::probe_data(&ds, &imgs);
@@ -283,6 +279,24 @@ pub fn setup_threads(n: usize) {
     }
 }
 
+/// The command's config with the encoder and views of the pretraining
+/// checkpoint `ck` (model, pretext, cached image size); the rest (seed,
+/// probe, fine-tuning, data cuts, threads) stays the command's.
+fn with_encoder_of(cfg: crate::Config, ck: &Path) -> anyhow::Result<crate::Config> {
+    let pre = crate::train::checkpoint::read_meta(ck)?.config;
+    let cfg = crate::Config {
+        model: pre.model,
+        pretext: pre.pretext,
+        data: crate::config::DataConfig {
+            image_size: pre.data.image_size,
+            ..cfg.data
+        },
+        ..cfg
+    };
+    cfg.check().map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    Ok(cfg)
+}
+
 fn cache_of(run: &RunArgs) -> ImageCache {
     ImageCache::new(
         run.cache_dir
@@ -296,7 +310,7 @@ fn pretrain(run: &RunArgs, out: &Path, progress: bool, force_resume: bool) -> an
     setup_threads(cfg.threads);
     let cache = cache_of(run);
     let mut ds = open_dataset(run.data.as_deref(), &cache, cfg.seed)?;
-    limit_per_split(&mut ds, cfg.data.limit_per_split);
+    apply_config(&mut ds, &cfg);
     ds.samples.retain(|s| s.split == crate::data::Split::Train);
     let (imgs, _) = load_images(&mut ds, &cfg, &cache, run.skip_bad)?;
     let o = crate::train::pretrain(&cfg, &imgs, out, progress, force_resume)?;
@@ -319,16 +333,12 @@ fn probe(
 ) -> anyhow::Result<()> {
     let mut cfg = run.resolve()?;
     if let Some(ck) = checkpoint {
-        // The checkpoint's own config decides the architecture and views.
-        let meta = crate::train::checkpoint::read_meta(ck)?;
-        let probe = cfg.probe.clone();
-        cfg = meta.config;
-        cfg.probe = probe;
+        cfg = with_encoder_of(cfg, ck)?;
     }
     setup_threads(cfg.threads);
     let cache = cache_of(run);
     let mut ds = open_dataset(run.data.as_deref(), &cache, cfg.seed)?;
-    limit_per_split(&mut ds, cfg.data.limit_per_split);
+    apply_config(&mut ds, &cfg);
     let (imgs, _) = load_images(&mut ds, &cfg, &cache, run.skip_bad)?;
     ds.check_labeled()?;
     let mut data = crate::protocol::probe_data(&ds, &imgs);

@@ -20,6 +20,11 @@ pub struct DataConfig {
     /// Pretraining batches built (cropped, jittered, cut into patches) ahead
     /// of the step on a worker thread; 0 builds each in line. Default 2.
     pub prefetch: usize,
+    /// For tuning: move this fraction of the training split (stratified,
+    /// whole groups, drawn from the seed) into the validation split, for a
+    /// validation set large enough to tell settings apart; the test split
+    /// is untouched. Default 0.
+    pub val_from_train: f64,
 }
 
 impl Default for DataConfig {
@@ -28,6 +33,7 @@ impl Default for DataConfig {
             image_size: 96,
             limit_per_split: 0,
             prefetch: 2,
+            val_from_train: 0.0,
         }
     }
 }
@@ -574,6 +580,12 @@ impl Config {
         }
         p.augment.check("pretext.augment")?;
         self.finetune.check()?;
+        if !(0.0..0.9).contains(&d.val_from_train) {
+            return Err(format!(
+                "data.val_from_train must be in [0, 0.9), got {}",
+                d.val_from_train
+            ));
+        }
         if self.probe.views.is_empty() {
             return Err("probe.views must name at least one view".into());
         }

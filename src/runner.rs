@@ -18,7 +18,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::data::load::{limit_per_split, load_images, open_dataset, write_skipped};
+use crate::data::load::{apply_config, load_images, open_dataset, write_skipped};
 use crate::data::{ImageCache, RgbImage, Split};
 use crate::error::{Error, Result, io};
 use crate::protocol::{Protocol, RunOutcome, Runner};
@@ -199,7 +199,7 @@ pub fn run(
     check_run_name(&p.name)?;
     p.validate(cfg).map_err(Error::Config)?;
     let mut ds = open_dataset(data, &opts.cache, cfg.seed)?;
-    limit_per_split(&mut ds, cfg.data.limit_per_split);
+    apply_config(&mut ds, cfg);
     let (imgs, skipped) = load_images(&mut ds, cfg, &opts.cache, opts.skip_bad)?;
     ds.check_labeled()?;
     let dir = opts.reports.join(&p.name);

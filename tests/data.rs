@@ -242,3 +242,69 @@ fn splits_made_by_pirlkit_keep_duplicates_together() {
         assert!(!ds.split(s).is_empty());
     }
 }
+
+/// `data.val_from_train`: a stratified share of the training groups moves to
+/// validation, whole groups at a time, the same for the same seed; test and
+/// the original validation images stay where they were.
+#[test]
+fn val_from_train_moves_whole_groups_stratified() {
+    use pirlkit::data::{Dataset, Sample, Split};
+    let mut samples = Vec::new();
+    for i in 0..200 {
+        let split = if i < 160 {
+            Split::Train
+        } else if i < 180 {
+            Split::Val
+        } else {
+            Split::Test
+        };
+        samples.push(Sample {
+            id: format!("im{i}"),
+            path: format!("im{i}.png").into(),
+            label: Some((i % 5 == 0) as u8),
+            split,
+            // Pairs of images share a group (a lesion photographed twice).
+            group: format!("g{}", i / 2),
+        });
+    }
+    let ds0 = Dataset {
+        name: "t".into(),
+        root: ".".into(),
+        samples,
+        splits_assigned: false,
+    };
+    let moved = |seed| {
+        let mut ds = ds0.clone();
+        let n = pirlkit::data::splits::move_train_to_val(&mut ds, 0.25, seed);
+        (n, ds)
+    };
+    let (n, ds) = moved(3);
+    assert_eq!(n, 40, "a quarter of 160 training images");
+    let was_val = |id: &str| ds0.samples.iter().find(|s| s.id == id).unwrap().split;
+    let new_val: Vec<&Sample> = ds
+        .samples
+        .iter()
+        .filter(|s| s.split == Split::Val && was_val(&s.id) == Split::Train)
+        .collect();
+    assert_eq!(new_val.len(), 40);
+    // Stratified: 32 of the 160 training images are positive, 8 of the moved.
+    assert_eq!(new_val.iter().filter(|s| s.label == Some(1)).count(), 8);
+    // Whole groups: no group on both sides.
+    for s in &new_val {
+        assert!(
+            ds.samples
+                .iter()
+                .filter(|t| t.group == s.group)
+                .all(|t| t.split == Split::Val)
+        );
+    }
+    assert!(
+        ds.samples
+            .iter()
+            .zip(&ds0.samples)
+            .all(|(a, b)| b.split == Split::Train || a.split == b.split)
+    );
+    // Deterministic per seed, different across seeds.
+    assert_eq!(moved(3).1.samples, ds.samples);
+    assert_ne!(moved(4).1.samples, ds.samples);
+}

@@ -40,6 +40,17 @@ pub fn open_dataset(data: Option<&Path>, cache: &ImageCache, seed: u64) -> Resul
     }
 }
 
+/// The config's cuts of a data set: the first `data.limit_per_split` images
+/// of each split, then `data.val_from_train` of the training split moved
+/// into validation.
+pub fn apply_config(ds: &mut Dataset, cfg: &Config) {
+    limit_per_split(ds, cfg.data.limit_per_split);
+    let n = crate::data::splits::move_train_to_val(ds, cfg.data.val_from_train, cfg.seed);
+    if n > 0 {
+        tracing::info!("moved {n} training images into the validation split (data.val_from_train)");
+    }
+}
+
 /// Keeps the first `limit` samples of each split (0 = all).
 pub fn limit_per_split(ds: &mut Dataset, limit: usize) {
     if limit == 0 {

@@ -70,3 +70,41 @@ pub fn group_near_duplicates(ds: &mut Dataset, cache: &ImageCache) -> Result<usi
     }
     Ok(merged)
 }
+
+/// Moves a stratified `fraction` of the training split's groups (by label,
+/// drawn from `seed`) into the validation split: a larger validation set for
+/// tuning settings (`data.val_from_train`), the test split untouched.
+/// Returns the number of images moved.
+pub fn move_train_to_val(ds: &mut Dataset, fraction: f64, seed: u64) -> usize {
+    use crate::data::Split;
+    if fraction <= 0.0 {
+        return 0;
+    }
+    let mut groups: std::collections::BTreeMap<String, bool> = std::collections::BTreeMap::new();
+    for s in ds.samples.iter().filter(|s| s.split == Split::Train) {
+        let pos = groups.entry(s.group.clone()).or_insert(false);
+        *pos |= s.label == Some(1);
+    }
+    let mut moved = std::collections::HashSet::new();
+    for class in [false, true] {
+        let mut g: Vec<&String> = groups
+            .iter()
+            .filter(|(_, p)| **p == class)
+            .map(|(g, _)| g)
+            .collect();
+        crate::rng::shuffle(
+            &mut g,
+            &mut crate::rng::stream(seed, "val-from-train", class as u64, 0),
+        );
+        let take = (g.len() as f64 * fraction).round() as usize;
+        moved.extend(g[..take.min(g.len())].iter().map(|s| (*s).clone()));
+    }
+    let mut n = 0;
+    for s in ds.samples.iter_mut() {
+        if s.split == Split::Train && moved.contains(&s.group) {
+            s.split = Split::Val;
+            n += 1;
+        }
+    }
+    n
+}
