@@ -346,18 +346,9 @@ fn probe(
         // Tuning: the test split is never scored.
         data.test = (Vec::new(), Vec::new());
     }
-    let (vm, enc) = crate::model::build_encoder(
-        &cfg.model,
-        cfg.seed,
-        candle_core::DType::F32,
-        &crate::device::open(&cfg.device, cfg.tf32)?,
-    )?;
-    if let Some(ck) = checkpoint {
-        crate::train::finetune::load_encoder(
-            &vm,
-            &crate::train::finetune::Init::Checkpoint(ck.to_path_buf()),
-        )?;
-    }
+    use crate::train::finetune::{Init, encoder_from};
+    let init = checkpoint.map_or(Init::Random, |c| Init::Checkpoint(c.to_path_buf()));
+    let (vm, enc) = encoder_from(&cfg, &init)?;
     let r = crate::eval::probe::run_probe(
         &vm,
         &enc,

@@ -798,13 +798,7 @@ impl Runner<'_> {
         va: &[&RgbImage],
         te: &[&RgbImage],
     ) -> Result<Vec<probe::ViewFeatures>> {
-        let (vm, enc) = crate::model::build_encoder(
-            &cfg.model,
-            cfg.seed,
-            candle_core::DType::F32,
-            &crate::device::open(&cfg.device, cfg.tf32)?,
-        )?;
-        finetune::load_encoder(&vm, init)?;
+        let (vm, enc) = finetune::encoder_from(cfg, init)?;
         probe::frozen_features(&vm, &enc, "encoder", cfg, tr, va, te)
     }
 }

@@ -38,17 +38,7 @@ batch_size = 16
 freeze_up_to = "layer3"
 "#;
 
-fn run(protocol: &Path, reports: &Path, cache: &Path) -> std::process::Output {
-    Command::new(common::bin())
-        .arg("reproduce")
-        .arg(protocol)
-        .args(["--no-progress", "--reports"])
-        .arg(reports)
-        .arg("--cache-dir")
-        .arg(cache)
-        .output()
-        .unwrap()
-}
+use common::run_protocol as run;
 
 fn lines(p: &Path) -> Vec<String> {
     std::fs::read_to_string(p)

@@ -6,23 +6,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use pirlkit::model::{Arch, ResNet, ResNetConfig};
 
-fn run(protocol: &Path, reports: &Path, cache: &Path) -> std::process::Output {
-    Command::new(common::bin())
-        .arg("reproduce")
-        .arg(protocol)
-        .args(["--no-progress", "--reports"])
-        .arg(reports)
-        .arg("--cache-dir")
-        .arg(cache)
-        .output()
-        .unwrap()
-}
+use common::run_protocol as run;
 
 /// A small ResNet-50 (v1 strides) in torchvision naming, seeded.
 fn weights_file(path: &Path) {

@@ -22,25 +22,22 @@ fn data_dir() -> tempfile::TempDir {
 }
 
 fn pretrain_cmd(data: &Path, out: &Path, cache: &Path, cfg: &Path) -> Command {
+    tiny_cmd(&["pretrain", "--epochs", EPOCHS], data, out, cache, cfg)
+}
+
+/// `pirlkit <args> --preset tiny --threads 2` on `data` into `out`.
+fn tiny_cmd(args: &[&str], data: &Path, out: &Path, cache: &Path, cfg: &Path) -> Command {
     let mut c = Command::new(common::bin());
-    c.args([
-        "pretrain",
-        "--preset",
-        "tiny",
-        "--epochs",
-        EPOCHS,
-        "--threads",
-        "2",
-        "--no-progress",
-    ])
-    .arg("--data")
-    .arg(data)
-    .arg("--out")
-    .arg(out)
-    .arg("--cache-dir")
-    .arg(cache)
-    .arg("--config")
-    .arg(cfg);
+    c.args(args)
+        .args(["--preset", "tiny", "--threads", "2", "--no-progress"])
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg("--config")
+        .arg(cfg);
     c
 }
 
@@ -492,25 +489,7 @@ fn best_checkpoint_by_epoch_loss_survives_pruning() {
 }
 
 fn finetune_cmd(data: &Path, out: &Path, cache: &Path, cfg: &Path) -> Command {
-    let mut c = Command::new(common::bin());
-    c.args([
-        "finetune",
-        "--preset",
-        "tiny",
-        "--random-init",
-        "--threads",
-        "2",
-        "--no-progress",
-    ])
-    .arg("--data")
-    .arg(data)
-    .arg("--out")
-    .arg(out)
-    .arg("--cache-dir")
-    .arg(cache)
-    .arg("--config")
-    .arg(cfg);
-    c
+    tiny_cmd(&["finetune", "--random-init"], data, out, cache, cfg)
 }
 
 /// Epochs done by the fine-tuning state in `out/checkpoint`.

@@ -87,15 +87,7 @@ fn sharded_over_slurm_equals_one_process_to_the_last_digit() {
 
     // One process.
     let single = tmp.path().join("single");
-    let out = Command::new(common::bin())
-        .arg("reproduce")
-        .arg(&proto)
-        .args(["--no-progress", "--reports"])
-        .arg(&single)
-        .arg("--cache-dir")
-        .arg(tmp.path().join("cache-single"))
-        .output()
-        .unwrap();
+    let out = common::run_protocol(&proto, &single, &tmp.path().join("cache-single"));
     assert!(
         out.status.success(),
         "{}",

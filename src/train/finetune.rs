@@ -76,6 +76,19 @@ pub fn load_encoder(vm: &VarMap, init: &Init) -> Result<()> {
     Ok(())
 }
 
+/// The encoder alone (variables `encoder.*`) on the config's device: seeded
+/// from `cfg.seed`, then loaded from `init`.
+pub fn encoder_from(cfg: &Config, init: &Init) -> Result<(VarMap, ResNet)> {
+    let (vm, enc) = crate::model::build_encoder(
+        &cfg.model,
+        cfg.seed,
+        DType::F32,
+        &crate::device::open(&cfg.device, cfg.tf32)?,
+    )?;
+    load_encoder(&vm, init)?;
+    Ok((vm, enc))
+}
+
 /// Images and their labels.
 pub struct Labeled<'a> {
     pub images: Vec<&'a RgbImage>,

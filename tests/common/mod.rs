@@ -29,6 +29,23 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pirlkit"))
 }
 
+/// `pirlkit reproduce PROTOCOL` into `reports`, with its own image cache.
+pub fn run_protocol(
+    protocol: &std::path::Path,
+    reports: &std::path::Path,
+    cache: &std::path::Path,
+) -> std::process::Output {
+    std::process::Command::new(bin())
+        .arg("reproduce")
+        .arg(protocol)
+        .args(["--no-progress", "--reports"])
+        .arg(reports)
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()
+        .unwrap()
+}
+
 /// A baseline JPEG built by hand: `nc` components, no subsampling, every
 /// 8x8 block flat (DC only) with component `c` of block `(bx, by)` at
 /// `val(bx, by, c)`; an Adobe APP14 marker with `adobe` as its colour
