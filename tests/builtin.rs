@@ -662,3 +662,56 @@ fn builder_refuses_bad_input_naming_it() {
     std::fs::write(&gt, &text).unwrap();
     builtin::build(&src, &out, 32).unwrap();
 }
+
+#[test]
+fn make_builtin_command_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    challenge(&src);
+    let out = tmp.path().join("mini");
+    let run = |out: &Path| {
+        std::process::Command::new(common::bin())
+            .args(["-q", "make-builtin", "--from"])
+            .arg(&src)
+            .args(["--size", "24", "--out"])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let o = run(&out);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("train: 7 images"), "{stdout}");
+    assert!(
+        stdout.contains("2 duplicate pairs (1 across splits, 1 images left out)"),
+        "{stdout}"
+    );
+    builtin::verify(&out).unwrap();
+    let p = out.join("images/ISIC_0000001.jpg");
+    assert_eq!(image::image_dimensions(&p).unwrap(), (24, 24));
+    // The folder as --data: the audit command finds no leak.
+    let o = std::process::Command::new(common::bin())
+        .args(["-q", "audit", "--fail-on-leak", "--out"])
+        .arg(tmp.path().join("audit.csv"))
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache"))
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    // A folder with other files: refused, exit 1, the folder named.
+    let busy = tmp.path().join("busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    std::fs::write(busy.join("notes.txt"), "x").unwrap();
+    let o = run(&busy);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("busy") && stderr.contains("not an earlier build"),
+        "{stderr}"
+    );
+}
