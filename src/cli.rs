@@ -142,6 +142,22 @@ pub enum Command {
         #[arg(long)]
         fail_on_leak: bool,
     },
+    /// Build the small ISIC 2017 copy pirlkit ships (datasets/isic2017-mini):
+    /// every image of the challenge's three splits resized to SIZE x SIZE
+    /// JPEG, a manifest (the challenge's splits, melanoma labels,
+    /// near-duplicate groups), a README and SHA256SUMS; the same bytes on
+    /// every run and machine.
+    MakeBuiltin {
+        /// The ISIC 2017 challenge folder (ground-truth CSVs and image folders).
+        #[arg(long)]
+        from: PathBuf,
+        /// Side of the square images, in pixels.
+        #[arg(long, default_value_t = crate::data::builtin::DEFAULT_SIZE)]
+        size: u32,
+        /// Output folder: new, empty, or an earlier build (replaced).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Checks a device against pirlkit's CPU kernels: conv and max-pool
     /// (forward and gradients), a ResNet's gradients, and a short PIRL run's
     /// losses; one JSON line each, exit status 1 if any differs. With

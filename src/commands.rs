@@ -196,6 +196,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(3));
             }
         }
+        Command::MakeBuiltin { from, size, out } => make_builtin(&from, size, &out)?,
         Command::Selftest { device } => {
             let dev = crate::device::open(&device, false)?;
             let scratch =
@@ -265,6 +266,42 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the built-in data set and says what it holds.
+fn make_builtin(from: &Path, size: u32, out: &Path) -> anyhow::Result<()> {
+    use crate::data::builtin;
+    let r = builtin::build(from, out, size)?;
+    for (s, c) in &r.counts {
+        println!(
+            "{}: {} images, {} melanoma",
+            s.as_str(),
+            c.images,
+            c.melanoma
+        );
+    }
+    println!(
+        "{} duplicate pairs ({} across splits, {} images left out); audit of the result: {} exact and {} near-duplicate pairs, none across splits",
+        r.pairs.len(),
+        r.pairs.iter().filter(|p| p.split_a != p.split_b).count(),
+        r.left_out.len(),
+        r.audit.exact_duplicate_pairs,
+        r.audit.near_duplicate_pairs
+    );
+    println!(
+        "{}: {:.2} MB ({:.2} MB of images), {size}x{size} px",
+        out.display(),
+        r.bytes as f64 / 1e6,
+        r.image_bytes as f64 / 1e6
+    );
+    if r.bytes > builtin::MAX_BYTES {
+        tracing::warn!(
+            "{} is over the {:.0} MB the repository allows for it; use a smaller --size",
+            out.display(),
+            builtin::MAX_BYTES as f64 / 1e6
+        );
+    }
+    Ok(())
 }
 
 /// Sets the worker threads (0 = all cores) before any pool starts.

@@ -2,6 +2,7 @@
 //! cached uint8 images.
 
 pub mod audit;
+pub mod builtin;
 pub mod cache;
 pub mod dicom;
 pub mod download;
