@@ -11,15 +11,14 @@ use crate::data::splits::group_near_duplicates;
 use crate::data::{Dataset, ImageCache, RgbImage};
 use crate::error::{Error, Result, io};
 
-/// Images in the synthetic data set, and their size on disk.
-pub const SYNTHETIC_N: usize = 600;
-pub const SYNTHETIC_PX: usize = 96;
 /// The name of the built-in default data set (runs without `--data`).
-pub const BUILTIN_NAME: &str = "synthetic";
+pub const BUILTIN_NAME: &str = "isic2017-mini";
 
-/// Opens `data` (grouping near-duplicates when pirlkit makes the splits), or
-/// generates the built-in synthetic set under the cache.
-pub fn open_dataset(data: Option<&Path>, cache: &ImageCache, seed: u64) -> Result<Dataset> {
+/// Opens `data` (grouping near-duplicates when pirlkit makes the splits),
+/// or, without it, the built-in data set shipped in the repository
+/// (`datasets/isic2017-mini`: the ISIC 2017 challenge images at 64 px,
+/// checked against its checksums).
+pub fn open_dataset(data: Option<&Path>, cache: &ImageCache, _seed: u64) -> Result<Dataset> {
     match data {
         Some(p) => {
             let mut ds = Dataset::open(p)?;
@@ -27,15 +26,14 @@ pub fn open_dataset(data: Option<&Path>, cache: &ImageCache, seed: u64) -> Resul
             Ok(ds)
         }
         None => {
-            let dir = cache.dir.join(format!(
-                "synthetic-v1-n{SYNTHETIC_N}-px{SYNTHETIC_PX}-seed{seed}"
-            ));
-            let pos = crate::data::synthetic::generate(&dir, SYNTHETIC_N, SYNTHETIC_PX, seed)?;
+            let ds = crate::data::builtin::open_shipped()?;
             tracing::info!(
-                "built-in synthetic data set: {SYNTHETIC_N} images, {pos} positive, in {}",
-                dir.display()
+                "built-in data set: {} images ({} positive) in {}",
+                ds.samples.len(),
+                ds.samples.iter().filter(|s| s.label == Some(1)).count(),
+                ds.root.display()
             );
-            Ok(Dataset::open(&dir)?)
+            Ok(ds)
         }
     }
 }
