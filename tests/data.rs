@@ -308,3 +308,35 @@ fn val_from_train_moves_whole_groups_stratified() {
     assert_eq!(moved(3).1.samples, ds.samples);
     assert_ne!(moved(4).1.samples, ds.samples);
 }
+
+/// Metadata for subgroups: the ISIC challenge's metadata CSVs (training and
+/// validation only; the shared copy has none for test) and the built-in
+/// set's manifest columns, by image id; labels and identifiers are not
+/// metadata.
+#[test]
+fn metadata_comes_from_the_metadata_csvs_and_manifest_columns() {
+    let ds = pirlkit::data::builtin::open_shipped().unwrap();
+    let m = pirlkit::data::metadata::load(&ds).unwrap();
+    let first = &m["ISIC_0000000"];
+    assert_eq!(first.get("age_approximate").map(String::as_str), Some("55"));
+    assert_eq!(first.get("sex").map(String::as_str), Some("female"));
+    assert!(
+        first
+            .keys()
+            .all(|k| ["age_approximate", "sex"].contains(&k.as_str())),
+        "{first:?}"
+    );
+    let test_with_meta = ds
+        .samples
+        .iter()
+        .filter(|s| s.split == pirlkit::data::Split::Test && m.contains_key(&s.id))
+        .count();
+    assert_eq!(test_with_meta, 0);
+    assert!(m.len() > 1900, "{}", m.len());
+    if let Some(isic) = common::isic_dir() {
+        let ds = pirlkit::data::Dataset::open(&isic).unwrap();
+        let m = pirlkit::data::metadata::load(&ds).unwrap();
+        assert_eq!(m["ISIC_0000001"]["sex"], "female");
+        assert_eq!(m["ISIC_0000001"]["age_approximate"], "30");
+    }
+}

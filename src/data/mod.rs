@@ -11,6 +11,7 @@ pub mod isic;
 pub mod layouts;
 pub mod load;
 pub mod manifest;
+pub mod metadata;
 pub mod splits;
 pub mod synthetic;
 
