@@ -2,6 +2,9 @@
 //! report.html and report.md), its provenance ([`manifest`]), SVG charts
 //! ([`svg`]) and the same charts as PNG ([`png`]).
 
+pub mod canvas;
+pub mod chart;
+pub mod forest;
 pub mod manifest;
 pub mod png;
 pub mod protocol;
