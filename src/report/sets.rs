@@ -21,7 +21,6 @@ pub type Meta = BTreeMap<String, String>;
 
 /// An external test set, as the runner describes it in `report_inputs.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct ExternalSet {
     /// Its name in the report and in each run's `external_scores`.
     pub name: String,
