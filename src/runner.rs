@@ -156,6 +156,15 @@ pub struct ReportInputs {
     /// The invocation that wrote this file (`host:pid:unix-ms`): runs it
     /// computed are "computed", the others "reused".
     pub invocation: String,
+    /// Per test image (test-split order), its metadata, e.g. `sex` ->
+    /// `female`, `age_approximate` -> `55` (empty: none); the report gives
+    /// AUCs per group (categorical columns, age in bands).
+    #[serde(default)]
+    pub test_meta: Vec<std::collections::BTreeMap<String, String>>,
+    /// External test sets the runs were scored on (each run's scores by set
+    /// name); they appear beside the internal test split in the report.
+    #[serde(default)]
+    pub external: Vec<crate::report::sets::ExternalSet>,
 }
 
 pub const REPORT_INPUTS: &str = "report_inputs.json";
@@ -426,6 +435,8 @@ fn report_inputs(
         resamples: p.bootstrap_resamples,
         runs,
         invocation: invocation_id().to_string(),
+        test_meta: Vec::new(),
+        external: Vec::new(),
     })
 }
 

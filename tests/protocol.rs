@@ -260,6 +260,18 @@ fn check_in_browser(html: &Path, tmp: &Path) {
         &dom[..dom.len().min(2000)]
     );
     assert!(dom.matches("<svg").count() >= 6, "ROC and loss plots");
+    // The headline first: the label-efficiency figure and the forest plot
+    // before the comparison table, calibration after it, details last.
+    let at = |s: &str| {
+        dom.find(s)
+            .unwrap_or_else(|| panic!("report.html lacks {s}"))
+    };
+    assert!(at("<figure id=\"label_efficiency_test\">") < at("<figure id=\"forest\">"));
+    assert!(at("<figure id=\"forest\">") < at("<th>difference [95 % CI]</th>"));
+    assert!(at("<th>difference [95 % CI]</th>") < at("<section id=\"calibration\">"));
+    assert!(at("<figure id=\"reliability_partial-finetune_test\">") < at("<h2>Details</h2>"));
+    assert!(at("<h2>Details</h2>") < at("Summary: test AUC over seeds"));
+    assert!(!dom.contains("NaN"));
     let shot = tmp.join("report.png");
     let st = Command::new(chrome)
         .args(common)

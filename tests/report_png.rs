@@ -10,7 +10,7 @@ use image::{Rgb, RgbImage};
 use polars::prelude::{AnyValue, DataFrame, ParquetReader, SerReader};
 
 use pirlkit::eval::auc::auc;
-use pirlkit::protocol::{ArmKind, ArmResult};
+use pirlkit::protocol::ArmResult;
 use pirlkit::report::png::{self, COLORS, HEIGHT, MARGINS, WIDTH};
 use pirlkit::report::protocol::write;
 use pirlkit::report::svg::Series;
@@ -153,26 +153,26 @@ fn result(
     let shift = if init == "pirl" { 0.6 } else { 0.2 };
     let test_scores = scores(test_y.len(), test_y, shift, seed);
     let val_scores = scores(val_y.len(), val_y, shift, seed + 7);
-    ArmResult {
-        arm: arm.into(),
-        kind: ArmKind::LinearProbe,
-        init: init.into(),
-        fraction,
-        seed,
-        n_train: (100.0 * fraction) as usize,
-        n_train_pos: (20.0 * fraction) as usize,
-        val_auc: auc(&val_scores, val_y).unwrap(),
-        test_auc: auc(&test_scores, test_y).unwrap(),
-        test_scores,
-        val_scores,
-        detail: format!("C=0.1 seed {seed}"),
-        seconds: 1.0,
-        key: format!("{arm}-{init}-{fraction}-{seed}"),
-        val_curve: Vec::new(),
-        train_losses: Vec::new(),
-        computed_by: "test".into(),
-        computed_now: true,
-    }
+    // Through serde, as the runner reads saved runs: fields added to
+    // ArmResult later (with serde defaults) need no change here.
+    serde_json::from_value(serde_json::json!({
+        "arm": arm,
+        "kind": "linear-probe",
+        "init": init,
+        "fraction": fraction,
+        "seed": seed,
+        "n_train": (100.0 * fraction) as usize,
+        "n_train_pos": (20.0 * fraction) as usize,
+        "val_auc": auc(&val_scores, val_y).unwrap(),
+        "test_auc": auc(&test_scores, test_y).unwrap(),
+        "test_scores": test_scores,
+        "val_scores": val_scores,
+        "detail": format!("C=0.1 seed {seed}"),
+        "seconds": 1.0,
+        "key": format!("{arm}-{init}-{fraction}-{seed}"),
+        "computed_by": "test",
+    }))
+    .unwrap()
 }
 
 fn read_parquet(p: &Path) -> DataFrame {
@@ -229,18 +229,19 @@ fn report_writes_parquet_and_png() {
         }
     }
     let losses = [6.2, 5.1, 4.4, 4.0];
-    let ctx = ReportInputs {
-        title: "pirlkit: png-parquet".into(),
-        lines: vec!["data: synthetic scores".into()],
-        pretrain_losses: losses.to_vec(),
-        manifest: serde_json::json!({"name": "png-parquet"}),
-        val_labels: val_y.clone(),
-        test_labels: test_y.clone(),
-        test_ids: (0..test_y.len()).map(|i| format!("img{i}")).collect(),
-        resamples: 100,
-        runs: Vec::new(),
-        invocation: "test".into(),
-    };
+    let ctx: ReportInputs = serde_json::from_value(serde_json::json!({
+        "title": "pirlkit: png-parquet",
+        "lines": ["data: synthetic scores"],
+        "pretrain_losses": losses,
+        "manifest": {"name": "png-parquet"},
+        "val_labels": val_y,
+        "test_labels": test_y,
+        "test_ids": (0..test_y.len()).map(|i| format!("img{i}")).collect::<Vec<_>>(),
+        "resamples": 100,
+        "runs": [],
+        "invocation": "test",
+    }))
+    .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("report");
     write(&dir, &results, &ctx).unwrap();
@@ -360,6 +361,7 @@ fn report_writes_parquet_and_png() {
     }
     // report.html stays self-contained: inline SVG, no image files.
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
-    assert_eq!(html.matches("<svg").count(), 5);
+    // Label efficiency, forest, 2 reliability diagrams, 4 ROC curves, the loss.
+    assert_eq!(html.matches("<svg").count(), 9);
     assert!(!html.contains(".png"));
 }

@@ -1,8 +1,10 @@
 //! Evaluation: AUC and the linear probe.
 pub mod auc;
+pub mod calibration;
 pub mod probe;
 pub mod roc;
 pub mod stats;
+pub mod subgroups;
 
 pub use auc::auc;
 pub use roc::{

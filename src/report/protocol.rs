@@ -1,24 +1,39 @@
-//! The protocol report: per-run rows, the paired PIRL-vs-random tests, the
-//! summary across seeds (CSV, Parquet and Markdown via polars), ROC and loss
-//! curves (SVG and PNG), one self-contained `report.html` (inline SVG),
-//! `report.md` (linking the PNGs), and `manifest.json`.
+//! The protocol report: what [`write`] puts in the report folder.
+//!
+//! - The headline ([`super::headline`], [`super::figures`]): per test set
+//!   (the internal test split, then each external set) the label-efficiency
+//!   figure, the forest plot of the differences pretrained − random init,
+//!   and the comparison table (`headline.csv`).
+//! - Calibration ([`super::calibration`]): `calibration.csv`,
+//!   `reliability.csv` and a reliability diagram per arm.
+//! - Subgroups ([`super::subgroups`]) when the sets carry metadata:
+//!   `subgroups.csv`.
+//! - External sets: `external_runs.csv`, `external_duplicates.csv`.
+//! - Every run: `runs.csv`, `paired.csv`, `summary.csv`, `test_scores.csv`,
+//!   ROC and loss curves; `manifest.json`.
+//!
+//! Tables are CSV, Parquet and Markdown (polars); charts SVG (inlined in the
+//! self-contained `report.html`) and PNG (linked from `report.md`).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
 
-use polars::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::eval::roc;
-use crate::eval::stats::{self, AucCi, PairedTest};
+use crate::eval::stats::{self, AucCi};
 use crate::io::write_atomic;
 use crate::protocol::ArmResult;
-use crate::report::markdown_table;
-use crate::report::png;
-use crate::report::svg::{Series, line_chart};
+use crate::report::chart::{self, Axis, Chart, Curve};
+use crate::report::forest::Forest;
+use crate::report::format::fmt_pct;
+use crate::report::page::{Figure, Page, Section, Table};
+use crate::report::sets::{ExternalScores, SetAuc, TestSet, set_aucs, test_sets};
+use crate::report::{calibration, canvas, figures, headline, png, subgroups, svg, tables};
 use crate::runner::ReportInputs;
+
+pub use crate::report::format::format_p;
+pub use crate::report::headline::Paired;
 
 /// The statistics of one run on the test split.
 #[derive(Debug, Clone, Serialize)]
@@ -54,456 +69,404 @@ pub fn row_stats(
     })
 }
 
-/// A pretrained init (PIRL, or weights from a file) vs. random init on the
-/// same test images, for one arm, fraction and seed.
-#[derive(Debug, Clone, Serialize)]
-pub struct Paired {
-    pub arm: String,
-    /// The init compared with `random`.
-    pub init: String,
-    pub fraction: f64,
-    pub seed: u64,
-    pub delong: PairedTest,
-    pub boot_diff: (f64, f64, f64),
-}
-
-fn df_err(e: PolarsError) -> Error {
-    Error::Report(e.to_string())
-}
-
-/// Writes `{stem}.csv`, `{stem}.parquet` and `{stem}.md`; returns the Markdown.
-fn write_frame(dir: &Path, stem: &str, df: &mut DataFrame) -> Result<String> {
-    let mut csv = Vec::new();
-    CsvWriter::new(&mut csv).finish(df).map_err(df_err)?;
-    write_atomic(&dir.join(format!("{stem}.csv")), &csv)?;
-    let mut parquet = Vec::new();
-    ParquetWriter::new(&mut parquet)
-        .finish(df)
-        .map_err(df_err)?;
-    write_atomic(&dir.join(format!("{stem}.parquet")), &parquet)?;
-    let md = markdown_table(df);
-    write_atomic(&dir.join(format!("{stem}.md")), md.as_bytes())?;
-    Ok(md)
-}
-
-/// Writes every report file into `dir`; returns the headline: one line per
-/// comparison of a pretrained init with random init (per arm and fraction).
+/// Writes every report file into `dir` for runs scored on the internal test
+/// split only; returns the headline (see [`write_with_external`]).
 pub fn write(dir: &Path, results: &[ArmResult], ctx: &ReportInputs) -> Result<Vec<String>> {
-    let (val_labels, test_labels, resamples) =
-        (&ctx.val_labels[..], &ctx.test_labels[..], ctx.resamples);
+    write_with_external(dir, results, ctx, |_| ExternalScores::new())
+}
+
+/// Writes every report file into `dir`; `external_scores` gives a run's
+/// scores on the external sets of `ctx.external` (by set name, in each set's
+/// image order; a set missing from the map: the run was not scored there).
+/// Returns the headline: one line per comparison of a pretrained init with
+/// random init on the internal test split (per arm and fraction).
+pub fn write_with_external(
+    dir: &Path,
+    results: &[ArmResult],
+    ctx: &ReportInputs,
+    external_scores: impl Fn(&ArmResult) -> ExternalScores,
+) -> Result<Vec<String>> {
     std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
+    let ext: Vec<ExternalScores> = results.iter().map(external_scores).collect();
+    let sets = test_sets(results, ctx, &ext)?;
     let stats: Vec<RowStats> = results
         .iter()
-        .map(|r| row_stats(r, val_labels, test_labels, resamples))
+        .map(|r| row_stats(r, &ctx.val_labels, &ctx.test_labels, ctx.resamples))
         .collect::<Result<_>>()?;
-
-    // Per-run rows.
-    let f = |g: fn(&ArmResult, &RowStats) -> f64| {
-        results
+    let mut aucs: Vec<Vec<Option<SetAuc>>> = vec![
+        stats
             .iter()
-            .zip(&stats)
-            .map(|(r, s)| g(r, s))
-            .collect::<Vec<f64>>()
-    };
-    let mut rows = df!(
-        "arm" => results.iter().map(|r| r.arm.clone()).collect::<Vec<_>>(),
-        "init" => results.iter().map(|r| r.init.clone()).collect::<Vec<_>>(),
-        "fraction" => results.iter().map(|r| r.fraction).collect::<Vec<_>>(),
-        "seed" => results.iter().map(|r| r.seed).collect::<Vec<_>>(),
-        "n_train" => results.iter().map(|r| r.n_train as u64).collect::<Vec<_>>(),
-        "n_train_pos" => results.iter().map(|r| r.n_train_pos as u64).collect::<Vec<_>>(),
-        "val_auc" => f(|r, _| r.val_auc),
-        "test_auc" => f(|r, _| r.test_auc),
-        "delong_lo" => f(|_, s| s.delong.lo),
-        "delong_hi" => f(|_, s| s.delong.hi),
-        "boot_lo" => f(|_, s| s.bootstrap.lo),
-        "boot_hi" => f(|_, s| s.bootstrap.hi),
-        "sens_at_spec90" => f(|_, s| s.sens_at_spec90),
-        "sens_at_spec95" => f(|_, s| s.sens_at_spec95),
-        "spec_at_sens90" => f(|_, s| s.spec_at_sens90),
-        "spec_at_sens95" => f(|_, s| s.spec_at_sens95),
-        "youden_sens" => f(|_, s| s.youden.sensitivity),
-        "youden_spec" => f(|_, s| s.youden.specificity),
-        "youden_bacc" => f(|_, s| s.youden.balanced_accuracy),
-        "pauc_tpr80" => f(|_, s| s.pauc_tpr80),
-        "detail" => results.iter().map(|r| r.detail.clone()).collect::<Vec<_>>(),
-    )
-    .map_err(df_err)?;
-    write_frame(dir, "runs", &mut rows)?;
-    write_test_scores(dir, results, ctx)?;
-
-    // Paired tests.
-    let mut paired = Vec::new();
-    for a in results.iter().filter(|r| r.init != "random") {
-        if let Some(b) = results.iter().find(|r| {
-            r.init == "random" && r.arm == a.arm && r.fraction == a.fraction && r.seed == a.seed
-        }) {
-            paired.push(Paired {
-                arm: a.arm.clone(),
-                init: a.init.clone(),
-                fraction: a.fraction,
-                seed: a.seed,
-                delong: stats::delong_paired(&a.test_scores, &b.test_scores, test_labels)?,
-                boot_diff: stats::bootstrap_paired(
-                    &a.test_scores,
-                    &b.test_scores,
-                    test_labels,
-                    resamples,
-                    a.seed,
-                )?,
-            });
-        }
-    }
-    let pf = |g: fn(&Paired) -> f64| paired.iter().map(g).collect::<Vec<f64>>();
-    let mut pdf = df!(
-        "arm" => paired.iter().map(|p| p.arm.clone()).collect::<Vec<_>>(),
-        "init" => paired.iter().map(|p| p.init.clone()).collect::<Vec<_>>(),
-        "fraction" => pf(|p| p.fraction),
-        "seed" => paired.iter().map(|p| p.seed).collect::<Vec<_>>(),
-        "auc_init" => pf(|p| p.delong.auc_a),
-        "auc_random" => pf(|p| p.delong.auc_b),
-        "diff" => pf(|p| p.delong.diff),
-        "delong_lo" => pf(|p| p.delong.lo),
-        "delong_hi" => pf(|p| p.delong.hi),
-        "delong_p" => pf(|p| p.delong.p),
-        "boot_lo" => pf(|p| p.boot_diff.1),
-        "boot_hi" => pf(|p| p.boot_diff.2),
-    )
-    .map_err(df_err)?;
-    let paired_md = write_frame(dir, "paired", &mut pdf)?;
-
-    // Summary across seeds.
-    let mut groups: BTreeMap<(String, String, String), Vec<usize>> = BTreeMap::new();
-    for (i, r) in results.iter().enumerate() {
-        groups
-            .entry((r.arm.clone(), r.init.clone(), format!("{:.3}", r.fraction)))
-            .or_default()
-            .push(i);
-    }
-    let mut srows: Vec<(String, String, f64, u64, f64, f64, f64, f64, f64)> = Vec::new();
-    for ((arm, init, _), idx) in &groups {
-        let aucs: Vec<f64> = idx.iter().map(|&i| results[i].test_auc).collect();
-        let (m, sd) = stats::mean_sd(&aucs);
-        let lo = idx.iter().map(|&i| stats[i].delong.lo).sum::<f64>() / idx.len() as f64;
-        let hi = idx.iter().map(|&i| stats[i].delong.hi).sum::<f64>() / idx.len() as f64;
-        let diffs: Vec<f64> = paired
-            .iter()
-            .filter(|p| {
-                &p.arm == arm
-                    && &p.init == init
-                    && format!("{:.3}", p.fraction) == format!("{:.3}", results[idx[0]].fraction)
+            .map(|s| {
+                Some(SetAuc {
+                    delong: s.delong,
+                    bootstrap: s.bootstrap,
+                })
             })
-            .map(|p| p.delong.diff)
-            .collect();
-        let md = if !diffs.is_empty() {
-            stats::mean_sd(&diffs).0
-        } else {
-            f64::NAN
-        };
-        srows.push((
-            arm.clone(),
-            init.clone(),
-            results[idx[0]].fraction,
-            idx.len() as u64,
-            m,
-            sd,
-            lo,
-            hi,
-            md,
-        ));
-    }
-    let mut sdf = df!(
-        "arm" => srows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
-        "init" => srows.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
-        "fraction" => srows.iter().map(|r| r.2).collect::<Vec<_>>(),
-        "seeds" => srows.iter().map(|r| r.3).collect::<Vec<_>>(),
-        "test_auc_mean" => srows.iter().map(|r| r.4).collect::<Vec<_>>(),
-        "test_auc_sd" => srows.iter().map(|r| r.5).collect::<Vec<_>>(),
-        "delong_lo_mean" => srows.iter().map(|r| r.6).collect::<Vec<_>>(),
-        "delong_hi_mean" => srows.iter().map(|r| r.7).collect::<Vec<_>>(),
-        "init_minus_random_mean" => srows.iter().map(|r| r.8).collect::<Vec<_>>(),
-    )
-    .map_err(df_err)?;
-    let summary_md = write_frame(dir, "summary", &mut sdf)?;
-
-    // ROC curves (first seed) per arm and fraction; the loss curve. Each as
-    // SVG (inlined in report.html) and PNG (linked from report.md).
-    let mut svgs = Vec::new();
-    let mut pngs: Vec<(String, String)> = Vec::new();
-    let first_seed = results.iter().map(|r| r.seed).min().unwrap_or(0);
-    let mut keys: Vec<(String, String)> = results
-        .iter()
-        .map(|r| (r.arm.clone(), format!("{}", r.fraction)))
-        .collect();
-    keys.dedup();
-    keys.sort();
-    keys.dedup();
-    for (arm, frac) in &keys {
-        let mut series = Vec::new();
-        for r in results
-            .iter()
-            .filter(|r| &r.arm == arm && &format!("{}", r.fraction) == frac && r.seed == first_seed)
-        {
-            let pts = roc::roc_curve(&r.test_scores, test_labels)?
-                .into_iter()
-                .map(|p| (p.fpr, p.tpr))
-                .collect();
-            series.push(Series {
-                label: format!("{} (AUC {:.3})", r.init, r.test_auc),
-                points: pts,
-            });
-        }
-        let title = format!(
-            "ROC: {arm}, {} % labels, seed {first_seed}",
-            frac.parse::<f64>().unwrap_or(0.0) * 100.0
-        );
-        let (xl, yl) = ("1 - specificity", "sensitivity");
-        let svg = line_chart(&title, xl, yl, &series, (0.0, 1.0), (0.0, 1.0), true);
-        let stem = format!("roc_{arm}_f{frac}");
-        write_atomic(&dir.join(format!("{stem}.svg")), svg.as_bytes())?;
-        svgs.push((format!("{stem}.svg"), svg));
-        let img = png::line_chart(&title, xl, yl, &series, (0.0, 1.0), (0.0, 1.0), true)?;
-        write_atomic(&dir.join(format!("{stem}.png")), &img)?;
-        pngs.push((format!("{stem}.png"), title));
-    }
-    if !ctx.pretrain_losses.is_empty() {
-        let pts: Vec<(f64, f64)> = ctx
-            .pretrain_losses
-            .iter()
-            .enumerate()
-            .map(|(i, l)| ((i + 1) as f64, *l))
-            .collect();
-        let lo = ctx
-            .pretrain_losses
-            .iter()
-            .cloned()
-            .fold(f64::INFINITY, f64::min);
-        let hi = ctx
-            .pretrain_losses
-            .iter()
-            .cloned()
-            .fold(f64::NEG_INFINITY, f64::max);
-        let title = "PIRL pretraining loss";
-        let series = [Series {
-            label: "mean loss".into(),
-            points: pts,
-        }];
-        let xr = (1.0, ctx.pretrain_losses.len().max(2) as f64);
-        let yr = (lo.floor(), hi.ceil().max(lo.floor() + 1.0));
-        let svg = line_chart(title, "epoch", "loss", &series, xr, yr, false);
-        write_atomic(&dir.join("pretrain_loss.svg"), svg.as_bytes())?;
-        svgs.push(("pretrain_loss.svg".into(), svg));
-        let img = png::line_chart(title, "epoch", "loss", &series, xr, yr, false)?;
-        write_atomic(&dir.join("pretrain_loss.png"), &img)?;
-        pngs.push(("pretrain_loss.png".into(), title.into()));
-    }
-
-    // manifest.json and report.html.
-    let j = serde_json::to_vec_pretty(&ctx.manifest).map_err(|e| Error::Report(e.to_string()))?;
-    write_atomic(&dir.join("manifest.json"), &j)?;
+            .collect(),
+    ];
+    aucs.extend(set_aucs(&sets[1..], results, ctx.resamples)?);
+    let paired = headline::paired_tests(results, &sets, ctx.resamples)?;
     let vs = if paired.iter().all(|p| p.init == "pirl") {
         "PIRL"
     } else {
         "Pretrained init"
     };
-    let head = headline(results, &stats, &paired);
-    let html = html_page(ctx, &head, &summary_md, &paired_md, vs, &svgs);
-    write_atomic(&dir.join("report.html"), html.as_bytes())?;
-    let mut md = format!(
-        "# {}\n\n{}\n\n{}\n\n## Summary (test AUC over seeds)\n\n{summary_md}\n## {vs} vs. random init (paired DeLong, bootstrap)\n\n{paired_md}",
-        ctx.title,
-        head.iter()
-            .map(|l| format!("**{l}**"))
-            .collect::<Vec<_>>()
-            .join("\n\n"),
-        ctx.lines
-            .iter()
-            .map(|l| format!("- {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    if !pngs.is_empty() {
-        md.push_str("\n## Curves\n\n");
-        for (name, title) in &pngs {
-            let _ = writeln!(md, "![{}]({})\n", md_alt(title), md_url(name));
-        }
+    let head = headline::lines(results, &aucs[0], &paired);
+
+    let mut sections = vec![headline_section(
+        dir, results, &sets, &aucs, &paired, vs, ctx,
+    )?];
+    sections.push(calibration_section(dir, results, &sets)?);
+    if let Some(s) = subgroup_section(dir, results, &sets)? {
+        sections.push(s);
     }
-    write_atomic(&dir.join("report.md"), md.as_bytes())?;
+    let external = external_sections(dir, results, &sets, &aucs)?;
+    let mut details = detail_sections(dir, results, ctx, &stats, &paired, vs)?;
+    if let Some((summary, runs)) = external {
+        sections.push(summary);
+        details.insert(details.len() - 1, runs);
+    }
+    sections.extend(details);
+
+    let j = serde_json::to_vec_pretty(&ctx.manifest).map_err(|e| Error::Report(e.to_string()))?;
+    write_atomic(&dir.join("manifest.json"), &j)?;
+    let page = Page {
+        title: ctx.title.clone(),
+        head: head.clone(),
+        sections,
+        manifest: serde_json::to_string_pretty(&ctx.manifest).unwrap_or_default(),
+    };
+    write_atomic(
+        &dir.join("report.html"),
+        crate::report::page::html(&page).as_bytes(),
+    )?;
+    write_atomic(
+        &dir.join("report.md"),
+        crate::report::page::markdown(&page).as_bytes(),
+    )?;
     Ok(head)
 }
 
-/// `test_scores.csv`: one row per test image (id, label), one column of
-/// scores per run (`arm/init/f<fraction>/s<seed>`), for re-analysis
-/// elsewhere.
-fn write_test_scores(dir: &Path, results: &[ArmResult], ctx: &ReportInputs) -> Result<()> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let rerr = |e: csv::Error| Error::Report(e.to_string());
-    let mut head = vec!["image_id".to_string(), "label".to_string()];
-    head.extend(
-        results
-            .iter()
-            .map(|r| format!("{}/{}/f{}/s{}", r.arm, r.init, r.fraction, r.seed)),
-    );
-    w.write_record(&head).map_err(rerr)?;
-    for (i, (id, y)) in ctx.test_ids.iter().zip(&ctx.test_labels).enumerate() {
-        let mut row = vec![id.clone(), y.to_string()];
-        row.extend(results.iter().map(|r| format!("{}", r.test_scores[i])));
-        w.write_record(&row).map_err(rerr)?;
-    }
-    let bytes = w.into_inner().map_err(|e| Error::Report(e.to_string()))?;
-    write_atomic(&dir.join("test_scores.csv"), &bytes)
+/// Writes `{stem}.svg` and `{stem}.png` of a chart.
+fn chart_figure(dir: &Path, stem: &str, c: &Chart) -> Result<Figure> {
+    let s = svg::chart(c, stem);
+    write_atomic(&dir.join(format!("{stem}.svg")), s.as_bytes())?;
+    write_atomic(&dir.join(format!("{stem}.png")), &png::chart(c)?)?;
+    Ok(Figure {
+        stem: stem.into(),
+        title: c.title.clone(),
+        svg: s,
+    })
 }
 
-/// One line per (arm, pretrained init, fraction) that has a random-init
-/// twin: test AUC with its DeLong CI (one seed) or mean ± sd (several), and
-/// the paired DeLong p of each seed.
-fn headline(results: &[ArmResult], stats: &[RowStats], paired: &[Paired]) -> Vec<String> {
-    let mut groups: BTreeMap<(String, String, String), Vec<&Paired>> = BTreeMap::new();
-    for p in paired {
-        groups
-            .entry((p.arm.clone(), p.init.clone(), format!("{}", p.fraction)))
-            .or_default()
-            .push(p);
+fn forest_figure(dir: &Path, stem: &str, f: &Forest) -> Result<Figure> {
+    let s = svg::forest(f, stem);
+    write_atomic(&dir.join(format!("{stem}.svg")), s.as_bytes())?;
+    write_atomic(&dir.join(format!("{stem}.png")), &png::forest(f)?)?;
+    Ok(Figure {
+        stem: stem.into(),
+        title: f.title.clone(),
+        svg: s,
+    })
+}
+
+fn set_stem(prefix: &str, set: &TestSet) -> String {
+    if set.is_internal() {
+        format!("{prefix}_test")
+    } else {
+        format!(
+            "{prefix}_ext_{}",
+            crate::report::format::file_stem(&set.name)
+        )
     }
-    let name = |init: &str| match init {
-        "pirl" => "PIRL".to_string(),
-        "random" => "random init".to_string(),
-        w => w.to_string(),
+}
+
+fn headline_section(
+    dir: &Path,
+    results: &[ArmResult],
+    sets: &[TestSet],
+    aucs: &[Vec<Option<SetAuc>>],
+    paired: &[Paired],
+    vs: &str,
+    ctx: &ReportInputs,
+) -> Result<Section> {
+    let rows = headline::rows(results, sets, aucs, paired);
+    tables::write_frame(dir, "headline", &mut tables::headline(&rows, sets)?)?;
+    let mut figs = Vec::new();
+    for (set, a) in sets.iter().zip(aucs) {
+        let c = figures::label_efficiency(results, set, a);
+        figs.push(chart_figure(dir, &set_stem("label_efficiency", set), &c)?);
+    }
+    let forest = figures::forest(&rows, sets, vs);
+    if !forest.groups.is_empty() {
+        figs.push(forest_figure(dir, "forest", &forest)?);
+    }
+    let sizes: Vec<String> = sets
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} images ({} positives)",
+                s.display(),
+                s.labels.len(),
+                s.positives()
+            )
+        })
+        .collect();
+    Ok(Section {
+        id: "headline".into(),
+        title: format!("{vs} vs. random init"),
+        paragraphs: vec![format!("Test sets: {}.", sizes.join("; "))],
+        tables: vec![Table {
+            title: String::new(),
+            md: tables::headline_display(&rows, sets)?,
+            notes: vec![format!(
+                "One seed: AUC [DeLong 95 % CI]; difference [paired DeLong 95 % CI] and the paired DeLong p. Several seeds: AUC mean ± sd over seeds; difference: mean of the per-seed differences [95 % CI = mean ± t(0.975, k−1)·sd/√k over the k seeds: the variation between training runs on these test images], p from the one-sample t-test of the per-seed differences; each seed's DeLong test is in paired.csv. The label-efficiency bars are the same intervals. Stratified bootstrap intervals ({} resamples, seeded by the run's seed) are in runs.csv, paired.csv and external_runs.csv. –: does not apply.",
+                ctx.resamples
+            )],
+        }],
+        figures: figs,
+        collapsed: false,
+        figures_first: true,
+    })
+}
+
+fn calibration_section(dir: &Path, results: &[ArmResult], sets: &[TestSet]) -> Result<Section> {
+    let cal = calibration::calibrations(results, sets)?;
+    tables::write_frame(
+        dir,
+        "calibration",
+        &mut calibration::table(results, sets, &cal)?,
+    )?;
+    tables::write_frame(
+        dir,
+        "reliability",
+        &mut calibration::bins_table(results, sets, &cal)?,
+    )?;
+    let mut figs = Vec::new();
+    for (si, arm, c) in calibration::diagrams(results, sets, &cal) {
+        let stem = set_stem(
+            &format!("reliability_{}", crate::report::format::file_stem(&arm)),
+            &sets[si],
+        );
+        figs.push(chart_figure(dir, &stem, &c)?);
+    }
+    Ok(Section {
+        id: "calibration".into(),
+        title: "Calibration".into(),
+        paragraphs: vec![format!(
+            "Probability scored: sigmoid(logit) for linear probes and fine-tuned models, the vote share for k-NN. Brier score: mean squared error of the probability. ECE (expected calibration error): {}. Brier and ECE as mean ± sd over seeds; every run in calibration.csv, its bins in reliability.csv.",
+            calibration::BINNING
+        )],
+        tables: vec![Table {
+            title: String::new(),
+            md: calibration::display(results, sets, &cal)?,
+            notes: Vec::new(),
+        }],
+        figures: figs,
+        collapsed: false,
+        figures_first: false,
+    })
+}
+
+fn subgroup_section(
+    dir: &Path,
+    results: &[ArmResult],
+    sets: &[TestSet],
+) -> Result<Option<Section>> {
+    let subs = subgroups::subgroups(results, sets)?;
+    if subs.is_empty() {
+        return Ok(None);
+    }
+    tables::write_frame(
+        dir,
+        "subgroups",
+        &mut subgroups::table(results, sets, &subs)?,
+    )?;
+    let mut t = Vec::new();
+    for s in &subs {
+        let (title, md) = subgroups::display(results, sets, s)?;
+        let mut notes = vec![subgroups::note()];
+        notes.extend(
+            s.grouping
+                .skipped
+                .iter()
+                .map(|n| format!("Not grouped: {n}.")),
+        );
+        t.push(Table { title, md, notes });
+    }
+    Ok(Some(Section {
+        id: "subgroups".into(),
+        title: "Subgroups".into(),
+        paragraphs: vec!["Every run and group in subgroups.csv.".into()],
+        tables: t,
+        figures: Vec::new(),
+        ..Default::default()
+    }))
+}
+
+/// The external sets (size, runs scored, duplicates dropped), and the
+/// collapsed table of every run on them.
+fn external_sections(
+    dir: &Path,
+    results: &[ArmResult],
+    sets: &[TestSet],
+    aucs: &[Vec<Option<SetAuc>>],
+) -> Result<Option<(Section, Section)>> {
+    let Some(mut df) = tables::external_runs(results, sets, aucs)? else {
+        return Ok(None);
     };
-    let show = |init: &str, arm: &str, frac: &str| -> String {
-        let idx: Vec<usize> = results
+    let runs_md = tables::write_frame(dir, "external_runs", &mut df)?;
+    let mut paragraphs = Vec::new();
+    for s in sets.iter().filter(|s| !s.is_internal()) {
+        let scored = s.scores.iter().filter(|x| x.is_some()).count();
+        paragraphs.push(format!(
+            "{}: {} images ({} positives), scored by {scored} of {} runs; duplicates of training or internal images dropped: {}.",
+            s.display(),
+            s.labels.len(),
+            s.positives(),
+            results.len(),
+            s.duplicates_dropped.len()
+        ));
+    }
+    let mut t = Vec::new();
+    if let Some(mut d) = tables::duplicates(sets)? {
+        t.push(Table {
+            title: "Duplicates dropped (external image, the image it duplicates)".into(),
+            md: tables::write_frame(dir, "external_duplicates", &mut d)?,
+            notes: Vec::new(),
+        });
+    }
+    let summary = Section {
+        id: "external".into(),
+        title: "External test sets".into(),
+        paragraphs,
+        tables: t,
+        ..Default::default()
+    };
+    let runs = Section {
+        id: "external_runs".into(),
+        title: "Every run on the external test sets (DeLong and bootstrap 95 % CIs)".into(),
+        tables: vec![Table {
+            title: String::new(),
+            md: runs_md,
+            notes: Vec::new(),
+        }],
+        collapsed: true,
+        ..Default::default()
+    };
+    Ok(Some((summary, runs)))
+}
+
+/// The details: settings, the summary over seeds, every paired test, every
+/// run, and the ROC and loss curves.
+fn detail_sections(
+    dir: &Path,
+    results: &[ArmResult],
+    ctx: &ReportInputs,
+    stats: &[RowStats],
+    paired: &[Paired],
+    vs: &str,
+) -> Result<Vec<Section>> {
+    let runs_md = tables::write_frame(dir, "runs", &mut tables::runs(results, stats)?)?;
+    tables::write_test_scores(dir, results, ctx)?;
+    let paired_md = tables::write_frame(dir, "paired", &mut tables::paired(paired)?)?;
+    let summary_md = tables::write_frame(dir, "summary", &mut tables::summary(results, stats)?)?;
+    let table = |title: &str, md: String| Table {
+        title: title.into(),
+        md,
+        notes: Vec::new(),
+    };
+    let section = |id: &str, title: &str, t: Vec<Table>| Section {
+        id: id.into(),
+        title: title.into(),
+        tables: t,
+        collapsed: true,
+        ..Default::default()
+    };
+    Ok(vec![
+        Section {
+            id: "settings".into(),
+            title: "Data and settings".into(),
+            paragraphs: ctx.lines.clone(),
+            collapsed: true,
+            ..Default::default()
+        },
+        section(
+            "summary",
+            "Summary: test AUC over seeds",
+            vec![table("", summary_md)],
+        ),
+        section(
+            "paired",
+            &format!("{vs} vs. random init (paired DeLong test, paired bootstrap), every seed"),
+            vec![table("", paired_md)],
+        ),
+        section(
+            "runs",
+            "Every run: AUC, CIs and operating points on the internal test split",
+            vec![table("", runs_md)],
+        ),
+        Section {
+            id: "curves".into(),
+            title: "Curves: ROC (first seed) and pretraining loss".into(),
+            figures: curve_figures(dir, results, ctx)?,
+            collapsed: true,
+            ..Default::default()
+        },
+    ])
+}
+
+/// ROC curves (first seed) per arm and fraction, and the pretraining loss.
+fn curve_figures(dir: &Path, results: &[ArmResult], ctx: &ReportInputs) -> Result<Vec<Figure>> {
+    let mut out = Vec::new();
+    let first_seed = results.iter().map(|r| r.seed).min().unwrap_or(0);
+    let mut keys: Vec<(String, f64)> =
+        headline::ordered(results.iter().map(|r| (r.arm.clone(), r.fraction)));
+    keys.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    for (arm, frac) in &keys {
+        let mut curves = Vec::new();
+        for (i, r) in results
+            .iter()
+            .filter(|r| &r.arm == arm && r.fraction == *frac && r.seed == first_seed)
+            .enumerate()
+        {
+            let pts = roc::roc_curve(&r.test_scores, &ctx.test_labels)?
+                .into_iter()
+                .map(|p| (p.fpr, p.tpr))
+                .collect();
+            let label = format!("{} (AUC {:.3})", r.init, r.test_auc);
+            curves.push(Curve::line(&label, pts, canvas::color(i)));
+        }
+        let c = Chart {
+            title: format!("ROC: {arm}, {} % labels, seed {first_seed}", fmt_pct(*frac)),
+            x: Axis::linear("1 - specificity", (0.0, 1.0)),
+            y: Axis::linear("sensitivity", (0.0, 1.0)),
+            curves,
+            diagonal: true,
+            hlines: Vec::new(),
+            size: chart::SIZE,
+        };
+        out.push(chart_figure(dir, &format!("roc_{arm}_f{frac}"), &c)?);
+    }
+    if !ctx.pretrain_losses.is_empty() {
+        let l = &ctx.pretrain_losses;
+        let pts: Vec<(f64, f64)> = l
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.arm == arm && r.init == init && format!("{}", r.fraction) == frac)
-            .map(|(i, _)| i)
+            .map(|(i, v)| ((i + 1) as f64, *v))
             .collect();
-        if idx.len() == 1 {
-            let s = &stats[idx[0]];
-            format!(
-                "{:.3} [{:.3}, {:.3}]",
-                results[idx[0]].test_auc, s.delong.lo, s.delong.hi
-            )
-        } else {
-            let a: Vec<f64> = idx.iter().map(|&i| results[i].test_auc).collect();
-            let (m, sd) = stats::mean_sd(&a);
-            format!("{m:.3} ± {sd:.3} ({} seeds)", a.len())
-        }
-    };
-    groups
-        .iter()
-        .map(|((arm, init, frac), ps)| {
-            let p: Vec<String> = ps.iter().map(|p| format_p(p.delong.p)).collect();
-            format!(
-                "{arm}, {} % labels: {} {} vs random init {}, paired DeLong p = {}",
-                frac.parse::<f64>().unwrap_or(0.0) * 100.0,
-                name(init),
-                show(init, arm, frac),
-                show("random", arm, frac),
-                p.join(", ")
-            )
-        })
-        .collect()
-}
-
-/// A p-value with two significant digits, or "< 0.0001".
-pub fn format_p(p: f64) -> String {
-    if p < 1e-4 {
-        "< 0.0001".into()
-    } else if p < 0.01 {
-        format!("{p:.4}")
-    } else {
-        format!("{p:.3}")
+        let lo = l.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let c = Chart {
+            title: "PIRL pretraining loss".into(),
+            x: Axis::linear("epoch", (1.0, l.len().max(2) as f64)),
+            y: Axis::linear("loss", (lo.floor(), hi.ceil().max(lo.floor() + 1.0))),
+            curves: vec![Curve::line("mean loss", pts, canvas::color(0))],
+            diagonal: false,
+            hlines: Vec::new(),
+            size: chart::SIZE,
+        };
+        out.push(chart_figure(dir, "pretrain_loss", &c)?);
     }
-}
-
-/// Image alt text: no brackets or line breaks that would end the link early.
-fn md_alt(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '[' | ']' | '\n' | '\r' => ' ',
-            c => c,
-        })
-        .collect()
-}
-
-/// A relative file name as a Markdown link target (percent-encoded).
-fn md_url(name: &str) -> String {
-    let mut s = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            s.push(b as char);
-        } else {
-            let _ = write!(s, "%{b:02X}");
-        }
-    }
-    s
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// Markdown table -> HTML table.
-fn md_to_html_table(md: &str) -> String {
-    let mut s = String::from("<table>");
-    for (i, line) in md.lines().enumerate() {
-        if i == 1 || line.trim().is_empty() {
-            continue;
-        }
-        let tag = if i == 0 { "th" } else { "td" };
-        s.push_str("<tr>");
-        for cell in line.trim().trim_matches('|').split('|') {
-            let _ = write!(s, "<{tag}>{}</{tag}>", esc(cell.trim()));
-        }
-        s.push_str("</tr>");
-    }
-    s.push_str("</table>");
-    s
-}
-
-fn html_page(
-    ctx: &ReportInputs,
-    head: &[String],
-    summary_md: &str,
-    paired_md: &str,
-    vs: &str,
-    svgs: &[(String, String)],
-) -> String {
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}.plots{{display:flex;flex-wrap:wrap;gap:12px}}</style></head><body><h1>{t}</h1>",
-        t = esc(&ctx.title)
-    );
-    s.push_str("<div class=\"headline\">");
-    for l in head {
-        let _ = write!(s, "<p><b>{}</b></p>", esc(l));
-    }
-    s.push_str("</div><ul>");
-    for l in &ctx.lines {
-        let _ = write!(s, "<li>{}</li>", esc(l));
-    }
-    let _ = write!(
-        s,
-        "</ul><h2>Summary: test AUC over seeds</h2>{}",
-        md_to_html_table(summary_md)
-    );
-    let _ = write!(
-        s,
-        "<h2>{} vs. random init (paired DeLong test, paired bootstrap)</h2>{}",
-        esc(vs),
-        md_to_html_table(paired_md)
-    );
-    s.push_str("<h2>Curves</h2><div class=\"plots\">");
-    for (name, svg) in svgs {
-        let _ = write!(s, "<figure id=\"{}\">{svg}</figure>", esc(name));
-    }
-    let _ = write!(
-        s,
-        "</div><h2>Settings</h2><pre>{}</pre></body></html>",
-        esc(&serde_json::to_string_pretty(&ctx.manifest).unwrap_or_default())
-    );
-    s
+    Ok(out)
 }

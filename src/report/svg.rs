@@ -1,7 +1,14 @@
-//! Line charts as standalone SVG (no fonts needed: text is SVG `<text>` in
-//! a generic family), for ROC curves and loss curves.
+//! Charts as standalone SVG (inlined in report.html): the [`Canvas`] that
+//! writes SVG elements, and the charts of [`super::chart`] and
+//! [`super::forest`] through it. Text is SVG `<text>` in DejaVu Sans (the
+//! PNGs' font) falling back to the browser's sans-serif, so no font file is
+//! needed.
 
 use std::fmt::Write;
+
+use crate::report::canvas::{Align, Canvas, Rgb, Stroke, TextStyle, color};
+use crate::report::chart::{self, Axis, Chart, Curve};
+use crate::report::forest::{self, Forest};
 
 /// One polyline of a chart.
 #[derive(Debug, Clone)]
@@ -10,10 +17,6 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-const COLORS: [&str; 6] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
-];
-
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -21,8 +24,137 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A line chart with axes from `x` and `y` ranges, a legend, and optionally
-/// the diagonal (for ROC curves).
+fn hex((r, g, b): Rgb) -> String {
+    format!("#{r:02x}{g:02x}{b:02x}")
+}
+
+/// A [`Canvas`] that appends SVG elements to a string.
+pub struct SvgCanvas {
+    body: String,
+    size: (f64, f64),
+}
+
+impl SvgCanvas {
+    pub fn new(size: (f64, f64)) -> SvgCanvas {
+        SvgCanvas {
+            body: String::new(),
+            size,
+        }
+    }
+
+    /// The finished document; `kind` goes into a `data-chart` attribute.
+    pub fn finish(self, kind: &str) -> String {
+        let (w, h) = self.size;
+        format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="DejaVu Sans, Verdana, sans-serif" data-chart="{}">{}</svg>"#,
+            esc(kind),
+            self.body
+        )
+    }
+}
+
+impl Canvas for SvgCanvas {
+    fn polyline(&mut self, points: &[(f64, f64)], stroke: Stroke) {
+        let pts: Vec<String> = points
+            .iter()
+            .map(|(x, y)| format!("{x:.2},{y:.2}"))
+            .collect();
+        let dash = stroke
+            .dash
+            .map(|(a, b)| format!(r#" stroke-dasharray="{a} {b}""#))
+            .unwrap_or_default();
+        let _ = write!(
+            self.body,
+            r#"<polyline fill="none" stroke="{}" stroke-width="{}"{dash} points="{}"/>"#,
+            hex(stroke.color),
+            stroke.width,
+            pts.join(" ")
+        );
+    }
+
+    fn rect(&mut self, x: f64, y: f64, w: f64, h: f64, fill: Option<Rgb>, stroke: Option<Rgb>) {
+        let _ = write!(
+            self.body,
+            r#"<rect x="{x:.2}" y="{y:.2}" width="{w:.2}" height="{h:.2}" fill="{}" stroke="{}"/>"#,
+            fill.map(hex).unwrap_or_else(|| "none".into()),
+            stroke.map(hex).unwrap_or_else(|| "none".into()),
+        );
+    }
+
+    fn dot(&mut self, (x, y): (f64, f64), radius: f64, fill: Rgb) {
+        let _ = write!(
+            self.body,
+            r#"<circle cx="{x:.2}" cy="{y:.2}" r="{radius}" fill="{}"/>"#,
+            hex(fill)
+        );
+    }
+
+    fn text(&mut self, (x, y): (f64, f64), text: &str, st: TextStyle) {
+        if text.is_empty() {
+            return;
+        }
+        let anchor = match st.align {
+            Align::Start => "start",
+            Align::Middle => "middle",
+            Align::End => "end",
+        };
+        let rot = if st.vertical {
+            format!(r#" transform="rotate(-90 {x:.2} {y:.2})""#)
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            self.body,
+            r#"<text x="{x:.2}" y="{y:.2}" font-size="{}" text-anchor="{anchor}" dominant-baseline="central" fill="{}"{rot}>{}</text>"#,
+            st.size,
+            hex(st.color),
+            esc(text)
+        );
+    }
+}
+
+/// `chart` as an SVG document.
+pub fn chart(c: &Chart, kind: &str) -> String {
+    let mut canvas = SvgCanvas::new(c.size);
+    chart::draw(c, &mut canvas);
+    canvas.finish(kind)
+}
+
+/// `f` as an SVG document.
+pub fn forest(f: &Forest, kind: &str) -> String {
+    let mut canvas = SvgCanvas::new(forest::size(f));
+    forest::draw(f, &mut canvas);
+    canvas.finish(kind)
+}
+
+/// The chart of plain lines (ROC and loss curves) that [`line_chart`] and
+/// [`super::png::line_chart`] draw.
+pub fn line_spec(
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[Series],
+    x: (f64, f64),
+    y: (f64, f64),
+    diagonal: bool,
+) -> Chart {
+    Chart {
+        title: title.into(),
+        x: Axis::linear(xlabel, x),
+        y: Axis::linear(ylabel, y),
+        curves: series
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Curve::line(&s.label, s.points.clone(), color(i)))
+            .collect(),
+        diagonal,
+        hlines: Vec::new(),
+        size: chart::SIZE,
+    }
+}
+
+/// A line chart with axes from `x` and `y` ranges, a legend where it covers
+/// no curve, and optionally the diagonal (for ROC curves).
 pub fn line_chart(
     title: &str,
     xlabel: &str,
@@ -32,104 +164,8 @@ pub fn line_chart(
     y: (f64, f64),
     diagonal: bool,
 ) -> String {
-    let (w, h) = (480.0, 400.0);
-    let (l, r, t, b) = (60.0, 20.0, 36.0, 50.0);
-    let (pw, ph) = (w - l - r, h - t - b);
-    let sx = |v: f64| l + (v - x.0) / (x.1 - x.0).max(1e-12) * pw;
-    let sy = |v: f64| t + ph - (v - y.0) / (y.1 - y.0).max(1e-12) * ph;
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = write!(
-        s,
-        r#"<rect width="{w}" height="{h}" fill="white"/><text x="{}" y="22" text-anchor="middle" font-size="14">{}</text>"#,
-        w / 2.0,
-        esc(title)
-    );
-    let _ = write!(
-        s,
-        r##"<rect x="{l}" y="{t}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##
-    );
-    for i in 0..=5 {
-        let fx = x.0 + (x.1 - x.0) * i as f64 / 5.0;
-        let fy = y.0 + (y.1 - y.0) * i as f64 / 5.0;
-        let _ = write!(
-            s,
-            r##"<line x1="{0}" y1="{1}" x2="{0}" y2="{2}" stroke="#ddd"/><text x="{0}" y="{3}" text-anchor="middle">{4}</text>"##,
-            sx(fx),
-            t,
-            t + ph,
-            t + ph + 16.0,
-            fmt_tick(fx)
-        );
-        let _ = write!(
-            s,
-            r##"<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="#ddd"/><text x="{3}" y="{4}" text-anchor="end">{5}</text>"##,
-            l,
-            sy(fy),
-            l + pw,
-            l - 6.0,
-            sy(fy) + 4.0,
-            fmt_tick(fy)
-        );
-    }
-    let _ = write!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-        l + pw / 2.0,
-        h - 12.0,
-        esc(xlabel)
-    );
-    let _ = write!(
-        s,
-        r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
-        t + ph / 2.0,
-        t + ph / 2.0,
-        esc(ylabel)
-    );
-    if diagonal {
-        let _ = write!(
-            s,
-            r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999" stroke-dasharray="4 4"/>"##,
-            sx(x.0),
-            sy(y.0),
-            sx(x.1),
-            sy(y.1)
-        );
-    }
-    for (i, se) in series.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
-        let pts: Vec<String> = se
-            .points
-            .iter()
-            .map(|&(a, b)| format!("{:.2},{:.2}", sx(a), sy(b)))
-            .collect();
-        let _ = write!(
-            s,
-            r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
-            pts.join(" ")
-        );
-        let ly = t + 16.0 + 16.0 * i as f64;
-        let _ = write!(
-            s,
-            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{c}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#,
-            l + pw - 170.0,
-            l + pw - 150.0,
-            l + pw - 145.0,
-            ly + 4.0,
-            esc(&se.label)
-        );
-    }
-    s.push_str("</svg>");
-    s
-}
-
-fn fmt_tick(v: f64) -> String {
-    if v.abs() >= 100.0 || v == v.trunc() {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.2}")
-    }
+    chart(
+        &line_spec(title, xlabel, ylabel, series, x, y, diagonal),
+        "line",
+    )
 }
