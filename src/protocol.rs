@@ -284,6 +284,10 @@ pub struct ArmResult {
     pub val_curve: Vec<f64>,
     #[serde(default)]
     pub train_losses: Vec<f64>,
+    /// Scores on each external test set: set name -> scores in that set's
+    /// image order.
+    #[serde(default)]
+    pub external_scores: BTreeMap<String, Vec<f64>>,
     pub seconds: f64,
     /// The invocation that computed it (`host:pid:unix-ms`).
     #[serde(default)]
@@ -674,6 +678,7 @@ impl Runner<'_> {
                 detail,
                 val_curve: curves.0,
                 train_losses: curves.1,
+                external_scores: BTreeMap::new(),
                 seconds: t.elapsed().as_secs_f64(),
                 computed_by: crate::runner::invocation_id().to_string(),
                 computed_now: true,

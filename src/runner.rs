@@ -435,7 +435,13 @@ fn report_inputs(
         resamples: p.bootstrap_resamples,
         runs,
         invocation: invocation_id().to_string(),
-        test_meta: Vec::new(),
+        test_meta: {
+            let meta = crate::data::metadata::load(ds)?;
+            ds.split(Split::Test)
+                .iter()
+                .map(|s| meta.get(&s.id).cloned().unwrap_or_default())
+                .collect()
+        },
         external: Vec::new(),
     })
 }
@@ -492,5 +498,7 @@ pub fn report(dir: &Path) -> Result<Vec<String>> {
         })
         .collect::<Vec<_>>()
         .into();
-    crate::report::protocol::write(dir, &results, &inputs)
+    crate::report::protocol::write_with_external(dir, &results, &inputs, |r| {
+        r.external_scores.clone()
+    })
 }
