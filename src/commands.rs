@@ -131,6 +131,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &train,
                 &val,
                 (!val_only).then_some(&test),
+                &[],
                 cfg.seed,
                 Some((&out.join("checkpoint"), &identity)),
             )?;

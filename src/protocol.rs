@@ -93,6 +93,29 @@ pub struct Protocol {
     #[serde(default = "default_resamples")]
     pub bootstrap_resamples: usize,
     pub arms: Vec<Arm>,
+    /// External test sets (`[[external]]`), scored by every run with the
+    /// model chosen on the main validation split.
+    #[serde(default)]
+    pub external: Vec<ExternalSpec>,
+}
+
+/// An external test set of a protocol.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalSpec {
+    /// Its name in the report.
+    pub name: String,
+    /// The data set, in any layout `--data` reads (relative to the
+    /// protocol file); every labeled image of it is scored.
+    pub data: PathBuf,
+    /// Leave out images that duplicate one of the main set's (found by the
+    /// audit); default true.
+    #[serde(default = "yes")]
+    pub drop_duplicates: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_preset() -> Preset {
@@ -133,6 +156,7 @@ impl Protocol {
             seeds: vec![cfg.seed],
             label_fractions: vec![1.0],
             bootstrap_resamples: default_resamples(),
+            external: Vec::new(),
             arms: vec![Arm {
                 name: "linear-probe".into(),
                 kind: ArmKind::LinearProbe,
@@ -197,6 +221,15 @@ impl Protocol {
             .find(|f| !(**f > 0.0 && **f <= 1.0))
         {
             return Err(format!("label fraction {f} is not in (0, 1]"));
+        }
+        let mut ext = std::collections::HashSet::new();
+        for e in &self.external {
+            if e.name.is_empty() || e.name.contains(['/', '\\', ' ', ',']) || !ext.insert(&e.name) {
+                return Err(format!(
+                    "external set name {:?} must be a plain word, used once",
+                    e.name
+                ));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for a in &self.arms {
@@ -320,6 +353,9 @@ pub struct RunKey {
     pub seed: u64,
     /// The resolved settings this kind reads.
     pub settings: serde_json::Value,
+    /// The external sets scored: (name, SHA-256 of its images and labels).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub external: Vec<(String, String)>,
 }
 
 impl RunKey {
@@ -500,12 +536,14 @@ pub struct Runner<'a> {
     pub pirl_checkpoint: Option<PathBuf>,
     /// Folder the protocol file is in (for `weights:` paths).
     pub protocol_dir: PathBuf,
+    /// The external test sets, loaded.
+    pub external: &'a [crate::data::external::External],
 }
 
 /// A frozen-feature arm's result, shared by the runs whose key differs only
 /// in the seed and whose label subset is the same (at 100 % of the labels
 /// every seed gets the same one).
-type Fitted = (f64, f64, Vec<f64>, Vec<f64>, String);
+type Fitted = (f64, f64, Vec<f64>, Vec<f64>, String, Vec<Vec<f64>>);
 
 impl Runner<'_> {
     fn init(&self, s: &str) -> Result<Init> {
@@ -563,6 +601,11 @@ impl Runner<'_> {
                     fraction: r.fraction,
                     seed: r.seed,
                     settings: RunKey::settings(r.arm.kind, &r.cfg, r.arm.k),
+                    external: self
+                        .external
+                        .iter()
+                        .map(|e| (e.name.clone(), e.sha256.clone()))
+                        .collect(),
                 })
             })
             .collect()
@@ -632,36 +675,38 @@ impl Runner<'_> {
             let t = std::time::Instant::now();
             let sub = label_subset(&tr_y, spec.fraction, spec.seed);
             let sub_y: Vec<u8> = sub.iter().map(|&i| tr_y[i]).collect();
-            let (val_auc, test_auc, val_scores, test_scores, detail, curves) = match spec.arm.kind {
-                ArmKind::LinearProbe | ArmKind::Knn => {
-                    // The key without its seed: runs that share it and the
-                    // label subset share the fit.
-                    let mut k = key.clone();
-                    k.seed = 0;
-                    let fit_key = (k.hash(), sub.clone());
-                    let r = match fitted.get(&fit_key) {
-                        Some(r) => r.clone(),
-                        None => {
-                            let r = self.frozen_arm(spec, &sub, &mut feats)?;
-                            fitted.insert(fit_key, r.clone());
-                            r
-                        }
-                    };
-                    (r.0, r.1, r.2, r.3, r.4, (Vec::new(), Vec::new()))
-                }
-                ArmKind::Finetune => {
-                    let ckpt = path.with_extension("ckpt");
-                    let r = self.finetune_arm(spec, &sub, (&ckpt, &hash))?;
-                    (
-                        r.val_auc,
-                        r.test_auc,
-                        r.val_scores,
-                        r.test_scores,
-                        format!("selected epoch {} of {}", r.best_epoch, r.val_curve.len()),
-                        (r.val_curve, r.train_losses),
-                    )
-                }
-            };
+            let (val_auc, test_auc, val_scores, test_scores, detail, curves, ext) =
+                match spec.arm.kind {
+                    ArmKind::LinearProbe | ArmKind::Knn => {
+                        // The key without its seed: runs that share it and the
+                        // label subset share the fit.
+                        let mut k = key.clone();
+                        k.seed = 0;
+                        let fit_key = (k.hash(), sub.clone());
+                        let r = match fitted.get(&fit_key) {
+                            Some(r) => r.clone(),
+                            None => {
+                                let r = self.frozen_arm(spec, &sub, &mut feats)?;
+                                fitted.insert(fit_key, r.clone());
+                                r
+                            }
+                        };
+                        (r.0, r.1, r.2, r.3, r.4, (Vec::new(), Vec::new()), r.5)
+                    }
+                    ArmKind::Finetune => {
+                        let ckpt = path.with_extension("ckpt");
+                        let r = self.finetune_arm(spec, &sub, (&ckpt, &hash))?;
+                        (
+                            r.val_auc,
+                            r.test_auc,
+                            r.val_scores,
+                            r.test_scores,
+                            format!("selected epoch {} of {}", r.best_epoch, r.val_curve.len()),
+                            (r.val_curve, r.train_losses),
+                            r.external_scores,
+                        )
+                    }
+                };
             let r = ArmResult {
                 arm: spec.arm.name.clone(),
                 kind: spec.arm.kind,
@@ -678,7 +723,12 @@ impl Runner<'_> {
                 detail,
                 val_curve: curves.0,
                 train_losses: curves.1,
-                external_scores: BTreeMap::new(),
+                external_scores: self
+                    .external
+                    .iter()
+                    .map(|e| e.name.clone())
+                    .zip(ext)
+                    .collect(),
                 seconds: t.elapsed().as_secs_f64(),
                 computed_by: crate::runner::invocation_id().to_string(),
                 computed_now: true,
@@ -747,7 +797,14 @@ impl Runner<'_> {
         if spec.arm.kind == ArmKind::LinearProbe {
             let r = probe::fit_probe_views(vf, sub, &sub_y, &va_y, &te_y, &acfg.probe)?;
             let detail = probe::describe_choice(&r, &acfg.probe);
-            Ok((r.val_auc, r.test_auc, r.val_scores, r.test_scores, detail))
+            Ok((
+                r.val_auc,
+                r.test_auc,
+                r.val_scores,
+                r.test_scores,
+                detail,
+                r.external_scores,
+            ))
         } else {
             let [ftr, fva, fte] = &vf[0].1;
             let ftr_sub = ftr.select(ndarray::Axis(0), sub);
@@ -759,6 +816,11 @@ impl Runner<'_> {
                 vs,
                 ts,
                 format!("k {}", spec.arm.k),
+                vf[0]
+                    .2
+                    .iter()
+                    .map(|x| probe::knn_scores(&ftr_sub, &sub_y, x, spec.arm.k))
+                    .collect(),
             ))
         }
     }
@@ -788,9 +850,18 @@ impl Runner<'_> {
                 images: te_i,
                 labels: te_y,
             }),
+            &self.external_images(),
             spec.seed,
             Some(ckpt),
         )
+    }
+
+    /// Each external set's images, in order.
+    fn external_images(&self) -> Vec<Vec<&RgbImage>> {
+        self.external
+            .iter()
+            .map(|e| e.imgs.iter().collect())
+            .collect()
     }
 
     /// Frozen features (train, val, test) of the encoder from `init`, with
@@ -804,7 +875,16 @@ impl Runner<'_> {
         te: &[&RgbImage],
     ) -> Result<Vec<probe::ViewFeatures>> {
         let (vm, enc) = finetune::encoder_from(cfg, init)?;
-        probe::frozen_features(&vm, &enc, "encoder", cfg, tr, va, te)
+        probe::frozen_features(
+            &vm,
+            &enc,
+            "encoder",
+            cfg,
+            tr,
+            va,
+            te,
+            &self.external_images(),
+        )
     }
 }
 

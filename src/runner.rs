@@ -219,6 +219,21 @@ pub fn run(
     } else {
         None
     };
+    let external = p
+        .external
+        .iter()
+        .map(|e| {
+            crate::data::external::load(
+                &e.name,
+                &protocol_dir.join(&e.data),
+                &ds,
+                &opts.cache,
+                cfg,
+                e.drop_duplicates,
+                &dir.join(format!("external-{}-audit.csv", e.name)),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut out = Outcome {
         dir: dir.clone(),
         computed: 0,
@@ -237,11 +252,13 @@ pub fn run(
         results_dir: dir.join("runs"),
         pirl_checkpoint: pre.as_ref().map(|o| o.checkpoint.clone()),
         protocol_dir: protocol_dir.to_path_buf(),
+        external: &external,
     };
     let fp = crate::data::fingerprint::fingerprint(&ds)?;
     // What the report needs is written before the runs, so a shard's
     // results can be merged whichever shard finishes last.
     let mut inputs = report_inputs(p, cfg, &ds, &fp, &runner, pre.as_ref(), skipped.len())?;
+    inputs.external = external_sets(&external)?;
     crate::io::write_atomic(&dir.join(REPORT_INPUTS), &to_json(&inputs)?)?;
     let shard = opts.shard;
     let outcomes = runner.run(p, &fp, &|i| shard.is_none_or(|s| s.holds(i)))?;
@@ -306,6 +323,30 @@ fn pretrain_stage(
     tracing::info!("pretraining on {} training images", train_imgs.len());
     let show = opts.progress && opts.stage != Stage::Arms;
     train::pretrain(cfg, &train_imgs, &pdir, show, opts.force_resume)
+}
+
+/// The external sets as the report shows them.
+fn external_sets(
+    external: &[crate::data::external::External],
+) -> Result<Vec<crate::report::sets::ExternalSet>> {
+    external
+        .iter()
+        .map(|e| {
+            let meta = crate::data::metadata::load(&e.ds)?;
+            Ok(crate::report::sets::ExternalSet {
+                name: e.name.clone(),
+                ids: e.ds.samples.iter().map(|s| s.id.clone()).collect(),
+                labels: e.labels(),
+                meta: e
+                    .ds
+                    .samples
+                    .iter()
+                    .map(|s| meta.get(&s.id).cloned().unwrap_or_default())
+                    .collect(),
+                duplicates_dropped: e.dropped.clone(),
+            })
+        })
+        .collect()
 }
 
 fn report_inputs(

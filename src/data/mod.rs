@@ -6,6 +6,7 @@ pub mod builtin;
 pub mod cache;
 pub mod dicom;
 pub mod download;
+pub mod external;
 pub mod fingerprint;
 pub mod isic;
 pub mod layouts;

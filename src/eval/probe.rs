@@ -42,10 +42,32 @@ pub struct ProbeResult {
     /// validation AUC when several were tried.
     pub view: ProbeView,
     pub view_aucs: Vec<(ProbeView, f64)>,
+    /// Scores of each external set's features (in the order given), by the
+    /// chosen model.
+    pub external_scores: Vec<Vec<f64>>,
+    /// The fitted model (standardiser and weights), to score more images.
+    #[serde(skip)]
+    pub model: Option<LinearScorer>,
 }
 
-/// Frozen features of one view: (view, [train, val, test]).
-pub type ViewFeatures = (ProbeView, [Array2<f64>; 3]);
+/// The probe's fitted model: standardise, then a linear score.
+#[derive(Debug, Clone)]
+pub struct LinearScorer {
+    mu: Array1<f64>,
+    sd: Array1<f64>,
+    w: (Array1<f64>, f64),
+}
+
+impl LinearScorer {
+    /// Linear scores (logits) of feature rows.
+    pub fn score(&self, x: &Array2<f64>) -> Vec<f64> {
+        score(&((x - &self.mu) / &self.sd), &self.w)
+    }
+}
+
+/// Frozen features of one view: (view, [train, val, test], one matrix per
+/// external set).
+pub type ViewFeatures = (ProbeView, [Array2<f64>; 3], Vec<Array2<f64>>);
 
 /// Pooled features of the whole `images` at `crop` px, in eval mode,
 /// averaged over the views of `tta`.
@@ -239,6 +261,11 @@ pub fn fit_probe(
         fit(&ztr, ytrain, alpha, cfg.max_iterations)?
     };
     let test_scores = score(&zte, &w);
+    let model = LinearScorer {
+        mu: mu.clone(),
+        sd: sd.clone(),
+        w: w.clone(),
+    };
     // No test images (tuning on validation alone): nothing to score.
     let test_auc = if ytest.is_empty() {
         f64::NAN
@@ -256,6 +283,8 @@ pub fn fit_probe(
         val_scores: best_val_scores,
         view: ProbeView::default(),
         view_aucs: Vec::new(),
+        external_scores: Vec::new(),
+        model: Some(model),
     })
 }
 
@@ -271,16 +300,20 @@ pub fn fit_probe_views(
 ) -> Result<ProbeResult> {
     let mut best: Option<ProbeResult> = None;
     let mut view_aucs = Vec::new();
-    for (view, [ftr, fva, fte]) in views {
+    let mut best_ext: &[Array2<f64>] = &[];
+    for (view, [ftr, fva, fte], ext) in views {
         let ftr = ftr.select(ndarray::Axis(0), sub);
         let mut r = fit_probe(&ftr, ytrain, fva, yval, fte, ytest, cfg)?;
         r.view = *view;
         view_aucs.push((*view, r.val_auc));
         if best.as_ref().is_none_or(|b| r.val_auc > b.val_auc) {
             best = Some(r);
+            best_ext = ext;
         }
     }
     let mut r = best.ok_or_else(|| Error::Eval("probe: no feature view".into()))?;
+    let m = r.model.as_ref().expect("fit_probe keeps its model");
+    r.external_scores = best_ext.iter().map(|x| m.score(x)).collect();
     if views.len() > 1 {
         r.view_aucs = view_aucs;
     }
@@ -330,6 +363,7 @@ pub fn frozen_features(
     train: &[&RgbImage],
     val: &[&RgbImage],
     test: &[&RgbImage],
+    external: &[Vec<&RgbImage>],
 ) -> Result<Vec<ViewFeatures>> {
     let bs = cfg.train.batch_size.max(2);
     let mut out = Vec::new();
@@ -347,6 +381,10 @@ pub fn frozen_features(
                 features(encoder, val, view.crop, bs, view.tta)?,
                 features(encoder, test, view.crop, bs, view.tta)?,
             ],
+            external
+                .iter()
+                .map(|e| features(encoder, e, view.crop, bs, view.tta))
+                .collect::<Result<_>>()?,
         ));
     }
     Ok(out)
@@ -369,6 +407,7 @@ pub fn run_probe(
         &data.train.0,
         &data.val.0,
         &data.test.0,
+        &[],
     )?;
     let all: Vec<usize> = (0..data.train.1.len()).collect();
     fit_probe_views(

@@ -110,6 +110,9 @@ pub struct FinetuneResult {
     /// Validation AUC after each epoch run.
     pub val_curve: Vec<f64>,
     pub train_losses: Vec<f64>,
+    /// Logits of each external set's images, by the selected weights.
+    #[serde(default)]
+    pub external_scores: Vec<Vec<f64>>,
 }
 
 /// Class-weighted binary cross-entropy on logits, averaged:
@@ -296,7 +299,8 @@ fn load_progress(
 }
 
 /// Fine-tunes from `init` on `train`, selects the epoch on `val`, scores
-/// `test` once (when given: without it the test split is never touched).
+/// `test` once (when given: without it the test split is never touched),
+/// and the `external` sets' images with the same weights.
 /// `cfg` gives the architecture, the view size and `cfg.finetune` the
 /// recipe; `seed` the head init, data order and augmentation. With
 /// `ckpt = (folder, identity)`, each epoch is saved in the folder and an
@@ -309,6 +313,7 @@ pub fn finetune(
     train: &Labeled,
     val: &Labeled,
     test: Option<&Labeled>,
+    external: &[Vec<&RgbImage>],
     seed: u64,
     ckpt: Option<(&Path, &str)>,
 ) -> Result<FinetuneResult> {
@@ -459,6 +464,10 @@ pub fn finetune(
         }
         None => (Vec::new(), f64::NAN),
     };
+    let external_scores = external
+        .iter()
+        .map(|e| model.scores(e, crop, bs, ft.tta))
+        .collect::<Result<_>>()?;
     Ok(FinetuneResult {
         best_epoch,
         val_auc: prog.val_curve[best_epoch - 1],
@@ -467,6 +476,7 @@ pub fn finetune(
         val_scores,
         val_curve: prog.val_curve,
         train_losses: prog.train_losses,
+        external_scores,
     })
 }
 
