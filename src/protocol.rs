@@ -321,6 +321,11 @@ pub struct ArmResult {
     /// image order.
     #[serde(default)]
     pub external_scores: BTreeMap<String, Vec<f64>>,
+    /// Linear probe: the test images' frozen features on the first two
+    /// principal components of the training features (for the report's
+    /// picture of what the encoder separates).
+    #[serde(default)]
+    pub test_embedding: Vec<(f64, f64)>,
     pub seconds: f64,
     /// The invocation that computed it (`host:pid:unix-ms`).
     #[serde(default)]
@@ -543,7 +548,25 @@ pub struct Runner<'a> {
 /// A frozen-feature arm's result, shared by the runs whose key differs only
 /// in the seed and whose label subset is the same (at 100 % of the labels
 /// every seed gets the same one).
-type Fitted = (f64, f64, Vec<f64>, Vec<f64>, String, Vec<Vec<f64>>);
+type Fitted = Scored;
+
+/// What one run measured, before it becomes an [`ArmResult`].
+#[derive(Debug, Clone, Default)]
+struct Scored {
+    val_auc: f64,
+    test_auc: f64,
+    val_scores: Vec<f64>,
+    test_scores: Vec<f64>,
+    detail: String,
+    /// Fine-tuning: validation AUC and training loss per epoch.
+    val_curve: Vec<f64>,
+    train_losses: Vec<f64>,
+    /// Scores of each external set, in the runner's order.
+    external: Vec<Vec<f64>>,
+    /// Linear probe: the test features on their first two principal
+    /// components.
+    embedding: Vec<(f64, f64)>,
+}
 
 impl Runner<'_> {
     fn init(&self, s: &str) -> Result<Init> {
@@ -675,38 +698,38 @@ impl Runner<'_> {
             let t = std::time::Instant::now();
             let sub = label_subset(&tr_y, spec.fraction, spec.seed);
             let sub_y: Vec<u8> = sub.iter().map(|&i| tr_y[i]).collect();
-            let (val_auc, test_auc, val_scores, test_scores, detail, curves, ext) =
-                match spec.arm.kind {
-                    ArmKind::LinearProbe | ArmKind::Knn => {
-                        // The key without its seed: runs that share it and the
-                        // label subset share the fit.
-                        let mut k = key.clone();
-                        k.seed = 0;
-                        let fit_key = (k.hash(), sub.clone());
-                        let r = match fitted.get(&fit_key) {
-                            Some(r) => r.clone(),
-                            None => {
-                                let r = self.frozen_arm(spec, &sub, &mut feats)?;
-                                fitted.insert(fit_key, r.clone());
-                                r
-                            }
-                        };
-                        (r.0, r.1, r.2, r.3, r.4, (Vec::new(), Vec::new()), r.5)
+            let sc: Scored = match spec.arm.kind {
+                ArmKind::LinearProbe | ArmKind::Knn => {
+                    // The key without its seed: runs that share it and the
+                    // label subset share the fit.
+                    let mut k = key.clone();
+                    k.seed = 0;
+                    let fit_key = (k.hash(), sub.clone());
+                    match fitted.get(&fit_key) {
+                        Some(r) => r.clone(),
+                        None => {
+                            let r = self.frozen_arm(spec, &sub, &mut feats)?;
+                            fitted.insert(fit_key, r.clone());
+                            r
+                        }
                     }
-                    ArmKind::Finetune => {
-                        let ckpt = path.with_extension("ckpt");
-                        let r = self.finetune_arm(spec, &sub, (&ckpt, &hash))?;
-                        (
-                            r.val_auc,
-                            r.test_auc,
-                            r.val_scores,
-                            r.test_scores,
-                            format!("selected epoch {} of {}", r.best_epoch, r.val_curve.len()),
-                            (r.val_curve, r.train_losses),
-                            r.external_scores,
-                        )
+                }
+                ArmKind::Finetune => {
+                    let ckpt = path.with_extension("ckpt");
+                    let r = self.finetune_arm(spec, &sub, (&ckpt, &hash))?;
+                    Scored {
+                        val_auc: r.val_auc,
+                        test_auc: r.test_auc,
+                        detail: format!("selected epoch {} of {}", r.best_epoch, r.val_curve.len()),
+                        val_scores: r.val_scores,
+                        test_scores: r.test_scores,
+                        val_curve: r.val_curve,
+                        train_losses: r.train_losses,
+                        external: r.external_scores,
+                        embedding: Vec::new(),
                     }
-                };
+                }
+            };
             let r = ArmResult {
                 arm: spec.arm.name.clone(),
                 kind: spec.arm.kind,
@@ -716,19 +739,20 @@ impl Runner<'_> {
                 key: hash,
                 n_train: sub_y.len(),
                 n_train_pos: sub_y.iter().filter(|&&y| y == 1).count(),
-                val_auc,
-                test_auc,
-                test_scores,
-                val_scores,
-                detail,
-                val_curve: curves.0,
-                train_losses: curves.1,
+                val_auc: sc.val_auc,
+                test_auc: sc.test_auc,
+                test_scores: sc.test_scores,
+                val_scores: sc.val_scores,
+                detail: sc.detail,
+                val_curve: sc.val_curve,
+                train_losses: sc.train_losses,
                 external_scores: self
                     .external
                     .iter()
                     .map(|e| e.name.clone())
-                    .zip(ext)
+                    .zip(sc.external)
                     .collect(),
+                test_embedding: sc.embedding,
                 seconds: t.elapsed().as_secs_f64(),
                 computed_by: crate::runner::invocation_id().to_string(),
                 computed_now: true,
@@ -739,8 +763,8 @@ impl Runner<'_> {
                 r.init,
                 spec.fraction * 100.0,
                 spec.seed,
-                val_auc,
-                test_auc,
+                r.val_auc,
+                r.test_auc,
                 r.detail,
                 r.seconds
             );
@@ -797,31 +821,36 @@ impl Runner<'_> {
         if spec.arm.kind == ArmKind::LinearProbe {
             let r = probe::fit_probe_views(vf, sub, &sub_y, &va_y, &te_y, &acfg.probe)?;
             let detail = probe::describe_choice(&r, &acfg.probe);
-            Ok((
-                r.val_auc,
-                r.test_auc,
-                r.val_scores,
-                r.test_scores,
+            let chosen = vf.iter().find(|v| v.0 == r.view).unwrap_or(&vf[0]);
+            let embedding = crate::eval::pca::project_2d(&chosen.1[0], &chosen.1[2]);
+            Ok(Scored {
+                val_auc: r.val_auc,
+                test_auc: r.test_auc,
+                val_scores: r.val_scores,
+                test_scores: r.test_scores,
                 detail,
-                r.external_scores,
-            ))
+                external: r.external_scores,
+                embedding,
+                ..Default::default()
+            })
         } else {
             let [ftr, fva, fte] = &vf[0].1;
             let ftr_sub = ftr.select(ndarray::Axis(0), sub);
             let vs = probe::knn_scores(&ftr_sub, &sub_y, fva, spec.arm.k);
             let ts = probe::knn_scores(&ftr_sub, &sub_y, fte, spec.arm.k);
-            Ok((
-                crate::eval::auc(&vs, &va_y)?,
-                crate::eval::auc(&ts, &te_y)?,
-                vs,
-                ts,
-                format!("k {}", spec.arm.k),
-                vf[0]
+            Ok(Scored {
+                val_auc: crate::eval::auc(&vs, &va_y)?,
+                test_auc: crate::eval::auc(&ts, &te_y)?,
+                val_scores: vs,
+                test_scores: ts,
+                detail: format!("k {}", spec.arm.k),
+                external: vf[0]
                     .2
                     .iter()
                     .map(|x| probe::knn_scores(&ftr_sub, &sub_y, x, spec.arm.k))
                     .collect(),
-            ))
+                ..Default::default()
+            })
         }
     }
 

@@ -117,6 +117,16 @@ fn protocol_runs_every_arm_and_resumes() {
         manifest["crates"]
     );
     assert!(dir.join("roc_linear-probe_f1.svg").is_file());
+    // What the frozen encoders separate: PIRL and random init, side by side.
+    assert!(html.contains("What the frozen encoder separates"));
+    for init in ["pirl", "random"] {
+        let svg =
+            std::fs::read_to_string(dir.join(format!("features_linear-probe_{init}.svg"))).unwrap();
+        assert!(
+            svg.matches("<circle").count() >= 60,
+            "{init}: one dot per test image"
+        );
+    }
     for stem in ["runs", "paired", "summary"] {
         parquet_matches_csv(&dir, stem);
     }

@@ -1037,3 +1037,42 @@ fn partial_auc_matches_proc() {
         assert_eq!(partial_auc_above_tpr(s, y, 1.0).unwrap(), 0.0);
     }
 }
+
+/// PCA of two correlated features: after standardising, the covariance is
+/// [[1, r], [r, 1]] (with the n-1 divisor), whose eigenvectors are
+/// (1, 1)/sqrt(2) and (1, -1)/sqrt(2) with eigenvalues 1 + r and 1 - r: the
+/// projections' variances must be those, the components uncorrelated.
+#[test]
+fn pca_projects_on_the_eigenvectors_of_the_correlation() {
+    use ndarray::Array2;
+    let n = 200;
+    let x = Array2::from_shape_fn((n, 2), |(i, j)| {
+        let t = (i as f64 * 0.37).sin() * 3.0 + 1.0;
+        let e = ((i * 7919 + 13) % 101) as f64 / 101.0 - 0.5;
+        if j == 0 { t } else { 0.5 * t + e }
+    });
+    let p = pirlkit::eval::pca::project_2d(&x, &x);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let var = |v: &[f64]| {
+        let m = mean(v);
+        v.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / (v.len() - 1) as f64
+    };
+    let a: Vec<f64> = p.iter().map(|q| q.0).collect();
+    let b: Vec<f64> = p.iter().map(|q| q.1).collect();
+    // r from the standardised columns (population sd, as the projection).
+    let col = |j: usize| x.column(j).to_vec();
+    let z = |v: Vec<f64>| {
+        let m = mean(&v);
+        let sd = (v.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / v.len() as f64).sqrt();
+        v.iter().map(|a| (a - m) / sd).collect::<Vec<f64>>()
+    };
+    let (z0, z1) = (z(col(0)), z(col(1)));
+    let r = z0.iter().zip(&z1).map(|(a, b)| a * b).sum::<f64>() / (n - 1) as f64;
+    let k = n as f64 / (n - 1) as f64; // population-sd standardisation, n-1 variance
+    assert!((var(&a) - (k + r)).abs() < 1e-9, "{} vs {}", var(&a), k + r);
+    assert!((var(&b) - (k - r)).abs() < 1e-9, "{} vs {}", var(&b), k - r);
+    let cov = a.iter().zip(&b).map(|(x, y)| x * y).sum::<f64>();
+    assert!(cov.abs() < 1e-6, "{cov}");
+    // The same projection again: deterministic.
+    assert_eq!(pirlkit::eval::pca::project_2d(&x, &x), p);
+}

@@ -1,6 +1,7 @@
 //! Evaluation: AUC and the linear probe.
 pub mod auc;
 pub mod calibration;
+pub mod pca;
 pub mod probe;
 pub mod roc;
 pub mod stats;

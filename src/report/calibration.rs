@@ -246,6 +246,7 @@ pub fn diagrams(
                         dashed: r.init == "random",
                         markers: true,
                         dodge: 0.0,
+                        scatter: false,
                     }
                 })
                 .collect();

@@ -66,6 +66,8 @@ pub struct Curve {
     /// Horizontal offset in units, so that error bars of curves at the same
     /// x do not overlap.
     pub dodge: f64,
+    /// Points only (a scatter plot): no line, small dots.
+    pub scatter: bool,
 }
 
 impl Curve {
@@ -79,6 +81,15 @@ impl Curve {
             dashed: false,
             markers: false,
             dodge: 0.0,
+            scatter: false,
+        }
+    }
+
+    /// A scatter of points.
+    pub fn scatter(label: &str, points: Vec<(f64, f64)>, color: Rgb) -> Curve {
+        Curve {
+            scatter: true,
+            ..Curve::line(label, points, color)
         }
     }
 }
@@ -439,6 +450,12 @@ fn draw_curve(cu: &Curve, s: &Scale, c: &mut impl Canvas) {
     } else {
         Stroke::solid(cu.color, 2.0)
     };
+    if cu.scatter {
+        for &q in &pts {
+            c.dot(q, 2.2, cu.color);
+        }
+        return;
+    }
     if pts.len() >= 2 {
         c.polyline(&pts, stroke);
     }
@@ -477,8 +494,10 @@ fn draw_legend(chart: &Chart, bx: Rect, cols: usize, c: &mut impl Canvas) {
         } else {
             Stroke::solid(cu.color, 2.0)
         };
-        c.polyline(&[(x, y), (x + LEGEND_SAMPLE, y)], stroke);
-        if cu.markers {
+        if !cu.scatter {
+            c.polyline(&[(x, y), (x + LEGEND_SAMPLE, y)], stroke);
+        }
+        if cu.markers || cu.scatter {
             c.dot((x + LEGEND_SAMPLE / 2.0, y), 3.5, cu.color);
         }
         c.text(

@@ -47,6 +47,7 @@ pub fn label_efficiency(results: &[ArmResult], set: &TestSet, aucs: &[Option<Set
                 dashed: init == "random",
                 markers: true,
                 dodge: 0.0,
+                scatter: false,
             });
         }
     }

@@ -7,6 +7,7 @@
 pub mod calibration;
 pub mod canvas;
 pub mod chart;
+pub mod embedding;
 pub mod figures;
 pub mod forest;
 pub mod format;

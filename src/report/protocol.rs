@@ -117,6 +117,9 @@ pub fn write_with_external(
         dir, results, &sets, &aucs, &paired, vs, ctx,
     )?];
     sections.push(calibration_section(dir, results, &sets)?);
+    if let Some(s) = embedding_section(dir, results, ctx)? {
+        sections.push(s);
+    }
     if let Some(s) = subgroup_section(dir, results, &sets)? {
         sections.push(s);
     }
@@ -266,6 +269,33 @@ fn calibration_section(dir: &Path, results: &[ArmResult], sets: &[TestSet]) -> R
         collapsed: false,
         figures_first: false,
     })
+}
+
+/// The frozen test features of PIRL and random init on two principal
+/// components, side by side.
+fn embedding_section(
+    dir: &Path,
+    results: &[ArmResult],
+    ctx: &ReportInputs,
+) -> Result<Option<Section>> {
+    let charts = crate::report::embedding::charts(results, &ctx.test_labels);
+    if charts.is_empty() {
+        return Ok(None);
+    }
+    let mut figures = Vec::new();
+    for (stem, c) in &charts {
+        let stem = format!("features_{}", crate::report::format::file_stem(stem));
+        figures.push(chart_figure(dir, &stem, c)?);
+    }
+    Ok(Some(Section {
+        id: "features".into(),
+        title: "What the frozen encoder separates".into(),
+        paragraphs: vec!["The test images' frozen features (the linear probe's view), standardised and projected on the first two principal components of the training images' features; melanomas in red. A linear probe separates what lies apart in the full feature space, so these two components show only part of it.".into()],
+        tables: Vec::new(),
+        figures,
+        collapsed: false,
+        figures_first: true,
+    }))
 }
 
 fn subgroup_section(
