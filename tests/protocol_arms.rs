@@ -216,6 +216,7 @@ fn the_probe_takes_the_view_that_validates_best() {
             tta: Tta::Dihedral,
         },
         [informative(&ytr), informative(&yva), informative(&yte)],
+        Vec::new(),
     );
     let bad = (
         ProbeView {
@@ -223,6 +224,7 @@ fn the_probe_takes_the_view_that_validates_best() {
             tta: Tta::None,
         },
         [junk(90), junk(60), junk(60)],
+        Vec::new(),
     );
     let cfg = ProbeConfig::default();
     let all: Vec<usize> = (0..90).collect();
