@@ -415,3 +415,21 @@ fn a_changed_setting_reruns_only_the_runs_it_touches() {
         );
     }
 }
+
+/// Every protocol shipped in protocols/ parses and validates under today's
+/// schema (unknown keys are errors, so a renamed setting shows here).
+#[test]
+fn shipped_protocols_parse() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("protocols");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let (proto, cfg) = pirlkit::protocol::Protocol::from_file(&p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert!(!proto.runs(&cfg).unwrap().is_empty(), "{}", p.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "{n} protocols");
+}
