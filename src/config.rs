@@ -248,6 +248,11 @@ pub struct FinetuneConfig {
     /// Linear warm-up (epochs, may be fractional) before the cosine decay;
     /// default 1.
     pub warmup_epochs: f64,
+    /// Linear probing first (LP-FT, Kumar et al. 2022): the first
+    /// `head_epochs` train the new head alone on the frozen encoder
+    /// (BatchNorm in eval mode); then the whole network trains, the
+    /// encoder's rate warming up again over `warmup_epochs`. Default 0.
+    pub head_epochs: usize,
     /// AdamW decoupled weight decay (not on BatchNorm or biases); default 1e-2.
     pub weight_decay: f64,
     /// Weigh the positive class by negatives / positives in the loss;
@@ -283,6 +288,7 @@ impl Default for FinetuneConfig {
             lr: 3e-4,
             encoder_lr_mult: 1.0,
             warmup_epochs: 1.0,
+            head_epochs: 0,
             weight_decay: 1e-2,
             class_weight: true,
             patience: 0,
@@ -333,6 +339,12 @@ impl FinetuneConfig {
         }
         if self.lr == 0.0 {
             return Err("finetune.lr must be > 0".into());
+        }
+        if self.head_epochs >= self.epochs {
+            return Err(format!(
+                "finetune.head_epochs ({}) must be below finetune.epochs ({})",
+                self.head_epochs, self.epochs
+            ));
         }
         if self.selection_window == 0 {
             return Err("finetune.selection_window must be >= 1".into());

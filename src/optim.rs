@@ -309,6 +309,18 @@ impl Optimizer {
         })
     }
 
+    /// Sets the learning-rate factor of every parameter whose name starts
+    /// with `prefix`.
+    pub fn set_lr_mult(&mut self, prefix: &str, mult: f64) {
+        for p in self
+            .params
+            .iter_mut()
+            .filter(|p| p.name.starts_with(prefix))
+        {
+            p.lr_mult = mult;
+        }
+    }
+
     pub fn steps(&self) -> usize {
         self.steps
     }

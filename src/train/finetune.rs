@@ -145,6 +145,13 @@ impl Classifier {
             .squeeze(1)?)
     }
 
+    /// The head on the frozen encoder (BatchNorm in eval mode, no gradient
+    /// into the encoder): the linear-probing phase of LP-FT.
+    fn head_logits(&self, x: &Tensor) -> Result<Tensor> {
+        let f = self.encoder.forward_t(x, false)?.detach();
+        Ok(self.head.forward(&f)?.squeeze(1)?)
+    }
+
     /// Logits of the whole images at `crop` px (BatchNorm in eval mode),
     /// averaged over the views of `tta`.
     fn scores(
@@ -401,22 +408,20 @@ pub fn finetune(
             selected = sel;
         }
     }
+    let mut trainer = Trainer {
+        model: &model,
+        opt: &mut opt,
+        sched,
+        ft,
+        crop,
+        bs,
+        pos_weight,
+        seed,
+        dev: &dev,
+    };
     while prog.epochs_done < ft.epochs && (ft.patience == 0 || prog.stale < ft.patience) {
         let epoch = prog.epochs_done;
-        let loss = train_epoch(
-            &model,
-            &mut opt,
-            &sched,
-            train,
-            ft,
-            crop,
-            bs,
-            pos_weight,
-            seed,
-            epoch,
-            &mut prog.step,
-            &dev,
-        )?;
+        let loss = trainer.epoch(train, epoch, &mut prog.step)?;
         prog.train_losses.push(loss);
         let vs = model.scores(&val.images, crop, bs, ft.tta)?;
         let v = auc(&vs, &val.labels)?;
@@ -436,7 +441,7 @@ pub fn finetune(
             }
         }
         if let Some(dir) = ckpt_dir {
-            save_progress(dir, &vm, &opt, selected.as_ref(), &prog)?;
+            save_progress(dir, &vm, trainer.opt, selected.as_ref(), &prog)?;
         }
         if crate::train::pretrain::STOP.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::Stopped(format!(
@@ -480,57 +485,89 @@ pub fn finetune(
     })
 }
 
-/// One epoch of training; returns its mean loss. `step` counts optimiser steps.
-#[allow(clippy::too_many_arguments)]
-fn train_epoch(
-    model: &Classifier,
-    opt: &mut Optimizer,
-    sched: &CosineSchedule,
-    train: &Labeled,
-    ft: &FinetuneConfig,
+/// What a fine-tuning epoch needs besides the data.
+struct Trainer<'a> {
+    model: &'a Classifier,
+    opt: &'a mut Optimizer,
+    sched: CosineSchedule,
+    ft: &'a FinetuneConfig,
     crop: usize,
     bs: usize,
     pos_weight: f64,
     seed: u64,
-    epoch: usize,
-    step: &mut usize,
-    dev: &Device,
-) -> Result<f64> {
-    let n = train.images.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    crate::rng::shuffle(
-        &mut order,
-        &mut stream(seed, "finetune-order", epoch as u64, 0),
-    );
-    let mut loss_sum = 0.0;
-    let steps = n / bs;
-    for idx in order.chunks_exact(bs) {
-        let views: Vec<Chw> = idx
-            .par_iter()
-            .map(|&i| {
-                augment::image_view(
-                    train.images[i],
-                    crop,
-                    &ft.augment,
-                    &mut stream(seed, "finetune-augment", epoch as u64, i as u64),
-                )
-            })
-            .collect();
-        let y: Vec<f32> = idx.iter().map(|&i| train.labels[i] as f32).collect();
-        let logits = model.logits(&stack(views, dev)?, true)?;
-        let loss = weighted_bce(&logits, &Tensor::from_vec(y, idx.len(), dev)?, pos_weight)?;
-        let lv = loss.to_scalar::<f32>()? as f64;
-        if !lv.is_finite() {
-            return Err(Error::NonFinite {
-                loss: lv,
-                epoch: epoch + 1,
-                step: *step,
-                last_good: "The last epoch's state is in the fine-tune checkpoint, if one is kept; lower finetune.lr.".into(),
-            });
+    dev: &'a Device,
+}
+
+impl Trainer<'_> {
+    /// The encoder's learning-rate factor at `step`: 0 while the head trains
+    /// alone (`head_epochs`), then `encoder_lr_mult`, warmed up again over
+    /// `warmup_epochs` after a head-only phase.
+    fn encoder_mult(&self, step: usize, steps_per_epoch: usize) -> f64 {
+        let ft = self.ft;
+        let head_steps = ft.head_epochs * steps_per_epoch;
+        if step < head_steps {
+            return 0.0;
         }
-        opt.step(&loss.backward()?, sched.at(*step))?;
-        loss_sum += lv;
-        *step += 1;
+        let warm = (ft.warmup_epochs * steps_per_epoch as f64).round() as usize;
+        if ft.head_epochs == 0 || warm == 0 {
+            return ft.encoder_lr_mult;
+        }
+        ft.encoder_lr_mult * ((step - head_steps + 1) as f64 / warm as f64).min(1.0)
     }
-    Ok(loss_sum / steps as f64)
+
+    /// One epoch of training; returns its mean loss. `step` counts optimiser steps.
+    fn epoch(&mut self, train: &Labeled, epoch: usize, step: &mut usize) -> Result<f64> {
+        let (ft, seed, bs, dev) = (self.ft, self.seed, self.bs, self.dev);
+        let n = train.images.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        crate::rng::shuffle(
+            &mut order,
+            &mut stream(seed, "finetune-order", epoch as u64, 0),
+        );
+        let mut loss_sum = 0.0;
+        let steps = n / bs;
+        let head_only = epoch < ft.head_epochs;
+        for idx in order.chunks_exact(bs) {
+            let views: Vec<Chw> = idx
+                .par_iter()
+                .map(|&i| {
+                    augment::image_view(
+                        train.images[i],
+                        self.crop,
+                        &ft.augment,
+                        &mut stream(seed, "finetune-augment", epoch as u64, i as u64),
+                    )
+                })
+                .collect();
+            let y: Vec<f32> = idx.iter().map(|&i| train.labels[i] as f32).collect();
+            let x = stack(views, dev)?;
+            let logits = if head_only {
+                self.model.head_logits(&x)?
+            } else {
+                self.model.logits(&x, true)?
+            };
+            let loss = weighted_bce(
+                &logits,
+                &Tensor::from_vec(y, idx.len(), dev)?,
+                self.pos_weight,
+            )?;
+            let lv = loss.to_scalar::<f32>()? as f64;
+            if !lv.is_finite() {
+                return Err(Error::NonFinite {
+                    loss: lv,
+                    epoch: epoch + 1,
+                    step: *step,
+                    last_good: "The last epoch's state is in the fine-tune checkpoint, if one is kept; lower finetune.lr.".into(),
+                });
+            }
+            if ft.head_epochs > 0 {
+                let m = self.encoder_mult(*step, steps);
+                self.opt.set_lr_mult("encoder.", m);
+            }
+            self.opt.step(&loss.backward()?, self.sched.at(*step))?;
+            loss_sum += lv;
+            *step += 1;
+        }
+        Ok(loss_sum / steps as f64)
+    }
 }
