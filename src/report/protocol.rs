@@ -305,7 +305,13 @@ fn subgroup_section(
 ) -> Result<Option<Section>> {
     let subs = subgroups::subgroups(results, sets)?;
     if subs.is_empty() {
-        return Ok(None);
+        // Say so rather than leave the section out: a reader looks for it.
+        return Ok(Some(Section {
+            id: "subgroups".into(),
+            title: "Subgroups".into(),
+            paragraphs: vec!["No test set here carries per-image metadata (age, sex, ...): no subgroup is scored. Metadata comes from the data set's *_metadata.csv files or extra manifest columns (the ISIC 2017 copy used here has them for the training and validation splits only).".into()],
+            ..Default::default()
+        }));
     }
     tables::write_frame(
         dir,
