@@ -63,34 +63,7 @@ pub enum Command {
     },
     /// Fine-tune an encoder (PIRL checkpoint, random init or a torchvision-named
     /// safetensors file) on a fraction of the training labels.
-    Finetune {
-        #[command(flatten)]
-        run: RunArgs,
-        /// PIRL checkpoint folder.
-        #[arg(long, conflicts_with_all = ["random_init", "weights"])]
-        checkpoint: Option<PathBuf>,
-        /// Start from a seeded random init.
-        #[arg(long)]
-        random_init: bool,
-        /// Start from a safetensors file in torchvision/timm naming.
-        #[arg(long, conflicts_with = "random_init")]
-        weights: Option<PathBuf>,
-        /// Fraction of the labeled training split (stratified); default 1.
-        #[arg(long, default_value_t = 1.0)]
-        fraction: f64,
-        /// Freeze the encoder up to and including this stage.
-        #[arg(long, value_parser = ["stem", "layer1", "layer2", "layer3", "layer4"])]
-        freeze_up_to: Option<String>,
-        /// Fine-tuning epochs (overrides the config's finetune.epochs).
-        #[arg(long)]
-        ft_epochs: Option<usize>,
-        /// Tuning: train and select on validation, never score the test split.
-        #[arg(long)]
-        val_only: bool,
-        /// Where to write finetune.json.
-        #[arg(long, default_value = "runs/finetune")]
-        out: PathBuf,
-    },
+    Finetune(FinetuneArgs),
     /// Metrics of a scores file (CSV with a label column and one or more score
     /// columns): AUC with DeLong and bootstrap CIs, operating points, and the
     /// paired DeLong test of the first two score columns.
@@ -113,19 +86,7 @@ pub enum Command {
     /// Download a data set's official files (the challenge zips and
     /// ground-truth CSVs), verify checksums, resume broken downloads, and
     /// extract safely.
-    Download {
-        /// `isic2017`, or a dataset descriptor TOML file (see datasets/).
-        dataset: String,
-        /// Destination folder (default datasets/<name>).
-        #[arg(long)]
-        dest: Option<PathBuf>,
-        /// Replace the scheme and host of every URL (a mirror).
-        #[arg(long)]
-        mirror: Option<String>,
-        /// Retries per file after a broken connection.
-        #[arg(long, default_value_t = 3)]
-        retries: usize,
-    },
+    Download(DownloadArgs),
     /// Audit a data set: exact and near-duplicate images within and across
     /// splits, a group on both sides of a split, unreadable files, odd sizes,
     /// label rows without an image and images without a label.
@@ -169,39 +130,7 @@ pub enum Command {
     },
     /// Images per second of the ResNet training step and forward, and of the
     /// whole PIRL step of a preset, after warm-up; one JSON line each.
-    Bench {
-        /// Architecture of the ResNet step.
-        #[arg(long, default_value = "resnet18", value_parser = ["resnet18", "resnet34", "resnet50"])]
-        arch: String,
-        /// Width multiplier of the ResNet step.
-        #[arg(long, default_value_t = 1.0)]
-        width: f64,
-        /// Batch sizes (comma-separated).
-        #[arg(long, default_value = "32", value_delimiter = ',')]
-        batch: Vec<usize>,
-        /// Image sizes (comma-separated).
-        #[arg(long, default_value = "64,96", value_delimiter = ',')]
-        size: Vec<usize>,
-        /// Threads (0 = all cores).
-        #[arg(long, default_value_t = 0)]
-        threads: usize,
-        /// Timed steps (the median is reported) after 2 warm-up steps.
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-        /// Also time the whole PIRL step of this preset.
-        #[arg(long, value_enum)]
-        pirl_preset: Option<crate::config::Preset>,
-        /// cpu, cuda or cuda:N.
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// CUDA only: TF32 matmuls.
-        #[arg(long)]
-        tf32: bool,
-        /// Also time each CPU kernel (conv per shape, BatchNorm, max-pool),
-        /// the whole backward and the optimiser; ms per step in `profile`.
-        #[arg(long)]
-        profile: bool,
-    },
+    Bench(BenchArgs),
     /// Convert pretrained weights from another framework into a
     /// torchvision-named safetensors file for `finetune --weights` (biases,
     /// BatchNorm eps and input preprocessing folded in; see src/import.rs).
@@ -252,6 +181,89 @@ pub enum Command {
         #[arg(long, default_value = "reports")]
         reports: PathBuf,
     },
+}
+
+/// The arguments of `pirlkit finetune`.
+#[derive(Debug, Args, Clone)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// PIRL checkpoint folder.
+    #[arg(long, conflicts_with_all = ["random_init", "weights"])]
+    pub checkpoint: Option<PathBuf>,
+    /// Start from a seeded random init.
+    #[arg(long)]
+    pub random_init: bool,
+    /// Start from a safetensors file in torchvision/timm naming.
+    #[arg(long, conflicts_with = "random_init")]
+    pub weights: Option<PathBuf>,
+    /// Fraction of the labeled training split (stratified); default 1.
+    #[arg(long, default_value_t = 1.0)]
+    pub fraction: f64,
+    /// Freeze the encoder up to and including this stage.
+    #[arg(long, value_parser = ["stem", "layer1", "layer2", "layer3", "layer4"])]
+    pub freeze_up_to: Option<String>,
+    /// Fine-tuning epochs (overrides the config's finetune.epochs).
+    #[arg(long)]
+    pub ft_epochs: Option<usize>,
+    /// Tuning: train and select on validation, never score the test split.
+    #[arg(long)]
+    pub val_only: bool,
+    /// Where to write finetune.json.
+    #[arg(long, default_value = "runs/finetune")]
+    pub out: PathBuf,
+}
+
+/// The arguments of `pirlkit download`.
+#[derive(Debug, Args, Clone)]
+pub struct DownloadArgs {
+    /// `isic2017`, or a dataset descriptor TOML file (see datasets/).
+    pub dataset: String,
+    /// Destination folder (default datasets/<name>).
+    #[arg(long)]
+    pub dest: Option<PathBuf>,
+    /// Replace the scheme and host of every URL (a mirror).
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// Retries per file after a broken connection.
+    #[arg(long, default_value_t = 3)]
+    pub retries: usize,
+}
+
+/// The arguments of `pirlkit bench`.
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// Architecture of the ResNet step.
+    #[arg(long, default_value = "resnet18", value_parser = ["resnet18", "resnet34", "resnet50"])]
+    pub arch: String,
+    /// Width multiplier of the ResNet step.
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f64,
+    /// Batch sizes (comma-separated).
+    #[arg(long, default_value = "32", value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    /// Image sizes (comma-separated).
+    #[arg(long, default_value = "64,96", value_delimiter = ',')]
+    pub size: Vec<usize>,
+    /// Threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Timed steps (the median is reported) after 2 warm-up steps.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Also time the whole PIRL step of this preset.
+    #[arg(long, value_enum)]
+    pub pirl_preset: Option<crate::config::Preset>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CUDA only: TF32 matmuls.
+    #[arg(long)]
+    pub tf32: bool,
+    /// Also time each CPU kernel (conv per shape, BatchNorm, max-pool),
+    /// the whole backward and the optimiser; ms per step in `profile`.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Debug, Args, Clone)]

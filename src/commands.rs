@@ -58,130 +58,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("report: {}", dir.join("report.html").display());
         }
-        Command::Finetune {
-            run,
-            checkpoint,
-            random_init,
-            weights,
-            fraction,
-            freeze_up_to,
-            ft_epochs,
-            val_only,
-            out,
-        } => {
-            use crate::train::finetune::{Init, Labeled, Stage};
-            let mut cfg = run.resolve()?;
-            if let Some(ck) = &checkpoint {
-                cfg = with_encoder_of(cfg, ck)?;
-            }
-            if let Some(e) = ft_epochs {
-                cfg.finetune.epochs = e;
-            }
-            if let Some(s) = freeze_up_to {
-                cfg.finetune.freeze_up_to = Some(toml::Value::String(s).try_into::<Stage>()?);
-            }
-            cfg.check().map_err(|e| anyhow::anyhow!("config: {e}"))?;
-            setup_threads(cfg.threads);
-            let init = match (checkpoint, weights) {
-                (Some(c), _) => Init::Checkpoint(c),
-                (None, Some(w)) => Init::Torchvision(w),
-                (None, None) if random_init => Init::Random,
-                _ => anyhow::bail!("give --checkpoint, --weights or --random-init"),
-            };
-            let cache = cache_of(&run);
-            let mut ds = open_dataset(run.data.as_deref(), &cache, cfg.seed)?;
-            apply_config(&mut ds, &cfg);
-            let (imgs, _) = load_images(&mut ds, &cfg, &cache, run.skip_bad)?;
-            ds.check_labeled()?;
-            let pd = crate::protocol::probe_data(&ds, &imgs);
-            let sub = crate::protocol::label_subset(&pd.train.1, fraction, cfg.seed);
-            let train = Labeled {
-                images: sub.iter().map(|&i| pd.train.0[i]).collect(),
-                labels: sub.iter().map(|&i| pd.train.1[i]).collect(),
-            };
-            let val = Labeled {
-                images: pd.val.0.clone(),
-                labels: pd.val.1.clone(),
-            };
-            let test = Labeled {
-                images: pd.test.0.clone(),
-                labels: pd.test.1.clone(),
-            };
-            // The saved state is continued only for the same settings, init
-            // weights, data and label subset.
-            let identity = {
-                use sha2::Digest;
-                let init_hash = match &init {
-                    Init::Random => "random".to_string(),
-                    Init::Checkpoint(c) => crate::data::fingerprint::file_sha256(
-                        &c.join(crate::train::checkpoint::MODEL_FILE),
-                    )?,
-                    Init::Torchvision(w) => crate::data::fingerprint::file_sha256(w)?,
-                };
-                let fp = crate::data::fingerprint::fingerprint(&ds)?;
-                hex::encode(sha2::Sha256::digest(serde_json::to_vec(
-                    &serde_json::json!({
-                        "config": cfg, "init": init_hash, "data": fp.sha256_all, "fraction": fraction, "val_only": val_only,
-                    }),
-                )?))
-            };
-            let r = crate::train::finetune::finetune(
-                &cfg,
-                &init,
-                &train,
-                &val,
-                (!val_only).then_some(&test),
-                &[],
-                cfg.seed,
-                Some((&out.join("checkpoint"), &identity)),
-            )?;
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            crate::io::write_atomic(&out.join("finetune.json"), &serde_json::to_vec_pretty(&r)?)?;
-            println!(
-                "test AUC {:.4} (val AUC {:.4} at the selected epoch {} of {})",
-                r.test_auc,
-                r.val_auc,
-                r.best_epoch,
-                r.val_curve.len()
-            );
-        }
-        Command::Download {
-            dataset,
-            dest,
-            mirror,
-            retries,
-        } => {
-            use crate::data::download::{DownloadOptions, download};
-            use crate::data::isic::Descriptor;
-            let desc = if dataset == "isic2017" {
-                Descriptor::isic2017()
-            } else {
-                Descriptor::from_file(std::path::Path::new(&dataset))?
-            };
-            let dest =
-                dest.unwrap_or_else(|| std::path::PathBuf::from("datasets").join(&desc.name));
-            let opts = DownloadOptions {
-                dest: dest.clone(),
-                base_url_override: mirror,
-                retries,
-            };
-            let report = download(&desc, &opts)?;
-            for f in &report.files {
-                println!(
-                    "{} {} ({} bytes, sha256 {}{})",
-                    if f.skipped { "present" } else { "fetched" },
-                    f.path.display(),
-                    f.bytes,
-                    f.sha256,
-                    if f.checksum_verified {
-                        ", verified"
-                    } else {
-                        ", not pinned"
-                    }
-                );
-            }
-            println!("{} ready in {}", desc.name, dest.display());
-        }
+        Command::Finetune(a) => finetune_command(a)?,
+        Command::Download(a) => download_command(a)?,
         Command::Audit {
             data,
             out,
@@ -221,33 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::device::describe(&dev)
             );
         }
-        Command::Bench {
-            arch,
-            width,
-            batch,
-            size,
-            threads,
-            steps,
-            pirl_preset,
-            device,
-            tf32,
-            profile,
-        } => {
-            setup_threads(threads);
-            crate::ops::profile::enable(profile);
-            let dev = crate::device::open(&device, tf32)?;
-            let arch: crate::model::Arch = toml::Value::String(arch).try_into()?;
-            for &b in &batch {
-                for &s in &size {
-                    let l = crate::bench::resnet_step(arch, width, b, s, 2, steps, &dev)?;
-                    println!("{}", serde_json::to_string(&l)?);
-                }
-            }
-            if let Some(p) = pirl_preset {
-                let l = crate::bench::pirl_step(&crate::Config::preset(p), 2, steps, &dev)?;
-                println!("{}", serde_json::to_string(&l)?);
-            }
-        }
+        Command::Bench(a) => bench_command(a)?,
         Command::ImportWeights { from, input, out } => {
             let s = crate::import::import(from, &input, &out)?;
             print!("{}", s.report());
@@ -501,6 +353,165 @@ fn reproduce(
             o.held_elsewhere,
             o.dir.display()
         ),
+    }
+    Ok(())
+}
+
+fn finetune_command(a: crate::cli::FinetuneArgs) -> anyhow::Result<()> {
+    let crate::cli::FinetuneArgs {
+        run,
+        checkpoint,
+        random_init,
+        weights,
+        fraction,
+        freeze_up_to,
+        ft_epochs,
+        val_only,
+        out,
+    } = a;
+    use crate::train::finetune::{Init, Labeled, Stage};
+    let mut cfg = run.resolve()?;
+    if let Some(ck) = &checkpoint {
+        cfg = with_encoder_of(cfg, ck)?;
+    }
+    if let Some(e) = ft_epochs {
+        cfg.finetune.epochs = e;
+    }
+    if let Some(s) = freeze_up_to {
+        cfg.finetune.freeze_up_to = Some(toml::Value::String(s).try_into::<Stage>()?);
+    }
+    cfg.check().map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    setup_threads(cfg.threads);
+    let init = match (checkpoint, weights) {
+        (Some(c), _) => Init::Checkpoint(c),
+        (None, Some(w)) => Init::Torchvision(w),
+        (None, None) if random_init => Init::Random,
+        _ => anyhow::bail!("give --checkpoint, --weights or --random-init"),
+    };
+    let cache = cache_of(&run);
+    let mut ds = open_dataset(run.data.as_deref(), &cache, cfg.seed)?;
+    apply_config(&mut ds, &cfg);
+    let (imgs, _) = load_images(&mut ds, &cfg, &cache, run.skip_bad)?;
+    ds.check_labeled()?;
+    let pd = crate::protocol::probe_data(&ds, &imgs);
+    let sub = crate::protocol::label_subset(&pd.train.1, fraction, cfg.seed);
+    let train = Labeled {
+        images: sub.iter().map(|&i| pd.train.0[i]).collect(),
+        labels: sub.iter().map(|&i| pd.train.1[i]).collect(),
+    };
+    let val = Labeled {
+        images: pd.val.0.clone(),
+        labels: pd.val.1.clone(),
+    };
+    let test = Labeled {
+        images: pd.test.0.clone(),
+        labels: pd.test.1.clone(),
+    };
+    // The saved state is continued only for the same settings, init
+    // weights, data and label subset.
+    let identity = {
+        use sha2::Digest;
+        let init_hash = match &init {
+            Init::Random => "random".to_string(),
+            Init::Checkpoint(c) => crate::data::fingerprint::file_sha256(
+                &c.join(crate::train::checkpoint::MODEL_FILE),
+            )?,
+            Init::Torchvision(w) => crate::data::fingerprint::file_sha256(w)?,
+        };
+        let fp = crate::data::fingerprint::fingerprint(&ds)?;
+        hex::encode(sha2::Sha256::digest(serde_json::to_vec(
+            &serde_json::json!({
+                "config": cfg, "init": init_hash, "data": fp.sha256_all, "fraction": fraction, "val_only": val_only,
+            }),
+        )?))
+    };
+    let r = crate::train::finetune::finetune(
+        &cfg,
+        &init,
+        &train,
+        &val,
+        (!val_only).then_some(&test),
+        &[],
+        cfg.seed,
+        Some((&out.join("checkpoint"), &identity)),
+    )?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    crate::io::write_atomic(&out.join("finetune.json"), &serde_json::to_vec_pretty(&r)?)?;
+    println!(
+        "test AUC {:.4} (val AUC {:.4} at the selected epoch {} of {})",
+        r.test_auc,
+        r.val_auc,
+        r.best_epoch,
+        r.val_curve.len()
+    );
+    Ok(())
+}
+
+fn download_command(a: crate::cli::DownloadArgs) -> anyhow::Result<()> {
+    let crate::cli::DownloadArgs {
+        dataset,
+        dest,
+        mirror,
+        retries,
+    } = a;
+    use crate::data::download::{DownloadOptions, download};
+    use crate::data::isic::Descriptor;
+    let desc = if dataset == "isic2017" {
+        Descriptor::isic2017()
+    } else {
+        Descriptor::from_file(std::path::Path::new(&dataset))?
+    };
+    let dest = dest.unwrap_or_else(|| std::path::PathBuf::from("datasets").join(&desc.name));
+    let opts = DownloadOptions {
+        dest: dest.clone(),
+        base_url_override: mirror,
+        retries,
+    };
+    let report = download(&desc, &opts)?;
+    for f in &report.files {
+        println!(
+            "{} {} ({} bytes, sha256 {}{})",
+            if f.skipped { "present" } else { "fetched" },
+            f.path.display(),
+            f.bytes,
+            f.sha256,
+            if f.checksum_verified {
+                ", verified"
+            } else {
+                ", not pinned"
+            }
+        );
+    }
+    println!("{} ready in {}", desc.name, dest.display());
+    Ok(())
+}
+
+fn bench_command(a: crate::cli::BenchArgs) -> anyhow::Result<()> {
+    let crate::cli::BenchArgs {
+        arch,
+        width,
+        batch,
+        size,
+        threads,
+        steps,
+        pirl_preset,
+        device,
+        tf32,
+        profile,
+    } = a;
+    setup_threads(threads);
+    crate::ops::profile::enable(profile);
+    let dev = crate::device::open(&device, tf32)?;
+    let arch: crate::model::Arch = toml::Value::String(arch).try_into()?;
+    for &b in &batch {
+        for &s in &size {
+            let l = crate::bench::resnet_step(arch, width, b, s, 2, steps, &dev)?;
+            println!("{}", serde_json::to_string(&l)?);
+        }
+    }
+    if let Some(p) = pirl_preset {
+        let l = crate::bench::pirl_step(&crate::Config::preset(p), 2, steps, &dev)?;
+        println!("{}", serde_json::to_string(&l)?);
     }
     Ok(())
 }

@@ -305,38 +305,18 @@ fn load_progress(
     Ok(Some((prog, selected)))
 }
 
-/// Fine-tunes from `init` on `train`, selects the epoch on `val`, scores
-/// `test` once (when given: without it the test split is never touched),
-/// and the `external` sets' images with the same weights.
-/// `cfg` gives the architecture, the view size and `cfg.finetune` the
-/// recipe; `seed` the head init, data order and augmentation. With
-/// `ckpt = (folder, identity)`, each epoch is saved in the folder and an
-/// earlier run's saved state is continued if its identity (a hash of
-/// everything that fixes the run's numbers) is the same; a folder holding
-/// another identity is an error.
-pub fn finetune(
+/// The classifier (encoder from `init`, a new seeded head) and its AdamW
+/// over the parameters fine-tuning trains (all, or the stages after
+/// `finetune.freeze_up_to`, and the head).
+fn build_classifier(
     cfg: &Config,
     init: &Init,
-    train: &Labeled,
-    val: &Labeled,
-    test: Option<&Labeled>,
-    external: &[Vec<&RgbImage>],
     seed: u64,
-    ckpt: Option<(&Path, &str)>,
-) -> Result<FinetuneResult> {
-    let ckpt_dir = ckpt.map(|c| c.0);
+    dev: &Device,
+) -> Result<(VarMap, Classifier, Optimizer)> {
     let ft = &cfg.finetune;
-    ft.check().map_err(Error::Config)?;
-    let n = train.images.len();
-    let n_pos = train.labels.iter().filter(|&&l| l == 1).count();
-    if n_pos == 0 || n_pos == n {
-        return Err(Error::Config(format!(
-            "fine-tuning needs both classes in the training labels ({n_pos} positives of {n})"
-        )));
-    }
-    let dev = crate::device::open(&cfg.device, cfg.tf32)?;
     let vm = VarMap::new();
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);
     let encoder = ResNet::new(&cfg.model, vb.pp("encoder"))?;
     // `head.*` sorts after `encoder.*`: a seed's random encoder is the one
     // pretraining starts from and the random-init probe reads.
@@ -368,8 +348,42 @@ pub fn finetune(
         weight_decay: ft.weight_decay,
         ..Default::default()
     };
-    let mut opt =
+    let opt =
         Optimizer::with_lr_mults(&vm, &ocfg, &trainable, &[("encoder.", ft.encoder_lr_mult)])?;
+    Ok((vm, model, opt))
+}
+
+/// Fine-tunes from `init` on `train`, selects the epoch on `val`, scores
+/// `test` once (when given: without it the test split is never touched),
+/// and the `external` sets' images with the same weights.
+/// `cfg` gives the architecture, the view size and `cfg.finetune` the
+/// recipe; `seed` the head init, data order and augmentation. With
+/// `ckpt = (folder, identity)`, each epoch is saved in the folder and an
+/// earlier run's saved state is continued if its identity (a hash of
+/// everything that fixes the run's numbers) is the same; a folder holding
+/// another identity is an error.
+pub fn finetune(
+    cfg: &Config,
+    init: &Init,
+    train: &Labeled,
+    val: &Labeled,
+    test: Option<&Labeled>,
+    external: &[Vec<&RgbImage>],
+    seed: u64,
+    ckpt: Option<(&Path, &str)>,
+) -> Result<FinetuneResult> {
+    let ckpt_dir = ckpt.map(|c| c.0);
+    let ft = &cfg.finetune;
+    ft.check().map_err(Error::Config)?;
+    let n = train.images.len();
+    let n_pos = train.labels.iter().filter(|&&l| l == 1).count();
+    if n_pos == 0 || n_pos == n {
+        return Err(Error::Config(format!(
+            "fine-tuning needs both classes in the training labels ({n_pos} positives of {n})"
+        )));
+    }
+    let dev = crate::device::open(&cfg.device, cfg.tf32)?;
+    let (vm, model, mut opt) = build_classifier(cfg, init, seed, &dev)?;
     let bs = ft.batch_size.min(n);
     let steps_per_epoch = n / bs;
     let sched = CosineSchedule {
