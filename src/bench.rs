@@ -187,6 +187,7 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize, dev: &Device) -> Res
         let m = bank.gather(&idx, dev)?;
         let neg_idx = bank.sample_negatives(
             cfg.pirl.negatives,
+            &idx,
             &mut crate::rng::stream(cfg.seed, "negatives", i as u64, 0),
         );
         let neg = bank.gather(&neg_idx, dev)?;

@@ -69,7 +69,10 @@ impl Default for PretextConfig {
 pub struct PirlConfig {
     /// Temperature τ; default 0.07.
     pub tau: f64,
-    /// Negatives sampled from the memory bank per batch; default 1023.
+    /// Negatives sampled from the memory bank per batch (from the rows of
+    /// the other images: a batch's own rows are never its negatives, as in
+    /// the paper's per-image sampling); at most the bank's rows minus the
+    /// batch. Default 1023.
     pub negatives: usize,
     /// Weight λ of the pretext term; default 0.5.
     pub lambda: f64,

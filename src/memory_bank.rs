@@ -84,16 +84,29 @@ impl MemoryBank {
         Tensor::from_vec(v, (idx.len(), self.dim), device)
     }
 
-    /// `count` distinct row indices drawn uniformly (with replacement only when
-    /// `count` exceeds the bank).
-    pub fn sample_negatives<R: Rng>(&self, count: usize, rng: &mut R) -> Vec<usize> {
-        if count >= self.n {
-            return (0..count).map(|_| rng.random_range(0..self.n)).collect();
+    /// `count` distinct row indices drawn uniformly from the rows not in
+    /// `exclude` (the batch's own images: a positive must never also be a
+    /// negative, or its two identical logits cancel the pull towards it).
+    /// When `count` is at least the rows left, all of them, in order.
+    pub fn sample_negatives<R: Rng>(
+        &self,
+        count: usize,
+        exclude: &[usize],
+        rng: &mut R,
+    ) -> Vec<usize> {
+        let mut out_of = vec![false; self.n];
+        for &i in exclude {
+            if i < self.n {
+                out_of[i] = true;
+            }
         }
-        // Partial Fisher-Yates over an index vector.
-        let mut all: Vec<usize> = (0..self.n).collect();
+        let mut all: Vec<usize> = (0..self.n).filter(|&i| !out_of[i]).collect();
+        if count >= all.len() {
+            return all;
+        }
+        // Partial Fisher-Yates over the candidates.
         for i in 0..count {
-            let j = rng.random_range(i..self.n);
+            let j = rng.random_range(i..all.len());
             all.swap(i, j);
         }
         all.truncate(count);

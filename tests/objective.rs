@@ -170,14 +170,41 @@ fn bank_update_is_normalized_momentum_average() {
 #[test]
 fn negatives_are_distinct_and_seeded() {
     let b = MemoryBank::new(100, 4, 0.5);
-    let a = b.sample_negatives(50, &mut pirlkit::rng::stream(7, "negatives", 0, 0));
-    let c = b.sample_negatives(50, &mut pirlkit::rng::stream(7, "negatives", 0, 0));
+    let a = b.sample_negatives(50, &[], &mut pirlkit::rng::stream(7, "negatives", 0, 0));
+    let c = b.sample_negatives(50, &[], &mut pirlkit::rng::stream(7, "negatives", 0, 0));
     assert_eq!(a, c);
     let mut s = a.clone();
     s.sort();
     s.dedup();
     assert_eq!(s.len(), 50);
     assert!(a.iter().all(|&i| i < 100));
-    let d = b.sample_negatives(50, &mut pirlkit::rng::stream(8, "negatives", 0, 0));
+    let d = b.sample_negatives(50, &[], &mut pirlkit::rng::stream(8, "negatives", 0, 0));
     assert_ne!(a, d);
+}
+
+/// Regression: negatives were drawn from the whole bank, so about half of a
+/// batch's images (1023 of 2000 rows) had their own positive among the
+/// negatives, and with 1999 negatives nearly all did (the two identical
+/// logits cancel the pull towards the positive). A batch's own rows are
+/// never its negatives now.
+#[test]
+fn negatives_never_include_the_batch_itself() {
+    let b = MemoryBank::new(100, 4, 0.5);
+    let batch: Vec<usize> = (10..30).collect();
+    for seed in 0..20 {
+        let n = b.sample_negatives(
+            50,
+            &batch,
+            &mut pirlkit::rng::stream(seed, "negatives", 0, 0),
+        );
+        assert_eq!(n.len(), 50);
+        assert!(n.iter().all(|i| !batch.contains(i)), "{n:?}");
+        let mut u = n.clone();
+        u.sort();
+        u.dedup();
+        assert_eq!(u.len(), 50, "distinct");
+    }
+    // Asking for more than the other rows gives all of them.
+    let all = b.sample_negatives(95, &batch, &mut pirlkit::rng::stream(0, "negatives", 0, 0));
+    assert_eq!(all, (0..10).chain(30..100).collect::<Vec<_>>());
 }

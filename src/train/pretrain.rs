@@ -532,6 +532,7 @@ impl<'c> Run<'c> {
         let m = self.bank.gather(idx, dev)?;
         let neg_idx = self.bank.sample_negatives(
             cfg.pirl.negatives,
+            idx,
             &mut stream(cfg.seed, "negatives", epoch as u64, bi as u64),
         );
         let neg = self.bank.gather(&neg_idx, dev)?;
