@@ -160,13 +160,16 @@ pub struct ProbeConfig {
 }
 
 /// One feature view of the linear probe.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeView {
     /// Side (px) of the whole image (0 = `pretext.crop`); default 0.
     pub crop: usize,
     /// Features averaged over these views; default `none`.
     pub tta: Tta,
+    /// The stages whose pooled outputs are the features, concatenated (4 =
+    /// the encoder's output; 3 adds the mid-level layer3); default [4].
+    pub stages: Vec<usize>,
 }
 
 impl Default for ProbeView {
@@ -174,20 +177,21 @@ impl Default for ProbeView {
         Self {
             crop: 0,
             tta: Tta::None,
+            stages: vec![4],
         }
     }
 }
 
 impl ProbeView {
     /// The view with its crop resolved against the pretext crop.
-    pub fn resolved(self, pretext_crop: usize) -> ProbeView {
+    pub fn resolved(&self, pretext_crop: usize) -> ProbeView {
         ProbeView {
             crop: if self.crop == 0 {
                 pretext_crop
             } else {
                 self.crop
             },
-            ..self
+            ..self.clone()
         }
     }
 }
@@ -603,6 +607,14 @@ impl Config {
         }
         if self.probe.views.is_empty() {
             return Err("probe.views must name at least one view".into());
+        }
+        if self
+            .probe
+            .views
+            .iter()
+            .any(|v| v.stages.is_empty() || v.stages.iter().any(|s| !(1..=4).contains(s)))
+        {
+            return Err("probe.views.stages must list stages among 1..=4".into());
         }
         let crops = std::iter::once(("finetune.crop", self.finetune.crop)).chain(
             self.probe

@@ -383,3 +383,44 @@ fn add_relu_matches_candle() {
         assert_eq!(got, want, "{dt:?}");
     }
 }
+
+/// The probe's multi-stage features: stage 4 alone is the encoder's output
+/// (bit for bit), and stages 3 and 4 are layer3's pooled output then it.
+#[test]
+fn pooled_stages_are_the_encoder_output_and_layer3() {
+    use pirlkit::model::{ResNetConfig, build_encoder};
+    let cfg = ResNetConfig {
+        width: 0.125,
+        ..Default::default()
+    };
+    let (_, enc) =
+        build_encoder(&cfg, 5, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let x =
+        candle_core::Tensor::randn(0f32, 1.0, (3, 3, 32, 32), &candle_core::Device::Cpu).unwrap();
+    let out = enc
+        .forward_t(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let s4 = enc
+        .pooled_stages(&x, &[4])
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(out, s4);
+    let both = enc.pooled_stages(&x, &[3, 4]).unwrap();
+    let (c3, c4) = (enc.stage_channels(3), enc.stage_channels(4));
+    assert_eq!(both.dims(), &[3, c3 + c4]);
+    let tail = both
+        .narrow(1, c3, c4)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(tail, s4);
+}

@@ -214,6 +214,7 @@ fn the_probe_takes_the_view_that_validates_best() {
         ProbeView {
             crop: 32,
             tta: Tta::Dihedral,
+            stages: vec![3, 4],
         },
         [informative(&ytr), informative(&yva), informative(&yte)],
         Vec::new(),
@@ -222,6 +223,7 @@ fn the_probe_takes_the_view_that_validates_best() {
         ProbeView {
             crop: 24,
             tta: Tta::None,
+            ..Default::default()
         },
         [junk(90), junk(60), junk(60)],
         Vec::new(),

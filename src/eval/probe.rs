@@ -69,20 +69,24 @@ impl LinearScorer {
 /// external set).
 pub type ViewFeatures = (ProbeView, [Array2<f64>; 3], Vec<Array2<f64>>);
 
-/// Pooled features of the whole `images` at `crop` px, in eval mode,
-/// averaged over the views of `tta`.
+/// Pooled features of the whole `images` at the view's size, in eval mode:
+/// the view's stages concatenated, averaged over its test-time views.
 ///
 /// # Shapes
-/// returns `(images.len(), feature_dim)`, row-major.
+/// returns `(images.len(), sum of the stages' channels)`, row-major.
 pub fn features(
     encoder: &ResNet,
     images: &[&RgbImage],
-    crop: usize,
+    view_cfg: &ProbeView,
     batch: usize,
-    tta: crate::config::Tta,
 ) -> Result<Array2<f64>> {
-    let d = encoder.config().feature_dim();
-    let views = augment::tta_views(tta);
+    let crop = view_cfg.crop;
+    let d: usize = view_cfg
+        .stages
+        .iter()
+        .map(|&s| encoder.stage_channels(s))
+        .sum();
+    let views = augment::tta_views(view_cfg.tta);
     let mut out = Array2::<f64>::zeros((images.len(), d));
     for &view in views {
         let mut row = 0;
@@ -92,7 +96,7 @@ pub fn features(
                 .map(|im| augment::tta_view(im, crop, view))
                 .collect();
             let x = stack(xs, encoder.device())?;
-            let f = encoder.forward_t(&x, false)?.detach();
+            let f = encoder.pooled_stages(&x, &view_cfg.stages)?.detach();
             let v = f.flatten_all()?.to_vec1::<f32>()?;
             for (i, c) in v.chunks(d).enumerate() {
                 for (j, &x) in c.iter().enumerate() {
@@ -304,8 +308,8 @@ pub fn fit_probe_views(
     for (view, [ftr, fva, fte], ext) in views {
         let ftr = ftr.select(ndarray::Axis(0), sub);
         let mut r = fit_probe(&ftr, ytrain, fva, yval, fte, ytest, cfg)?;
-        r.view = *view;
-        view_aucs.push((*view, r.val_auc));
+        r.view = view.clone();
+        view_aucs.push((view.clone(), r.val_auc));
         if best.as_ref().is_none_or(|b| r.val_auc > b.val_auc) {
             best = Some(r);
             best_ext = ext;
@@ -374,18 +378,16 @@ pub fn frozen_features(
             recompute_bn(vm, encoder.config(), prefix, train, view.crop, bs)?;
             stats_at = Some(view.crop);
         }
-        out.push((
-            view,
-            [
-                features(encoder, train, view.crop, bs, view.tta)?,
-                features(encoder, val, view.crop, bs, view.tta)?,
-                features(encoder, test, view.crop, bs, view.tta)?,
-            ],
-            external
-                .iter()
-                .map(|e| features(encoder, e, view.crop, bs, view.tta))
-                .collect::<Result<_>>()?,
-        ));
+        let sets = [
+            features(encoder, train, &view, bs)?,
+            features(encoder, val, &view, bs)?,
+            features(encoder, test, &view, bs)?,
+        ];
+        let ext = external
+            .iter()
+            .map(|e| features(encoder, e, &view, bs))
+            .collect::<Result<_>>()?;
+        out.push((view, sets, ext));
     }
     Ok(out)
 }

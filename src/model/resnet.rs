@@ -330,4 +330,36 @@ impl ResNet {
         }
         y.mean((2, 3))
     }
+
+    /// The globally average-pooled outputs of the given stages (1 = layer1
+    /// ... 4 = layer4), concatenated in that order; BatchNorm in eval mode.
+    ///
+    /// # Shapes
+    /// `x: (N, 3, H, W)` -> `(N, sum of the stages' channels)`.
+    pub fn pooled_stages(&self, x: &Tensor, stages: &[usize]) -> Result<Tensor> {
+        let (c, b) = &self.stem;
+        let mut y = self.pool.forward(&c.forward_bn(b, x, false, true)?)?;
+        let mut out = Vec::new();
+        let last = stages
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(4)
+            .min(self.layers.len());
+        for (li, layer) in self.layers.iter().enumerate().take(last) {
+            for block in layer {
+                y = block.forward_t(&y, false)?;
+            }
+            if stages.contains(&(li + 1)) {
+                out.push(y.mean((2, 3))?);
+            }
+        }
+        Tensor::cat(&out, 1)
+    }
+
+    /// Channels of stage `s` (1..=4).
+    pub fn stage_channels(&self, s: usize) -> usize {
+        let c = self.cfg.base_channels() << (s - 1);
+        if self.cfg.arch.bottleneck() { c * 4 } else { c }
+    }
 }

@@ -118,7 +118,7 @@ impl RunKey {
                     m.insert("recompute_bn".into(), cfg.probe.recompute_bn.into());
                     m.insert(
                         "probe_view".into(),
-                        serde_json::to_value(cfg.probe.views[0]).expect("view"),
+                        serde_json::to_value(&cfg.probe.views[0]).expect("view"),
                     );
                     m.insert("k".into(), k.into());
                 }
