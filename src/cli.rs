@@ -269,7 +269,8 @@ pub struct BenchArgs {
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
     /// Data set: an ISIC challenge folder, a folder with manifest.csv, or a
-    /// manifest CSV. Without it, the built-in synthetic data set.
+    /// manifest CSV. Without it, the built-in ISIC 2017 copy
+    /// (datasets/isic2017-mini, 64 px).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Settings preset (default: cpu with --data, demo without).

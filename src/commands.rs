@@ -244,18 +244,22 @@ fn probe(
         &enc,
         "encoder",
         &cfg,
-        &crate::protocol::probe_data(&ds, &imgs),
+        &data,
     )?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     crate::io::write_atomic(&out.join("probe.json"), &serde_json::to_vec_pretty(&r)?)?;
-    println!(
-        "test AUC {:.4} on {} images ({} positive); val AUC {:.4} at {}",
-        r.test_auc,
-        r.n_test,
-        r.n_test_pos,
-        r.val_auc,
-        crate::eval::probe::describe_choice(&r, &cfg.probe)
-    );
+    let choice = crate::eval::probe::describe_choice(&r, &cfg.probe);
+    if val_only {
+        println!(
+            "val AUC {:.4} at {choice} (val only: the test split was not scored)",
+            r.val_auc
+        );
+    } else {
+        println!(
+            "test AUC {:.4} on {} images ({} positive); val AUC {:.4} at {choice}",
+            r.test_auc, r.n_test, r.n_test_pos, r.val_auc
+        );
+    }
     Ok(())
 }
 
@@ -437,13 +441,17 @@ fn finetune_command(a: crate::cli::FinetuneArgs) -> anyhow::Result<()> {
     )?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     crate::io::write_atomic(&out.join("finetune.json"), &serde_json::to_vec_pretty(&r)?)?;
-    println!(
-        "test AUC {:.4} (val AUC {:.4} at the selected epoch {} of {})",
-        r.test_auc,
+    let selected = format!(
+        "val AUC {:.4} at the selected epoch {} of {}",
         r.val_auc,
         r.best_epoch,
         r.val_curve.len()
     );
+    if val_only {
+        println!("{selected} (val only: the test split was not scored)");
+    } else {
+        println!("test AUC {:.4} ({selected})", r.test_auc);
+    }
     Ok(())
 }
 

@@ -305,13 +305,13 @@ impl Default for FinetuneConfig {
             freeze_up_to: None,
             augment: AugmentConfig {
                 crop_scale_min: 0.5,
-                jitter: 0.1,
-                hue: 0.02,
-                jitter_p: 0.8,
+                jitter: 0.0,
+                hue: 0.0,
+                jitter_p: 0.0,
                 grayscale_p: 0.0,
                 flip_p: 0.5,
                 vflip_p: 0.5,
-                rot90: true,
+                rot90: false,
             },
             tta: Tta::None,
             crop: 0,
@@ -402,10 +402,28 @@ pub enum Preset {
     Cpu,
     /// The paper: ResNet-50, 224 px, 64 px patches, batch 256, 32000 negatives (GPU).
     Paper,
-    /// The built-in synthetic default: a few minutes on 2 cores.
+    /// The built-in default (datasets/isic2017-mini): minutes on 2 cores.
     Demo,
     /// Tests: tiny width, 32 px, seconds.
     Tiny,
+}
+
+/// The cpu preset's probe views, each encoder taking the one of the best
+/// validation AUC: the encoder's output; layer3's and layer4's pooled
+/// features; the same averaged over the 4 flips (README, ablations).
+fn cpu_probe_views() -> Vec<ProbeView> {
+    vec![
+        ProbeView::default(),
+        ProbeView {
+            stages: vec![3, 4],
+            ..Default::default()
+        },
+        ProbeView {
+            stages: vec![3, 4],
+            tta: Tta::Flips,
+            ..Default::default()
+        },
+    ]
 }
 
 impl Config {
@@ -438,6 +456,10 @@ impl Config {
                         warmup_epochs: 1.0,
                         ..Default::default()
                     },
+                    ..Default::default()
+                },
+                probe: ProbeConfig {
+                    views: cpu_probe_views(),
                     ..Default::default()
                 },
                 ..base
