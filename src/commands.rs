@@ -239,13 +239,7 @@ fn probe(
     use crate::train::finetune::{Init, encoder_from};
     let init = checkpoint.map_or(Init::Random, |c| Init::Checkpoint(c.to_path_buf()));
     let (vm, enc) = encoder_from(&cfg, &init)?;
-    let r = crate::eval::probe::run_probe(
-        &vm,
-        &enc,
-        "encoder",
-        &cfg,
-        &data,
-    )?;
+    let r = crate::eval::probe::run_probe(&vm, &enc, "encoder", &cfg, &data)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     crate::io::write_atomic(&out.join("probe.json"), &serde_json::to_vec_pretty(&r)?)?;
     let choice = crate::eval::probe::describe_choice(&r, &cfg.probe);

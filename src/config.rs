@@ -497,7 +497,7 @@ impl Config {
             },
             Preset::Demo => Config {
                 data: DataConfig {
-                    image_size: 48,
+                    image_size: 64,
                     ..Default::default()
                 },
                 model: ResNetConfig {
@@ -506,21 +506,28 @@ impl Config {
                     ..Default::default()
                 },
                 pretext: PretextConfig {
-                    crop: 32,
-                    patch: 14,
-                    ..Default::default()
-                },
-                pirl: PirlConfig {
-                    negatives: 255,
+                    crop: 48,
+                    patch: 20,
                     ..Default::default()
                 },
                 train: TrainConfig {
-                    epochs: 8,
-                    batch_size: 32,
+                    epochs: 30,
+                    batch_size: 64,
                     optim: OptimConfig {
                         lr: 0.03,
+                        warmup_epochs: 1.0,
                         ..Default::default()
                     },
+                    ..Default::default()
+                },
+                probe: ProbeConfig {
+                    views: vec![
+                        ProbeView::default(),
+                        ProbeView {
+                            stages: vec![3, 4],
+                            ..Default::default()
+                        },
+                    ],
                     ..Default::default()
                 },
                 ..base

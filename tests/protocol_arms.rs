@@ -187,7 +187,10 @@ inits = ["random"]
     );
     let runs = std::fs::read_to_string(reports.join("views/runs.csv")).unwrap();
     let row = runs.lines().nth(1).unwrap();
-    assert!(row.contains(" px ") && row.contains(" view"), "{row}");
+    assert!(
+        row.contains("; view ") && row.contains(" px, stages "),
+        "{row}"
+    );
 }
 
 /// The view chosen is the one with the best validation AUC: an informative

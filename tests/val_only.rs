@@ -50,6 +50,9 @@ fn tuning_commands_leave_the_test_split_unscored() {
             "{file} has a test AUC: {}",
             json["test_auc"]
         );
-        assert!(json["val_auc"].as_f64().is_some_and(|v| v.is_finite()), "{file}: {json}");
+        assert!(
+            json["val_auc"].as_f64().is_some_and(|v| v.is_finite()),
+            "{file}: {json}"
+        );
     }
 }

@@ -188,7 +188,13 @@ pub fn describe_choice(r: &ProbeResult, cfg: &ProbeConfig) -> String {
     let view = if r.view_aucs.is_empty() {
         String::new()
     } else {
-        format!("; {} px {:?} view", r.view.crop, r.view.tta).to_lowercase()
+        let stages: Vec<String> = r.view.stages.iter().map(|s| s.to_string()).collect();
+        format!(
+            "; view {} px, stages {}, tta {}",
+            r.view.crop,
+            stages.join("+"),
+            format!("{:?}", r.view.tta).to_lowercase()
+        )
     };
     if cfg.alphas.len() > 1 && (r.alpha == lo || r.alpha == hi) {
         tracing::warn!(
