@@ -18,7 +18,8 @@
 #   2. pirlkit bench at the paper preset (ResNet-50, 224 px, batch 256; the
 #      whole PIRL step with 2304 patches and 32000 negatives), f32 and TF32;
 #   3. PyTorch's ResNet-50 training step on the same GPU, f32 and TF32;
-#   4. the main job at the demo scale (~300 PIRL steps, probe, report) on the
+#   4. the main job at the demo scale (the built-in set, 10 epochs = 310 PIRL
+#      steps, probe, report) on the
 #      GPU and on the CPU with the same seed: loss curves and AUCs side by side.
 #
 # Results go to $OUT (default gpu-check-out/): one file per step, and
@@ -85,12 +86,12 @@ for l in sys.stdin:
     print("  %-24s %-8s %s b%s %spx: %.1f img/s (median %.4f s)" % (j["what"], j["device"], j["arch"], j["batch"], j["size"], j["images_per_s"], j["median_s"]))
 ' | tee -a "$S"
 
-EPOCHS=${EPOCHS:-24}
+EPOCHS=${EPOCHS:-10}
 step demo-$DEV 240 "$BIN" reproduce --preset demo --epochs "$EPOCHS" --device "$DEV" --reports "$OUT/reports" --run-name demo-$DEV --no-progress
 step demo-cpu 240 "$BIN" reproduce --preset demo --epochs "$EPOCHS" --device cpu --reports "$OUT/reports" --run-name demo-cpu --no-progress
 say "demo loss curves and AUCs ($DEV vs cpu):"
 for d in "$DEV" cpu; do
-  say "  $d: $(tr '\n' ' ' < "$OUT/reports/demo-$d/pretrain_loss.csv" 2>/dev/null | cut -c1-400)"
+  say "  $d: $("$PY" -c 'import json,sys; print(" ".join("%.4f" % v for v in json.load(open(sys.argv[1]))["pretrain_losses"]))' "$OUT/reports/demo-$d/report_inputs.json" 2>/dev/null | cut -c1-400)"
   grep -h "pirl\|random" "$OUT/reports/demo-$d/summary.csv" 2>/dev/null | sed 's/^/    /' | tee -a "$S"
 done
 say "failed steps: $fails"
