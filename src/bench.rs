@@ -1,7 +1,10 @@
 //! `pirlkit bench`: images per second of the ResNet training step (forward,
-//! backward, optimiser) and of the forward alone, and of the whole PIRL step,
-//! after warm-up, as JSON lines. Compare ratios measured in one run: the
-//! machine may be shared.
+//! backward, optimiser) and of the forward alone, of the fine-tuning step
+//! (encoder + Linear(d, 1), class-weighted BCE, AdamW), of frozen-feature
+//! extraction (eval mode, pooled encoder output, no gradient), and of the
+//! whole PIRL step, after warm-up, as JSON lines with the process's peak
+//! resident memory. Compare ratios measured in one run: the machine may be
+//! shared.
 
 use std::time::Instant;
 
@@ -34,6 +37,12 @@ pub struct BenchLine {
     pub images_per_s: f64,
     /// Median seconds of the forward alone (training step only).
     pub forward_median_s: Option<f64>,
+    /// Peak resident memory of the process (Linux `VmHWM`, MiB), reset
+    /// before this figure's warm-up where the kernel allows it
+    /// (`/proc/self/clear_refs`): the figure's own peak, plus whatever the
+    /// process still held from earlier figures. Run one figure per process
+    /// to compare with another program. None off Linux.
+    pub peak_rss_mib: Option<f64>,
     /// With `--profile` ([`crate::ops::profile`]): mean milliseconds per
     /// timed step of each kernel (conv also per shape), of the whole
     /// backward and of the optimiser, in first-seen order.
@@ -62,6 +71,21 @@ fn backward_and_update(loss: &Tensor, opt: &mut Optimizer, lr: f64) -> Result<()
     Ok(())
 }
 
+/// Resets the process's peak resident memory to its current size (Linux
+/// 4.0+: writing 5 to `/proc/self/clear_refs`); a no-op elsewhere.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident memory in MiB (`VmHWM` of
+/// `/proc/self/status`), None where that is not readable.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -88,15 +112,8 @@ pub fn resnet_step(
     steps: usize,
     dev: &Device,
 ) -> Result<BenchLine> {
-    let cfg = ResNetConfig {
-        arch,
-        width,
-        bn_momentum: 0.1,
-        ..Default::default()
-    };
-    let vm = VarMap::new();
+    let (vm, net, cfg) = bench_encoder(arch, width, dev)?;
     let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);
-    let net = ResNet::new(&cfg, vb.pp("encoder"))?;
     let head = candle_nn::linear(cfg.feature_dim(), 128, vb.pp("head"))?;
     seeded_init(&vm, 0)?;
     let mut opt = Optimizer::new(
@@ -109,6 +126,7 @@ pub fn resnet_step(
         &[],
     )?;
     let x = input(batch, size, 1, dev)?;
+    reset_peak_rss();
     let (mut step_t, mut fwd_t) = (Vec::new(), Vec::new());
     for i in 0..warmup + steps {
         if i == warmup {
@@ -140,6 +158,147 @@ pub fn resnet_step(
         median_s: m,
         images_per_s: batch as f64 / m,
         forward_median_s: Some(median(fwd_t)),
+        peak_rss_mib: peak_rss_mib(),
+        profile,
+    })
+}
+
+/// What a bench line times; `pirlkit bench --what`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum What {
+    /// The ResNet training step with a Linear(d, 128) head (the PyTorch
+    /// reference's `torch_resnet_step.py`).
+    Train,
+    /// The fine-tuning step: encoder + Linear(d, 1), class-weighted BCE
+    /// (positive weight 4, about ISIC 2017's ratio), AdamW (3e-4, weight
+    /// decay 1e-2), BatchNorm in train mode.
+    Finetune,
+    /// Frozen-feature extraction: eval mode (BatchNorm running statistics),
+    /// the pooled encoder output copied to the host, no gradient.
+    Features,
+}
+
+/// The encoder (with a seeded init) and its variables, for the bench steps.
+fn bench_encoder(arch: Arch, width: f64, dev: &Device) -> Result<(VarMap, ResNet, ResNetConfig)> {
+    let cfg = ResNetConfig {
+        arch,
+        width,
+        bn_momentum: 0.1,
+        ..Default::default()
+    };
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);
+    let net = ResNet::new(&cfg, vb.pp("encoder"))?;
+    Ok((vm, net, cfg))
+}
+
+/// The fine-tuning step ([`What::Finetune`]): one step per batch of `batch`
+/// images, half of them labelled positive.
+pub fn finetune_step(
+    arch: Arch,
+    width: f64,
+    batch: usize,
+    size: usize,
+    warmup: usize,
+    steps: usize,
+    dev: &Device,
+) -> Result<BenchLine> {
+    let (vm, net, cfg) = bench_encoder(arch, width, dev)?;
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);
+    let head = candle_nn::linear(cfg.feature_dim(), 1, vb.pp("head"))?;
+    seeded_init(&vm, 0)?;
+    let mut opt = Optimizer::new(
+        &vm,
+        &OptimConfig {
+            kind: OptimizerKind::Adamw,
+            lr: 3e-4,
+            weight_decay: 1e-2,
+            ..Default::default()
+        },
+        &[],
+    )?;
+    let x = input(batch, size, 1, dev)?;
+    let t: Vec<f32> = (0..batch).map(|i| (i % 2) as f32).collect();
+    let targets = Tensor::from_vec(t, batch, dev)?;
+    reset_peak_rss();
+    let mut times = Vec::new();
+    for i in 0..warmup + steps {
+        if i == warmup {
+            profile::take();
+        }
+        let t0 = Instant::now();
+        let z = head.forward(&net.forward_t(&x, true)?)?.flatten_all()?;
+        let loss = crate::train::finetune::weighted_bce(&z, &targets, 4.0)?;
+        loss.to_scalar::<f32>()?;
+        backward_and_update(&loss, &mut opt, 3e-4)?;
+        dev.synchronize()?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let profile = per_step(steps);
+    let m = median(times);
+    Ok(BenchLine {
+        what: "finetune-step".into(),
+        arch,
+        width,
+        batch,
+        size,
+        threads: rayon::current_num_threads(),
+        device: crate::device::describe(dev),
+        steps,
+        median_s: m,
+        images_per_s: batch as f64 / m,
+        forward_median_s: None,
+        peak_rss_mib: peak_rss_mib(),
+        profile,
+    })
+}
+
+/// Frozen-feature extraction ([`What::Features`]): the probe's path
+/// (`ResNet::pooled_stages`, eval mode) on batches of `batch` images, the
+/// features copied to the host.
+pub fn features_pass(
+    arch: Arch,
+    width: f64,
+    batch: usize,
+    size: usize,
+    warmup: usize,
+    steps: usize,
+    dev: &Device,
+) -> Result<BenchLine> {
+    let (vm, net, _) = bench_encoder(arch, width, dev)?;
+    seeded_init(&vm, 0)?;
+    let x = input(batch, size, 1, dev)?;
+    reset_peak_rss();
+    let mut times = Vec::new();
+    for i in 0..warmup + steps {
+        if i == warmup {
+            profile::take();
+        }
+        let t0 = Instant::now();
+        let f = net.pooled_stages(&x, &[4])?.detach();
+        f.flatten_all()?.to_vec1::<f32>()?;
+        dev.synchronize()?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let profile = per_step(steps);
+    let m = median(times);
+    Ok(BenchLine {
+        what: "features".into(),
+        arch,
+        width,
+        batch,
+        size,
+        threads: rayon::current_num_threads(),
+        device: crate::device::describe(dev),
+        steps,
+        median_s: m,
+        images_per_s: batch as f64 / m,
+        forward_median_s: None,
+        peak_rss_mib: peak_rss_mib(),
         profile,
     })
 }
@@ -175,6 +334,7 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize, dev: &Device) -> Res
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
         .collect();
     bank.fill(&(0..n).collect::<Vec<_>>(), &rows);
+    reset_peak_rss();
     let mut times = Vec::new();
     for i in 0..warmup + steps {
         if i == warmup {
@@ -213,6 +373,7 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize, dev: &Device) -> Res
         median_s: m,
         images_per_s: bs as f64 / m,
         forward_median_s: None,
+        peak_rss_mib: peak_rss_mib(),
         profile,
     })
 }

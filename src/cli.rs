@@ -245,6 +245,11 @@ pub struct BenchArgs {
     /// Image sizes (comma-separated).
     #[arg(long, default_value = "64,96", value_delimiter = ',')]
     pub size: Vec<usize>,
+    /// What to time (comma-separated): `train` (the ResNet training step),
+    /// `finetune` (the fine-tuning step), `features` (frozen-feature
+    /// extraction); each at every batch and size.
+    #[arg(long, value_enum, default_value = "train", value_delimiter = ',')]
+    pub what: Vec<crate::bench::What>,
     /// Threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,

@@ -494,6 +494,7 @@ fn bench_command(a: crate::cli::BenchArgs) -> anyhow::Result<()> {
         width,
         batch,
         size,
+        what,
         threads,
         steps,
         pirl_preset,
@@ -505,10 +506,21 @@ fn bench_command(a: crate::cli::BenchArgs) -> anyhow::Result<()> {
     crate::ops::profile::enable(profile);
     let dev = crate::device::open(&device, tf32)?;
     let arch: crate::model::Arch = toml::Value::String(arch).try_into()?;
-    for &b in &batch {
-        for &s in &size {
-            let l = crate::bench::resnet_step(arch, width, b, s, 2, steps, &dev)?;
-            println!("{}", serde_json::to_string(&l)?);
+    use crate::bench::What;
+    for &w in &what {
+        for &b in &batch {
+            for &s in &size {
+                let l = match w {
+                    What::Train => crate::bench::resnet_step(arch, width, b, s, 2, steps, &dev)?,
+                    What::Finetune => {
+                        crate::bench::finetune_step(arch, width, b, s, 2, steps, &dev)?
+                    }
+                    What::Features => {
+                        crate::bench::features_pass(arch, width, b, s, 2, steps, &dev)?
+                    }
+                };
+                println!("{}", serde_json::to_string(&l)?);
+            }
         }
     }
     if let Some(p) = pirl_preset {
