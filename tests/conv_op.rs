@@ -457,3 +457,58 @@ fn conv_speed_report() {
         println!("{name}: forward {fwd:8.1} ms   forward+backward {fwd_bwd:8.1} ms");
     }
 }
+
+/// The evaluation-mode conv + BatchNorm (+ ReLU) with the BatchNorm folded
+/// into the conv's weights against the conv followed by candle's BatchNorm
+/// (the unfolded eval forward), with running statistics, gamma and beta
+/// away from their initial values; and its gradient reaches the conv weight
+/// and gamma as the unfolded forward's does.
+#[test]
+fn folded_eval_conv_bn_matches_unfolded() {
+    use candle_nn::{VarBuilder, VarMap};
+    use pirlkit::ops::BatchNorm2d;
+    for (c, relu) in [
+        (case(3, 5, 6, 9, 9, 3, 1, 1), true),
+        (case(2, 4, 8, 8, 8, 1, 2, 0), false),
+        (case(2, 3, 4, 11, 11, 7, 2, 3), true),
+    ] {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let bn = BatchNorm2d::new(c.cout, 1e-5, 0.1, vb.pp("bn")).unwrap();
+        for (name, salt, shift) in [
+            ("bn.running_mean", 11, 0.0),
+            ("bn.running_var", 12, 1.0),
+            ("bn.weight", 13, 1.0),
+            ("bn.bias", 14, 0.0),
+        ] {
+            let v = (tensor(&[c.cout], salt, DType::F32) + shift).unwrap();
+            vm.data().lock().unwrap()[name].set(&v).unwrap();
+        }
+        let x = tensor(&[c.n, c.cin, c.h, c.w], 1, DType::F32);
+        let w = Var::from_tensor(&tensor(&[c.cout, c.cin, c.k, c.k], 2, DType::F32)).unwrap();
+        let folded = bn
+            .forward_conv_t(&x, w.as_tensor(), (c.s, c.p), false, relu)
+            .unwrap();
+        let unfolded = bn
+            .forward_t(&conv2d(&x, w.as_tensor(), c.s, c.p).unwrap(), false, relu)
+            .unwrap();
+        assert_close(&format!("{c:?} folded forward"), &folded, &unfolded, 1e-5);
+        let gamma = vm.data().lock().unwrap()["bn.weight"].clone();
+        let g1 = folded.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = unfolded
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (what, t) in [("dW", w.as_tensor()), ("dgamma", gamma.as_tensor())] {
+            assert_close(
+                &format!("{c:?} folded {what}"),
+                g1.get(t).unwrap(),
+                g2.get(t).unwrap(),
+                1e-4,
+            );
+        }
+    }
+}

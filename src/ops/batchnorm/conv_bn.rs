@@ -29,6 +29,9 @@ impl BatchNorm2d {
             && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
             && x.dtype() == w.dtype()
             && x.dtype() == self.weight.dtype();
+        if !train && crate::ops::fast_cpu(x.device()) && w.device().is_cpu() {
+            return self.forward_conv_folded(x, w, (stride, padding), relu);
+        }
         if !fast {
             return self.forward_t(&crate::ops::conv2d(x, w, stride, padding)?, train, relu);
         }
@@ -46,6 +49,35 @@ impl BatchNorm2d {
         let st = stats.lock().expect("bn stats lock").clone();
         self.update_running(&st, y.dims4()?)?;
         Ok(y)
+    }
+}
+
+impl BatchNorm2d {
+    /// Evaluation mode, the BatchNorm folded into the conv: with
+    /// `s = gamma / sqrt(running_var + eps)`, `relu?(conv2d(x, w * s) +
+    /// (beta - running_mean * s))`, per output channel. One conv and one
+    /// broadcast add instead of the conv and candle's BatchNorm (about five
+    /// whole-tensor passes). The folded weights are built by candle ops from
+    /// the variables, so a gradient through an eval-mode forward still
+    /// reaches `w`, `gamma` and `beta`. Equal to the unfolded forward up to
+    /// f32 rounding (`tests/conv_op.rs` checks it against it).
+    pub fn forward_conv_folded(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        (stride, padding): (usize, usize),
+        relu: bool,
+    ) -> Result<Tensor> {
+        let c = self.weight.dim(0)?;
+        let dt = w.dtype();
+        let rm = self.running_mean.as_tensor().to_dtype(dt)?;
+        let rv = self.running_var.as_tensor().to_dtype(dt)?;
+        let s = (self.weight.to_dtype(dt)? / (rv + self.eps)?.sqrt()?)?;
+        let wf = w.broadcast_mul(&s.reshape((c, 1, 1, 1))?)?;
+        let bf = (self.bias.to_dtype(dt)? - (rm * &s)?)?;
+        let y = crate::ops::conv2d(x, &wf, stride, padding)?
+            .broadcast_add(&bf.reshape((1, c, 1, 1))?)?;
+        if relu { y.relu() } else { Ok(y) }
     }
 }
 
