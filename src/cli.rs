@@ -44,7 +44,8 @@ pub enum Command {
     Probe {
         #[command(flatten)]
         run: RunArgs,
-        /// Checkpoint folder (e.g. runs/pretrain/checkpoints/epoch-0030); its config is used.
+        /// Checkpoint: its folder (runs/pretrain/checkpoints/step-N), the `latest`
+        /// pointer beside it, or the run folder (runs/pretrain: its latest); its config is used.
         #[arg(
             long,
             conflicts_with = "random_init",
@@ -188,7 +189,8 @@ pub enum Command {
 pub struct FinetuneArgs {
     #[command(flatten)]
     pub run: RunArgs,
-    /// PIRL checkpoint folder.
+    /// PIRL checkpoint: its folder (runs/pretrain/checkpoints/step-N), the
+    /// `latest` pointer beside it, or the run folder (its latest).
     #[arg(long, conflicts_with_all = ["random_init", "weights"])]
     pub checkpoint: Option<PathBuf>,
     /// Start from a seeded random init.

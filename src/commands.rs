@@ -28,7 +28,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             random_init: _,
             val_only,
             out,
-        } => probe(&run, checkpoint.as_deref(), val_only, &out)?,
+        } => {
+            let ck = checkpoint
+                .as_deref()
+                .map(crate::train::checkpoint::resolve)
+                .transpose()?;
+            probe(&run, ck.as_deref(), val_only, &out)?
+        }
         Command::Reproduce {
             protocol,
             run,
@@ -368,6 +374,10 @@ fn finetune_command(a: crate::cli::FinetuneArgs) -> anyhow::Result<()> {
         out,
     } = a;
     use crate::train::finetune::{Init, Labeled, Stage};
+    let checkpoint = checkpoint
+        .as_deref()
+        .map(crate::train::checkpoint::resolve)
+        .transpose()?;
     let mut cfg = run.resolve()?;
     if let Some(ck) = &checkpoint {
         cfg = with_encoder_of(cfg, ck)?;

@@ -181,6 +181,40 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     }
 }
 
+/// The checkpoint folder a user named: a checkpoint folder itself (it holds
+/// `meta.json`), the `latest` pointer file, a run's `checkpoints/` folder or
+/// the run folder (both: the checkpoint `latest` points at). Anything else
+/// is an error that names the path and what was looked for.
+pub fn resolve(p: &Path) -> Result<PathBuf> {
+    if p.join(META_FILE).is_file() {
+        return Ok(p.to_path_buf());
+    }
+    let not_found = |msg: &str| Error::Checkpoint {
+        path: p.to_path_buf(),
+        msg: msg.into(),
+    };
+    if p.is_file() {
+        let s = std::fs::read_to_string(p).map_err(io(p))?;
+        let dir = p.parent().unwrap_or(Path::new(".")).join(s.trim());
+        if s.trim().is_empty() || !dir.join(META_FILE).is_file() {
+            return Err(not_found(
+                "not a checkpoint folder, and not a `latest` pointer to one",
+            ));
+        }
+        return Ok(dir);
+    }
+    if p.join("latest").is_file() {
+        return resolve(&p.join("latest"));
+    }
+    if p.join("checkpoints").is_dir() {
+        return latest(p)?.ok_or_else(|| not_found("the run has no checkpoint yet"));
+    }
+    Err(not_found(
+        "no checkpoint here: give a checkpoint folder (runs/X/checkpoints/step-N, with meta.json), \
+         its `latest` pointer, or the run folder",
+    ))
+}
+
 pub fn read_meta(ckpt: &Path) -> Result<Meta> {
     let p = ckpt.join(META_FILE);
     let s = std::fs::read(&p).map_err(io(&p))?;
@@ -240,4 +274,43 @@ pub fn config_diff(a: &Config, b: &Config) -> Vec<String> {
         &mut out,
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_takes_the_folder_the_pointer_the_checkpoints_folder_or_the_run() {
+        let t = tempfile::tempdir().unwrap();
+        let run = t.path().join("run");
+        let root = run.join("checkpoints");
+        for step in ["step-00000001", "step-00000002"] {
+            std::fs::create_dir_all(root.join(step)).unwrap();
+            std::fs::write(root.join(step).join(META_FILE), "{}").unwrap();
+        }
+        std::fs::write(root.join("latest"), "step-00000002\n").unwrap();
+        let want = root.join("step-00000002");
+        for p in [&want, &root.join("latest"), &root, &run] {
+            assert_eq!(resolve(p).unwrap(), want, "{}", p.display());
+        }
+        // An older checkpoint named directly is taken as is.
+        let older = root.join("step-00000001");
+        assert_eq!(resolve(&older).unwrap(), older);
+        // A path that holds none of them is an error naming it.
+        let e = resolve(&t.path().join("nothing")).unwrap_err().to_string();
+        assert!(
+            e.contains("nothing") && e.contains("no checkpoint here"),
+            "{e}"
+        );
+        // A pointer to a missing checkpoint is an error too.
+        std::fs::write(root.join("latest"), "step-00000009").unwrap();
+        let e = resolve(&run).unwrap_err().to_string();
+        assert!(e.contains("without meta.json"), "{e}");
+        // A run folder whose training has not checkpointed yet.
+        let fresh = t.path().join("fresh");
+        std::fs::create_dir_all(fresh.join("checkpoints")).unwrap();
+        let e = resolve(&fresh).unwrap_err().to_string();
+        assert!(e.contains("no checkpoint yet"), "{e}");
+    }
 }
