@@ -385,7 +385,8 @@ fn add_relu_matches_candle() {
 }
 
 /// The probe's multi-stage features: stage 4 alone is the encoder's output
-/// (bit for bit), and stages 3 and 4 are layer3's pooled output then it.
+/// (bit for bit), and stages 3 and 4 are layer3's pooled output then it; the
+/// features carry no gradient, the eval forward does.
 #[test]
 fn pooled_stages_are_the_encoder_output_and_layer3() {
     use pirlkit::model::{ResNetConfig, build_encoder};
@@ -393,10 +394,29 @@ fn pooled_stages_are_the_encoder_output_and_layer3() {
         width: 0.125,
         ..Default::default()
     };
-    let (_, enc) =
+    let (vm, enc) =
         build_encoder(&cfg, 5, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     let x =
         candle_core::Tensor::randn(0f32, 1.0, (3, 3, 32, 32), &candle_core::Device::Cpu).unwrap();
+    // The eval forward still carries gradients to the weights; the frozen
+    // features (inference: no graph) carry none.
+    let vars = vm.all_vars();
+    let g = enc
+        .forward_t(&x, false)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(vars.iter().any(|v| g.get(v.as_tensor()).is_some()));
+    let g = enc
+        .pooled_stages(&x, &[3, 4])
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(vars.iter().all(|v| g.get(v.as_tensor()).is_none()));
     let out = enc
         .forward_t(&x, false)
         .unwrap()

@@ -333,10 +333,18 @@ impl ResNet {
 
     /// The globally average-pooled outputs of the given stages (1 = layer1
     /// ... 4 = layer4), concatenated in that order; BatchNorm in eval mode.
+    /// Frozen features: run as [`crate::ops::inference`] on the CPU (no
+    /// graph, intermediates freed as they go); the result carries no
+    /// gradient.
     ///
     /// # Shapes
     /// `x: (N, 3, H, W)` -> `(N, sum of the stages' channels)`.
     pub fn pooled_stages(&self, x: &Tensor, stages: &[usize]) -> Result<Tensor> {
+        let x = x.detach();
+        crate::ops::inference(|| self.pooled_stages_tracked(&x, stages))
+    }
+
+    fn pooled_stages_tracked(&self, x: &Tensor, stages: &[usize]) -> Result<Tensor> {
         let (c, b) = &self.stem;
         let mut y = self.pool.forward(&c.forward_bn(b, x, false, true)?)?;
         let mut out = Vec::new();

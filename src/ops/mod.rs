@@ -38,6 +38,24 @@ use std::cell::Cell;
 
 thread_local! {
     static REFERENCE: Cell<bool> = const { Cell::new(false) };
+    static INFERENCE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` as inference on this thread: the evaluation-mode conv +
+/// BatchNorm uses detached folded weights, so (with an untracked input) no
+/// op records a graph and every intermediate is freed as soon as the next
+/// layer has read it, as under PyTorch's `no_grad`. Nothing computed inside
+/// carries a gradient.
+pub fn inference<T>(f: impl FnOnce() -> T) -> T {
+    let before = INFERENCE.with(|r| r.replace(true));
+    let out = f();
+    INFERENCE.with(|r| r.set(before));
+    out
+}
+
+/// Whether this thread is inside [`inference`].
+pub fn in_inference() -> bool {
+    INFERENCE.with(|r| r.get())
 }
 
 /// Runs `f` with pirlkit's fast CPU kernels switched off on this thread:

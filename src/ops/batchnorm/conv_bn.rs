@@ -59,7 +59,8 @@ impl BatchNorm2d {
     /// broadcast add instead of the conv and candle's BatchNorm (about five
     /// whole-tensor passes). The folded weights are built by candle ops from
     /// the variables, so a gradient through an eval-mode forward still
-    /// reaches `w`, `gamma` and `beta`. Equal to the unfolded forward up to
+    /// reaches `w`, `gamma` and `beta` (not inside [`crate::ops::inference`],
+    /// where they are detached). Equal to the unfolded forward up to
     /// f32 rounding (`tests/conv_op.rs` checks it against it).
     pub fn forward_conv_folded(
         &self,
@@ -73,8 +74,11 @@ impl BatchNorm2d {
         let rm = self.running_mean.as_tensor().to_dtype(dt)?;
         let rv = self.running_var.as_tensor().to_dtype(dt)?;
         let s = (self.weight.to_dtype(dt)? / (rv + self.eps)?.sqrt()?)?;
-        let wf = w.broadcast_mul(&s.reshape((c, 1, 1, 1))?)?;
-        let bf = (self.bias.to_dtype(dt)? - (rm * &s)?)?;
+        let mut wf = w.broadcast_mul(&s.reshape((c, 1, 1, 1))?)?;
+        let mut bf = (self.bias.to_dtype(dt)? - (rm * &s)?)?;
+        if crate::ops::in_inference() {
+            (wf, bf) = (wf.detach(), bf.detach());
+        }
         let y = crate::ops::conv2d(x, &wf, stride, padding)?
             .broadcast_add(&bf.reshape((1, c, 1, 1))?)?;
         if relu { y.relu() } else { Ok(y) }
