@@ -192,6 +192,59 @@ fn bench_encoder(arch: Arch, width: f64, dev: &Device) -> Result<(VarMap, ResNet
     Ok((vm, net, cfg))
 }
 
+/// One figure's shape and step counts.
+struct Figure {
+    arch: Arch,
+    width: f64,
+    batch: usize,
+    size: usize,
+    warmup: usize,
+    steps: usize,
+}
+
+impl Figure {
+    /// Runs `step(i)` `warmup + steps` times (the peak memory reset before
+    /// the first; the profile and the clock counting the timed ones) and
+    /// reports their median.
+    fn time(
+        &self,
+        what: &str,
+        dev: &Device,
+        mut step: impl FnMut(usize) -> Result<()>,
+    ) -> Result<BenchLine> {
+        reset_peak_rss();
+        let mut times = Vec::new();
+        for i in 0..self.warmup + self.steps {
+            if i == self.warmup {
+                profile::take();
+            }
+            let t0 = Instant::now();
+            step(i)?;
+            dev.synchronize()?;
+            if i >= self.warmup {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        let profile = per_step(self.steps);
+        let m = median(times);
+        Ok(BenchLine {
+            what: what.into(),
+            arch: self.arch,
+            width: self.width,
+            batch: self.batch,
+            size: self.size,
+            threads: rayon::current_num_threads(),
+            device: crate::device::describe(dev),
+            steps: self.steps,
+            median_s: m,
+            images_per_s: self.batch as f64 / m,
+            forward_median_s: None,
+            peak_rss_mib: peak_rss_mib(),
+            profile,
+        })
+    }
+}
+
 /// The fine-tuning step ([`What::Finetune`]): one step per batch of `batch`
 /// images, half of them labelled positive.
 pub fn finetune_step(
@@ -220,38 +273,19 @@ pub fn finetune_step(
     let x = input(batch, size, 1, dev)?;
     let t: Vec<f32> = (0..batch).map(|i| (i % 2) as f32).collect();
     let targets = Tensor::from_vec(t, batch, dev)?;
-    reset_peak_rss();
-    let mut times = Vec::new();
-    for i in 0..warmup + steps {
-        if i == warmup {
-            profile::take();
-        }
-        let t0 = Instant::now();
-        let z = head.forward(&net.forward_t(&x, true)?)?.flatten_all()?;
-        let loss = crate::train::finetune::weighted_bce(&z, &targets, 4.0)?;
-        loss.to_scalar::<f32>()?;
-        backward_and_update(&loss, &mut opt, 3e-4)?;
-        dev.synchronize()?;
-        if i >= warmup {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    let profile = per_step(steps);
-    let m = median(times);
-    Ok(BenchLine {
-        what: "finetune-step".into(),
+    let fig = Figure {
         arch,
         width,
         batch,
         size,
-        threads: rayon::current_num_threads(),
-        device: crate::device::describe(dev),
+        warmup,
         steps,
-        median_s: m,
-        images_per_s: batch as f64 / m,
-        forward_median_s: None,
-        peak_rss_mib: peak_rss_mib(),
-        profile,
+    };
+    fig.time("finetune-step", dev, |_| {
+        let z = head.forward(&net.forward_t(&x, true)?)?.flatten_all()?;
+        let loss = crate::train::finetune::weighted_bce(&z, &targets, 4.0)?;
+        loss.to_scalar::<f32>()?;
+        backward_and_update(&loss, &mut opt, 3e-4)
     })
 }
 
@@ -270,36 +304,19 @@ pub fn features_pass(
     let (vm, net, _) = bench_encoder(arch, width, dev)?;
     seeded_init(&vm, 0)?;
     let x = input(batch, size, 1, dev)?;
-    reset_peak_rss();
-    let mut times = Vec::new();
-    for i in 0..warmup + steps {
-        if i == warmup {
-            profile::take();
-        }
-        let t0 = Instant::now();
-        let f = net.pooled_stages(&x, &[4])?.detach();
-        f.flatten_all()?.to_vec1::<f32>()?;
-        dev.synchronize()?;
-        if i >= warmup {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    let profile = per_step(steps);
-    let m = median(times);
-    Ok(BenchLine {
-        what: "features".into(),
+    let fig = Figure {
         arch,
         width,
         batch,
         size,
-        threads: rayon::current_num_threads(),
-        device: crate::device::describe(dev),
+        warmup,
         steps,
-        median_s: m,
-        images_per_s: batch as f64 / m,
-        forward_median_s: None,
-        peak_rss_mib: peak_rss_mib(),
-        profile,
+    };
+    fig.time("features", dev, |_| {
+        net.pooled_stages(&x, &[4])?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(())
     })
 }
 
@@ -334,15 +351,17 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize, dev: &Device) -> Res
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
         .collect();
     bank.fill(&(0..n).collect::<Vec<_>>(), &rows);
-    reset_peak_rss();
-    let mut times = Vec::new();
-    for i in 0..warmup + steps {
-        if i == warmup {
-            profile::take();
-        }
+    let fig = Figure {
+        arch: cfg.model.arch,
+        width: cfg.model.width,
+        batch: bs,
+        size: cfg.pretext.crop,
+        warmup,
+        steps,
+    };
+    fig.time("pirl-step", dev, |i| {
         let idx: Vec<usize> = (0..bs).map(|k| (i * bs + k) % n).collect();
         let img_idx: Vec<usize> = idx.iter().map(|k| k % pool).collect();
-        let t0 = Instant::now();
         let batch = crate::train::pretrain::make_batch(cfg, &imgs, &img_idx, i, dev)?;
         let m = bank.gather(&idx, dev)?;
         let neg_idx = bank.sample_negatives(
@@ -354,26 +373,6 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize, dev: &Device) -> Res
         let (loss, f) = crate::train::pretrain::pirl_forward(&model, cfg, &batch, &m, &neg)?;
         backward_and_update(&loss, &mut opt, cfg.train.optim.lr)?;
         bank.update(&idx, &f.detach().flatten_all()?.to_vec1::<f32>()?);
-        dev.synchronize()?;
-        if i >= warmup {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    let profile = per_step(steps);
-    let m = median(times);
-    Ok(BenchLine {
-        what: "pirl-step".into(),
-        arch: cfg.model.arch,
-        width: cfg.model.width,
-        batch: bs,
-        size: cfg.pretext.crop,
-        threads: rayon::current_num_threads(),
-        device: crate::device::describe(dev),
-        steps,
-        median_s: m,
-        images_per_s: bs as f64 / m,
-        forward_median_s: None,
-        peak_rss_mib: peak_rss_mib(),
-        profile,
+        Ok(())
     })
 }

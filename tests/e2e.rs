@@ -168,6 +168,8 @@ fn bench_prints_one_json_line_per_configuration() {
             "32",
             "--steps",
             "2",
+            "--what",
+            "train,finetune,features",
             "--pirl-preset",
             "tiny",
         ])
@@ -182,7 +184,26 @@ fn bench_prints_one_json_line_per_configuration() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3);
+    assert_eq!(lines.len(), 7);
+    let whats: Vec<&str> = lines.iter().map(|l| l["what"].as_str().unwrap()).collect();
+    assert_eq!(
+        whats,
+        [
+            "resnet-train-step",
+            "resnet-train-step",
+            "finetune-step",
+            "finetune-step",
+            "features",
+            "features",
+            "pirl-step"
+        ]
+    );
+    for l in &lines {
+        // Linux: the peak resident memory of the process, a few MiB at least.
+        let peak = l["peak_rss_mib"].as_f64().unwrap();
+        assert!(peak > 1.0 && peak < 64.0 * 1024.0, "{l}");
+        assert!(l["median_s"].as_f64().unwrap() > 0.0, "{l}");
+    }
     for l in &lines[..2] {
         assert_eq!(l["what"], "resnet-train-step");
         let (step, fwd) = (
@@ -198,8 +219,7 @@ fn bench_prints_one_json_line_per_configuration() {
                 < 1e-6
         );
     }
-    assert_eq!(lines[2]["what"], "pirl-step");
-    assert_eq!(lines[2]["batch"], 16);
+    assert_eq!(lines[6]["batch"], 16);
 }
 
 #[test]
