@@ -148,12 +148,12 @@ impl Classifier {
     /// The head on the frozen encoder (BatchNorm in eval mode, no gradient
     /// into the encoder): the linear-probing phase of LP-FT.
     fn head_logits(&self, x: &Tensor) -> Result<Tensor> {
-        let f = self.encoder.forward_t(x, false)?.detach();
+        let f = crate::ops::inference(|| self.encoder.forward_t(&x.detach(), false))?.detach();
         Ok(self.head.forward(&f)?.squeeze(1)?)
     }
 
-    /// Logits of the whole images at `crop` px (BatchNorm in eval mode),
-    /// averaged over the views of `tta`.
+    /// Logits of the whole images at `crop` px (BatchNorm in eval mode, as
+    /// inference: no graph), averaged over the views of `tta`.
     fn scores(
         &self,
         images: &[&RgbImage],
@@ -170,7 +170,8 @@ impl Classifier {
                     .par_iter()
                     .map(|im| augment::tta_view(im, crop, (k, mirror)))
                     .collect();
-                let z = self.logits(&stack(xs, self.encoder.device())?, false)?;
+                let x = stack(xs, self.encoder.device())?;
+                let z = crate::ops::inference(|| self.logits(&x, false))?;
                 for v in z.to_vec1::<f32>()? {
                     out[i] += f64::from(v) / views.len() as f64;
                     i += 1;
