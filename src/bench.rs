@@ -112,55 +112,34 @@ pub fn resnet_step(
     steps: usize,
     dev: &Device,
 ) -> Result<BenchLine> {
-    let (vm, net, cfg) = bench_encoder(arch, width, dev)?;
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);
-    let head = candle_nn::linear(cfg.feature_dim(), 128, vb.pp("head"))?;
-    seeded_init(&vm, 0)?;
-    let mut opt = Optimizer::new(
-        &vm,
-        &OptimConfig {
-            kind: OptimizerKind::Adamw,
-            lr: 1e-4,
-            ..Default::default()
-        },
-        &[],
-    )?;
+    let optim = OptimConfig {
+        kind: OptimizerKind::Adamw,
+        lr: 1e-4,
+        ..Default::default()
+    };
+    let (net, head, mut opt) = with_head(arch, width, 128, &optim, dev)?;
     let x = input(batch, size, 1, dev)?;
-    reset_peak_rss();
-    let (mut step_t, mut fwd_t) = (Vec::new(), Vec::new());
-    for i in 0..warmup + steps {
-        if i == warmup {
-            profile::take();
-        }
-        let t0 = Instant::now();
-        let y = head.forward(&net.forward_t(&x, true)?)?;
-        let loss = y.sqr()?.mean_all()?;
-        loss.to_scalar::<f32>()?;
-        let tf = t0.elapsed().as_secs_f64();
-        backward_and_update(&loss, &mut opt, 1e-4)?;
-        dev.synchronize()?;
-        if i >= warmup {
-            step_t.push(t0.elapsed().as_secs_f64());
-            fwd_t.push(tf);
-        }
-    }
-    let profile = per_step(steps);
-    let m = median(step_t);
-    Ok(BenchLine {
-        what: "resnet-train-step".into(),
+    let fig = Figure {
         arch,
         width,
         batch,
         size,
-        threads: rayon::current_num_threads(),
-        device: crate::device::describe(dev),
+        warmup,
         steps,
-        median_s: m,
-        images_per_s: batch as f64 / m,
-        forward_median_s: Some(median(fwd_t)),
-        peak_rss_mib: peak_rss_mib(),
-        profile,
-    })
+    };
+    let mut fwd_t = Vec::new();
+    let mut line = fig.time("resnet-train-step", dev, |i| {
+        let t0 = Instant::now();
+        let y = head.forward(&net.forward_t(&x, true)?)?;
+        let loss = y.sqr()?.mean_all()?;
+        loss.to_scalar::<f32>()?;
+        if i >= warmup {
+            fwd_t.push(t0.elapsed().as_secs_f64());
+        }
+        backward_and_update(&loss, &mut opt, 1e-4)
+    })?;
+    line.forward_median_s = Some(median(fwd_t));
+    Ok(line)
 }
 
 /// What a bench line times; `pirlkit bench --what`.
@@ -190,6 +169,22 @@ fn bench_encoder(arch: Arch, width: f64, dev: &Device) -> Result<(VarMap, ResNet
     let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);
     let net = ResNet::new(&cfg, vb.pp("encoder"))?;
     Ok((vm, net, cfg))
+}
+
+/// The seeded encoder with a Linear(d, `out`) head, and its optimiser.
+fn with_head(
+    arch: Arch,
+    width: f64,
+    out: usize,
+    optim: &OptimConfig,
+    dev: &Device,
+) -> Result<(ResNet, candle_nn::Linear, Optimizer)> {
+    let (vm, net, cfg) = bench_encoder(arch, width, dev)?;
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);
+    let head = candle_nn::linear(cfg.feature_dim(), out, vb.pp("head"))?;
+    seeded_init(&vm, 0)?;
+    let opt = Optimizer::new(&vm, optim, &[])?;
+    Ok((net, head, opt))
 }
 
 /// One figure's shape and step counts.
@@ -256,20 +251,13 @@ pub fn finetune_step(
     steps: usize,
     dev: &Device,
 ) -> Result<BenchLine> {
-    let (vm, net, cfg) = bench_encoder(arch, width, dev)?;
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);
-    let head = candle_nn::linear(cfg.feature_dim(), 1, vb.pp("head"))?;
-    seeded_init(&vm, 0)?;
-    let mut opt = Optimizer::new(
-        &vm,
-        &OptimConfig {
-            kind: OptimizerKind::Adamw,
-            lr: 3e-4,
-            weight_decay: 1e-2,
-            ..Default::default()
-        },
-        &[],
-    )?;
+    let optim = OptimConfig {
+        kind: OptimizerKind::Adamw,
+        lr: 3e-4,
+        weight_decay: 1e-2,
+        ..Default::default()
+    };
+    let (net, head, mut opt) = with_head(arch, width, 1, &optim, dev)?;
     let x = input(batch, size, 1, dev)?;
     let t: Vec<f32> = (0..batch).map(|i| (i % 2) as f32).collect();
     let targets = Tensor::from_vec(t, batch, dev)?;

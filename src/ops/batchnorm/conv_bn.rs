@@ -50,9 +50,7 @@ impl BatchNorm2d {
         self.update_running(&st, y.dims4()?)?;
         Ok(y)
     }
-}
 
-impl BatchNorm2d {
     /// Evaluation mode, the BatchNorm folded into the conv: with
     /// `s = gamma / sqrt(running_var + eps)`, `relu?(conv2d(x, w * s) +
     /// (beta - running_mean * s))`, per output channel. One conv and one
