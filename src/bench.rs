@@ -352,12 +352,13 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize, dev: &Device) -> Res
         let img_idx: Vec<usize> = idx.iter().map(|k| k % pool).collect();
         let batch = crate::train::pretrain::make_batch(cfg, &imgs, &img_idx, i, dev)?;
         let m = bank.gather(&idx, dev)?;
-        let neg_idx = bank.sample_negatives(
-            cfg.pirl.negatives,
+        let neg = crate::train::pretrain::draw_negatives(
+            &bank,
+            cfg,
             &idx,
             &mut crate::rng::stream(cfg.seed, "negatives", i as u64, 0),
-        );
-        let neg = bank.gather(&neg_idx, dev)?;
+            dev,
+        )?;
         let (loss, f) = crate::train::pretrain::pirl_forward(&model, cfg, &batch, &m, &neg)?;
         backward_and_update(&loss, &mut opt, cfg.train.optim.lr)?;
         bank.update(&idx, &f.detach().flatten_all()?.to_vec1::<f32>()?);

@@ -81,6 +81,19 @@ pub struct PirlConfig {
     /// Form of the heads f and g: `linear` (the paper) or `mlp` (VISSL's
     /// PIRL MLP variant); default `linear`.
     pub head: HeadKind,
+    /// How the negatives are drawn: `batch` (one set for the whole batch,
+    /// none of the batch's own rows; default) or `anchor` (a set of its own
+    /// for each image, only its own row left out: the PyTorch reference's).
+    pub negatives_draw: NegativesDraw,
+}
+
+/// See [`PirlConfig::negatives_draw`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NegativesDraw {
+    #[default]
+    Batch,
+    Anchor,
 }
 
 impl Default for PirlConfig {
@@ -91,6 +104,7 @@ impl Default for PirlConfig {
             lambda: 0.5,
             bank_momentum: 0.5,
             head: HeadKind::Linear,
+            negatives_draw: NegativesDraw::Batch,
         }
     }
 }

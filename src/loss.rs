@@ -10,10 +10,18 @@ use candle_core::{D, Result, Tensor};
 /// is the cosine.
 ///
 /// # Shapes
-/// `m: (B, D)` (bank rows, no gradient), `x: (B, D)`, `negatives: (N, D)` -> scalar.
+/// `m: (B, D)` (bank rows, no gradient), `x: (B, D)`, `negatives`: `(N, D)`
+/// shared by every row, or `(B, K, D)`, K of its own for each row -> scalar.
 pub fn nce_loss(m: &Tensor, x: &Tensor, negatives: &Tensor, tau: f64) -> Result<Tensor> {
     let pos = (m * x)?.sum_keepdim(1)?; // (B, 1)
-    let neg = x.matmul(&negatives.t()?)?; // (B, N)
+    let neg = if negatives.rank() == 3 {
+        // (B, 1, D) x (B, D, K) -> (B, K)
+        x.unsqueeze(1)?
+            .matmul(&negatives.transpose(1, 2)?.contiguous()?)?
+            .squeeze(1)?
+    } else {
+        x.matmul(&negatives.t()?)? // (B, N)
+    };
     let logits = (Tensor::cat(&[&pos, &neg], 1)? / tau)?;
     let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     lsm.narrow(1, 0, 1)?.mean_all()?.neg()

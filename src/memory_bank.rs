@@ -113,6 +113,23 @@ impl MemoryBank {
         all
     }
 
+    /// For each anchor row `idx[k]` in turn, `count` distinct rows drawn
+    /// uniformly from all the others (only the anchor's own row is left out,
+    /// as the PyTorch reference draws them): `idx.len() * count` indices,
+    /// anchor-major. When `count` is at least `n - 1`, every other row.
+    pub fn sample_negatives_per_anchor<R: Rng>(
+        &self,
+        count: usize,
+        idx: &[usize],
+        rng: &mut R,
+    ) -> Vec<usize> {
+        let mut out = Vec::with_capacity(idx.len() * count.min(self.n));
+        for &a in idx {
+            out.extend(self.sample_negatives(count, &[a], rng));
+        }
+        out
+    }
+
     /// The whole bank as an `(n, dim)` tensor, for checkpoints.
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
         Tensor::from_slice(&self.data, (self.n, self.dim), device)

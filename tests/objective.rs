@@ -208,3 +208,65 @@ fn negatives_never_include_the_batch_itself() {
     let all = b.sample_negatives(95, &batch, &mut pirlkit::rng::stream(0, "negatives", 0, 0));
     assert_eq!(all, (0..10).chain(30..100).collect::<Vec<_>>());
 }
+
+/// Per-anchor negatives `(B, K, D)`: row i's loss uses its own set. With the
+/// hand-computed rows above: row 0 against NEG gives l1, row 1 against NEG
+/// gives l2; giving row 1 instead the set {[-1, 0]} alone changes only its
+/// term: l2' = log(e^1.2 + e^-1.6) - 1.2 (Python: 0.06008387...).
+#[test]
+fn per_anchor_negatives_use_each_rows_own_set() {
+    let (m, f) = (t(&M, 2, 2), t(&F, 2, 2));
+    let shared = nce_loss(&m, &f, &t(&NEG, 3, 2), 0.5)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let both: Vec<f32> = NEG.iter().chain(NEG.iter()).copied().collect();
+    let per = Tensor::from_slice(&both, (2, 3, 2), &Device::Cpu).unwrap();
+    let l = nce_loss(&m, &f, &per, 0.5)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!((l - shared).abs() < 1e-6, "{l} vs {shared}");
+    // Row 0: NEG (3 rows); row 1: [-1, 0] three times, i.e. 3 e^-1.6.
+    let mixed: Vec<f32> = NEG
+        .iter()
+        .copied()
+        .chain([-1.0, 0.0, -1.0, 0.0, -1.0, 0.0])
+        .collect();
+    let per = Tensor::from_slice(&mixed, (2, 3, 2), &Device::Cpu).unwrap();
+    let l = nce_loss(&m, &f, &per, 0.5)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    let l1 = (2.0 * 1.2f64.exp() + 1.6f64.exp() + (-1.2f64).exp()).ln() - 1.2;
+    let l2 = (1.2f64.exp() + 3.0 * (-1.6f64).exp()).ln() - 1.2;
+    assert!((l - (l1 + l2) / 2.0).abs() < 1e-5, "{l}");
+}
+
+/// The reference's draw: each anchor's negatives leave out its own row only
+/// (a batch-mate's row may be among them), distinct within the anchor.
+#[test]
+fn per_anchor_negatives_leave_out_only_the_anchor() {
+    let b = MemoryBank::new(40, 4, 0.5);
+    let batch: Vec<usize> = (0..8).collect();
+    let n =
+        b.sample_negatives_per_anchor(30, &batch, &mut pirlkit::rng::stream(3, "negatives", 0, 0));
+    assert_eq!(n.len(), 8 * 30);
+    let mut mates = 0;
+    for (k, set) in n.chunks(30).enumerate() {
+        assert!(!set.contains(&batch[k]), "anchor {k} is its own negative");
+        let mut u = set.to_vec();
+        u.sort();
+        u.dedup();
+        assert_eq!(u.len(), 30);
+        mates += set.iter().filter(|i| batch.contains(i)).count();
+    }
+    assert!(
+        mates > 0,
+        "batch-mates are never drawn: that is the batch draw"
+    );
+    // Every other row when asked for more.
+    let all =
+        b.sample_negatives_per_anchor(99, &[5], &mut pirlkit::rng::stream(0, "negatives", 0, 0));
+    assert_eq!(all, (0..5).chain(6..40).collect::<Vec<_>>());
+}

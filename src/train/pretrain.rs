@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::augment::{self, Chw, stack};
-use crate::config::Config;
+use crate::config::{Config, NegativesDraw};
 use crate::data::RgbImage;
 use crate::error::{Error, Result, io};
 use crate::loss::pirl_loss_multi;
@@ -110,6 +110,27 @@ pub fn pirl_forward(
     let gs = model.embed_pretexts(&batch.1, true)?;
     let loss = pirl_loss_multi(m, &f, &gs, negatives, cfg.pirl.tau, cfg.pirl.lambda)?;
     Ok((loss, f))
+}
+
+/// The negatives of the batch of bank rows `idx`, as `pirl.negatives_draw`
+/// says: `(N, D)` shared by the batch, or `(B, N, D)`, a set per image.
+pub fn draw_negatives<R: rand::Rng>(
+    bank: &MemoryBank,
+    cfg: &Config,
+    idx: &[usize],
+    rng: &mut R,
+    dev: &Device,
+) -> Result<Tensor> {
+    let k = cfg.pirl.negatives;
+    Ok(match cfg.pirl.negatives_draw {
+        NegativesDraw::Batch => bank.gather(&bank.sample_negatives(k, idx, rng), dev)?,
+        NegativesDraw::Anchor => {
+            let rows = bank.sample_negatives_per_anchor(k, idx, rng);
+            let per = rows.len() / idx.len().max(1);
+            bank.gather(&rows, dev)?
+                .reshape((idx.len(), per, bank.dim()))?
+        }
+    })
 }
 
 /// Pretraining batches in order, built on a worker thread up to `depth`
@@ -530,12 +551,13 @@ impl<'c> Run<'c> {
                 .collect::<candle_core::Result<Vec<_>>>()?,
         );
         let m = self.bank.gather(idx, dev)?;
-        let neg_idx = self.bank.sample_negatives(
-            cfg.pirl.negatives,
+        let neg = draw_negatives(
+            &self.bank,
+            cfg,
             idx,
             &mut stream(cfg.seed, "negatives", epoch as u64, bi as u64),
-        );
-        let neg = self.bank.gather(&neg_idx, dev)?;
+            dev,
+        )?;
         let (mut loss, f) = pirl_forward(&self.model, cfg, &batch, &m, &neg)?;
         if injected_nan_step() == Some(self.step) {
             loss = (loss * f64::NAN)?;
