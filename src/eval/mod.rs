@@ -1,11 +1,14 @@
-//! Evaluation: AUC and the linear probe.
+//! Evaluation: AUC and the linear probe; pictures of what an encoder
+//! learned (PCA and t-SNE maps, Grad-CAM).
 pub mod auc;
 pub mod calibration;
+pub mod gradcam;
 pub mod pca;
 pub mod probe;
 pub mod roc;
 pub mod stats;
 pub mod subgroups;
+pub mod tsne;
 
 pub use auc::auc;
 pub use roc::{

@@ -365,6 +365,34 @@ impl ResNet {
         Tensor::cat(&out, 1)
     }
 
+    /// The output maps of the stem (after its max-pool) and of each stage,
+    /// BatchNorm in eval mode, for looking inside (Grad-CAM): each map is
+    /// passed through `hook(stage, map)` (0 = the stem, 1..=4 = layer1..4)
+    /// and what it returns goes on to the next stage and into the result.
+    /// On the graph unless run as [`crate::ops::inference`]; the last map,
+    /// average-pooled, is [`ResNet::forward_t`]'s output in eval mode.
+    ///
+    /// # Shapes
+    /// `x: (N, 3, H, W)` -> `[stem, layer1, layer2, layer3, layer4]`,
+    /// `(N, C_s, H_s, W_s)` with `H_s` about H/4, H/4, H/8, H/16, H/32.
+    pub fn stage_maps(
+        &self,
+        x: &Tensor,
+        hook: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
+    ) -> Result<Vec<Tensor>> {
+        let (c, b) = &self.stem;
+        let mut y = hook(0, self.pool.forward(&c.forward_bn(b, x, false, true)?)?)?;
+        let mut out = vec![y.clone()];
+        for (li, layer) in self.layers.iter().enumerate() {
+            for block in layer {
+                y = block.forward_t(&y, false)?;
+            }
+            y = hook(li + 1, y)?;
+            out.push(y.clone());
+        }
+        Ok(out)
+    }
+
     /// Channels of stage `s` (1..=4).
     pub fn stage_channels(&self, s: usize) -> usize {
         let c = self.cfg.base_channels() << (s - 1);
