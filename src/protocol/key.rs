@@ -46,6 +46,15 @@ pub struct ArmResult {
     /// picture of what the encoder separates).
     #[serde(default)]
     pub test_embedding: Vec<(f64, f64)>,
+    /// Linear probe: the same test features as an exact t-SNE map
+    /// ([`crate::eval::tsne`]), seeded by the config's seed.
+    #[serde(default)]
+    pub test_tsne: Vec<(f64, f64)>,
+    /// Fine-tuning (the largest fraction and first seed of an arm): Grad-CAM
+    /// of the most confident true positives and the missed positives of the
+    /// test split, by the selected epoch's model.
+    #[serde(default)]
+    pub gradcam: Option<crate::eval::gradcam::GradCams>,
     pub seconds: f64,
     /// The invocation that computed it (`host:pid:unix-ms`).
     #[serde(default)]

@@ -11,7 +11,7 @@ use super::{Arm, ArmKind, Protocol, label_subset};
 use crate::config::Config;
 use crate::data::{Dataset, RgbImage, Split};
 use crate::error::{Error, Result, io};
-use crate::eval::probe;
+use crate::eval::{gradcam, probe, tsne};
 use crate::io::write_atomic;
 use crate::train::finetune::{self, Init, Labeled};
 
@@ -139,8 +139,11 @@ struct Scored {
     /// Scores of each external set, in the runner's order.
     external: Vec<Vec<f64>>,
     /// Linear probe: the test features on their first two principal
-    /// components.
+    /// components, and as a t-SNE map.
     embedding: Vec<(f64, f64)>,
+    tsne: Vec<(f64, f64)>,
+    /// Fine-tuning: Grad-CAM of test images by the selected model.
+    gradcam: Option<gradcam::GradCams>,
 }
 
 impl Runner<'_> {
@@ -228,6 +231,9 @@ impl Runner<'_> {
         // by arms, fractions and seeds.
         let mut feats: BTreeMap<String, Vec<probe::ViewFeatures>> = BTreeMap::new();
         let mut fitted: BTreeMap<(String, Vec<usize>), Fitted> = BTreeMap::new();
+        // t-SNE maps of the test features per (encoder, view): a map does
+        // not depend on the label subset.
+        let mut maps: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for (i, (spec, key)) in specs.iter().zip(&keys).enumerate() {
             let hash = key.hash();
             let path = self.results_dir.join(result_file_name(
@@ -283,7 +289,7 @@ impl Runner<'_> {
                     match fitted.get(&fit_key) {
                         Some(r) => r.clone(),
                         None => {
-                            let r = self.frozen_arm(spec, &sub, &mut feats)?;
+                            let r = self.frozen_arm(spec, &sub, &mut feats, &mut maps)?;
                             fitted.insert(fit_key, r.clone());
                             r
                         }
@@ -292,6 +298,11 @@ impl Runner<'_> {
                 ArmKind::Finetune => {
                     let ckpt = path.with_extension("ckpt");
                     let r = self.finetune_arm(spec, &sub, (&ckpt, &hash))?;
+                    let gradcam = if explained(p, spec) {
+                        self.gradcam(&r)?
+                    } else {
+                        None
+                    };
                     Scored {
                         val_auc: r.val_auc,
                         test_auc: r.test_auc,
@@ -302,6 +313,8 @@ impl Runner<'_> {
                         train_losses: r.train_losses,
                         external: r.external_scores,
                         embedding: Vec::new(),
+                        tsne: Vec::new(),
+                        gradcam,
                     }
                 }
             };
@@ -328,6 +341,8 @@ impl Runner<'_> {
                     .zip(sc.external)
                     .collect(),
                 test_embedding: sc.embedding,
+                test_tsne: sc.tsne,
+                gradcam: sc.gradcam,
                 seconds: t.elapsed().as_secs_f64(),
                 computed_by: crate::runner::invocation_id().to_string(),
                 computed_now: true,
@@ -360,6 +375,7 @@ impl Runner<'_> {
         spec: &RunSpec,
         sub: &[usize],
         feats: &mut BTreeMap<String, Vec<probe::ViewFeatures>>,
+        maps: &mut BTreeMap<String, Vec<(f64, f64)>>,
     ) -> Result<Fitted> {
         let acfg = &spec.cfg;
         // A k-NN arm reads the first view only.
@@ -398,6 +414,18 @@ impl Runner<'_> {
             let detail = probe::describe_choice(&r, &acfg.probe);
             let chosen = vf.iter().find(|v| v.0 == r.view).unwrap_or(&vf[0]);
             let embedding = crate::eval::pca::project_2d(&chosen.1[0], &chosen.1[2]);
+            let map_key = format!(
+                "{feat_key}|{}",
+                serde_json::to_string(&chosen.0).unwrap_or_default()
+            );
+            let tsne = match maps.get(&map_key) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = test_map(&chosen.1[0], &chosen.1[2], acfg.seed)?;
+                    maps.insert(map_key, m.clone());
+                    m
+                }
+            };
             Ok(Scored {
                 val_auc: r.val_auc,
                 test_auc: r.test_auc,
@@ -406,6 +434,7 @@ impl Runner<'_> {
                 detail,
                 external: r.external_scores,
                 embedding,
+                tsne,
                 ..Default::default()
             })
         } else {
@@ -460,6 +489,33 @@ impl Runner<'_> {
         )
     }
 
+    /// Grad-CAM of a fine-tuned run's selected model on the test split:
+    /// the most confident true positives and the missed positives at the
+    /// Youden threshold picked on validation.
+    fn gradcam(&self, r: &finetune::FinetuneResult) -> Result<Option<gradcam::GradCams>> {
+        let Some(m) = &r.model else {
+            return Ok(None);
+        };
+        let (te_i, te_y) = self.split(Split::Test);
+        let (_, va_y) = self.split(Split::Val);
+        let ids: Vec<String> = self
+            .ds
+            .indices(Split::Test)
+            .iter()
+            .map(|&i| self.ds.samples[i].id.clone())
+            .collect();
+        let threshold = crate::eval::youden_threshold(&r.val_scores, &va_y)?;
+        let test = gradcam::TestImages {
+            images: &te_i,
+            ids: &ids,
+            labels: &te_y,
+            scores: &r.test_scores,
+        };
+        Ok(Some(gradcam::explain(
+            &m.encoder, &m.head, m.view, &test, threshold,
+        )?))
+    }
+
     /// Each external set's images, in order.
     fn external_images(&self) -> Vec<Vec<&RgbImage>> {
         self.external
@@ -490,4 +546,45 @@ impl Runner<'_> {
             &self.external_images(),
         )
     }
+}
+
+/// Whether a run's model is explained with Grad-CAM: a fine-tuning run at
+/// its arm's largest label fraction and first (smallest) seed, once per
+/// init.
+fn explained(p: &Protocol, spec: &RunSpec) -> bool {
+    let fractions = spec
+        .arm
+        .label_fractions
+        .as_ref()
+        .unwrap_or(&p.label_fractions);
+    let seeds = spec.arm.seeds.as_ref().unwrap_or(&p.seeds);
+    let largest = fractions.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    spec.arm.kind == ArmKind::Finetune
+        && spec.fraction == largest
+        && seeds.iter().min() == Some(&spec.seed)
+}
+
+/// The t-SNE map of the test features (standardised by the training
+/// features) at [`tsne::TsneParams::default`], seeded by the config's seed,
+/// so that runs sharing a fit share their map; none for a test split of
+/// fewer than [`tsne::MIN_POINTS`] images.
+fn test_map(
+    train: &ndarray::Array2<f64>,
+    test: &ndarray::Array2<f64>,
+    seed: u64,
+) -> Result<Vec<(f64, f64)>> {
+    if test.nrows() < tsne::MIN_POINTS {
+        return Ok(Vec::new());
+    }
+    let t = std::time::Instant::now();
+    let m = tsne::tsne_standardised(train, test, &tsne::TsneParams::default(), seed)?;
+    tracing::debug!(
+        "t-SNE of {} test features: KL {:.3} (start {:.3}), perplexity {}, {:.1} s",
+        test.nrows(),
+        m.kl_divergence,
+        m.kl_start,
+        m.perplexity,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(m.points)
 }

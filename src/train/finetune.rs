@@ -113,6 +113,20 @@ pub struct FinetuneResult {
     /// Logits of each external set's images, by the selected weights.
     #[serde(default)]
     pub external_scores: Vec<Vec<f64>>,
+    /// The classifier with the selected epoch's weights, as the test split
+    /// was scored with it (for looking inside it: Grad-CAM). Not saved.
+    #[serde(skip)]
+    pub model: Option<Finetuned>,
+}
+
+/// A fine-tuned classifier: `head` on the average-pooled layer4 of
+/// `encoder`, one logit per image.
+#[derive(Debug, Clone)]
+pub struct Finetuned {
+    pub encoder: ResNet,
+    pub head: candle_nn::Linear,
+    /// The view size (px) it scores images at.
+    pub view: usize,
 }
 
 /// Class-weighted binary cross-entropy on logits, averaged:
@@ -497,6 +511,11 @@ pub fn finetune(
         val_curve: prog.val_curve,
         train_losses: prog.train_losses,
         external_scores,
+        model: Some(Finetuned {
+            encoder: model.encoder.clone(),
+            head: model.head.clone(),
+            view: crop,
+        }),
     })
 }
 
