@@ -127,11 +127,58 @@ fn protocol_runs_every_arm_and_resumes() {
             "{init}: one dot per test image"
         );
     }
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    // ... and as t-SNE maps.
+    for init in ["pirl", "random"] {
+        let svg =
+            std::fs::read_to_string(dir.join(format!("tsne_linear-probe_{init}.svg"))).unwrap();
+        assert!(svg.matches("<circle").count() >= 60, "{init}: t-SNE dots");
+    }
+    // Grad-CAM of the fine-tuned model at the largest fraction and first
+    // seed only, for each init: the surest true positives and the misses of
+    // the 60 test images, at 32 px (layer4 one cell, layer3 2x2).
+    let mut explained = Vec::new();
+    for f in std::fs::read_dir(dir.join("runs")).unwrap() {
+        let r: pirlkit::protocol::ArmResult =
+            serde_json::from_slice(&std::fs::read(f.unwrap().path()).unwrap()).unwrap();
+        if let Some(g) = &r.gradcam {
+            explained.push((r.arm.clone(), r.init.clone(), r.fraction, r.seed));
+            assert_eq!(g.view, 32);
+            assert!(!g.cases.is_empty() && g.cases.len() <= 6);
+            for c in &g.cases {
+                assert_eq!(c.label, 1);
+                assert_eq!(c.score, r.test_scores[c.index]);
+                let shape: Vec<_> = c.maps.iter().map(|m| (m.stage, m.h, m.w)).collect();
+                assert_eq!(shape, vec![(4, 1, 1), (3, 2, 2)]);
+                assert_eq!(c.image().unwrap().dimensions(), (32, 32));
+            }
+        }
+        assert_eq!(
+            r.test_tsne.len(),
+            if r.kind == pirlkit::protocol::ArmKind::LinearProbe {
+                60
+            } else {
+                0
+            }
+        );
+    }
+    explained.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        explained,
+        vec![
+            ("partial-finetune".to_string(), "pirl".to_string(), 1.0, 0),
+            ("partial-finetune".to_string(), "random".to_string(), 1.0, 0)
+        ]
+    );
+    assert!(html.contains("the last stage (layer4) is a single cell"));
+    for init in ["pirl", "random"] {
+        assert!(html.contains(&format!("<figure id=\"gradcam_partial-finetune_{init}\">")));
+        assert!(md.contains(&format!("](gradcam_partial-finetune_{init}.png)")));
+    }
     for stem in ["runs", "paired", "summary"] {
         parquet_matches_csv(&dir, stem);
     }
     // report.md links the PNG charts (which decode); report.html inlines SVG.
-    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     for name in [
         "roc_linear-probe_f1.png",
         "roc_knn_f0.5.png",
@@ -270,6 +317,8 @@ fn check_in_browser(html: &Path, tmp: &Path) {
         &dom[..dom.len().min(2000)]
     );
     assert!(dom.matches("<svg").count() >= 6, "ROC and loss plots");
+    assert!(dom.contains("<figure id=\"gradcam_partial-finetune_pirl\">"));
+    assert!(dom.contains("<figure id=\"tsne_linear-probe_random\">"));
     // The headline first: the label-efficiency figure and the forest plot
     // before the comparison table, calibration after it, details last.
     let at = |s: &str| {

@@ -590,22 +590,8 @@ fn the_page_renders_its_headline_in_a_browser() {
         "headline",
         "calibration",
     ];
-    // A copy that writes each element's box into the DOM once laid out.
-    let probe = format!(
-        "<script>const r=[{}].map(i=>{{const e=document.getElementById(i);if(!e)return i+' missing';const b=e.getBoundingClientRect();return [i,b.left+scrollX,b.top+scrollY,b.width,b.height].map(v=>typeof v==='number'?Math.round(v):v).join(' ')}});r.push('page '+document.documentElement.scrollHeight);const p=document.createElement('pre');p.id='boxes';p.textContent=r.join('\\n');document.body.appendChild(p);</script></body>",
-        ids.iter()
-            .map(|i| format!("'{i}'"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let page = dir.join("probe.html");
-    std::fs::write(&page, html.replace("</body>", &probe)).unwrap();
-    let dom = browse(
-        &chrome,
-        tmp.path(),
-        &page,
-        &["--dump-dom", "--window-size=1280,900"],
-    );
+    let shown = Shown::render(chrome, tmp.path(), &dir, &ids);
+    let (dom, boxes) = (&shown.dom, &shown.boxes);
     for col in [
         "<th>AUC</th>",
         "<th>derm7pt: AUC</th>",
@@ -615,58 +601,12 @@ fn the_page_renders_its_headline_in_a_browser() {
         assert!(dom.contains(col), "headline table lacks {col}");
     }
     assert!(!dom.contains("NaN"));
-    let boxes: BTreeMap<String, Vec<i64>> = dom
-        .split("<pre id=\"boxes\">")
-        .nth(1)
-        .and_then(|s| s.split("</pre>").next())
-        .unwrap_or_else(|| panic!("no boxes in the DOM"))
-        .lines()
-        .map(|l| {
-            let mut w = l.split(' ');
-            let id = w.next().unwrap().to_string();
-            let v: Vec<i64> = w
-                .map(|x| x.parse().unwrap_or_else(|_| panic!("{l}")))
-                .collect();
-            (id, v)
-        })
-        .collect();
-    for id in ids {
-        assert_eq!(boxes[id].len(), 4, "{id}: {:?}", boxes[id]);
-    }
     // The answer first: the headline section above calibration, the
     // label-efficiency figure above the forest plot or beside it.
     assert!(boxes["headline"][1] < boxes["calibration"][1]);
     assert!(boxes["label_efficiency_test"][1] <= boxes["forest"][1]);
     assert!(boxes["forest"][1] < boxes["calibration"][1]);
-    let height = boxes["page"][0];
-    let shot = tmp.path().join("page.png");
-    browse(
-        &chrome,
-        tmp.path(),
-        &page,
-        &[
-            &format!("--screenshot={}", shot.display()),
-            &format!("--window-size=1280,{height}"),
-        ],
-    );
-    let img = image::open(&shot).unwrap().to_rgb8();
-    let count = |id: &str, c: (u8, u8, u8)| {
-        let b = &boxes[id];
-        let (x0, y0) = (b[0].max(0) as u32, b[1].max(0) as u32);
-        let (x1, y1) = (
-            ((b[0] + b[2]) as u32).min(img.width()),
-            ((b[1] + b[3]) as u32).min(img.height()),
-        );
-        (y0..y1)
-            .flat_map(|y| (x0..x1).map(move |x| (x, y)))
-            .filter(|&(x, y)| {
-                let p = img.get_pixel(x, y).0;
-                (p[0] as i32 - c.0 as i32).abs() < 40
-                    && (p[1] as i32 - c.1 as i32).abs() < 40
-                    && (p[2] as i32 - c.2 as i32).abs() < 40
-            })
-            .count()
-    };
+    let count = |id: &str, c: (u8, u8, u8)| shown.count(id, c);
     let (blue, red, green) = ((0x1f, 0x77, 0xb4), (0xd6, 0x27, 0x28), (0x2c, 0xa0, 0x2c));
     // linear-probe blue, knn red, pirl-only green, in both label-efficiency
     // figures; blue and red squares in the forest plot (pirl-only has no
@@ -685,6 +625,294 @@ fn the_page_renders_its_headline_in_a_browser() {
     // Drawn, not blank: dark (text, axes) pixels in each figure.
     for id in ["label_efficiency_test", "forest", "reliability_knn_test"] {
         assert!(count(id, (0, 0, 0)) > 300, "{id}: text and axes");
+    }
+}
+
+/// The runs of the pictures' fixture: a linear probe with its PCA and
+/// t-SNE maps, and a fine-tuning with Grad-CAM, each for PIRL and random
+/// init. The maps put the positives (every third image) apart from the
+/// rest; the Grad-CAM images are uniform grey (128), their layer4 map lit
+/// in the lower right cell only, their layer3 map in the upper left cell
+/// (and all zero for the last missed image of random init).
+fn picture_results() -> Vec<ArmResult> {
+    use pirlkit::eval::gradcam::{CamCase, CaseKind, GradCams, Heatmap};
+    let y = labels(N, 0);
+    let spot = |i: usize, l: u8, k: f64| {
+        let a = i as f64 * 0.7;
+        (k * l as f64 + a.cos(), a.sin() - k * l as f64)
+    };
+    let grey = {
+        let im = image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128]));
+        let mut png = Vec::new();
+        im.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        hex::encode(png)
+    };
+    let mut out = Vec::new();
+    for init in ["pirl", "random"] {
+        let mut r = run("linear-probe", "linear-probe", init, 1.0, 0);
+        r.test_embedding = y
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| spot(i, l, 3.0))
+            .collect();
+        r.test_tsne = y
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| spot(i, l, 6.0))
+            .collect();
+        out.push(r);
+        let mut f = run("finetune", "linear-probe", init, 1.0, 0);
+        f.kind = pirlkit::protocol::ArmKind::Finetune;
+        let threshold = 0.0;
+        let picks = pirlkit::eval::gradcam::pick_cases(&f.test_scores, &y, threshold, 3);
+        assert_eq!(picks.len(), 6, "{picks:?}");
+        let cases = picks
+            .iter()
+            .enumerate()
+            .map(|(k, &(kind, i))| {
+                let mut l3 = vec![0.0f32; 16];
+                if !(init == "random" && k == 5) {
+                    l3[0] = 2.0;
+                }
+                CamCase {
+                    kind,
+                    index: i,
+                    id: format!("ISIC_{i:07}"),
+                    label: 1,
+                    score: f.test_scores[i],
+                    view_logit: f.test_scores[i],
+                    image_png: grey.clone(),
+                    maps: vec![
+                        Heatmap {
+                            stage: 4,
+                            h: 2,
+                            w: 2,
+                            values: vec![0.0, 0.0, 0.0, 0.5],
+                        },
+                        Heatmap {
+                            stage: 3,
+                            h: 4,
+                            w: 4,
+                            values: l3,
+                        },
+                    ],
+                }
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(cases[0].kind, CaseKind::TruePositive);
+        assert_eq!(cases[5].kind, CaseKind::Missed);
+        f.gradcam = Some(GradCams {
+            threshold,
+            view: 64,
+            cases,
+        });
+        out.push(f);
+    }
+    out
+}
+
+/// The encoder's pictures: PCA and t-SNE maps of PIRL beside random init,
+/// and the Grad-CAM figures, written as SVG and PNG, captioned honestly
+/// (the 2x2 last stage), and drawn by Chromium where they sit: the maps'
+/// dots, the image row's grey, the overlays' heat where the maps are lit.
+#[test]
+fn the_encoder_pictures_are_drawn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("report");
+    let mut ctx = inputs();
+    ctx["external"] = serde_json::json!([]);
+    let ctx: ReportInputs = serde_json::from_value(ctx).unwrap();
+    write_with_external(&dir, &picture_results(), &ctx, |_| BTreeMap::new()).unwrap();
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    let figs = [
+        "features_linear-probe_pirl",
+        "features_linear-probe_random",
+        "tsne_linear-probe_pirl",
+        "tsne_linear-probe_random",
+        "gradcam_finetune_pirl",
+        "gradcam_finetune_random",
+    ];
+    for f in figs {
+        assert!(html.contains(&format!("<figure id=\"{f}\">")), "{f}");
+        assert!(md.contains(&format!("]({f}.png)")), "{f}");
+        let png = image::open(dir.join(format!("{f}.png"))).unwrap();
+        let svg = std::fs::read_to_string(dir.join(format!("{f}.svg"))).unwrap();
+        let w: f64 = svg
+            .split("width=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            png.width() as f64,
+            2.0 * w,
+            "{f}: the PNG is the SVG at twice the size"
+        );
+    }
+    // PCA before t-SNE, PIRL before random init; Grad-CAM after them.
+    let at = |s: &str| html.find(&format!("<figure id=\"{s}\">")).unwrap();
+    assert!(at(figs[0]) < at(figs[1]) && at(figs[1]) < at(figs[2]));
+    assert!(at(figs[2]) < at(figs[3]) && at(figs[3]) < at(figs[4]));
+    // One dot per test image in each map.
+    for f in &figs[..4] {
+        let svg = std::fs::read_to_string(dir.join(format!("{f}.svg"))).unwrap();
+        assert!(svg.matches("<circle").count() >= N, "{f}");
+    }
+    // Six images, three rows each (the view, layer4, layer3), inline.
+    let g = std::fs::read_to_string(dir.join("gradcam_finetune_pirl.svg")).unwrap();
+    assert_eq!(g.matches("href=\"data:image/png;base64,").count(), 18);
+    assert!(g.contains("true positive") && g.contains("missed") && g.contains("melanoma, p "));
+    assert!(g.contains("2x2 cells") && g.contains("4x4 cells"));
+    let r = std::fs::read_to_string(dir.join("gradcam_finetune_random.svg")).unwrap();
+    assert!(r.contains("map all zero") && !g.contains("map all zero"));
+    assert!(html.contains("At 64 px input the last stage (layer4) is a 2x2 grid"));
+    assert!(html.contains("The layer3 row (4x4) is finer, but it is not the last stage"));
+    assert!(html.contains("perplexity 30"));
+    assert!(!html.contains("NaN"));
+
+    let Some(chrome) = chromium() else { return };
+    let shown = Shown::render(chrome, tmp.path(), &dir, &figs);
+    let b = &shown.boxes;
+    // PIRL beside random init (same row), the t-SNE maps under the PCA maps.
+    assert_eq!(b[figs[0]][1], b[figs[1]][1]);
+    assert!(b[figs[0]][0] < b[figs[1]][0]);
+    assert!(b[figs[2]][1] > b[figs[0]][1]);
+    let (blue, red) = ((31, 119, 180), (214, 39, 40));
+    for f in &figs[..4] {
+        assert!(shown.count(f, blue) > 150, "{f}: blue dots");
+        assert!(shown.count(f, red) > 100, "{f}: red dots");
+        assert!(shown.count(f, (0, 0, 0)) > 300, "{f}: text and axes");
+    }
+    // Grad-CAM: the grey views; the overlays red (255, 0, 0 at 45 % over
+    // grey) where a map peaks and blue (0, 0, 255 over grey) where it is
+    // zero; header text.
+    let (heat, cold, grey) = ((185, 70, 70), (70, 70, 185), (128, 128, 128));
+    for f in &figs[4..] {
+        let (h, c, gr) = (
+            shown.count(f, heat),
+            shown.count(f, cold),
+            shown.count(f, grey),
+        );
+        assert!(h > 2000, "{f}: {h} heat pixels");
+        assert!(c > 10000, "{f}: {c} cold pixels");
+        assert!(gr > 6 * 90 * 90, "{f}: {gr} grey pixels (six views)");
+        assert!(shown.count(f, (0, 0, 0)) > 300, "{f}: text");
+    }
+}
+
+/// A Grad-CAM case that cannot be drawn is an error naming the run and
+/// the image, not a blank panel.
+#[test]
+fn broken_pictures_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ctx = inputs();
+    ctx["external"] = serde_json::json!([]);
+    let ctx: ReportInputs = serde_json::from_value(ctx).unwrap();
+    let mut rs = picture_results();
+    let g = rs[1].gradcam.as_mut().unwrap();
+    g.cases[2].image_png = "not hex".into();
+    let id = g.cases[2].id.clone();
+    let e = write_with_external(tmp.path(), &rs, &ctx, |_| BTreeMap::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("run finetune / pirl / 1 / seed 0") && e.contains(&id),
+        "{e}"
+    );
+    let mut rs = picture_results();
+    let g = rs[3].gradcam.as_mut().unwrap();
+    g.cases[1].maps.pop();
+    let id = g.cases[1].id.clone();
+    let e = write_with_external(tmp.path(), &rs, &ctx, |_| BTreeMap::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("run finetune / random / 1 / seed 0") && e.contains(&id),
+        "{e}"
+    );
+}
+
+/// report.html as headless Chromium lays it out and draws it: the DOM, the
+/// box of each element asked for (left, top, width, height in page
+/// pixels), and a screenshot of the whole page.
+struct Shown {
+    dom: String,
+    boxes: BTreeMap<String, Vec<i64>>,
+    img: image::RgbImage,
+}
+
+impl Shown {
+    fn render(chrome: &str, tmp: &Path, dir: &Path, ids: &[&str]) -> Shown {
+        let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+        // A copy that writes each element's box into the DOM once laid out.
+        let probe = format!(
+            "<script>const r=[{}].map(i=>{{const e=document.getElementById(i);if(!e)return i+' missing';const b=e.getBoundingClientRect();return [i,b.left+scrollX,b.top+scrollY,b.width,b.height].map(v=>typeof v==='number'?Math.round(v):v).join(' ')}});r.push('page '+document.documentElement.scrollHeight);const p=document.createElement('pre');p.id='boxes';p.textContent=r.join('\\n');document.body.appendChild(p);</script></body>",
+            ids.iter()
+                .map(|i| format!("'{i}'"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let page = dir.join("probe.html");
+        std::fs::write(&page, html.replace("</body>", &probe)).unwrap();
+        let dom = browse(
+            chrome,
+            tmp,
+            &page,
+            &["--dump-dom", "--window-size=1280,900"],
+        );
+        let boxes: BTreeMap<String, Vec<i64>> = dom
+            .split("<pre id=\"boxes\">")
+            .nth(1)
+            .and_then(|s| s.split("</pre>").next())
+            .unwrap_or_else(|| panic!("no boxes in the DOM"))
+            .lines()
+            .map(|l| {
+                let mut w = l.split(' ');
+                let id = w.next().unwrap().to_string();
+                let v: Vec<i64> = w
+                    .map(|x| x.parse().unwrap_or_else(|_| panic!("{l}")))
+                    .collect();
+                (id, v)
+            })
+            .collect();
+        for id in ids {
+            assert_eq!(boxes[*id].len(), 4, "{id}: {:?}", boxes[*id]);
+        }
+        let height = boxes["page"][0];
+        let shot = tmp.join("page.png");
+        browse(
+            chrome,
+            tmp,
+            &page,
+            &[
+                &format!("--screenshot={}", shot.display()),
+                &format!("--window-size=1280,{height}"),
+            ],
+        );
+        let img = image::open(&shot).unwrap().to_rgb8();
+        Shown { dom, boxes, img }
+    }
+
+    /// Pixels within 40 of `c` per channel inside the box of `id`.
+    fn count(&self, id: &str, c: (u8, u8, u8)) -> usize {
+        let (b, img) = (&self.boxes[id], &self.img);
+        let (x0, y0) = (b[0].max(0) as u32, b[1].max(0) as u32);
+        let (x1, y1) = (
+            ((b[0] + b[2]) as u32).min(img.width()),
+            ((b[1] + b[3]) as u32).min(img.height()),
+        );
+        (y0..y1)
+            .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+            .filter(|&(x, y)| {
+                let p = img.get_pixel(x, y).0;
+                (p[0] as i32 - c.0 as i32).abs() < 40
+                    && (p[1] as i32 - c.1 as i32).abs() < 40
+                    && (p[2] as i32 - c.2 as i32).abs() < 40
+            })
+            .count()
     }
 }
 

@@ -1,5 +1,5 @@
-//! What a chart draws on: a [`Canvas`] of lines, rectangles, dots and text
-//! in chart units (the SVG's user units; PNG pixels are a fixed multiple),
+//! What a chart draws on: a [`Canvas`] of lines, rectangles, dots, text
+//! and pictures in chart units (the SVG's user units; PNG pixels are a fixed multiple),
 //! implemented for SVG ([`super::svg`]) and PNG ([`super::png`]), so a
 //! chart's layout is written once. Text is measured with the embedded DejaVu
 //! Sans subset (`assets/fonts/`), the font the PNGs draw with.
@@ -98,6 +98,8 @@ pub trait Canvas {
     fn rect(&mut self, x: f64, y: f64, w: f64, h: f64, fill: Option<Rgb>, stroke: Option<Rgb>);
     fn dot(&mut self, center: (f64, f64), radius: f64, fill: Rgb);
     fn text(&mut self, at: (f64, f64), text: &str, style: TextStyle);
+    /// A picture scaled (smoothly) into the box at `(x, y)`, `w` by `h`.
+    fn image(&mut self, x: f64, y: f64, w: f64, h: f64, img: &image::RgbImage);
 }
 
 pub(crate) const FONT: &str = "pirlkit-dejavu-sans";

@@ -11,6 +11,7 @@ pub mod embedding;
 pub mod figures;
 pub mod forest;
 pub mod format;
+pub mod gradcam;
 pub mod headline;
 pub mod manifest;
 pub mod page;

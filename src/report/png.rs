@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::report::canvas::{self, Align, Canvas, Rgb, Stroke, TextStyle, dashes, font};
 use crate::report::chart::{self, Chart};
 use crate::report::forest::{self, Forest};
+use crate::report::gradcam::{self, CamFigure};
 use crate::report::svg::{Series, line_spec};
 
 /// PNG pixels per chart unit.
@@ -120,6 +121,20 @@ impl Canvas for PngCanvas<'_, '_> {
         let r = self.area.draw(&Text::new(text.to_string(), px(at), style));
         self.keep(r);
     }
+
+    fn image(&mut self, x: f64, y: f64, w: f64, h: f64, img: &image::RgbImage) {
+        let (x0, y0) = px((x, y));
+        let (x1, y1) = px((x + w, y + h));
+        let (pw, ph) = ((x1 - x0).max(1) as u32, (y1 - y0).max(1) as u32);
+        let scaled = image::imageops::resize(img, pw, ph, image::imageops::FilterType::Triangle);
+        for (dx, dy, p) in scaled.enumerate_pixels() {
+            let r = self.area.draw_pixel(
+                (x0 + dx as i32, y0 + dy as i32),
+                &RGBColor(p.0[0], p.0[1], p.0[2]),
+            );
+            self.keep(r);
+        }
+    }
 }
 
 /// Draws with `f` on a white `size` (units) bitmap; the PNG bytes.
@@ -154,6 +169,11 @@ fn render(size: (f64, f64), f: impl FnOnce(&mut PngCanvas)) -> Result<Vec<u8>> {
 /// `c` as PNG bytes (`c.size` times [`SCALE`] pixels).
 pub fn chart(c: &Chart) -> Result<Vec<u8>> {
     render(c.size, |canvas| chart::draw(c, canvas))
+}
+
+/// `f` as PNG bytes.
+pub fn gradcam(f: &CamFigure) -> Result<Vec<u8>> {
+    render(gradcam::size(f), |canvas| gradcam::draw(f, canvas))
 }
 
 /// `f` as PNG bytes.

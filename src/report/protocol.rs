@@ -6,6 +6,10 @@
 //!   and the comparison table (`headline.csv`).
 //! - Calibration ([`super::calibration`]): `calibration.csv`,
 //!   `reliability.csv` and a reliability diagram per arm.
+//! - What the encoders learned: the frozen test features of the linear
+//!   probes on two principal components and as t-SNE maps
+//!   ([`super::embedding`]), and Grad-CAM of the fine-tuned models over a
+//!   few test images ([`super::gradcam`]).
 //! - Subgroups ([`super::subgroups`]) when the sets carry metadata:
 //!   `subgroups.csv`.
 //! - External sets: `external_runs.csv`, `external_duplicates.csv`.
@@ -118,6 +122,9 @@ pub fn write_with_external(
     )?];
     sections.push(calibration_section(dir, results, &sets)?);
     if let Some(s) = embedding_section(dir, results, ctx)? {
+        sections.push(s);
+    }
+    if let Some(s) = gradcam_section(dir, results)? {
         sections.push(s);
     }
     if let Some(s) = subgroup_section(dir, results, &sets)? {
@@ -272,7 +279,7 @@ fn calibration_section(dir: &Path, results: &[ArmResult], sets: &[TestSet]) -> R
 }
 
 /// The frozen test features of PIRL and random init on two principal
-/// components, side by side.
+/// components and as t-SNE maps, side by side.
 fn embedding_section(
     dir: &Path,
     results: &[ArmResult],
@@ -284,13 +291,76 @@ fn embedding_section(
     }
     let mut figures = Vec::new();
     for (stem, c) in &charts {
-        let stem = format!("features_{}", crate::report::format::file_stem(stem));
-        figures.push(chart_figure(dir, &stem, c)?);
+        figures.push(chart_figure(dir, stem, c)?);
+    }
+    let t = crate::eval::tsne::TsneParams::default();
+    let mut paragraphs = vec!["The test images' frozen features (the linear probe's view), standardised by the training images' features; melanomas in red. PCA: projected on the first two principal components of the training features. A linear probe separates what lies apart in the full feature space, so these two components show only part of it.".to_string()];
+    if charts.iter().any(|(s, _)| s.starts_with("tsne_")) {
+        paragraphs.push(format!(
+            "t-SNE (exact): the features reduced to their first {} principal components, perplexity {} (at most a third of the images), {} iterations with the affinities exaggerated {}-fold over the first {}, started from the config's seed. t-SNE keeps neighbours: points close on the map are close in feature space, but the distances between clusters and their sizes mean nothing.",
+            t.pca_dims, t.perplexity, t.iterations, t.exaggeration, t.exaggeration_iterations
+        ));
     }
     Ok(Some(Section {
         id: "features".into(),
         title: "What the frozen encoder separates".into(),
-        paragraphs: vec!["The test images' frozen features (the linear probe's view), standardised and projected on the first two principal components of the training images' features; melanomas in red. A linear probe separates what lies apart in the full feature space, so these two components show only part of it.".into()],
+        paragraphs,
+        tables: Vec::new(),
+        figures,
+        collapsed: false,
+        figures_first: true,
+    }))
+}
+
+/// Grad-CAM of the fine-tuned models over a few test images.
+fn gradcam_section(dir: &Path, results: &[ArmResult]) -> Result<Option<Section>> {
+    let figs = crate::report::gradcam::figures(results)?;
+    let Some((_, first)) = figs.first() else {
+        return Ok(None);
+    };
+    let k = crate::eval::gradcam::CASES_PER_KIND;
+    let mut paragraphs = vec![format!(
+        "Grad-CAM (Selvaraju et al., 2017) of each fine-tuning arm's model (the selected epoch's weights; the largest label fraction, the first seed; PIRL and random init): the {k} melanomas of the test split scored highest at or above the operating threshold (Youden's, picked on validation), then the {k} scored lowest below it (missed). A map is ReLU(Σ_c α_c A_c) at a stage's output A, α_c the spatial mean of ∂logit/∂A_c; it is upsampled bilinearly to the view and scaled to its own maximum, so it shows where in that image the evidence for melanoma lies, not how much there is. p is sigmoid of the run's test score (averaged over the test-time views if the recipe has them); the maps explain the plain view."
+    )];
+    let grid = |stage: usize| {
+        first
+            .stages
+            .iter()
+            .find(|s| s.0 == stage)
+            .map(|s| format!("{}x{}", s.1, s.2))
+    };
+    if let Some(g4) = grid(4) {
+        let mut p = if g4 == "1x1" {
+            format!(
+                "At {} px input the last stage (layer4) is a single cell: its map cannot say where anything lies, only whether the evidence is positive at all.",
+                first.view
+            )
+        } else {
+            format!(
+                "At {} px input the last stage (layer4) is a {g4} grid: its map can only say which part of the image drove the score, at the resolution of a few cells, not outline a lesion.",
+                first.view
+            )
+        };
+        if let Some(g3) = grid(3) {
+            p.push_str(&format!(" The layer3 row ({g3}) is finer, but it is not the last stage: its gradients pass through layer4, and Grad-CAM at earlier stages is less specific to the class; read it as a finer hint of the same evidence, not as the model's decision."));
+        }
+        paragraphs.push(p);
+    }
+    let mut figures = Vec::new();
+    for (stem, f) in &figs {
+        let s = svg::gradcam(f, stem);
+        write_atomic(&dir.join(format!("{stem}.svg")), s.as_bytes())?;
+        write_atomic(&dir.join(format!("{stem}.png")), &png::gradcam(f)?)?;
+        figures.push(Figure {
+            stem: stem.clone(),
+            title: f.title.clone(),
+            svg: s,
+        });
+    }
+    Ok(Some(Section {
+        id: "gradcam".into(),
+        title: "Where the fine-tuned models look (Grad-CAM)".into(),
+        paragraphs,
         tables: Vec::new(),
         figures,
         collapsed: false,

@@ -9,6 +9,7 @@ use std::fmt::Write;
 use crate::report::canvas::{Align, Canvas, Rgb, Stroke, TextStyle, color};
 use crate::report::chart::{self, Axis, Chart, Curve};
 use crate::report::forest::{self, Forest};
+use crate::report::gradcam::{self, CamFigure};
 
 /// One polyline of a chart.
 #[derive(Debug, Clone)]
@@ -111,12 +112,58 @@ impl Canvas for SvgCanvas {
             esc(text)
         );
     }
+    fn image(&mut self, x: f64, y: f64, w: f64, h: f64, img: &image::RgbImage) {
+        let mut png = Vec::new();
+        if img
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .is_err()
+        {
+            // In-memory PNG encoding of a well-formed buffer does not fail;
+            // should it, the box stays visibly empty.
+            self.rect(x, y, w, h, None, Some((0x99, 0x99, 0x99)));
+            return;
+        }
+        let _ = write!(
+            self.body,
+            r#"<image x="{x:.2}" y="{y:.2}" width="{w:.2}" height="{h:.2}" preserveAspectRatio="none" href="data:image/png;base64,{}"/>"#,
+            base64(&png)
+        );
+    }
+}
+
+/// Standard base64 with padding (RFC 4648), for data URIs.
+pub fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for k in 0..4 {
+            if k <= chunk.len() {
+                out.push(ABC[((n >> (18 - 6 * k)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// `chart` as an SVG document.
 pub fn chart(c: &Chart, kind: &str) -> String {
     let mut canvas = SvgCanvas::new(c.size);
     chart::draw(c, &mut canvas);
+    canvas.finish(kind)
+}
+
+/// `f` as an SVG document.
+pub fn gradcam(f: &CamFigure, kind: &str) -> String {
+    let mut canvas = SvgCanvas::new(gradcam::size(f));
+    gradcam::draw(f, &mut canvas);
     canvas.finish(kind)
 }
 
