@@ -154,7 +154,7 @@ pub struct ProbeConfig {
     /// L2 penalties tried for the logistic regression (on standardised
     /// features; alpha = 1 / C of scikit-learn), the one with the best
     /// validation AUC is refit. A choice at either end of the grid is
-    /// flagged in the log and the report. Default 1e-2 .. 1e4 in steps of
+    /// flagged in the log and the report. Default 1e-3 .. 1e5 in steps of
     /// about half a decade.
     pub alphas: Vec<f64>,
     /// Recompute BatchNorm statistics on the un-augmented training images
@@ -214,7 +214,8 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         Self {
             alphas: vec![
-                1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4,
+                1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3,
+                1e4, 3e4, 1e5,
             ],
             recompute_bn: true,
             max_iterations: 300,
@@ -526,7 +527,7 @@ impl Config {
                     ..Default::default()
                 },
                 train: TrainConfig {
-                    epochs: 30,
+                    epochs: 60,
                     batch_size: 64,
                     optim: OptimConfig {
                         lr: 0.03,
