@@ -54,15 +54,15 @@ fn one() -> f64 {
 
 /// The settings pretraining reads: the config with the sections and keys it
 /// does not (the probe, fine-tuning, worker threads, batch prefetching) at
-/// their defaults.
+/// their sections' own defaults, not a preset's, so that a preset's new
+/// probe or fine-tuning defaults do not re-key its pretraining.
 pub fn pretrain_settings(cfg: &Config) -> Config {
-    let d = Config::default();
     Config {
-        threads: d.threads,
-        probe: d.probe,
-        finetune: d.finetune,
+        threads: 0,
+        probe: crate::config::ProbeConfig::default(),
+        finetune: crate::config::FinetuneConfig::default(),
         data: crate::config::DataConfig {
-            prefetch: d.data.prefetch,
+            prefetch: crate::config::DataConfig::default().prefetch,
             ..cfg.data.clone()
         },
         ..cfg.clone()
