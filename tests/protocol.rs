@@ -482,3 +482,47 @@ fn shipped_protocols_parse() {
     }
     assert!(n >= 2, "{n} protocols");
 }
+
+/// Every ablation config in protocols/ablations/ parses over the cpu preset,
+/// and each (but `preset-cpu.toml`, the preset as it is) pins the settings
+/// its README row was measured with, so that a new cpu preset does not
+/// silently change what the row's command measures.
+#[test]
+fn ablation_configs_parse_and_pin_their_settings() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("protocols/ablations");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let cfg = pirlkit::config::Config::from_toml_over(pirlkit::config::Preset::Cpu, &text)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(
+            cfg.data.val_from_train,
+            0.25,
+            "{}: the tuning split",
+            p.display()
+        );
+        if p.file_name().unwrap() == "preset-cpu.toml" {
+            continue;
+        }
+        let t: toml::Table = toml::from_str(&text).unwrap();
+        for path in [
+            &["model", "width"][..],
+            &["train", "epochs"],
+            &["train", "optim", "lr"],
+            &["probe", "views"],
+        ] {
+            let mut v = &toml::Value::Table(t.clone());
+            for k in path {
+                v = v
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{} does not pin {}", p.display(), path.join(".")));
+            }
+        }
+        n += 1;
+    }
+    assert!(n >= 10, "{n} ablation configs");
+}
