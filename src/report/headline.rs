@@ -305,7 +305,7 @@ pub fn lines(results: &[ArmResult], internal: &[Option<SetAuc>], paired: &[Paire
     };
     keys.iter()
         .map(|(arm, init, fraction)| {
-            let p: Vec<String> = paired
+            let p: Vec<f64> = paired
                 .iter()
                 .filter(|p| {
                     p.test_set == crate::report::sets::INTERNAL
@@ -313,15 +313,25 @@ pub fn lines(results: &[ArmResult], internal: &[Option<SetAuc>], paired: &[Paire
                         && &p.init == init
                         && p.fraction == *fraction
                 })
-                .map(|p| crate::report::format::format_p(p.delong.p))
+                .map(|p| p.delong.p)
                 .collect();
+            // One seed: "p = 0.014" or "p < 0.0001"; several: "p = a, b, c".
+            let p = match p.as_slice() {
+                [one] => crate::report::figures::p_text(*one),
+                many => format!(
+                    "= {}",
+                    many.iter()
+                        .map(|&v| crate::report::format::format_p(v))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
             format!(
-                "{arm}, {} % labels: {} {} vs random init {}, paired DeLong p = {}",
+                "{arm}, {} % labels: {} {} vs random init {}, paired DeLong p {p}",
                 fmt_pct(*fraction),
                 init_name(init),
                 show(arm, init, *fraction),
                 show(arm, "random", *fraction),
-                p.join(", ")
             )
         })
         .collect()
