@@ -469,18 +469,23 @@ fn a_changed_setting_reruns_only_the_runs_it_touches() {
 /// schema (unknown keys are errors, so a renamed setting shows here).
 #[test]
 fn shipped_protocols_parse() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("protocols");
-    let mut n = 0;
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "toml") {
-            let (proto, cfg) = pirlkit::protocol::Protocol::from_file(&p)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            assert!(!proto.runs(&cfg).unwrap().is_empty(), "{}", p.display());
-            n += 1;
-        }
+    let files = toml_files("protocols");
+    for p in &files {
+        let (proto, cfg) = pirlkit::protocol::Protocol::from_file(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(!proto.runs(&cfg).unwrap().is_empty(), "{}", p.display());
     }
-    assert!(n >= 2, "{n} protocols");
+    assert!(files.len() >= 2, "{} protocols", files.len());
+}
+
+/// The `.toml` files directly in the repository folder `sub`.
+fn toml_files(sub: &str) -> Vec<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(sub);
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect()
 }
 
 /// Every ablation config in protocols/ablations/ parses over the cpu preset,
@@ -489,13 +494,8 @@ fn shipped_protocols_parse() {
 /// silently change what the row's command measures.
 #[test]
 fn ablation_configs_parse_and_pin_their_settings() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("protocols/ablations");
     let mut n = 0;
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_none_or(|x| x != "toml") {
-            continue;
-        }
+    for p in toml_files("protocols/ablations") {
         let text = std::fs::read_to_string(&p).unwrap();
         let cfg = pirlkit::config::Config::from_toml_over(pirlkit::config::Preset::Cpu, &text)
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
