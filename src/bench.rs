@@ -350,7 +350,10 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize, dev: &Device) -> Res
     fig.time("pirl-step", dev, |i| {
         let idx: Vec<usize> = (0..bs).map(|k| (i * bs + k) % n).collect();
         let img_idx: Vec<usize> = idx.iter().map(|k| k % pool).collect();
-        let batch = crate::train::pretrain::make_batch(cfg, &imgs, &img_idx, i, dev)?;
+        let batch = {
+            let _t = profile::time(|| "batch (crops, jitter, patches)".into());
+            crate::train::pretrain::make_batch(cfg, &imgs, &img_idx, i, dev)?
+        };
         let m = bank.gather(&idx, dev)?;
         let neg = crate::train::pretrain::draw_negatives(
             &bank,
@@ -359,7 +362,10 @@ pub fn pirl_step(cfg: &Config, warmup: usize, steps: usize, dev: &Device) -> Res
             &mut crate::rng::stream(cfg.seed, "negatives", i as u64, 0),
             dev,
         )?;
-        let (loss, f) = crate::train::pretrain::pirl_forward(&model, cfg, &batch, &m, &neg)?;
+        let (loss, f) = {
+            let _t = profile::time(|| "forward (all)".into());
+            crate::train::pretrain::pirl_forward(&model, cfg, &batch, &m, &neg)?
+        };
         backward_and_update(&loss, &mut opt, cfg.train.optim.lr)?;
         bank.update(&idx, &f.detach().flatten_all()?.to_vec1::<f32>()?);
         Ok(())
