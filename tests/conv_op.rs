@@ -365,6 +365,9 @@ fn bit_identical_across_thread_counts() {
         case(12, 8, 6, 10, 10, 3, 1, 1), // Winograd, 2 groups
         case(8, 8, 6, 9, 7, 3, 1, 1),    // Winograd, one group
         case(33, 16, 24, 6, 6, 5, 1, 2), // per tap, 3 groups
+        case(64, 24, 40, 3, 3, 3, 1, 1), // per tap, groups of 57 and 7
+        case(70, 20, 16, 3, 3, 3, 2, 1), // dense, split GEMMs
+        case(3, 3, 8, 23, 21, 7, 2, 3),  // stem-like rows, split phases
     ] {
         let with = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -376,10 +379,12 @@ fn bit_identical_across_thread_counts() {
                 (bits(&y), bits(&dx), bits(&dw))
             })
         };
-        let (a, b) = (with(1), with(2));
-        assert!(a.0 == b.0, "forward differs {c:?}");
-        assert!(a.1 == b.1, "dx differs {c:?}");
-        assert!(a.2 == b.2, "dw differs {c:?}");
+        let a = with(1);
+        for b in [with(2), with(3)] {
+            assert!(a.0 == b.0, "forward differs {c:?}");
+            assert!(a.1 == b.1, "dx differs {c:?}");
+            assert!(a.2 == b.2, "dw differs {c:?}");
+        }
     }
 }
 

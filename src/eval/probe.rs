@@ -251,10 +251,18 @@ pub fn fit_probe(
     // Larger penalties first, so a tie keeps the more regularised model.
     let mut alphas = cfg.alphas.clone();
     alphas.sort_by(|a, b| b.total_cmp(a));
-    for &a in &alphas {
-        let w = fit(&ztr, ytrain, a, cfg.max_iterations)?;
-        let vs = score(&zva, &w);
-        let v = auc(&vs, yval)?;
+    // The fits are independent (each deterministic, single-threaded), so
+    // they run across the threads; the choice below walks them in order.
+    let fits: Vec<Result<(f64, Vec<f64>)>> = alphas
+        .par_iter()
+        .map(|&a| {
+            let w = fit(&ztr, ytrain, a, cfg.max_iterations)?;
+            let vs = score(&zva, &w);
+            Ok((auc(&vs, yval)?, vs))
+        })
+        .collect();
+    for (&a, r) in alphas.iter().zip(fits) {
+        let (v, vs) = r?;
         val_aucs.push((a, v));
         if best.is_none_or(|(_, bv)| v > bv) {
             best = Some((a, v));

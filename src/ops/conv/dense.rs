@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 use super::im2col::im2col_table;
-use super::{Elem, Geom, gemm_strided};
+use super::{Elem, Geom, gemm_split};
 
 /// Largest dense conv matrix (values) for [`Geom::dense`]: 64 MiB in f32.
 pub(super) const DENSE_MAX: usize = 1 << 24;
@@ -61,18 +61,16 @@ pub(super) fn dense_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
     let mut y = vec![T::ZERO; g.y_len()];
     // SAFETY: x is m x k, d is n x k (read transposed), y is m x n.
     unsafe {
-        gemm_strided(
+        gemm_split(
             m,
             n,
             k,
             y.as_mut_ptr(),
             (n, 1),
-            false,
             x.as_ptr(),
             (k, 1),
             d.as_ptr(),
             (1, k),
-            rayon::current_num_threads(),
         )
     }
     y
@@ -91,43 +89,38 @@ pub(super) fn dense_bwd<T: Elem>(
     let (nx, nw) = (if want_dx { g.x_len() } else { 0 }, g.w_len());
     let (po_n, pi_n, taps) = (g.pix(), g.hw(), g.kh * g.kw);
     let (rows, row) = (g.cout * po_n, g.cin * pi_n);
-    let threads = rayon::current_num_threads();
     let table = tap_table(g);
     let (mut dx, mut dw) = (vec![T::ZERO; nx], vec![T::ZERO; nw]);
     if want_dx {
         let d = dense_matrix(g, w, &table);
         // SAFETY: dy is N x rows, d is rows x row, dx is N x row.
         unsafe {
-            gemm_strided(
+            gemm_split(
                 g.n,
                 row,
                 rows,
                 dx.as_mut_ptr(),
                 (row, 1),
-                false,
                 dy.as_ptr(),
                 (rows, 1),
                 d.as_ptr(),
                 (row, 1),
-                threads,
             )
         }
     }
     let mut dd = vec![T::ZERO; rows * row];
     // SAFETY: dy^T is rows x N, x is N x row, dd is rows x row.
     unsafe {
-        gemm_strided(
+        gemm_split(
             rows,
             row,
             g.n,
             dd.as_mut_ptr(),
             (row, 1),
-            false,
             dy.as_ptr(),
             (1, rows),
             x.as_ptr(),
             (row, 1),
-            threads,
         )
     }
     dw.par_chunks_mut(g.cin * taps)

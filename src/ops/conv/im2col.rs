@@ -125,8 +125,20 @@ pub(super) fn table_for(g: &Geom) -> Vec<u32> {
 /// `col` (`K` rows of `stride` values each, row-major).
 fn im2col_rows<T: Elem>(g: &Geom, x: &[T], col: &mut [T], stride: usize, off: usize) {
     let (pix, hw) = (g.pix(), g.hw());
+    // Strided convs read every s-th input column: each input row is split
+    // into its s phases once (columns q, q+s, q+2s, ... side by side), so
+    // that every output row's values are one contiguous copy instead of a
+    // strided gather per value. The same values land in the same places.
+    let mut phased = if g.s > 1 && !g.pointwise() {
+        vec![T::ZERO; hw]
+    } else {
+        Vec::new()
+    };
     for ci in 0..x.len() / hw {
         let plane = &x[ci * hw..(ci + 1) * hw];
+        if !phased.is_empty() {
+            split_phases(plane, g.w, g.s, &mut phased);
+        }
         for ky in 0..g.kh {
             for kx in 0..g.kw {
                 let row = ((ci * g.kh + ky) * g.kw + kx) * stride + off;
@@ -152,11 +164,34 @@ fn im2col_rows<T: Elem>(g: &Geom, x: &[T], col: &mut [T], stride: usize, off: us
                     if g.s == 1 {
                         r[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
                     } else {
-                        for (j, d) in r[lo..hi].iter_mut().enumerate() {
-                            *d = src[ix0 + j * g.s];
-                        }
+                        // Input column ix0 + j*s is entry ix0/s + j of
+                        // phase ix0 % s of the split row.
+                        let q0 = iy * g.w + phase_start(g.w, g.s, ix0 % g.s) + ix0 / g.s;
+                        r[lo..hi].copy_from_slice(&phased[q0..q0 + (hi - lo)]);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Where phase `q` (input columns `q, q+s, ...`) starts in a row split by
+/// [`split_phases`]: after the `ceil((w - q') / s)` columns of each phase
+/// `q' < q`.
+#[inline]
+fn phase_start(w: usize, s: usize, q: usize) -> usize {
+    (0..q).map(|p| (w - p.min(w)).div_ceil(s)).sum()
+}
+
+/// Each row of `plane` (`w` values) rewritten as its `s` phases side by
+/// side: columns `0, s, 2s, ...`, then `1, 1+s, ...`, and so on.
+fn split_phases<T: Elem>(plane: &[T], w: usize, s: usize, out: &mut [T]) {
+    for (src, dst) in plane.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
+        let mut o = 0;
+        for q in 0..s.min(w) {
+            for &v in src[q..].iter().step_by(s) {
+                dst[o] = v;
+                o += 1;
             }
         }
     }

@@ -21,9 +21,7 @@
 
 use rayon::prelude::*;
 
-use super::{
-    Elem, Geom, for_groups, gemm_strided, group_size, map_groups, split_threads, sum_partials,
-};
+use super::{Elem, Geom, gemm_strided, group_size, sum_partials};
 
 /// Planes (pixels) taking the per-tap path. Above, the padding taps im2col
 /// spends are a small share (16 % at 8x8, 8 % at 16x16). Below 4 pixels the
@@ -83,7 +81,7 @@ fn pixels(g: &Geom, &(_, (oy0, oy1, ox0, ox1), (dy, dx)): &Tap) -> (Vec<usize>, 
 
 /// `rows x (imgs*P)` gathered from `src` (`imgs` images of `rows` planes of
 /// `hw`): `out[r][j*P + q] = src[j][r][idx[q]]`.
-fn gather<T: Elem>(src: &[T], rows: usize, hw: usize, idx: &[usize], out: &mut Vec<T>, par: bool) {
+fn gather<T: Elem>(src: &[T], rows: usize, hw: usize, idx: &[usize], out: &mut Vec<T>) {
     let p = idx.len();
     let imgs = src.len() / (rows * hw);
     out.resize(rows * imgs * p, T::ZERO);
@@ -95,31 +93,7 @@ fn gather<T: Elem>(src: &[T], rows: usize, hw: usize, idx: &[usize], out: &mut V
             }
         }
     };
-    if par {
-        out.par_chunks_mut(imgs * p).enumerate().for_each(row);
-    } else {
-        out.chunks_mut(imgs * p).enumerate().for_each(row);
-    }
-}
-
-/// `dst[j][r][idx[q]] += m[r][j*P + q]`, the inverse of [`gather`], image by
-/// image (across the threads when `par`).
-fn scatter_add<T: Elem>(m: &[T], rows: usize, hw: usize, idx: &[usize], dst: &mut [T], par: bool) {
-    let p = idx.len();
-    let imgs = dst.len() / (rows * hw);
-    let img = |(j, d): (usize, &mut [T])| {
-        for (r, plane) in d.chunks_exact_mut(hw).enumerate() {
-            let src = &m[r * imgs * p + j * p..r * imgs * p + (j + 1) * p];
-            for (&v, &i) in src.iter().zip(idx) {
-                plane[i] += v;
-            }
-        }
-    };
-    if par {
-        dst.par_chunks_mut(rows * hw).enumerate().for_each(img);
-    } else {
-        dst.chunks_mut(rows * hw).enumerate().for_each(img);
-    }
+    out.chunks_mut(imgs * p).enumerate().for_each(row);
 }
 
 /// The kernels tap by tap: `wt[t][co][ci] = w[co][ci][t]`, so that each
@@ -169,45 +143,78 @@ fn from_tap_major<T: Elem>(g: &Geom, dwt: &[T]) -> Vec<T> {
     unsafe { crate::ops::written(g.w_len(), fill) }
 }
 
+/// Adds each tap's `rows x (imgs*P)` result into `dst` (`imgs` images of
+/// `rows` planes of `hw`), the inverse of [`gather`]:
+/// `dst[j][r][idx[q]] += m[r][j*P + q]`. Per image (across the threads),
+/// the taps in tap order, so every value receives them in tap order.
+fn scatter_taps<T: Elem>(per_tap: &[(Vec<T>, &[usize])], rows: usize, hw: usize, dst: &mut [T]) {
+    let imgs = dst.len() / (rows * hw).max(1);
+    dst.par_chunks_mut(rows * hw)
+        .enumerate()
+        .for_each(|(j, d)| {
+            for (m, idx) in per_tap {
+                let p = idx.len();
+                for (r, plane) in d.chunks_exact_mut(hw).enumerate() {
+                    let src = &m[r * imgs * p + j * p..r * imgs * p + (j + 1) * p];
+                    for (&v, &i) in src.iter().zip(idx.iter()) {
+                        plane[i] += v;
+                    }
+                }
+            }
+        });
+}
+
+/// Per group of images (one after the other), the taps' gathers and GEMMs
+/// run across the threads, a tap per task, each GEMM on one thread; their
+/// results are then added in tap order. On these small planes a group is
+/// often the whole batch (64 images at 2x2 are one group of 256 columns),
+/// and a tap's GEMM (128 x 128 x 64-256 there) is too small for gemm's
+/// own threads, so one core did all the work; and splitting by groups left
+/// the two threads unequal (64 images at 3x3: groups of 57 and 7). Each
+/// tap's GEMM, and the order in which a value receives the taps, are the
+/// same as with one thread, so the result is unchanged.
 pub(super) fn taps_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
     let mut y = vec![T::ZERO; g.y_len()];
     let hw = g.hw();
     let (img, yimg) = (g.cin * hw, g.cout * hw);
     let gs = group_size(g);
-    let (across, inner) = split_threads(g.n.div_ceil(gs));
     let taps = taps(g);
     let pix: Vec<(Vec<usize>, Vec<usize>)> = taps.iter().map(|t| pixels(g, t)).collect();
     let wt = tap_major(g, w);
     let wt = &wt[..];
-    let per_group = |(b, yt): &mut (Vec<T>, Vec<T>), (gi, yg): (usize, &mut [T])| {
+    for (gi, yg) in y.chunks_mut(gs * yimg).enumerate() {
         let imgs = yg.len() / yimg;
         let xg = &x[gi * gs * img..(gi * gs + imgs) * img];
-        for (&(t, _, _), (outs, ins)) in taps.iter().zip(&pix) {
-            let cols = imgs * outs.len();
-            gather(xg, g.cin, hw, ins, b, !across);
-            yt.resize(g.cout * cols, T::ZERO);
-            // SAFETY: wt's tap t is Cout x Cin; b is Cin x cols; yt is
-            // Cout x cols.
-            unsafe {
-                gemm_strided(
-                    g.cout,
-                    cols,
-                    g.cin,
-                    yt.as_mut_ptr(),
-                    (cols, 1),
-                    false,
-                    wt[t * g.cout * g.cin..].as_ptr(),
-                    (g.cin, 1),
-                    b.as_ptr(),
-                    (cols, 1),
-                    inner,
-                )
-            }
-            scatter_add(yt, g.cout, hw, outs, yg, !across);
-        }
-    };
-    let scratch = || (Vec::new(), Vec::new());
-    for_groups(&mut y, gs * yimg, across, scratch, per_group);
+        let per_tap: Vec<(Vec<T>, &[usize])> = taps
+            .par_iter()
+            .zip(&pix)
+            .map(|(&(t, _, _), (outs, ins))| {
+                let cols = imgs * outs.len();
+                let mut b = Vec::new();
+                gather(xg, g.cin, hw, ins, &mut b);
+                let mut yt = vec![T::ZERO; g.cout * cols];
+                // SAFETY: wt's tap t is Cout x Cin; b is Cin x cols; yt is
+                // Cout x cols.
+                unsafe {
+                    gemm_strided(
+                        g.cout,
+                        cols,
+                        g.cin,
+                        yt.as_mut_ptr(),
+                        (cols, 1),
+                        false,
+                        wt[t * g.cout * g.cin..].as_ptr(),
+                        (g.cin, 1),
+                        b.as_ptr(),
+                        (cols, 1),
+                        1,
+                    )
+                }
+                (yt, &outs[..])
+            })
+            .collect();
+        scatter_taps(&per_tap, g.cout, hw, yg);
+    }
     y
 }
 
@@ -224,55 +231,60 @@ pub(super) fn taps_bwd<T: Elem>(
     let mut dx = vec![T::ZERO; nx];
     let gs = group_size(g);
     let groups = g.n.div_ceil(gs);
-    let (across, inner) = split_threads(groups);
     let taps = taps(g);
     let pix: Vec<(Vec<usize>, Vec<usize>)> = taps.iter().map(|t| pixels(g, t)).collect();
     let wt = if want_dx { tap_major(g, w) } else { Vec::new() };
     let wt = &wt[..];
-    let per_group =
-        |(b, dyt, db): &mut (Vec<T>, Vec<T>, Vec<T>), (gi, dxg): (usize, &mut [T])| -> Vec<T> {
-            let i0 = gi * gs;
-            let imgs = gs.min(g.n - i0);
-            let xg = &x[i0 * img..(i0 + imgs) * img];
-            let dyg = &dy[i0 * yimg..(i0 + imgs) * yimg];
-            let cc = g.cout * g.cin;
-            let fill = |dwp: &mut [std::mem::MaybeUninit<T>]| {
-                // Taps that reach no pixel have a zero gradient.
-                for t in 0..nt {
-                    if !taps.iter().any(|&(u, _, _)| u == t) {
-                        dwp[t * cc..(t + 1) * cc].fill(std::mem::MaybeUninit::new(T::ZERO));
-                    }
+    let cc = g.cout * g.cin;
+    let per_group = |(gi, dxg): (usize, &mut [T])| -> Vec<T> {
+        let i0 = gi * gs;
+        let imgs = gs.min(g.n - i0);
+        let xg = &x[i0 * img..(i0 + imgs) * img];
+        let dyg = &dy[i0 * yimg..(i0 + imgs) * yimg];
+        let fill = |dwp: &mut [std::mem::MaybeUninit<T>]| {
+            // Taps that reach no pixel have a zero gradient.
+            for t in 0..nt {
+                if !taps.iter().any(|&(u, _, _)| u == t) {
+                    dwp[t * cc..(t + 1) * cc].fill(std::mem::MaybeUninit::new(T::ZERO));
                 }
-                for (&(t, _, _), (outs, ins)) in taps.iter().zip(&pix) {
+            }
+            let dwp = super::groups::SendPtr(dwp.as_mut_ptr().cast::<T>());
+            let per_tap: Vec<(Vec<T>, &[usize])> = taps
+                .par_iter()
+                .zip(&pix)
+                .map(|(&(t, _, _), (outs, ins))| {
+                    let dwp = dwp;
                     let cols = imgs * outs.len();
-                    gather(xg, g.cin, hw, ins, b, !across);
-                    gather(dyg, g.cout, hw, outs, dyt, !across);
-                    // dW_t (Cout x Cin) = dY_t * B_t^T, into the tap's block of the
-                    // tap-major partial.
-                    // SAFETY: dyt is Cout x cols; b is Cin x cols read transposed;
-                    // the tap's block of dwp is Cout x Cin (written, not read).
+                    let (mut b, mut dyt) = (Vec::new(), Vec::new());
+                    gather(xg, g.cin, hw, ins, &mut b);
+                    gather(dyg, g.cout, hw, outs, &mut dyt);
+                    // dW_t (Cout x Cin) = dY_t * B_t^T, into the tap's block
+                    // of the tap-major partial.
+                    // SAFETY: dyt is Cout x cols; b is Cin x cols read
+                    // transposed; the tap's block of dwp (Cout x Cin) is
+                    // written by this task only, not read.
                     unsafe {
                         gemm_strided(
                             g.cout,
                             g.cin,
                             cols,
-                            dwp[t * cc..(t + 1) * cc].as_mut_ptr().cast::<T>(),
+                            dwp.0.add(t * cc),
                             (g.cin, 1),
                             false,
                             dyt.as_ptr(),
                             (cols, 1),
                             b.as_ptr(),
                             (1, cols),
-                            inner,
+                            1,
                         )
                     }
                     if !want_dx {
-                        continue;
+                        return (Vec::new(), &ins[..]);
                     }
                     // dB_t (Cin x cols) = W_t^T * dY_t.
-                    db.resize(g.cin * cols, T::ZERO);
-                    // SAFETY: wt's tap t read as Cin x Cout (transposed); dyt is
-                    // Cout x cols; db is Cin x cols.
+                    let mut db = vec![T::ZERO; g.cin * cols];
+                    // SAFETY: wt's tap t read as Cin x Cout (transposed);
+                    // dyt is Cout x cols; db is Cin x cols.
                     unsafe {
                         gemm_strided(
                             g.cin,
@@ -285,18 +297,25 @@ pub(super) fn taps_bwd<T: Elem>(
                             (1, g.cin),
                             dyt.as_ptr(),
                             (cols, 1),
-                            inner,
+                            1,
                         )
                     }
-                    scatter_add(db, g.cin, hw, ins, dxg, !across);
-                }
-            };
-            // SAFETY: every tap's block is zeroed above or written by its
-            // dW GEMM.
-            unsafe { crate::ops::written(nw, fill) }
+                    (db, &ins[..])
+                })
+                .collect();
+            if want_dx {
+                scatter_taps(&per_tap, g.cin, hw, dxg);
+            }
         };
-    let scratch = || (Vec::new(), Vec::new(), Vec::new());
-    let partials = map_groups(&mut dx, gs * img, groups, across, scratch, per_group);
+        // SAFETY: every tap's block is zeroed above or written by its dW
+        // GEMM.
+        unsafe { crate::ops::written(nw, fill) }
+    };
+    let partials: Vec<Vec<T>> = if dx.is_empty() {
+        (0..groups).map(|gi| per_group((gi, &mut []))).collect()
+    } else {
+        dx.chunks_mut(gs * img).enumerate().map(per_group).collect()
+    };
     let dw = match sum_partials(partials) {
         Some(dwt) => from_tap_major(g, &dwt),
         None => vec![T::ZERO; nw],
