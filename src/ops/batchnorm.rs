@@ -211,9 +211,11 @@ const NARROW_HW: usize = 2 * LANES;
 
 /// Per channel `ch`, `K` sums of `f(ch, a[i], b[i])` over its elements, for
 /// planes under [`NARROW_HW`] values: a task per 16 channels walks the
-/// images in order, and each channel's sums are separate accumulators, so
-/// neighbouring channels' adds overlap (where a single channel's adds would
-/// wait on each other). The order per channel is fixed: image by image.
+/// images in order, pixel by pixel, adding each of its channels' values to
+/// that channel's own accumulators, held in locals (16 independent chains
+/// that overlap, where a single channel's adds would wait on each other, and
+/// no store and reload per add). The order per channel is fixed: image by
+/// image, pixel by pixel.
 fn narrow_sums<T: Float, const K: usize>(
     a: &[T],
     b: &[T],
@@ -224,23 +226,51 @@ fn narrow_sums<T: Float, const K: usize>(
     let mut out = vec![[0f64; K]; c];
     out.par_chunks_mut(CH).enumerate().for_each(|(t, acc)| {
         let c0 = t * CH;
-        for img in 0..n {
-            let base = (img * c + c0) * hw;
-            let (ab, bb) = (
-                &a[base..base + acc.len() * hw],
-                &b[base..base + acc.len() * hw],
-            );
-            for (j, s) in acc.iter_mut().enumerate() {
-                for i in j * hw..(j + 1) * hw {
-                    let v = f(c0 + j, ab[i], bb[i]);
-                    for k in 0..K {
-                        s[k] += v[k];
+        let nc = acc.len();
+        super::wide(
+            #[inline(always)]
+            || {
+                let mut loc = [[0f64; K]; CH];
+                for img in 0..n {
+                    let base = (img * c + c0) * hw;
+                    let (ab, bb) = (&a[base..base + nc * hw], &b[base..base + nc * hw]);
+                    for i in 0..hw {
+                        if nc == CH {
+                            for (j, l) in loc.iter_mut().enumerate() {
+                                // SAFETY: j < CH = nc and i < hw, so the
+                                // index is below nc * hw, the slices' length.
+                                let (av, bv) = unsafe {
+                                    (*ab.get_unchecked(j * hw + i), *bb.get_unchecked(j * hw + i))
+                                };
+                                let v = f(c0 + j, av, bv);
+                                for k in 0..K {
+                                    l[k] += v[k];
+                                }
+                            }
+                        } else {
+                            for (j, l) in loc.iter_mut().enumerate().take(nc) {
+                                let v = f(c0 + j, ab[j * hw + i], bb[j * hw + i]);
+                                for k in 0..K {
+                                    l[k] += v[k];
+                                }
+                            }
+                        }
                     }
                 }
-            }
-        }
+                acc.copy_from_slice(&loc[..nc]);
+            },
+        )
     });
     out
+}
+
+/// Per-channel values spread over an image's `c` planes of `hw` pixels:
+/// `out[ch * hw + i] = v[ch]`, so that a pass over narrow planes runs as
+/// one long vector loop per image (the same operations on each value).
+fn per_pixel<T: Copy>(v: &[T], hw: usize) -> Vec<T> {
+    v.iter()
+        .flat_map(|&x| std::iter::repeat_n(x, hw))
+        .collect()
 }
 
 /// Per-channel mean and biased variance of `x` (`n` blocks of `hw` per
@@ -315,6 +345,15 @@ fn fwd_impl<T: Float>(
         .collect();
     let mu: Vec<T> = mean.iter().map(|&v| T::from_f(v)).collect();
     let img = (c * hw).max(1);
+    // Narrow planes: the per-channel values spread per pixel, one loop per
+    // image (per-plane loops of 1-15 values would cost more in overhead).
+    let spread = (hw < NARROW_HW).then(|| {
+        (
+            per_pixel(&scale, hw),
+            per_pixel(&mu, hw),
+            per_pixel(&b[..c], hw),
+        )
+    });
     let fill = |y: &mut [std::mem::MaybeUninit<T>]| {
         y.par_chunks_mut(img)
             .zip(x.par_chunks(img))
@@ -322,6 +361,15 @@ fn fwd_impl<T: Float>(
                 super::wide(
                     #[inline(always)]
                     || {
+                        if let Some((se, me, te)) = &spread {
+                            for ((o, &v), ((&s, &m), &t)) in
+                                yi.iter_mut().zip(xi).zip(se.iter().zip(me).zip(te))
+                            {
+                                let r = (v - m) * s + t;
+                                o.write(if relu && r < T::ZERO { T::ZERO } else { r });
+                            }
+                            return;
+                        }
                         for ((yo, xc), ((&s, &m), &t)) in yi
                             .chunks_mut(hw.max(1))
                             .zip(xi.chunks(hw.max(1)))
@@ -370,6 +418,7 @@ impl CustomOp3 for BnTrain {
             )
         }
         let _t = super::profile::time(|| "batch-norm forward".into());
+        let _s = super::profile::time(|| format!("batch-norm forward {n}x{c}x{h}x{w}"));
         let dims = (n, c, h * w);
         let (out, st) = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(wt), CpuStorage::F32(b)) => {
@@ -508,10 +557,22 @@ impl BnBackward {
         let mut out = vec![T::ZERO; x.len() + 2 * c];
         let (dx, rest) = out.split_at_mut(x.len());
         let img = (c * hw).max(1);
+        // Narrow planes: the coefficients spread per pixel (as in the
+        // forward), one loop per image.
+        let spread = (hw < NARROW_HW).then(|| (per_pixel(&coef, hw), per_pixel(&fwd, hw)));
         dx.par_chunks_mut(img).enumerate().for_each(|(bi, dxi)| {
             super::wide(
                 #[inline(always)]
                 || {
+                    if let Some((ce, fe)) = &spread {
+                        let (xi, gi) = (&x[bi * img..(bi + 1) * img], &g[bi * img..(bi + 1) * img]);
+                        for (((o, &xv), &gv), (&[k, a, mu, b], &f)) in
+                            dxi.iter_mut().zip(xi).zip(gi).zip(ce.iter().zip(fe))
+                        {
+                            *o = k * gate(f, xv, gv) + a * (xv - mu) + b;
+                        }
+                        return;
+                    }
                     for (ch, dxo) in dxi.chunks_mut(hw.max(1)).enumerate() {
                         let [k, a, mu, b] = coef[ch];
                         let r = bi * img + ch * hw..bi * img + (ch + 1) * hw;
@@ -552,6 +613,7 @@ impl CustomOp2 for BnBackward {
             bail!("batch-norm backward: shapes of x and dy differ")
         }
         let _t = super::profile::time(|| "batch-norm backward".into());
+        let _s = super::profile::time(|| format!("batch-norm backward {n}x{c}x{h}x{w}"));
         let out = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(self.run(
                 super::contiguous(x, l1, "batch-norm: x")?,
