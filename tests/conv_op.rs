@@ -368,6 +368,8 @@ fn bit_identical_across_thread_counts() {
         case(64, 24, 40, 3, 3, 3, 1, 1), // per tap, groups of 57 and 7
         case(70, 20, 16, 3, 3, 3, 2, 1), // dense, split GEMMs
         case(3, 3, 8, 23, 21, 7, 2, 3),  // stem-like rows, split phases
+        case(30, 16, 16, 5, 5, 3, 1, 1), // Winograd, narrow planes (tables)
+        case(12, 4, 6, 7, 8, 3, 1, 1),   // Winograd, narrow, odd height
     ] {
         let with = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()

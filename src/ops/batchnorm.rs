@@ -268,9 +268,7 @@ fn narrow_sums<T: Float, const K: usize>(
 /// `out[ch * hw + i] = v[ch]`, so that a pass over narrow planes runs as
 /// one long vector loop per image (the same operations on each value).
 fn per_pixel<T: Copy>(v: &[T], hw: usize) -> Vec<T> {
-    v.iter()
-        .flat_map(|&x| std::iter::repeat_n(x, hw))
-        .collect()
+    v.iter().flat_map(|&x| std::iter::repeat_n(x, hw)).collect()
 }
 
 /// Per-channel mean and biased variance of `x` (`n` blocks of `hw` per
