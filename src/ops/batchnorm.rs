@@ -552,42 +552,46 @@ impl BnBackward {
                 [k, a, mean[ch], -k * mdy].map(T::from_f)
             })
             .collect();
-        let mut out = vec![T::ZERO; x.len() + 2 * c];
-        let (dx, rest) = out.split_at_mut(x.len());
         let img = (c * hw).max(1);
         // Narrow planes: the coefficients spread per pixel (as in the
         // forward), one loop per image.
         let spread = (hw < NARROW_HW).then(|| (per_pixel(&coef, hw), per_pixel(&fwd, hw)));
-        dx.par_chunks_mut(img).enumerate().for_each(|(bi, dxi)| {
-            super::wide(
-                #[inline(always)]
-                || {
-                    if let Some((ce, fe)) = &spread {
-                        let (xi, gi) = (&x[bi * img..(bi + 1) * img], &g[bi * img..(bi + 1) * img]);
-                        for (((o, &xv), &gv), (&[k, a, mu, b], &f)) in
-                            dxi.iter_mut().zip(xi).zip(gi).zip(ce.iter().zip(fe))
-                        {
-                            *o = k * gate(f, xv, gv) + a * (xv - mu) + b;
+        let fill = |out: &mut [std::mem::MaybeUninit<T>]| {
+            let (dx, rest) = out.split_at_mut(x.len());
+            dx.par_chunks_mut(img).enumerate().for_each(|(bi, dxi)| {
+                super::wide(
+                    #[inline(always)]
+                    || {
+                        if let Some((ce, fe)) = &spread {
+                            let r = bi * img..(bi + 1) * img;
+                            let (xi, gi) = (&x[r.clone()], &g[r]);
+                            for (((o, &xv), &gv), (&[k, a, mu, b], &f)) in
+                                dxi.iter_mut().zip(xi).zip(gi).zip(ce.iter().zip(fe))
+                            {
+                                o.write(k * gate(f, xv, gv) + a * (xv - mu) + b);
+                            }
+                            return;
                         }
-                        return;
-                    }
-                    for (ch, dxo) in dxi.chunks_mut(hw.max(1)).enumerate() {
-                        let [k, a, mu, b] = coef[ch];
-                        let r = bi * img + ch * hw..bi * img + (ch + 1) * hw;
-                        let (xb, gb) = (&x[r.clone()], &g[r]);
-                        let f = fwd[ch];
-                        for ((o, &xv), &gv) in dxo.iter_mut().zip(xb).zip(gb) {
-                            *o = k * gate(f, xv, gv) + a * (xv - mu) + b;
+                        for (ch, dxo) in dxi.chunks_mut(hw.max(1)).enumerate() {
+                            let [k, a, mu, b] = coef[ch];
+                            let r = bi * img + ch * hw..bi * img + (ch + 1) * hw;
+                            let (xb, gb) = (&x[r.clone()], &g[r]);
+                            let f = fwd[ch];
+                            for ((o, &xv), &gv) in dxo.iter_mut().zip(xb).zip(gb) {
+                                o.write(k * gate(f, xv, gv) + a * (xv - mu) + b);
+                            }
                         }
-                    }
-                },
-            )
-        });
-        for ch in 0..c {
-            rest[ch] = T::from_f(sums[ch].1);
-            rest[c + ch] = T::from_f(sums[ch].0);
-        }
-        out
+                    },
+                )
+            });
+            for ch in 0..c {
+                rest[ch].write(T::from_f(sums[ch].1));
+                rest[c + ch].write(T::from_f(sums[ch].0));
+            }
+        };
+        // SAFETY: every image's c planes of dx (x.len() values in all) and
+        // the 2c sums after them are written above.
+        unsafe { super::written(x.len() + 2 * c, fill) }
     }
 }
 
