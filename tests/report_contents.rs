@@ -959,3 +959,57 @@ fn browse(chrome: &str, tmp: &Path, page: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The linear probe on all the labels does not depend on the seed: the same
+/// run three times. Its comparison is that run's paired DeLong test, not a
+/// t-test over three identical differences (sd 0, which printed p < 0.0001
+/// for a difference of 0.001 in the protocol's report).
+#[test]
+fn a_seed_independent_arm_is_compared_as_one_run() {
+    let rs: Vec<ArmResult> = results()
+        .into_iter()
+        .map(|r| {
+            if r.arm == "linear-probe" && r.fraction == 1.0 {
+                let mut one = run("linear-probe", "linear-probe", &r.init, 1.0, 0);
+                one.seed = r.seed;
+                one.key = r.key.clone();
+                one
+            } else {
+                r
+            }
+        })
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx: ReportInputs = serde_json::from_value(inputs()).unwrap();
+    write_with_external(tmp.path(), &rs, &ctx, external).unwrap();
+    let hd = read(&tmp.path().join("headline.parquet"));
+    let at = |fraction: &str| {
+        let row = rows_where(
+            &hd,
+            &[
+                ("test_set", "test"),
+                ("arm", "linear-probe"),
+                ("init", "pirl"),
+                ("fraction", fraction),
+            ],
+        );
+        assert_eq!(row.len(), 1);
+        row[0]
+    };
+    let y = labels(N, 0);
+    let pirl = scores("linear-probe", "pirl", 0, 1.0, &y, 0);
+    let random = scores("linear-probe", "random", 0, 1.0, &y, 0);
+    let want = pirlkit::eval::stats::delong_paired(&pirl, &random, &y).unwrap();
+    let i = at("1");
+    assert_eq!(
+        str_at(&hd, "p_method", i),
+        "paired DeLong (the 3 seeds give one run)"
+    );
+    assert!(close(f64_at(&hd, "p", i).unwrap(), want.p, 1e-12));
+    assert!(close(f64_at(&hd, "diff", i).unwrap(), want.diff, 1e-12));
+    assert!(close(f64_at(&hd, "diff_lo", i).unwrap(), want.lo, 1e-12));
+    assert!(close(f64_at(&hd, "diff_hi", i).unwrap(), want.hi, 1e-12));
+    assert!(want.lo < want.hi, "a real interval, not a point");
+    // Seed-dependent runs still get the t-test over seeds.
+    assert_eq!(str_at(&hd, "p_method", at("0.25")), "t-test over 3 seeds");
+}

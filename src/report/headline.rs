@@ -162,6 +162,17 @@ pub fn estimate(
             lo: one.delong.lo,
             hi: one.delong.hi,
         }),
+        // A seed-independent arm (the probe or k-NN on all the labels): the
+        // same run under every seed; an interval over seeds would be a point.
+        [first, ..] if runs.iter().all(|a| same_auc(&a.delong, &first.delong)) => {
+            Some(AucEstimate {
+                seeds: runs.len(),
+                mean: first.delong.auc,
+                sd: 0.0,
+                lo: first.delong.lo,
+                hi: first.delong.hi,
+            })
+        }
         _ => {
             let v: Vec<f64> = runs.iter().map(|a| a.delong.auc).collect();
             let o = over_seeds(&v);
@@ -174,6 +185,19 @@ pub fn estimate(
             })
         }
     }
+}
+
+/// Whether two DeLong estimates are of the same scoring (bit-equal).
+fn same_auc(a: &stats::AucCi, b: &stats::AucCi) -> bool {
+    a.auc.to_bits() == b.auc.to_bits() && a.se.to_bits() == b.se.to_bits()
+}
+
+/// Whether two paired DeLong tests are of the same pair of scorings.
+fn same_test(a: &PairedTest, b: &PairedTest) -> bool {
+    [a.auc_a, a.auc_b, a.se]
+        .iter()
+        .zip([b.auc_a, b.auc_b, b.se])
+        .all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 fn compare(
@@ -193,6 +217,16 @@ fn compare(
             one.delong.hi,
             one.delong.p,
             "paired DeLong".to_string(),
+        ),
+        // The same run under every seed (see `estimate`): its own paired
+        // DeLong test, not a t-test over identical differences (sd 0, which
+        // would print p < 0.0001 for a difference of 0.001).
+        [first, ..] if ps.iter().all(|p| same_test(&p.delong, &first.delong)) => (
+            first.delong.diff,
+            first.delong.lo,
+            first.delong.hi,
+            first.delong.p,
+            format!("paired DeLong (the {} seeds give one run)", ps.len()),
         ),
         _ => {
             let d: Vec<f64> = ps.iter().map(|p| p.delong.diff).collect();

@@ -230,7 +230,7 @@ fn headline_section(
             title: String::new(),
             md: tables::headline_display(&rows, sets)?,
             notes: vec![format!(
-                "One seed: AUC [DeLong 95 % CI]; difference [paired DeLong 95 % CI] and the paired DeLong p. Several seeds: AUC mean ± sd over seeds; difference: mean of the per-seed differences [95 % CI = mean ± t(0.975, k−1)·sd/√k over the k seeds: the variation between training runs on these test images], p from the one-sample t-test of the per-seed differences; each seed's DeLong test is in paired.csv. The label-efficiency bars are the same intervals. Stratified bootstrap intervals ({} resamples, seeded by the run's seed) are in runs.csv, paired.csv and external_runs.csv. –: does not apply.",
+                "One seed: AUC [DeLong 95 % CI]; difference [paired DeLong 95 % CI] and the paired DeLong p. Several seeds: AUC mean ± sd over seeds; difference: mean of the per-seed differences [95 % CI = mean ± t(0.975, k−1)·sd/√k over the k seeds: the variation between training runs on these test images], p from the one-sample t-test of the per-seed differences; each seed's DeLong test is in paired.csv. An arm that gives the same run under every seed (the probe and k-NN on all the labels) is shown as that one run: its DeLong intervals and paired p. The label-efficiency bars are the same intervals. Stratified bootstrap intervals ({} resamples, seeded by the run's seed) are in runs.csv, paired.csv and external_runs.csv. –: does not apply.",
                 ctx.resamples
             )],
         }],

@@ -112,40 +112,19 @@ fn split_row<T: Elem>(row: &[T], ev: &mut [T], od: &mut [T]) {
 /// patches). The same values land in the same places.
 const NARROW_W: usize = 8;
 
-/// For [`chan_input`] on small planes: vector `v = 2q + odd`, tile
-/// `ti*tw + tj` of an image reads pixel `(2ti+q-1) * w + 2tj + odd`, or
-/// `usize::MAX` (zero) outside the plane; `8 * th*tw` entries.
-fn input_table(h: usize, w: usize) -> Vec<usize> {
+/// The tile layout of a small plane as a table: vector `v = 2q + odd` (`q <
+/// rows`), tile `ti*tw + tj` of an image reads pixel `(2ti + q - above) * w +
+/// 2tj + odd`, or `usize::MAX` (zero) outside the plane; `2 * rows * th*tw`
+/// entries. [`chan_input`]: the 4 rows from the one above each tile
+/// (`above = 1`); [`chan_outgrad`]: each block's own 2 rows (`above = 0`).
+fn tile_table(h: usize, w: usize, rows: usize, above: usize) -> Vec<usize> {
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let mut t = Vec::with_capacity(8 * th * tw);
-    for q in 0..4 {
+    let mut t = Vec::with_capacity(2 * rows * th * tw);
+    for q in 0..rows {
         for odd in 0..2 {
             for ti in 0..th {
                 for tj in 0..tw {
-                    let (r, col) = ((2 * ti + q).wrapping_sub(1), 2 * tj + odd);
-                    t.push(if r < h && col < w {
-                        r * w + col
-                    } else {
-                        usize::MAX
-                    });
-                }
-            }
-        }
-    }
-    t
-}
-
-/// For [`chan_outgrad`] on small planes: vector `v = 2q + odd`, block
-/// `ti*tw + tj` reads pixel `(2ti+q) * w + 2tj + odd`, or `usize::MAX`
-/// (zero) outside the plane; `4 * th*tw` entries.
-fn outgrad_table(h: usize, w: usize) -> Vec<usize> {
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let mut t = Vec::with_capacity(4 * th * tw);
-    for q in 0..2 {
-        for odd in 0..2 {
-            for ti in 0..th {
-                for tj in 0..tw {
-                    let (r, col) = (2 * ti + q, 2 * tj + odd);
+                    let (r, col) = ((2 * ti + q).wrapping_sub(above), 2 * tj + odd);
                     t.push(if r < h && col < w {
                         r * w + col
                     } else {
@@ -204,7 +183,7 @@ unsafe fn chan_input<'a, T: Elem>(
         // Small planes: each of the 8 vectors' values of one image through
         // a table (the same values as the row splits below, without a call
         // and a few-value copy per row).
-        let table = input_table(h, w);
+        let table = tile_table(h, w, 4, 1);
         for j in 0..imgs {
             let x = plane(j);
             for (v, idx) in table.chunks_exact(n).enumerate() {
@@ -305,7 +284,7 @@ unsafe fn chan_outgrad<'a, T: Elem>(
     let at = |q: usize, odd: usize, i: usize| (2 * q + odd) * nt + i;
     if w <= NARROW_W {
         // Small planes: through a table, as in `chan_input`.
-        let table = outgrad_table(h, w);
+        let table = tile_table(h, w, 2, 0);
         for j in 0..imgs {
             let y = plane(j);
             for (v, idx) in table.chunks_exact(n).enumerate() {
