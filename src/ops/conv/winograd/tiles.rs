@@ -59,6 +59,14 @@ pub(super) fn transform<T: Elem>(
     pts: Points,
     par: bool,
 ) {
+    // The tile layout of a small plane, once for all channels (empty for
+    // wider planes, which split rows instead).
+    let table = match tr {
+        _ if w > NARROW_W => Vec::new(),
+        Tr::Input => tile_table(h, w, 4, 1),
+        Tr::OutGrad => tile_table(h, w, 2, 0),
+    };
+    let table = &table[..];
     let dp = SendPtr(dst.as_mut_ptr());
     let task = |c: usize, buf: &mut Vec<T>| {
         let dp = dp;
@@ -70,8 +78,8 @@ pub(super) fn transform<T: Elem>(
             #[inline(always)]
             || unsafe {
                 match tr {
-                    Tr::Input => chan_input(plane, imgs, h, w, buf, out),
-                    Tr::OutGrad => chan_outgrad(plane, imgs, h, w, buf, out),
+                    Tr::Input => chan_input(plane, imgs, (h, w), table, buf, out),
+                    Tr::OutGrad => chan_outgrad(plane, imgs, (h, w), table, buf, out),
                 }
             },
         );
@@ -166,8 +174,8 @@ fn map2<T: Elem>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
 unsafe fn chan_input<'a, T: Elem>(
     plane: impl Fn(usize) -> &'a [T],
     imgs: usize,
-    h: usize,
-    w: usize,
+    (h, w): (usize, usize),
+    table: &[usize],
     buf: &mut Vec<T>,
     out: impl Fn(usize) -> *mut T,
 ) {
@@ -183,7 +191,6 @@ unsafe fn chan_input<'a, T: Elem>(
         // Small planes: each of the 8 vectors' values of one image through
         // a table (the same values as the row splits below, without a call
         // and a few-value copy per row).
-        let table = tile_table(h, w, 4, 1);
         for j in 0..imgs {
             let x = plane(j);
             for (v, idx) in table.chunks_exact(n).enumerate() {
@@ -271,8 +278,8 @@ unsafe fn chan_input<'a, T: Elem>(
 unsafe fn chan_outgrad<'a, T: Elem>(
     plane: impl Fn(usize) -> &'a [T],
     imgs: usize,
-    h: usize,
-    w: usize,
+    (h, w): (usize, usize),
+    table: &[usize],
     buf: &mut Vec<T>,
     out: impl Fn(usize) -> *mut T,
 ) {
@@ -284,7 +291,6 @@ unsafe fn chan_outgrad<'a, T: Elem>(
     let at = |q: usize, odd: usize, i: usize| (2 * q + odd) * nt + i;
     if w <= NARROW_W {
         // Small planes: through a table, as in `chan_input`.
-        let table = tile_table(h, w, 2, 0);
         for j in 0..imgs {
             let y = plane(j);
             for (v, idx) in table.chunks_exact(n).enumerate() {
