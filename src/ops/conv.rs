@@ -244,39 +244,28 @@ unsafe fn gemm_split<T: Elem>(
     (0..len.div_ceil(block)).into_par_iter().for_each(|b| {
         let (dst, lhs, rhs) = (dst, lhs, rhs);
         let (o, l) = (b * block, block.min(len - b * block));
-        // SAFETY: block b covers rows (or columns) o..o+l of dst and of lhs
-        // (or rhs), inside the matrices the caller described; blocks write
-        // disjoint parts of dst.
+        // Block b: rows o..o+l of dst and lhs, or columns o..o+l of dst and rhs.
+        let (bm, bn, d, lo, ro) = if by_rows {
+            (l, n, o * dst_rs, o * lhs_rs, 0)
+        } else {
+            (m, l, o * dst_cs, 0, o * rhs_cs)
+        };
+        // SAFETY: the block lies inside the matrices the caller described;
+        // blocks write disjoint parts of dst.
         unsafe {
-            if by_rows {
-                gemm_strided(
-                    l,
-                    n,
-                    k,
-                    dst.0.add(o * dst_rs),
-                    (dst_rs, dst_cs),
-                    false,
-                    lhs.0.add(o * lhs_rs).cast_const(),
-                    (lhs_rs, lhs_cs),
-                    rhs.0.cast_const(),
-                    (rhs_rs, rhs_cs),
-                    1,
-                )
-            } else {
-                gemm_strided(
-                    m,
-                    l,
-                    k,
-                    dst.0.add(o * dst_cs),
-                    (dst_rs, dst_cs),
-                    false,
-                    lhs.0.cast_const(),
-                    (lhs_rs, lhs_cs),
-                    rhs.0.add(o * rhs_cs).cast_const(),
-                    (rhs_rs, rhs_cs),
-                    1,
-                )
-            }
+            gemm_strided(
+                bm,
+                bn,
+                k,
+                dst.0.add(d),
+                (dst_rs, dst_cs),
+                false,
+                lhs.0.add(lo).cast_const(),
+                (lhs_rs, lhs_cs),
+                rhs.0.add(ro).cast_const(),
+                (rhs_rs, rhs_cs),
+                1,
+            )
         }
     });
 }
