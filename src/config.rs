@@ -171,6 +171,39 @@ pub struct ProbeConfig {
     /// used (each encoder, PIRL or random init, gets its own best view).
     /// The k-NN arm reads the first. Default one: `{ crop = 0, tta = "none" }`.
     pub views: Vec<ProbeView>,
+    /// What picks the penalty and the view: the validation AUC (`val`, the
+    /// default) or the out-of-fold AUC of a stratified `cv_folds`-fold
+    /// cross-validation on the training rows (`cv`; validation is then
+    /// scored, not chosen on). Left out of the saved config (and so of the
+    /// protocol's run keys) when it is the default.
+    #[serde(skip_serializing_if = "ProbeSelection::is_val")]
+    pub selection: ProbeSelection,
+    /// Folds of `selection = "cv"`, at least 2; default 5 (left out of the
+    /// saved config when it is the default).
+    #[serde(skip_serializing_if = "is_five")]
+    pub cv_folds: usize,
+}
+
+/// How the linear probe picks its penalty and view.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeSelection {
+    /// The best AUC on the validation split.
+    #[default]
+    Val,
+    /// The best out-of-fold AUC of a stratified k-fold cross-validation on
+    /// the training rows (each fold's rows taken in turn within each class).
+    Cv,
+}
+
+fn is_five(n: &usize) -> bool {
+    *n == 5
+}
+
+impl ProbeSelection {
+    fn is_val(&self) -> bool {
+        *self == ProbeSelection::Val
+    }
 }
 
 /// One feature view of the linear probe.
@@ -221,6 +254,8 @@ impl Default for ProbeConfig {
             max_iterations: 300,
             refit_on_train_val: true,
             views: vec![ProbeView::default()],
+            selection: ProbeSelection::Val,
+            cv_folds: 5,
         }
     }
 }
@@ -649,6 +684,12 @@ impl Config {
             return Err(format!(
                 "data.val_from_train must be in [0, 0.9), got {}",
                 d.val_from_train
+            ));
+        }
+        if self.probe.cv_folds < 2 {
+            return Err(format!(
+                "probe.cv_folds must be >= 2, got {}",
+                self.probe.cv_folds
             ));
         }
         if self.probe.views.is_empty() {

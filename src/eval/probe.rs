@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::augment::{self, stack};
-use crate::config::{Config, ProbeConfig, ProbeView};
+use crate::config::{Config, ProbeConfig, ProbeSelection, ProbeView};
 use crate::data::RgbImage;
 use crate::error::{Error, Result};
 use crate::eval::auc;
@@ -29,8 +29,18 @@ pub struct ProbeData<'a> {
 pub struct ProbeResult {
     /// (alpha, validation AUC) for each penalty tried.
     pub val_aucs: Vec<(f64, f64)>,
+    /// (alpha, out-of-fold AUC of the cross-validation on the training
+    /// rows) for each penalty tried; empty when it was not run (`selection
+    /// = "val"` with a test split to score).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cv_aucs: Vec<(f64, f64)>,
     pub alpha: f64,
     pub val_auc: f64,
+    /// The chosen penalty's cross-validated AUC, when it was run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cv_auc: Option<f64>,
+    /// What chose the penalty and the view.
+    pub selected_by: ProbeSelection,
     pub test_auc: f64,
     pub n_test: usize,
     pub n_test_pos: usize,
@@ -42,6 +52,16 @@ pub struct ProbeResult {
     /// validation AUC when several were tried.
     pub view: ProbeView,
     pub view_aucs: Vec<(ProbeView, f64)>,
+    /// Each view's cross-validated AUC at its chosen penalty (`cv`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub view_cv_aucs: Vec<(ProbeView, f64)>,
+    /// Tuning without a test split and with cross-validated AUCs: how the
+    /// two selection rules fare on held-out validation images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection_check: Option<SelectionCheck>,
+    /// Every penalty's fit (for [`SelectionCheck`]).
+    #[serde(skip)]
+    grid: Vec<GridFit>,
     /// Scores of each external set's features (in the order given), by the
     /// chosen model.
     pub external_scores: Vec<Vec<f64>>,
@@ -196,6 +216,13 @@ pub fn describe_choice(r: &ProbeResult, cfg: &ProbeConfig) -> String {
             format!("{:?}", r.view.tta).to_lowercase()
         )
     };
+    let view = match (r.selected_by, r.cv_auc) {
+        (ProbeSelection::Cv, Some(c)) => format!(
+            "{view}; chosen by {}-fold cross-validation on train (AUC {c:.4})",
+            cfg.cv_folds
+        ),
+        _ => view,
+    };
     if cfg.alphas.len() > 1 && (r.alpha == lo || r.alpha == hi) {
         tracing::warn!(
             "linear probe: the chosen penalty alpha {} is at the edge of probe.alphas [{lo}, {hi}]; widen the grid",
@@ -232,7 +259,64 @@ fn score(x: &Array2<f64>, w: &(Array1<f64>, f64)) -> Vec<f64> {
     (x.dot(&w.0) + w.1).to_vec()
 }
 
-/// Fits the probe on train, picks the penalty on val, refits, scores test once.
+/// One penalty's fit on the training rows: its validation scores and its
+/// cross-validated AUC (when run).
+#[derive(Debug, Clone)]
+struct GridFit {
+    cv_auc: Option<f64>,
+    val_scores: Vec<f64>,
+}
+
+/// Stratified folds: within each class, the rows in index order go to folds
+/// 0, 1, ..., k - 1 in turn (deterministic, no seed).
+pub fn stratified_folds(y: &[u8], k: usize) -> Vec<usize> {
+    let mut next = [0usize; 256];
+    y.iter()
+        .map(|&l| {
+            let f = next[l as usize] % k;
+            next[l as usize] += 1;
+            f
+        })
+        .collect()
+}
+
+/// Out-of-fold AUC: each fold scored by the model fit on the other folds.
+fn cv_auc(
+    z: &Array2<f64>,
+    y: &[u8],
+    folds: &[usize],
+    k: usize,
+    alpha: f64,
+    iters: u64,
+) -> Result<f64> {
+    let mut oof = vec![0.0; y.len()];
+    for f in 0..k {
+        let (rest, held): (Vec<usize>, Vec<usize>) = (0..y.len()).partition(|&i| folds[i] != f);
+        if held.is_empty() {
+            continue;
+        }
+        let yr: Vec<u8> = rest.iter().map(|&i| y[i]).collect();
+        if !(yr.contains(&0) && yr.contains(&1)) {
+            return Err(Error::Eval(format!(
+                "probe cross-validation: fold {} of {k} leaves one class only ({} training rows, {} positive); use fewer probe.cv_folds or selection = \"val\"",
+                f + 1,
+                y.len(),
+                y.iter().filter(|&&l| l == 1).count()
+            )));
+        }
+        let w = fit(&z.select(ndarray::Axis(0), &rest), &yr, alpha, iters)?;
+        for (&i, v) in held
+            .iter()
+            .zip(score(&z.select(ndarray::Axis(0), &held), &w))
+        {
+            oof[i] = v;
+        }
+    }
+    auc(&oof, y)
+}
+
+/// Fits the probe on train, picks the penalty (on val, or by
+/// cross-validation on train), refits, scores test once.
 pub fn fit_probe(
     ftrain: &Array2<f64>,
     ytrain: &[u8],
@@ -246,30 +330,56 @@ pub fn fit_probe(
     let z = |x: &Array2<f64>| (x - &mu) / &sd;
     let (ztr, zva, zte) = (z(ftrain), z(fval), z(ftest));
     let mut val_aucs = Vec::new();
-    let mut best: Option<(f64, f64)> = None;
+    let mut cv_aucs = Vec::new();
+    let mut grid = Vec::new();
+    let mut best: Option<(f64, f64, f64, Option<f64>)> = None;
     let mut best_val_scores = Vec::new();
+    // Cross-validation when it chooses, and when tuning (no test split) so
+    // that the two rules can be compared on validation.
+    let by_cv = cfg.selection == ProbeSelection::Cv;
+    let run_cv = by_cv || ytest.is_empty();
+    let k = cfg.cv_folds;
+    let folds = stratified_folds(ytrain, k);
     // Larger penalties first, so a tie keeps the more regularised model.
     let mut alphas = cfg.alphas.clone();
     alphas.sort_by(|a, b| b.total_cmp(a));
     // The fits are independent (each deterministic, single-threaded), so
     // they run across the threads; the choice below walks them in order.
-    let fits: Vec<Result<(f64, Vec<f64>)>> = alphas
+    type Fit = (f64, Option<f64>, Vec<f64>);
+    let fits: Vec<Result<Fit>> = alphas
         .par_iter()
         .map(|&a| {
             let w = fit(&ztr, ytrain, a, cfg.max_iterations)?;
             let vs = score(&zva, &w);
-            Ok((auc(&vs, yval)?, vs))
+            let cv = if run_cv {
+                Some(cv_auc(&ztr, ytrain, &folds, k, a, cfg.max_iterations)?)
+            } else {
+                None
+            };
+            Ok((auc(&vs, yval)?, cv, vs))
         })
         .collect();
     for (&a, r) in alphas.iter().zip(fits) {
-        let (v, vs) = r?;
+        let (v, cv, vs) = r?;
         val_aucs.push((a, v));
-        if best.is_none_or(|(_, bv)| v > bv) {
-            best = Some((a, v));
-            best_val_scores = vs;
+        if let Some(c) = cv {
+            cv_aucs.push((a, c));
         }
+        let crit = if by_cv {
+            cv.expect("run when chosen by")
+        } else {
+            v
+        };
+        if best.is_none_or(|(_, _, bc, _)| crit > bc) {
+            best = Some((a, v, crit, cv));
+            best_val_scores = vs.clone();
+        }
+        grid.push(GridFit {
+            cv_auc: cv,
+            val_scores: vs,
+        });
     }
-    let (alpha, val_auc) = best.expect("alphas is non-empty");
+    let (alpha, val_auc, _, cv_auc) = best.expect("alphas is non-empty");
     let w = if cfg.refit_on_train_val {
         let x = ndarray::concatenate(ndarray::Axis(0), &[ztr.view(), zva.view()])
             .map_err(|e| Error::Eval(e.to_string()))?;
@@ -292,8 +402,11 @@ pub fn fit_probe(
     };
     Ok(ProbeResult {
         val_aucs,
+        cv_aucs,
         alpha,
         val_auc,
+        cv_auc,
+        selected_by: cfg.selection,
         test_auc,
         n_test: ytest.len(),
         n_test_pos: ytest.iter().filter(|&&l| l == 1).count(),
@@ -301,13 +414,17 @@ pub fn fit_probe(
         val_scores: best_val_scores,
         view: ProbeView::default(),
         view_aucs: Vec::new(),
+        view_cv_aucs: Vec::new(),
+        selection_check: None,
+        grid,
         external_scores: Vec::new(),
         model: Some(model),
     })
 }
 
 /// [`fit_probe`] on each view's features (training rows `sub` of each), and
-/// the result of the view with the best validation AUC (ties: the first).
+/// the result of the view chosen as the penalty is (its validation AUC, or
+/// its cross-validated AUC under `selection = "cv"`; ties: the first).
 pub fn fit_probe_views(
     views: &[ViewFeatures],
     sub: &[usize],
@@ -316,15 +433,29 @@ pub fn fit_probe_views(
     ytest: &[u8],
     cfg: &ProbeConfig,
 ) -> Result<ProbeResult> {
+    let by_cv = cfg.selection == ProbeSelection::Cv;
+    let crit = |r: &ProbeResult| {
+        if by_cv {
+            r.cv_auc.expect("cv run")
+        } else {
+            r.val_auc
+        }
+    };
     let mut best: Option<ProbeResult> = None;
     let mut view_aucs = Vec::new();
+    let mut view_cv_aucs = Vec::new();
+    let mut grids = Vec::new();
     let mut best_ext: &[Array2<f64>] = &[];
     for (view, [ftr, fva, fte], ext) in views {
         let ftr = ftr.select(ndarray::Axis(0), sub);
         let mut r = fit_probe(&ftr, ytrain, fva, yval, fte, ytest, cfg)?;
         r.view = view.clone();
         view_aucs.push((view.clone(), r.val_auc));
-        if best.as_ref().is_none_or(|b| r.val_auc > b.val_auc) {
+        if let Some(c) = r.cv_auc {
+            view_cv_aucs.push((view.clone(), c));
+        }
+        grids.extend(std::mem::take(&mut r.grid));
+        if best.as_ref().is_none_or(|b| crit(&r) > crit(b)) {
             best = Some(r);
             best_ext = ext;
         }
@@ -334,8 +465,124 @@ pub fn fit_probe_views(
     r.external_scores = best_ext.iter().map(|x| m.score(x)).collect();
     if views.len() > 1 {
         r.view_aucs = view_aucs;
+        r.view_cv_aucs = view_cv_aucs;
+    }
+    if ytest.is_empty() && grids.iter().all(|g| g.cv_auc.is_some()) {
+        r.selection_check = selection_check(&grids, yval, SELECTION_CHECK_DRAWS)?;
+        if let Some(c) = &r.selection_check {
+            tracing::info!(
+                "selection rules on validation ({} draws of {} images, {} positive, choosing; the other {} scoring): \
+                 the validation rule's choice {:.4}, cross-validation's {:.4}, difference {:+.4} [{:+.4}, {:+.4}], \
+                 cross-validation at least as good in {:.0} % of draws",
+                c.draws,
+                c.select_n,
+                c.select_pos,
+                c.held_out_n,
+                c.val_rule_auc,
+                c.cv_rule_auc,
+                c.mean_gain,
+                c.gain_p2_5,
+                c.gain_p97_5,
+                100.0 * c.cv_at_least_as_good
+            );
+        }
     }
     Ok(r)
+}
+
+/// Draws of [`selection_check`].
+pub const SELECTION_CHECK_DRAWS: usize = 500;
+
+/// How the two selection rules fare while tuning (no test split): in each of
+/// `draws` draws, a stratified subset of the validation images of the size
+/// of ISIC 2017's official validation split (150 images, 30 positive; at
+/// most half of each class) picks the (view, penalty) of the best AUC on it,
+/// as `selection = "val"` would; the rest of the validation images score
+/// that choice and the one fixed choice of the cross-validation on the
+/// training rows (`selection = "cv"`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SelectionCheck {
+    pub draws: usize,
+    pub select_n: usize,
+    pub select_pos: usize,
+    pub held_out_n: usize,
+    /// Mean held-out AUC of the validation rule's choices.
+    pub val_rule_auc: f64,
+    /// Mean held-out AUC of the cross-validation's choice.
+    pub cv_rule_auc: f64,
+    /// Mean of (cross-validation − validation rule) over the draws, and its
+    /// 2.5th and 97.5th percentiles.
+    pub mean_gain: f64,
+    pub gain_p2_5: f64,
+    pub gain_p97_5: f64,
+    /// Share of the draws in which the cross-validation's choice scores at
+    /// least as well.
+    pub cv_at_least_as_good: f64,
+}
+
+/// [`SelectionCheck`] over every (view, penalty) fit of `grid`, in the
+/// order the rules walk them; `None` when a class has fewer than 4
+/// validation images. Deterministic (its own fixed stream).
+fn selection_check(grid: &[GridFit], yval: &[u8], draws: usize) -> Result<Option<SelectionCheck>> {
+    let pos: Vec<usize> = (0..yval.len()).filter(|&i| yval[i] == 1).collect();
+    let neg: Vec<usize> = (0..yval.len()).filter(|&i| yval[i] == 0).collect();
+    if pos.len() < 4 || neg.len() < 4 || grid.is_empty() {
+        return Ok(None);
+    }
+    let (np, nn) = ((pos.len() / 2).min(30), (neg.len() / 2).min(120));
+    // The cross-validation's choice: the first of the best out-of-fold AUC.
+    let mut cv_pick = 0;
+    for (i, g) in grid.iter().enumerate() {
+        if g.cv_auc.expect("checked") > grid[cv_pick].cv_auc.expect("checked") {
+            cv_pick = i;
+        }
+    }
+    let sub_auc = |g: &GridFit, rows: &[usize]| -> Result<f64> {
+        let s: Vec<f64> = rows.iter().map(|&i| g.val_scores[i]).collect();
+        let y: Vec<u8> = rows.iter().map(|&i| yval[i]).collect();
+        auc(&s, &y)
+    };
+    let mut rng = crate::rng::stream(0, "probe-selection-check", 0, 0);
+    let (mut vsum, mut csum, mut wins) = (0.0, 0.0, 0usize);
+    let mut gains = Vec::with_capacity(draws);
+    let mut held_n = 0;
+    for _ in 0..draws {
+        let (mut p, mut n) = (pos.clone(), neg.clone());
+        crate::rng::shuffle(&mut p, &mut rng);
+        crate::rng::shuffle(&mut n, &mut rng);
+        let choose: Vec<usize> = p[..np].iter().chain(&n[..nn]).copied().collect();
+        let held: Vec<usize> = p[np..].iter().chain(&n[nn..]).copied().collect();
+        held_n = held.len();
+        let mut vpick = 0;
+        let mut vbest = f64::NEG_INFINITY;
+        for (i, g) in grid.iter().enumerate() {
+            let a = sub_auc(g, &choose)?;
+            if a > vbest {
+                (vpick, vbest) = (i, a);
+            }
+        }
+        let v = sub_auc(&grid[vpick], &held)?;
+        let c = sub_auc(&grid[cv_pick], &held)?;
+        vsum += v;
+        csum += c;
+        wins += usize::from(c >= v);
+        gains.push(c - v);
+    }
+    gains.sort_by(|a, b| a.total_cmp(b));
+    let q = |f: f64| gains[((f * (draws - 1) as f64).round() as usize).min(draws - 1)];
+    let d = draws as f64;
+    Ok(Some(SelectionCheck {
+        draws,
+        select_n: np + nn,
+        select_pos: np,
+        held_out_n: held_n,
+        val_rule_auc: vsum / d,
+        cv_rule_auc: csum / d,
+        mean_gain: (csum - vsum) / d,
+        gain_p2_5: q(0.025),
+        gain_p97_5: q(0.975),
+        cv_at_least_as_good: wins as f64 / d,
+    }))
 }
 
 /// k-NN scores: for each query row, the similarity-weighted share of
@@ -434,4 +681,63 @@ pub fn run_probe(
         &data.test.1,
         &cfg.probe,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A grid of two fits: one that ranks every validation image right
+    /// (AUC 1 on any subset) and one of hashed noise.
+    fn grid(cv_prefers_perfect: bool, y: &[u8]) -> Vec<GridFit> {
+        let perfect: Vec<f64> = y.iter().map(|&l| l as f64).collect();
+        let noise: Vec<f64> = (0..y.len()).map(|i| ((i * 7919) % 101) as f64).collect();
+        let (a, b) = if cv_prefers_perfect {
+            (0.9, 0.5)
+        } else {
+            (0.5, 0.9)
+        };
+        vec![
+            GridFit {
+                cv_auc: Some(a),
+                val_scores: perfect,
+            },
+            GridFit {
+                cv_auc: Some(b),
+                val_scores: noise,
+            },
+        ]
+    }
+
+    #[test]
+    fn the_selection_check_scores_each_rule_on_held_out_images() {
+        let y: Vec<u8> = (0..200).map(|i| (i % 4 == 0) as u8).collect();
+        // Both rules take the perfect fit: no difference in any draw.
+        let same = selection_check(&grid(true, &y), &y, 50).unwrap().unwrap();
+        assert_eq!(
+            (same.select_pos, same.select_n, same.held_out_n),
+            (25, 100, 100)
+        );
+        assert_eq!(
+            (same.val_rule_auc, same.cv_rule_auc, same.mean_gain),
+            (1.0, 1.0, 0.0)
+        );
+        assert_eq!(same.cv_at_least_as_good, 1.0);
+        // Cross-validation prefers the noise: it loses in every draw, by the
+        // noise's held-out AUC below 1.
+        let worse = selection_check(&grid(false, &y), &y, 50).unwrap().unwrap();
+        assert_eq!(worse.val_rule_auc, 1.0);
+        assert!(worse.cv_rule_auc < 0.7, "{worse:?}");
+        assert!(
+            worse.gain_p97_5 < 0.0 && worse.cv_at_least_as_good == 0.0,
+            "{worse:?}"
+        );
+        // Too few positives to split: no check.
+        let few: Vec<u8> = (0..50).map(|i| (i < 3) as u8).collect();
+        assert!(
+            selection_check(&grid(true, &few), &few, 10)
+                .unwrap()
+                .is_none()
+        );
+    }
 }
