@@ -514,6 +514,7 @@ fn ablation_configs_parse_and_pin_their_settings() {
             &["train", "epochs"],
             &["train", "optim", "lr"],
             &["probe", "views"],
+            &["probe", "selection"],
         ] {
             let mut v = &toml::Value::Table(t.clone());
             for k in path {
