@@ -527,3 +527,31 @@ fn ablation_configs_parse_and_pin_their_settings() {
     }
     assert!(n >= 10, "{n} ablation configs");
 }
+
+/// The skin-lesion protocol pins what its saved figures were measured with
+/// as the cpu preset moves: its linear probes choose on validation, its
+/// fine-tunes train and score at the pretext crop (64 px), and both settings
+/// serialise as they did then (`selection` left out, `crop = 0`), so the
+/// saved runs' keys still match.
+#[test]
+fn the_protocol_pins_the_probe_rule_and_fine_tuning_crop_it_was_measured_with() {
+    use pirlkit::config::ProbeSelection;
+    let (proto, cfg) =
+        pirlkit::protocol::Protocol::from_file(std::path::Path::new("protocols/skin-lesion-auc.toml"))
+            .unwrap();
+    let preset = pirlkit::config::Config::preset(pirlkit::config::Preset::Cpu);
+    assert_eq!(preset.probe.selection, ProbeSelection::Cv);
+    assert_eq!(preset.finetune.crop, 96);
+    let mut kinds = std::collections::BTreeSet::new();
+    for r in proto.runs(&cfg).unwrap() {
+        kinds.insert(format!("{:?}", r.arm.kind));
+        assert_eq!(r.cfg.probe.selection, ProbeSelection::Val);
+        assert_eq!(r.cfg.finetune.crop, 0);
+        assert_eq!(r.cfg.finetune.view(r.cfg.pretext.crop), 64);
+        let ft = serde_json::to_value(&r.cfg.finetune).unwrap();
+        assert_eq!(ft["crop"], 0);
+        let probe = serde_json::to_value(&r.cfg.probe).unwrap();
+        assert!(probe.get("selection").is_none() && probe.get("cv_folds").is_none());
+    }
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+}
