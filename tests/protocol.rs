@@ -536,9 +536,10 @@ fn ablation_configs_parse_and_pin_their_settings() {
 #[test]
 fn the_protocol_pins_the_probe_rule_and_fine_tuning_crop_it_was_measured_with() {
     use pirlkit::config::ProbeSelection;
-    let (proto, cfg) =
-        pirlkit::protocol::Protocol::from_file(std::path::Path::new("protocols/skin-lesion-auc.toml"))
-            .unwrap();
+    let (proto, cfg) = pirlkit::protocol::Protocol::from_file(std::path::Path::new(
+        "protocols/skin-lesion-auc.toml",
+    ))
+    .unwrap();
     let preset = pirlkit::config::Config::preset(pirlkit::config::Preset::Cpu);
     assert_eq!(preset.probe.selection, ProbeSelection::Cv);
     assert_eq!(preset.finetune.crop, 96);
