@@ -6,6 +6,7 @@ pub mod gradcam;
 pub mod pca;
 pub mod probe;
 pub mod roc;
+pub mod selection;
 pub mod stats;
 pub mod subgroups;
 pub mod tsne;
