@@ -5,6 +5,7 @@ pub mod audit;
 pub mod builtin;
 pub mod cache;
 pub mod dicom;
+mod dicom_lengths;
 pub mod download;
 pub mod external;
 pub mod fingerprint;
