@@ -534,25 +534,41 @@ fn ablation_configs_parse_and_pin_their_settings() {
 /// serialise as they did then (`selection` left out, `crop = 0`), so the
 /// saved runs' keys still match.
 #[test]
-fn the_protocol_pins_the_probe_rule_and_fine_tuning_crop_it_was_measured_with() {
+fn the_protocol_pins_the_recipe_it_was_measured_with() {
     use pirlkit::config::ProbeSelection;
     let (proto, cfg) = pirlkit::protocol::Protocol::from_file(std::path::Path::new(
         "protocols/skin-lesion-auc.toml",
     ))
     .unwrap();
+    // Measured 2026-12-06 with the cpu preset of 2026-12-05: the pins equal
+    // that preset, so `reproduce --preset cpu`'s pretraining serves it.
     let preset = pirlkit::config::Config::preset(pirlkit::config::Preset::Cpu);
-    assert_eq!(preset.probe.selection, ProbeSelection::Cv);
-    assert_eq!(preset.finetune.crop, 96);
+    assert_eq!(cfg.model, preset.model);
+    assert_eq!(cfg.train, preset.train);
+    assert_eq!(cfg.pretext, preset.pretext);
+    assert_eq!(cfg.pirl, preset.pirl);
     let mut kinds = std::collections::BTreeSet::new();
     for r in proto.runs(&cfg).unwrap() {
         kinds.insert(format!("{:?}", r.arm.kind));
-        assert_eq!(r.cfg.probe.selection, ProbeSelection::Val);
-        assert_eq!(r.cfg.finetune.crop, 0);
-        assert_eq!(r.cfg.finetune.view(r.cfg.pretext.crop), 64);
+        assert_eq!(r.cfg.probe.selection, ProbeSelection::Cv);
+        assert_eq!(r.cfg.probe.views, preset.probe.views);
+        assert_eq!(r.cfg.finetune.crop, 96);
+        assert_eq!(r.cfg.finetune.view(r.cfg.pretext.crop), 96);
+        // Pinned in the file, not taken from the preset: a preset change
+        // leaves the protocol's keys alone.
         let ft = serde_json::to_value(&r.cfg.finetune).unwrap();
-        assert_eq!(ft["crop"], 0);
+        assert_eq!(ft["crop"], 96);
         let probe = serde_json::to_value(&r.cfg.probe).unwrap();
-        assert!(probe.get("selection").is_none() && probe.get("cv_folds").is_none());
+        assert_eq!(probe["selection"], "cv");
+    }
+    let text = std::fs::read_to_string("protocols/skin-lesion-auc.toml").unwrap();
+    for pin in [
+        "width = 0.25",
+        "epochs = 100",
+        "crop = 96",
+        "selection = \"cv\"",
+    ] {
+        assert!(text.contains(pin), "the protocol file pins {pin}");
     }
     assert_eq!(kinds.len(), 3, "{kinds:?}");
 }
