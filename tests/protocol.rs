@@ -553,6 +553,7 @@ fn the_protocol_pins_the_recipe_it_was_measured_with() {
         assert_eq!(r.cfg.probe.selection, ProbeSelection::Cv);
         assert_eq!(r.cfg.probe.views, preset.probe.views);
         assert_eq!(r.cfg.finetune.crop, 96);
+        assert_eq!(r.cfg.finetune.epochs, 30);
         assert_eq!(r.cfg.finetune.view(r.cfg.pretext.crop), 96);
         // Pinned in the file, not taken from the preset: a preset change
         // leaves the protocol's keys alone.
