@@ -65,19 +65,14 @@ impl Bytes<'_> {
     }
 }
 
-fn too_long(g: u16, e: u16, at: usize, len: u32, left: usize) -> String {
-    format!(
-        "DICOM element ({g:04X},{e:04X}) at byte {at} claims {len} bytes, but only {left} remain: truncated or corrupt"
-    )
-}
-
 /// Refuses a defined length `len` past the `left` bytes of the file.
 fn fits(g: u16, e: u16, at: usize, len: u32, left: usize) -> Result<(), String> {
     if len as usize > left {
-        Err(too_long(g, e, at, len, left))
-    } else {
-        Ok(())
+        return Err(format!(
+            "DICOM element ({g:04X},{e:04X}) at byte {at} claims {len} bytes, but only {left} remain: truncated or corrupt"
+        ));
     }
+    Ok(())
 }
 
 /// Explicit VR header: these VRs have a 2-byte length, all others (unknown
