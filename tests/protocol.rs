@@ -540,7 +540,7 @@ fn the_protocol_pins_the_recipe_it_was_measured_with() {
         "protocols/skin-lesion-auc.toml",
     ))
     .unwrap();
-    // Measured 2026-12-06 with the cpu preset of 2026-12-05: the pins equal
+    // Measured 2026-12-06 with the cpu preset of that day: the pins equal
     // that preset, so `reproduce --preset cpu`'s pretraining serves it.
     let preset = pirlkit::config::Config::preset(pirlkit::config::Preset::Cpu);
     assert_eq!(cfg.model, preset.model);
@@ -553,12 +553,14 @@ fn the_protocol_pins_the_recipe_it_was_measured_with() {
         assert_eq!(r.cfg.probe.selection, ProbeSelection::Cv);
         assert_eq!(r.cfg.probe.views, preset.probe.views);
         assert_eq!(r.cfg.finetune.crop, 96);
-        assert_eq!(r.cfg.finetune.epochs, 30);
+        assert_eq!(r.cfg.finetune.epochs, 60);
+        assert_eq!(r.cfg.finetune.epochs, preset.finetune.epochs);
         assert_eq!(r.cfg.finetune.view(r.cfg.pretext.crop), 96);
         // Pinned in the file, not taken from the preset: a preset change
         // leaves the protocol's keys alone.
         let ft = serde_json::to_value(&r.cfg.finetune).unwrap();
         assert_eq!(ft["crop"], 96);
+        assert_eq!(ft["epochs"], 60);
         let probe = serde_json::to_value(&r.cfg.probe).unwrap();
         assert_eq!(probe["selection"], "cv");
     }
@@ -567,6 +569,7 @@ fn the_protocol_pins_the_recipe_it_was_measured_with() {
         "width = 0.25",
         "epochs = 100",
         "crop = 96",
+        "epochs = 60",
         "selection = \"cv\"",
     ] {
         assert!(text.contains(pin), "the protocol file pins {pin}");
