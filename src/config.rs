@@ -335,6 +335,17 @@ pub struct FinetuneConfig {
     /// Side (px) of the training views and of the scored whole images
     /// (0 = `pretext.crop`); default 0.
     pub crop: usize,
+    /// Mixup (Zhang et al. 2018): each training batch is blended with a
+    /// shuffled copy of itself, `λ x + (1 - λ) x'`, and the loss is `λ
+    /// BCE(y) + (1 - λ) BCE(y')`, with one `λ ~ Beta(mixup, mixup)` per
+    /// batch; 0 = off (default; left out of the saved config, and so of the
+    /// protocol's run keys, when 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub mixup: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl Default for FinetuneConfig {
@@ -365,6 +376,7 @@ impl Default for FinetuneConfig {
             },
             tta: Tta::None,
             crop: 0,
+            mixup: 0.0,
         }
     }
 }
@@ -389,6 +401,7 @@ impl FinetuneConfig {
             ("encoder_lr_mult", self.encoder_lr_mult),
             ("warmup_epochs", self.warmup_epochs),
             ("weight_decay", self.weight_decay),
+            ("mixup", self.mixup),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(format!("finetune.{k} must be finite and >= 0, got {v}"));

@@ -519,6 +519,16 @@ pub fn finetune(
     })
 }
 
+/// Mixup's draw for batch `b` of `epoch`: `λ ~ Beta(alpha, alpha)` and the
+/// partner of each of the `n` images (a shuffle), from their own stream.
+fn mixup_draw(alpha: f64, n: usize, seed: u64, epoch: usize, b: usize) -> (f64, Vec<u32>) {
+    let mut rng = stream(seed, "finetune-mixup", epoch as u64, b as u64);
+    let lam = crate::rng::beta(alpha, alpha, &mut rng);
+    let mut perm: Vec<u32> = (0..n as u32).collect();
+    crate::rng::shuffle(&mut perm, &mut rng);
+    (lam, perm)
+}
+
 /// What a fine-tuning epoch needs besides the data.
 struct Trainer<'a> {
     model: &'a Classifier,
@@ -561,7 +571,7 @@ impl Trainer<'_> {
         let mut loss_sum = 0.0;
         let steps = n / bs;
         let head_only = epoch < ft.head_epochs;
-        for idx in order.chunks_exact(bs) {
+        for (b, idx) in order.chunks_exact(bs).enumerate() {
             let views: Vec<Chw> = idx
                 .par_iter()
                 .map(|&i| {
@@ -575,16 +585,30 @@ impl Trainer<'_> {
                 .collect();
             let y: Vec<f32> = idx.iter().map(|&i| train.labels[i] as f32).collect();
             let x = stack(views, dev)?;
+            let mix = (ft.mixup > 0.0).then(|| mixup_draw(ft.mixup, idx.len(), seed, epoch, b));
+            let x = match &mix {
+                Some((lam, perm)) => {
+                    let perm = Tensor::from_vec(perm.clone(), perm.len(), dev)?;
+                    ((&x * *lam)? + (x.index_select(&perm, 0)? * (1.0 - lam))?)?
+                }
+                None => x,
+            };
             let logits = if head_only {
                 self.model.head_logits(&x)?
             } else {
                 self.model.logits(&x, true)?
             };
-            let loss = weighted_bce(
-                &logits,
-                &Tensor::from_vec(y, idx.len(), dev)?,
-                self.pos_weight,
-            )?;
+            let bce = |y: Vec<f32>| -> Result<Tensor> {
+                let t = Tensor::from_vec(y, idx.len(), dev)?;
+                Ok(weighted_bce(&logits, &t, self.pos_weight)?)
+            };
+            let loss = match &mix {
+                Some((lam, perm)) => {
+                    let y2: Vec<f32> = perm.iter().map(|&j| y[j as usize]).collect();
+                    ((bce(y)? * *lam)? + (bce(y2)? * (1.0 - lam))?)?
+                }
+                None => bce(y)?,
+            };
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
                 return Err(Error::NonFinite {
