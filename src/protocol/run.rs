@@ -125,6 +125,17 @@ pub struct Runner<'a> {
 /// every seed gets the same one).
 type Fitted = Scored;
 
+/// What the runs of one `run` call share: frozen features per (encoder,
+/// view, init), computed once for every arm, fraction and seed; probe fits
+/// per (key without its seed, label subset); and t-SNE maps of the test
+/// features per (encoder, view), which do not depend on the label subset.
+#[derive(Default)]
+struct Shared {
+    feats: BTreeMap<String, Vec<probe::ViewFeatures>>,
+    fitted: BTreeMap<(String, Vec<usize>), Fitted>,
+    maps: BTreeMap<String, Vec<(f64, f64)>>,
+}
+
 /// What one run measured, before it becomes an [`ArmResult`].
 #[derive(Debug, Clone, Default)]
 struct Scored {
@@ -225,15 +236,8 @@ impl Runner<'_> {
         std::fs::create_dir_all(&self.results_dir).map_err(io(&self.results_dir))?;
         let specs = p.runs(self.cfg)?;
         let keys = self.keys(p, data)?;
-        let (_, tr_y) = self.split(Split::Train);
+        let mut shared = Shared::default();
         let mut outcomes = Vec::new();
-        // Frozen features per (encoder, view, init), computed once and shared
-        // by arms, fractions and seeds.
-        let mut feats: BTreeMap<String, Vec<probe::ViewFeatures>> = BTreeMap::new();
-        let mut fitted: BTreeMap<(String, Vec<usize>), Fitted> = BTreeMap::new();
-        // t-SNE maps of the test features per (encoder, view): a map does
-        // not depend on the label subset.
-        let mut maps: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for (i, (spec, key)) in specs.iter().zip(&keys).enumerate() {
             let hash = key.hash();
             let path = self.results_dir.join(result_file_name(
@@ -247,126 +251,172 @@ impl Runner<'_> {
                 outcomes.push(RunOutcome::OtherShard);
                 continue;
             }
-            if saved_result(&path, &hash).is_some() {
-                outcomes.push(RunOutcome::Reused);
-                continue;
-            }
-            if crate::train::pretrain::STOP.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(Error::Stopped(format!(
-                    "the finished runs are saved in {}",
-                    self.results_dir.display()
-                )));
-            }
-            let _lock = match RunLock::take(&path.with_extension("lock"))? {
-                Ok(l) => l,
-                Err(holder) => {
-                    tracing::info!(
-                        "{} / {} / {} / seed {}: held by {holder}, skipped",
-                        spec.arm.name,
-                        spec.init,
-                        spec.fraction,
-                        spec.seed
-                    );
-                    outcomes.push(RunOutcome::HeldElsewhere(holder));
+            let _lock = match self.claim(spec, &path, &hash)? {
+                Ok(lock) => lock,
+                Err(outcome) => {
+                    outcomes.push(outcome);
                     continue;
                 }
             };
-            // Another process may have finished it while we looked.
-            if saved_result(&path, &hash).is_some() {
-                outcomes.push(RunOutcome::Reused);
-                continue;
-            }
             let t = std::time::Instant::now();
+            let (_, tr_y) = self.split(Split::Train);
             let sub = label_subset(&tr_y, spec.fraction, spec.seed);
-            let sub_y: Vec<u8> = sub.iter().map(|&i| tr_y[i]).collect();
-            let sc: Scored = match spec.arm.kind {
-                ArmKind::LinearProbe | ArmKind::Knn => {
-                    // The key without its seed: runs that share it and the
-                    // label subset share the fit.
-                    let mut k = key.clone();
-                    k.seed = 0;
-                    let fit_key = (k.hash(), sub.clone());
-                    match fitted.get(&fit_key) {
-                        Some(r) => r.clone(),
-                        None => {
-                            let r = self.frozen_arm(spec, &sub, &mut feats, &mut maps)?;
-                            fitted.insert(fit_key, r.clone());
-                            r
-                        }
-                    }
-                }
-                ArmKind::Finetune => {
-                    let ckpt = path.with_extension("ckpt");
-                    let r = self.finetune_arm(spec, &sub, (&ckpt, &hash))?;
-                    let gradcam = if explained(p, spec) {
-                        self.gradcam(&r)?
-                    } else {
-                        None
-                    };
-                    Scored {
-                        val_auc: r.val_auc,
-                        test_auc: r.test_auc,
-                        detail: format!("selected epoch {} of {}", r.best_epoch, r.val_curve.len()),
-                        val_scores: r.val_scores,
-                        test_scores: r.test_scores,
-                        val_curve: r.val_curve,
-                        train_losses: r.train_losses,
-                        external: r.external_scores,
-                        embedding: Vec::new(),
-                        tsne: Vec::new(),
-                        gradcam,
-                    }
-                }
-            };
-            let r = ArmResult {
-                arm: spec.arm.name.clone(),
-                kind: spec.arm.kind,
-                init: spec.init.clone(),
-                fraction: spec.fraction,
-                seed: spec.seed,
-                key: hash,
-                n_train: sub_y.len(),
-                n_train_pos: sub_y.iter().filter(|&&y| y == 1).count(),
-                val_auc: sc.val_auc,
-                test_auc: sc.test_auc,
-                test_scores: sc.test_scores,
-                val_scores: sc.val_scores,
-                detail: sc.detail,
-                val_curve: sc.val_curve,
-                train_losses: sc.train_losses,
-                external_scores: self
-                    .external
-                    .iter()
-                    .map(|e| e.name.clone())
-                    .zip(sc.external)
-                    .collect(),
-                test_embedding: sc.embedding,
-                test_tsne: sc.tsne,
-                gradcam: sc.gradcam,
-                seconds: t.elapsed().as_secs_f64(),
-                computed_by: crate::runner::invocation_id().to_string(),
-                computed_now: true,
-            };
-            tracing::info!(
-                "{} / {} / {:.0} % labels / seed {}: val AUC {:.4}, test AUC {:.4} ({}, {:.0} s)",
-                r.arm,
-                r.init,
-                spec.fraction * 100.0,
-                spec.seed,
-                r.val_auc,
-                r.test_auc,
-                r.detail,
-                r.seconds
-            );
-            let j = serde_json::to_vec(&r).map_err(|e| Error::Report(e.to_string()))?;
-            write_atomic(&path, &j)?;
-            let ckpt = path.with_extension("ckpt");
-            if ckpt.exists() {
-                let _ = std::fs::remove_dir_all(&ckpt);
-            }
+            let sc = self.score(p, spec, key, &sub, &path, &mut shared)?;
+            self.save(spec, hash, &sub, sc, t.elapsed().as_secs_f64(), &path)?;
             outcomes.push(RunOutcome::Computed);
         }
         Ok(outcomes)
+    }
+
+    /// The lock of a run that is to be computed now, or what became of it
+    /// instead: saved already (by an earlier run or, while we looked, by
+    /// another process) or held by another process. A stop request ends
+    /// the protocol here, between runs.
+    fn claim(
+        &self,
+        spec: &RunSpec,
+        path: &Path,
+        hash: &str,
+    ) -> Result<std::result::Result<RunLock, RunOutcome>> {
+        if saved_result(path, hash).is_some() {
+            return Ok(Err(RunOutcome::Reused));
+        }
+        if crate::train::pretrain::STOP.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Stopped(format!(
+                "the finished runs are saved in {}",
+                self.results_dir.display()
+            )));
+        }
+        let lock = match RunLock::take(&path.with_extension("lock"))? {
+            Ok(l) => l,
+            Err(holder) => {
+                tracing::info!(
+                    "{} / {} / {} / seed {}: held by {holder}, skipped",
+                    spec.arm.name,
+                    spec.init,
+                    spec.fraction,
+                    spec.seed
+                );
+                return Ok(Err(RunOutcome::HeldElsewhere(holder)));
+            }
+        };
+        // Another process may have finished it while we looked.
+        if saved_result(path, hash).is_some() {
+            return Ok(Err(RunOutcome::Reused));
+        }
+        Ok(Ok(lock))
+    }
+
+    /// Computes one run on the training subset `sub`: a probe or k-NN (its
+    /// fit shared by the runs whose key differs only in the seed), or a
+    /// fine-tune, checkpointed beside the result file `path`.
+    fn score(
+        &self,
+        p: &Protocol,
+        spec: &RunSpec,
+        key: &RunKey,
+        sub: &[usize],
+        path: &Path,
+        shared: &mut Shared,
+    ) -> Result<Scored> {
+        match spec.arm.kind {
+            ArmKind::Finetune => {}
+            ArmKind::LinearProbe | ArmKind::Knn => {
+                // The key without its seed: runs that share it and the
+                // label subset share the fit.
+                let mut k = key.clone();
+                k.seed = 0;
+                let fit_key = (k.hash(), sub.to_vec());
+                if let Some(r) = shared.fitted.get(&fit_key) {
+                    return Ok(r.clone());
+                }
+                let r = self.frozen_arm(spec, sub, &mut shared.feats, &mut shared.maps)?;
+                shared.fitted.insert(fit_key, r.clone());
+                return Ok(r);
+            }
+        }
+        let ckpt = path.with_extension("ckpt");
+        let r = self.finetune_arm(spec, sub, (&ckpt, &key.hash()))?;
+        let gradcam = if explained(p, spec) {
+            self.gradcam(&r)?
+        } else {
+            None
+        };
+        Ok(Scored {
+            val_auc: r.val_auc,
+            test_auc: r.test_auc,
+            detail: format!("selected epoch {} of {}", r.best_epoch, r.val_curve.len()),
+            val_scores: r.val_scores,
+            test_scores: r.test_scores,
+            val_curve: r.val_curve,
+            train_losses: r.train_losses,
+            external: r.external_scores,
+            embedding: Vec::new(),
+            tsne: Vec::new(),
+            gradcam,
+        })
+    }
+
+    /// Saves a computed run as its result file `path` (atomically), logs
+    /// it, and removes its fine-tuning checkpoint.
+    fn save(
+        &self,
+        spec: &RunSpec,
+        hash: String,
+        sub: &[usize],
+        sc: Scored,
+        seconds: f64,
+        path: &Path,
+    ) -> Result<()> {
+        let (_, tr_y) = self.split(Split::Train);
+        let sub_y: Vec<u8> = sub.iter().map(|&i| tr_y[i]).collect();
+        let r = ArmResult {
+            arm: spec.arm.name.clone(),
+            kind: spec.arm.kind,
+            init: spec.init.clone(),
+            fraction: spec.fraction,
+            seed: spec.seed,
+            key: hash,
+            n_train: sub_y.len(),
+            n_train_pos: sub_y.iter().filter(|&&y| y == 1).count(),
+            val_auc: sc.val_auc,
+            test_auc: sc.test_auc,
+            test_scores: sc.test_scores,
+            val_scores: sc.val_scores,
+            detail: sc.detail,
+            val_curve: sc.val_curve,
+            train_losses: sc.train_losses,
+            external_scores: self
+                .external
+                .iter()
+                .map(|e| e.name.clone())
+                .zip(sc.external)
+                .collect(),
+            test_embedding: sc.embedding,
+            test_tsne: sc.tsne,
+            gradcam: sc.gradcam,
+            seconds,
+            computed_by: crate::runner::invocation_id().to_string(),
+            computed_now: true,
+        };
+        tracing::info!(
+            "{} / {} / {:.0} % labels / seed {}: val AUC {:.4}, test AUC {:.4} ({}, {:.0} s)",
+            r.arm,
+            r.init,
+            spec.fraction * 100.0,
+            spec.seed,
+            r.val_auc,
+            r.test_auc,
+            r.detail,
+            r.seconds
+        );
+        let j = serde_json::to_vec(&r).map_err(|e| Error::Report(e.to_string()))?;
+        write_atomic(path, &j)?;
+        let ckpt = path.with_extension("ckpt");
+        if ckpt.exists() {
+            let _ = std::fs::remove_dir_all(&ckpt);
+        }
+        Ok(())
     }
 
     /// A linear probe or k-NN on frozen features of the training subset `sub`.
