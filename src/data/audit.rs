@@ -212,121 +212,11 @@ pub fn audit(ds: &Dataset, cache: &ImageCache, out_csv: &Path) -> crate::Result<
     for s in samples {
         *split_sizes.entry(s.split).or_insert(0) += 1;
     }
-
-    // Missing, unreadable, unlabeled.
-    let mut missing_images = Vec::new();
-    let mut unreadable = Vec::new();
-    let mut unlabeled = Vec::new();
-    for (s, p) in samples.iter().zip(&probes) {
-        if p.missing {
-            missing_images.push(issue(
-                s,
-                format!("image file not found: {}", rel(&ds.root, &s.path)),
-            ));
-        } else if let Some(e) = &p.error {
-            unreadable.push(issue(s, e.clone()));
-        }
-        if s.label.is_none() {
-            unlabeled.push(issue(s, "no label".into()));
-        }
-    }
+    let (missing_images, unreadable, unlabeled) = file_issues(ds, &probes);
     let unlisted_images = unlisted(ds);
-
-    // Exact duplicates.
-    let mut by_sha: HashMap<[u8; 32], Vec<usize>> = HashMap::new();
-    for (i, p) in probes.iter().enumerate() {
-        if let Some(h) = p.sha {
-            by_sha.entry(h).or_default().push(i);
-        }
-    }
-    let mut exact_duplicates = Vec::new();
-    let mut exact_set = HashSet::new();
-    let mut groups: Vec<&Vec<usize>> = by_sha.values().filter(|v| v.len() > 1).collect();
-    groups.sort();
-    for v in groups {
-        for (k, &i) in v.iter().enumerate() {
-            for &j in &v[k + 1..] {
-                exact_set.insert((i, j));
-                exact_duplicates.push(pair(&samples[i], &samples[j], 0, 0.0, 0.0, "identity"));
-            }
-        }
-    }
-
-    // Near-duplicates: hash candidates, then the pixel check.
-    let usable: Vec<usize> = (0..probes.len())
-        .filter(|&i| !probes[i].hashes.is_empty())
-        .collect();
-    let mut near: Vec<(usize, usize, u32, f32, f32, usize)> = usable
-        .par_iter()
-        .enumerate()
-        .flat_map_iter(|(k, &i)| {
-            let (probes, usable, exact_set) = (&probes, &usable, &exact_set);
-            usable[k + 1..].iter().filter_map(move |&j| {
-                if exact_set.contains(&(i, j)) {
-                    return None;
-                }
-                let a = probes[i].hashes[0];
-                let mut best: Option<(f32, u32, f32, usize)> = None;
-                for (t, hb) in probes[j].hashes.iter().enumerate() {
-                    let ham = (a ^ hb).count_ones();
-                    if ham > MAX_HAMMING {
-                        continue;
-                    }
-                    let budget = best.map_or(MAX_SCORE, |b| b.0.min(MAX_SCORE))
-                        - HAMMING_WEIGHT * ham as f32;
-                    let Some(mad) = mean_abs_diff_within(
-                        &probes[i].thumb,
-                        &orient(&probes[j].thumb, t),
-                        budget,
-                    ) else {
-                        continue;
-                    };
-                    let score = mad + HAMMING_WEIGHT * ham as f32;
-                    if best.is_none_or(|b| score < b.0) {
-                        best = Some((score, ham, mad, t));
-                    }
-                }
-                let (score, ham, mad, t) = best?;
-                (score <= MAX_SCORE).then_some((i, j, ham, mad, score, t))
-            })
-        })
-        .collect();
-    near.sort_by_key(|x| (x.0, x.1));
-    let near_duplicates: Vec<DuplicatePair> = near
-        .iter()
-        .map(|&(i, j, ham, mad, score, t)| {
-            pair(&samples[i], &samples[j], ham, mad, score, TRANSFORMS[t])
-        })
-        .collect();
-
-    // Groups on both sides of a split.
-    let mut by_group: BTreeMap<&str, BTreeMap<Split, Vec<usize>>> = BTreeMap::new();
-    for (i, s) in samples.iter().enumerate() {
-        by_group
-            .entry(&s.group)
-            .or_default()
-            .entry(s.split)
-            .or_default()
-            .push(i);
-    }
-    let mut group_leaks = Vec::new();
-    for (g, splits) in &by_group {
-        let v: Vec<(&Split, &Vec<usize>)> = splits.iter().collect();
-        for (k, (sa, ia)) in v.iter().enumerate() {
-            for (sb, ib) in &v[k + 1..] {
-                group_leaks.push(GroupLeak {
-                    group: g.to_string(),
-                    split_a: **sa,
-                    id_a: samples[ia[0]].id.clone(),
-                    count_a: ia.len(),
-                    split_b: **sb,
-                    id_b: samples[ib[0]].id.clone(),
-                    count_b: ib.len(),
-                });
-            }
-        }
-    }
-
+    let (exact_duplicates, exact_set) = exact_duplicates(samples, &probes);
+    let near_duplicates = near_duplicates(samples, &probes, &exact_set);
+    let group_leaks = group_leaks(samples);
     let odd_sizes = odd_sizes(samples, &probes);
 
     let counts = AuditCounts {
@@ -364,6 +254,144 @@ pub fn audit(ds: &Dataset, cache: &ImageCache, out_csv: &Path) -> crate::Result<
     report.counts.findings = rows;
     crate::io::write_atomic(out_csv, &bytes)?;
     Ok(report)
+}
+
+/// Listed images that are missing, unreadable or without a label.
+fn file_issues(ds: &Dataset, probes: &[Probe]) -> (Vec<FileIssue>, Vec<FileIssue>, Vec<FileIssue>) {
+    let mut missing_images = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut unlabeled = Vec::new();
+    for (s, p) in ds.samples.iter().zip(probes) {
+        if p.missing {
+            missing_images.push(issue(
+                s,
+                format!("image file not found: {}", rel(&ds.root, &s.path)),
+            ));
+        } else if let Some(e) = &p.error {
+            unreadable.push(issue(s, e.clone()));
+        }
+        if s.label.is_none() {
+            unlabeled.push(issue(s, "no label".into()));
+        }
+    }
+    (missing_images, unreadable, unlabeled)
+}
+
+/// Pairs of byte-identical files (same SHA-256), and the set of their
+/// indices `(i, j)`, `i < j`, which the near-duplicate search skips.
+fn exact_duplicates(
+    samples: &[Sample],
+    probes: &[Probe],
+) -> (Vec<DuplicatePair>, HashSet<(usize, usize)>) {
+    let mut by_sha: HashMap<[u8; 32], Vec<usize>> = HashMap::new();
+    for (i, p) in probes.iter().enumerate() {
+        if let Some(h) = p.sha {
+            by_sha.entry(h).or_default().push(i);
+        }
+    }
+    let mut pairs = Vec::new();
+    let mut set = HashSet::new();
+    let mut groups: Vec<&Vec<usize>> = by_sha.values().filter(|v| v.len() > 1).collect();
+    groups.sort();
+    for v in groups {
+        for (k, &i) in v.iter().enumerate() {
+            for &j in &v[k + 1..] {
+                set.insert((i, j));
+                pairs.push(pair(&samples[i], &samples[j], 0, 0.0, 0.0, "identity"));
+            }
+        }
+    }
+    (pairs, set)
+}
+
+/// Near-duplicates: every pair of decoded images not already an exact
+/// duplicate, candidates by perceptual hash (under any of the 8
+/// orientations of the second), then confirmed on the pixels; in index
+/// order.
+fn near_duplicates(
+    samples: &[Sample],
+    probes: &[Probe],
+    exact: &HashSet<(usize, usize)>,
+) -> Vec<DuplicatePair> {
+    let usable: Vec<usize> = (0..probes.len())
+        .filter(|&i| !probes[i].hashes.is_empty())
+        .collect();
+    let mut near: Vec<(usize, usize, u32, f32, f32, usize)> = usable
+        .par_iter()
+        .enumerate()
+        .flat_map_iter(|(k, &i)| {
+            let usable = &usable;
+            usable[k + 1..].iter().filter_map(move |&j| {
+                if exact.contains(&(i, j)) {
+                    return None;
+                }
+                let (score, ham, mad, t) = best_match(&probes[i], &probes[j])?;
+                Some((i, j, ham, mad, score, t))
+            })
+        })
+        .collect();
+    near.sort_by_key(|x| (x.0, x.1));
+    near.iter()
+        .map(|&(i, j, ham, mad, score, t)| {
+            pair(&samples[i], &samples[j], ham, mad, score, TRANSFORMS[t])
+        })
+        .collect()
+}
+
+/// The orientation `t` of `b` closest to `a`, if within [`MAX_SCORE`]:
+/// `(score, hamming distance, mean absolute difference, t)`, the score
+/// being the pixel difference plus [`HAMMING_WEIGHT`] per differing hash
+/// bit.
+fn best_match(a: &Probe, b: &Probe) -> Option<(f32, u32, f32, usize)> {
+    let ha = a.hashes[0];
+    let mut best: Option<(f32, u32, f32, usize)> = None;
+    for (t, hb) in b.hashes.iter().enumerate() {
+        let ham = (ha ^ hb).count_ones();
+        if ham > MAX_HAMMING {
+            continue;
+        }
+        let budget = best.map_or(MAX_SCORE, |b| b.0.min(MAX_SCORE)) - HAMMING_WEIGHT * ham as f32;
+        let Some(mad) = mean_abs_diff_within(&a.thumb, &orient(&b.thumb, t), budget) else {
+            continue;
+        };
+        let score = mad + HAMMING_WEIGHT * ham as f32;
+        if best.is_none_or(|b| score < b.0) {
+            best = Some((score, ham, mad, t));
+        }
+    }
+    best.filter(|b| b.0 <= MAX_SCORE)
+}
+
+/// Groups (a patient or lesion) with images on both sides of a split: one
+/// row per pair of splits a group spans.
+fn group_leaks(samples: &[Sample]) -> Vec<GroupLeak> {
+    let mut by_group: BTreeMap<&str, BTreeMap<Split, Vec<usize>>> = BTreeMap::new();
+    for (i, s) in samples.iter().enumerate() {
+        by_group
+            .entry(&s.group)
+            .or_default()
+            .entry(s.split)
+            .or_default()
+            .push(i);
+    }
+    let mut leaks = Vec::new();
+    for (g, splits) in &by_group {
+        let v: Vec<(&Split, &Vec<usize>)> = splits.iter().collect();
+        for (k, (sa, ia)) in v.iter().enumerate() {
+            for (sb, ib) in &v[k + 1..] {
+                leaks.push(GroupLeak {
+                    group: g.to_string(),
+                    split_a: **sa,
+                    id_a: samples[ia[0]].id.clone(),
+                    count_a: ia.len(),
+                    split_b: **sb,
+                    id_b: samples[ib[0]].id.clone(),
+                    count_b: ib.len(),
+                });
+            }
+        }
+    }
+    leaks
 }
 
 fn issue(s: &Sample, detail: String) -> FileIssue {
