@@ -192,74 +192,9 @@ pub fn read_tfjs(dir: &Path) -> Result<TfjsModel> {
             .and_then(|v| v.as_array())
             .ok_or_else(|| err(&json_path, format!("weightsManifest[{g}] has no weights")))?;
         // The manifest's tensors first, so a size mismatch can say what was expected.
-        let mut specs = Vec::with_capacity(weights.len());
-        let mut need = 0usize;
-        for (i, w) in weights.iter().enumerate() {
-            let name = w.get("name").and_then(|v| v.as_str()).ok_or_else(|| {
-                err(
-                    &json_path,
-                    format!("weightsManifest[{g}].weights[{i}] has no name"),
-                )
-            })?;
-            let dtype = w.get("dtype").and_then(|v| v.as_str()).unwrap_or("?");
-            if dtype != "float32" {
-                return Err(err(
-                    &json_path,
-                    format!("tensor {name} has dtype {dtype}; only float32 is supported"),
-                ));
-            }
-            if w.get("quantization").is_some() {
-                return Err(err(
-                    &json_path,
-                    format!("tensor {name} is quantized; only plain float32 is supported"),
-                ));
-            }
-            let shape = w
-                .get("shape")
-                .and_then(|v| v.as_array())
-                .ok_or_else(|| err(&json_path, format!("tensor {name} has no shape")))?
-                .iter()
-                .map(|d| d.as_u64().map(|d| d as usize))
-                .collect::<Option<Vec<usize>>>()
-                .ok_or_else(|| err(&json_path, format!("tensor {name}: bad shape")))?;
-            let n = shape
-                .iter()
-                .try_fold(1usize, |a, &d| a.checked_mul(d))
-                .and_then(|n| n.checked_mul(4))
-                .ok_or_else(|| err(&json_path, format!("tensor {name}: shape too large")))?;
-            need += n;
-            specs.push((name.to_string(), shape, n));
-        }
-        let mut buf = Vec::new();
-        let mut sizes = Vec::new();
-        for p in paths {
-            let p = p.as_str().ok_or_else(|| {
-                err(
-                    &json_path,
-                    format!("weightsManifest[{g}]: a path is not a string"),
-                )
-            })?;
-            if Path::new(p).is_absolute()
-                || Path::new(p)
-                    .components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir))
-            {
-                return Err(err(
-                    &json_path,
-                    format!("shard path {p:?} leaves the folder"),
-                ));
-            }
-            let sp = dir.join(p);
-            if !sp.is_file() {
-                return Err(err(
-                    &sp,
-                    format!("missing shard (listed in model.json, weightsManifest[{g}])"),
-                ));
-            }
-            let bytes = std::fs::read(&sp).map_err(io(&sp))?;
-            sizes.push(format!("{p} {}", bytes.len()));
-            buf.extend_from_slice(&bytes);
-        }
+        let specs = tensor_specs(&json_path, g, weights)?;
+        let need: usize = specs.iter().map(|s| s.2).sum();
+        let (buf, sizes) = read_shards(dir, &json_path, g, paths)?;
         if buf.len() != need {
             return Err(err(
                 &json_path,
@@ -286,7 +221,111 @@ pub fn read_tfjs(dir: &Path) -> Result<TfjsModel> {
             }
         }
     }
-    // Topology: BatchNorm epsilons and conv strides, if present.
+    let (bn_eps, strides) = topology(&m);
+    let generated_by = ["generatedBy", "convertedBy"]
+        .iter()
+        .filter_map(|k| m.get(*k).and_then(|v| v.as_str()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Ok(TfjsModel {
+        tensors,
+        bn_eps,
+        strides,
+        generated_by,
+    })
+}
+
+/// The tensors of `weightsManifest[g]` (`weights`): name, shape and bytes
+/// of each, plain float32 only.
+fn tensor_specs(
+    json_path: &Path,
+    g: usize,
+    weights: &[serde_json::Value],
+) -> Result<Vec<(String, Vec<usize>, usize)>> {
+    let mut specs = Vec::with_capacity(weights.len());
+    for (i, w) in weights.iter().enumerate() {
+        let name = w.get("name").and_then(|v| v.as_str()).ok_or_else(|| {
+            err(
+                json_path,
+                format!("weightsManifest[{g}].weights[{i}] has no name"),
+            )
+        })?;
+        let dtype = w.get("dtype").and_then(|v| v.as_str()).unwrap_or("?");
+        if dtype != "float32" {
+            return Err(err(
+                json_path,
+                format!("tensor {name} has dtype {dtype}; only float32 is supported"),
+            ));
+        }
+        if w.get("quantization").is_some() {
+            return Err(err(
+                json_path,
+                format!("tensor {name} is quantized; only plain float32 is supported"),
+            ));
+        }
+        let shape = w
+            .get("shape")
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| err(json_path, format!("tensor {name} has no shape")))?
+            .iter()
+            .map(|d| d.as_u64().map(|d| d as usize))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| err(json_path, format!("tensor {name}: bad shape")))?;
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(4))
+            .ok_or_else(|| err(json_path, format!("tensor {name}: shape too large")))?;
+        specs.push((name.to_string(), shape, n));
+    }
+    Ok(specs)
+}
+
+/// The shards of `weightsManifest[g]` (`paths`, inside `dir`) concatenated,
+/// and "path bytes" of each for error messages.
+fn read_shards(
+    dir: &Path,
+    json_path: &Path,
+    g: usize,
+    paths: &[serde_json::Value],
+) -> Result<(Vec<u8>, Vec<String>)> {
+    let mut buf = Vec::new();
+    let mut sizes = Vec::new();
+    for p in paths {
+        let p = p.as_str().ok_or_else(|| {
+            err(
+                json_path,
+                format!("weightsManifest[{g}]: a path is not a string"),
+            )
+        })?;
+        if Path::new(p).is_absolute()
+            || Path::new(p)
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(err(
+                json_path,
+                format!("shard path {p:?} leaves the folder"),
+            ));
+        }
+        let sp = dir.join(p);
+        if !sp.is_file() {
+            return Err(err(
+                &sp,
+                format!("missing shard (listed in model.json, weightsManifest[{g}])"),
+            ));
+        }
+        let bytes = std::fs::read(&sp).map_err(io(&sp))?;
+        sizes.push(format!("{p} {}", bytes.len()));
+        buf.extend_from_slice(&bytes);
+    }
+    Ok((buf, sizes))
+}
+
+/// From the model topology, where present: each BatchNorm layer's epsilon
+/// and each conv's strides, by layer name.
+#[allow(clippy::type_complexity)]
+fn topology(m: &serde_json::Value) -> (HashMap<String, f64>, HashMap<String, Vec<u64>>) {
     let mut bn_eps = HashMap::new();
     let mut strides = HashMap::new();
     let topo = m.get("modelTopology");
@@ -322,17 +361,7 @@ pub fn read_tfjs(dir: &Path) -> Result<TfjsModel> {
             _ => {}
         }
     }
-    let generated_by = ["generatedBy", "convertedBy"]
-        .iter()
-        .filter_map(|k| m.get(*k).and_then(|v| v.as_str()))
-        .collect::<Vec<_>>()
-        .join("; ");
-    Ok(TfjsModel {
-        tensors,
-        bn_eps,
-        strides,
-        generated_by,
-    })
+    (bn_eps, strides)
 }
 
 /// The tensors of a Keras ResNet in torchvision naming, and the blocks per stage.
