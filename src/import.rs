@@ -476,9 +476,74 @@ pub fn convert_keras_resnet(model: TfjsModel, json: &Path) -> Result<Converted> 
         .strides
         .get("res3a_branch2a")
         .map(|s| s.iter().any(|&x| x == 2));
+    let blocks = keras_blocks(&model.tensors, json)?;
+    let mut w = Take {
+        w: model.tensors,
+        json,
+    };
+    let mut out = BTreeMap::new();
+
+    stem(&mut w, &mut out, eps_of("bn_conv1"))?;
+
+    for (si, &nb) in blocks.iter().enumerate() {
+        let stage = si + 2;
+        for i in 0..nb {
+            let letter = (b'a' + i as u8) as char;
+            let t = format!("layer{}.{i}", si + 1);
+            for (j, br) in ["a", "b", "c"].iter().enumerate() {
+                let cl = format!("res{stage}{letter}_branch2{br}");
+                let (k, shape, b) = w.conv(&cl)?;
+                out.insert(
+                    format!("{t}.conv{}.weight", j + 1),
+                    OutTensor::f32(shape.to_vec(), k),
+                );
+                let bl = format!("bn{stage}{letter}_branch2{br}");
+                w.bn(&mut out, &format!("{t}.bn{}", j + 1), &bl, &b, eps_of(&bl))?;
+            }
+            // The projection shortcut: always in a stage's first block
+            // (bottlenecks change the width there), elsewhere if present.
+            let dl = format!("res{stage}{letter}_branch1");
+            if i == 0 || w.w.contains_key(&format!("{dl}/kernel")) {
+                let (k, shape, b) = w.conv(&dl)?;
+                out.insert(
+                    format!("{t}.downsample.0.weight"),
+                    OutTensor::f32(shape.to_vec(), k),
+                );
+                let bl = format!("bn{stage}{letter}_branch1");
+                w.bn(&mut out, &format!("{t}.downsample.1"), &bl, &b, eps_of(&bl))?;
+            }
+        }
+    }
+
+    let has_fc = classifier(&mut w, &mut out)?;
+    if !w.w.is_empty() {
+        let left: Vec<&String> = w.w.keys().collect();
+        return Err(err(
+            json,
+            format!(
+                "{} tensor(s) not converted (unknown to the keras-resnet50 mapping): {}",
+                left.len(),
+                left.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    Ok(Converted {
+        tensors: out,
+        blocks,
+        has_fc,
+        stride_in_1x1,
+    })
+}
+
+/// Blocks per stage of a Keras ResNet, from the `res<stage><block>_...`
+/// names present: stages 2, 3, ... and blocks a, b, ... without gaps.
+fn keras_blocks(tensors: &BTreeMap<String, KerasTensor>, json: &Path) -> Result<Vec<usize>> {
     // Stages and blocks from the names present.
     let mut present: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for name in model.tensors.keys() {
+    for name in tensors.keys() {
         if let Some((s, b)) = parse_block(name) {
             let v = present.entry(s).or_default();
             if !v.contains(&b) {
@@ -513,17 +578,17 @@ pub fn convert_keras_resnet(model: TfjsModel, json: &Path) -> Result<Converted> 
             "no res<stage><block>_branch... tensors: not a Keras ResNet",
         ));
     }
-    let mut w = Take {
-        w: model.tensors,
-        json,
-    };
-    let mut out = BTreeMap::new();
+    Ok(blocks)
+}
 
-    // Stem, with the caffe preprocessing folded in (f64, as the reference does).
+/// The stem conv and its BatchNorm, with the caffe preprocessing (BGR,
+/// mean subtraction on 0-255 pixels) folded into torchvision's (RGB,
+/// normalised 0-1 pixels), in f64 as the reference does.
+fn stem(w: &mut Take, out: &mut BTreeMap<String, OutTensor>, eps: f64) -> Result<()> {
     let (k, [co, ci, kh, kw], b) = w.conv("conv1")?;
     if ci != 3 {
         return Err(err(
-            json,
+            w.json,
             format!("conv1/kernel has {ci} input channels; the caffe fold needs 3"),
         ));
     }
@@ -551,39 +616,11 @@ pub fn convert_keras_resnet(model: TfjsModel, json: &Path) -> Result<Converted> 
         "conv1.weight".to_string(),
         OutTensor::f32(vec![co, 3, kh, kw], wt),
     );
-    w.bn(&mut out, "bn1", "bn_conv1", &bias, eps_of("bn_conv1"))?;
+    w.bn(out, "bn1", "bn_conv1", &bias, eps)
+}
 
-    for (si, &nb) in blocks.iter().enumerate() {
-        let stage = si + 2;
-        for i in 0..nb {
-            let letter = (b'a' + i as u8) as char;
-            let t = format!("layer{}.{i}", si + 1);
-            for (j, br) in ["a", "b", "c"].iter().enumerate() {
-                let cl = format!("res{stage}{letter}_branch2{br}");
-                let (k, shape, b) = w.conv(&cl)?;
-                out.insert(
-                    format!("{t}.conv{}.weight", j + 1),
-                    OutTensor::f32(shape.to_vec(), k),
-                );
-                let bl = format!("bn{stage}{letter}_branch2{br}");
-                w.bn(&mut out, &format!("{t}.bn{}", j + 1), &bl, &b, eps_of(&bl))?;
-            }
-            // The projection shortcut: always in a stage's first block
-            // (bottlenecks change the width there), elsewhere if present.
-            let dl = format!("res{stage}{letter}_branch1");
-            if i == 0 || w.w.contains_key(&format!("{dl}/kernel")) {
-                let (k, shape, b) = w.conv(&dl)?;
-                out.insert(
-                    format!("{t}.downsample.0.weight"),
-                    OutTensor::f32(shape.to_vec(), k),
-                );
-                let bl = format!("bn{stage}{letter}_branch1");
-                w.bn(&mut out, &format!("{t}.downsample.1"), &bl, &b, eps_of(&bl))?;
-            }
-        }
-    }
-
-    // Classifier, if the model has one.
+/// The classifier (`fc1000`), if the model has one: whether it had.
+fn classifier(w: &mut Take, out: &mut BTreeMap<String, OutTensor>) -> Result<bool> {
     let has_fc = w.w.contains_key("fc1000/kernel") || w.w.contains_key("fc1000/bias");
     if has_fc {
         let kn = "fc1000/kernel";
@@ -604,26 +641,7 @@ pub fn convert_keras_resnet(model: TfjsModel, json: &Path) -> Result<Converted> 
         out.insert("fc.weight".into(), OutTensor::f32(vec![fo, fi], t));
         out.insert("fc.bias".into(), OutTensor::f32(vec![fo], b.data));
     }
-    if !w.w.is_empty() {
-        let left: Vec<&String> = w.w.keys().collect();
-        return Err(err(
-            json,
-            format!(
-                "{} tensor(s) not converted (unknown to the keras-resnet50 mapping): {}",
-                left.len(),
-                left.iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    }
-    Ok(Converted {
-        tensors: out,
-        blocks,
-        has_fc,
-        stride_in_1x1,
-    })
+    Ok(has_fc)
 }
 
 /// Serialises tensors to safetensors bytes with metadata, deterministically
