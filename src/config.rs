@@ -344,6 +344,13 @@ pub struct FinetuneConfig {
     /// protocol's run keys, when 0).
     #[serde(skip_serializing_if = "is_zero")]
     pub mixup: f64,
+    /// An exponential moving average of the weights (and BatchNorm
+    /// statistics), `ema <- d ema + (1 - d) w` after every step with this
+    /// decay `d`; validation, selection and test score the averaged
+    /// weights. 0 = off (default; left out of the saved config, and so of
+    /// the protocol's run keys, when 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub ema: f64,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -379,6 +386,7 @@ impl Default for FinetuneConfig {
             tta: Tta::None,
             crop: 0,
             mixup: 0.0,
+            ema: 0.0,
         }
     }
 }
@@ -411,6 +419,9 @@ impl FinetuneConfig {
         }
         if self.lr == 0.0 {
             return Err("finetune.lr must be > 0".into());
+        }
+        if !(0.0..1.0).contains(&self.ema) {
+            return Err(format!("finetune.ema must be in [0, 1), got {}", self.ema));
         }
         if self.head_epochs >= self.epochs {
             return Err(format!(

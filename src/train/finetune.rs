@@ -237,6 +237,8 @@ struct Progress {
 
 const PROGRESS_FILE: &str = "progress.json";
 const SELECTED_FILE: &str = "selected.safetensors";
+/// The moving average of the weights (`finetune.ema`).
+const EMA_FILE: &str = "ema.safetensors";
 
 /// The selection criterion after the epochs in `curve` (`None`: the last
 /// epoch of `curve` cannot be selected).
@@ -261,6 +263,7 @@ fn save_progress(
     vm: &VarMap,
     opt: &Optimizer,
     selected: Option<&HashMap<String, Tensor>>,
+    ema: Option<&HashMap<String, Tensor>>,
     prog: &Progress,
 ) -> Result<()> {
     let name = format!("epoch-{:04}", prog.epochs_done);
@@ -269,6 +272,9 @@ fn save_progress(
         candle_core::safetensors::save(&opt.state_tensors()?, tmp.join(checkpoint::OPTIM_FILE))?;
         if let Some(sel) = selected {
             candle_core::safetensors::save(sel, tmp.join(SELECTED_FILE))?;
+        }
+        if let Some(e) = ema {
+            candle_core::safetensors::save(e, tmp.join(EMA_FILE))?;
         }
         let j = serde_json::to_vec_pretty(prog).map_err(|e| Error::Report(e.to_string()))?;
         std::fs::write(tmp.join(PROGRESS_FILE), j).map_err(io(tmp.join(PROGRESS_FILE)))
@@ -286,13 +292,18 @@ fn save_progress(
     Ok(())
 }
 
-/// The state saved by [`save_progress`], if `dir` holds one.
+/// Weights by variable name (a snapshot, the selected epoch's, the
+/// moving average).
+type Weights = HashMap<String, Tensor>;
+
+/// The state saved by [`save_progress`], if `dir` holds one: the progress,
+/// the selected weights and the moving average, where saved.
 fn load_progress(
     dir: &Path,
     vm: &VarMap,
     opt: &mut Optimizer,
     dev: &Device,
-) -> Result<Option<(Progress, Option<HashMap<String, Tensor>>)>> {
+) -> Result<Option<(Progress, Option<Weights>, Option<Weights>)>> {
     let Ok(name) = std::fs::read_to_string(dir.join("latest")) else {
         return Ok(None);
     };
@@ -311,13 +322,15 @@ fn load_progress(
         &ck.join(checkpoint::OPTIM_FILE),
         dev,
     )?)?;
-    let sel = ck.join(SELECTED_FILE);
-    let selected = if sel.is_file() {
-        Some(checkpoint::load_tensors(&sel, dev)?)
-    } else {
-        None
+    let optional = |f: &str| -> Result<Option<Weights>> {
+        let p = ck.join(f);
+        Ok(if p.is_file() {
+            Some(checkpoint::load_tensors(&p, dev)?)
+        } else {
+            None
+        })
     };
-    Ok(Some((prog, selected)))
+    Ok(Some((prog, optional(SELECTED_FILE)?, optional(EMA_FILE)?)))
 }
 
 /// The classifier (encoder from `init`, a new seeded head) and its AdamW
@@ -419,8 +432,9 @@ pub fn finetune(
         ..Default::default()
     };
     let mut selected: Option<HashMap<String, Tensor>> = None;
+    let mut ema = (ft.ema > 0.0).then(|| snapshot(&vm)).transpose()?;
     if let Some((dir, identity)) = ckpt {
-        if let Some((p, sel)) = load_progress(dir, &vm, &mut opt, &dev)? {
+        if let Some((p, sel, saved_ema)) = load_progress(dir, &vm, &mut opt, &dev)? {
             if p.identity != identity {
                 return Err(Error::Checkpoint {
                     path: dir.to_path_buf(),
@@ -433,6 +447,12 @@ pub fn finetune(
                 ft.epochs,
                 dir.display()
             );
+            if ema.is_some() {
+                ema = Some(saved_ema.ok_or_else(|| Error::Checkpoint {
+                    path: dir.to_path_buf(),
+                    msg: format!("the saved state lacks {EMA_FILE} (finetune.ema is on)"),
+                })?);
+            }
             prog = p;
             selected = sel;
         }
@@ -447,11 +467,22 @@ pub fn finetune(
         pos_weight,
         seed,
         dev: &dev,
+        vm: &vm,
+        ema: ema.as_mut(),
     };
     while prog.epochs_done < ft.epochs && (ft.patience == 0 || prog.stale < ft.patience) {
         let epoch = prog.epochs_done;
         let loss = trainer.epoch(train, epoch, &mut prog.step)?;
         prog.train_losses.push(loss);
+        // With a moving average, it is what is scored (and selected).
+        let live = match trainer.ema.as_deref() {
+            Some(e) => {
+                let live = snapshot(&vm)?;
+                restore(&vm, e)?;
+                Some(live)
+            }
+            None => None,
+        };
         let vs = model.scores(&val.images, crop, bs, ft.tta)?;
         let v = auc(&vs, &val.labels)?;
         prog.val_curve.push(v);
@@ -469,8 +500,12 @@ pub fn finetune(
                 prog.stale += 1;
             }
         }
+        if let Some(live) = live {
+            restore(&vm, &live)?;
+        }
         if let Some(dir) = ckpt_dir {
-            save_progress(dir, &vm, trainer.opt, selected.as_ref(), &prog)?;
+            let ema = trainer.ema.as_deref();
+            save_progress(dir, &vm, trainer.opt, selected.as_ref(), ema, &prog)?;
         }
         if crate::train::pretrain::STOP.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::Stopped(format!(
@@ -540,9 +575,29 @@ struct Trainer<'a> {
     pos_weight: f64,
     seed: u64,
     dev: &'a Device,
+    vm: &'a VarMap,
+    /// The moving average of the weights (`finetune.ema`), if on.
+    ema: Option<&'a mut Weights>,
 }
 
 impl Trainer<'_> {
+    /// `ema <- d ema + (1 - d) w` for every variable.
+    fn update_ema(&mut self) -> Result<()> {
+        let Some(ema) = self.ema.as_deref_mut() else {
+            return Ok(());
+        };
+        let d = self.ft.ema;
+        let data = self.vm.data().lock().expect("varmap lock");
+        for (k, v) in data.iter() {
+            let e = ema.get_mut(k).ok_or_else(|| Error::Checkpoint {
+                path: PathBuf::new(),
+                msg: format!("the moving average lacks {k}"),
+            })?;
+            *e = ((&*e * d)? + (v.as_tensor() * (1.0 - d))?)?;
+        }
+        Ok(())
+    }
+
     /// The encoder's learning-rate factor at `step`: 0 while the head trains
     /// alone (`head_epochs`), then `encoder_lr_mult`, warmed up again over
     /// `warmup_epochs` after a head-only phase.
@@ -623,6 +678,7 @@ impl Trainer<'_> {
                 self.opt.set_lr_mult("encoder.", m);
             }
             self.opt.step(&loss.backward()?, self.sched.at(*step))?;
+            self.update_ema()?;
             loss_sum += lv;
             *step += 1;
         }
