@@ -472,10 +472,7 @@ fn parse_block(name: &str) -> Option<(usize, usize)> {
 /// torchvision naming, folding biases, BatchNorm eps and the caffe preprocessing.
 pub fn convert_keras_resnet(model: TfjsModel, json: &Path) -> Result<Converted> {
     let eps_of = |layer: &str| model.bn_eps.get(layer).copied().unwrap_or(KERAS_BN_EPS);
-    let stride_in_1x1 = model
-        .strides
-        .get("res3a_branch2a")
-        .map(|s| s.iter().any(|&x| x == 2));
+    let stride_in_1x1 = model.strides.get("res3a_branch2a").map(|s| s.contains(&2));
     let blocks = keras_blocks(&model.tensors, json)?;
     let mut w = Take {
         w: model.tensors,

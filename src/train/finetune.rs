@@ -296,14 +296,17 @@ fn save_progress(
 /// moving average).
 type Weights = HashMap<String, Tensor>;
 
-/// The state saved by [`save_progress`], if `dir` holds one: the progress,
-/// the selected weights and the moving average, where saved.
+/// A saved state: the progress, the selected weights and the moving
+/// average, where saved.
+type Saved = (Progress, Option<Weights>, Option<Weights>);
+
+/// The state saved by [`save_progress`], if `dir` holds one.
 fn load_progress(
     dir: &Path,
     vm: &VarMap,
     opt: &mut Optimizer,
     dev: &Device,
-) -> Result<Option<(Progress, Option<Weights>, Option<Weights>)>> {
+) -> Result<Option<Saved>> {
     let Ok(name) = std::fs::read_to_string(dir.join("latest")) else {
         return Ok(None);
     };
@@ -655,7 +658,7 @@ impl Trainer<'_> {
             };
             let bce = |y: Vec<f32>| -> Result<Tensor> {
                 let t = Tensor::from_vec(y, idx.len(), dev)?;
-                Ok(weighted_bce(&logits, &t, self.pos_weight)?)
+                weighted_bce(&logits, &t, self.pos_weight)
             };
             let loss = match &mix {
                 Some((lam, perm)) => {
