@@ -4,23 +4,14 @@
 //! out of run keys while it is off. Its own test binary: it uses the
 //! process-wide stop flag.
 
+mod common;
+
 use std::sync::atomic::Ordering;
 
 use pirlkit::data::RgbImage;
 use pirlkit::train::finetune::{FinetuneResult, Init, Labeled, finetune};
 
-fn images(n: usize, seed: u64) -> (Vec<RgbImage>, Vec<u8>) {
-    let (imgs, mut y): (Vec<RgbImage>, Vec<u8>) = (0..n)
-        .map(|i| {
-            let mut rng = pirlkit::rng::stream(seed, "ema-test", i as u64, 0);
-            let (data, abcd) = pirlkit::data::synthetic::render(32, &mut rng);
-            (RgbImage { size: 32, data }, (abcd.tds() > 5.45) as u8)
-        })
-        .unzip();
-    y[0] = 1; // both classes for sure
-    y[1] = 0;
-    (imgs, y)
-}
+use common::labelled_lesions as images;
 
 fn bits(v: &[f64]) -> Vec<u64> {
     v.iter().map(|x| x.to_bits()).collect()

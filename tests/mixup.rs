@@ -2,6 +2,8 @@
 //! that a mixup run is reproducible and trains differently from one
 //! without, and that the setting stays out of run keys while it is off.
 
+mod common;
+
 use pirlkit::data::RgbImage;
 use pirlkit::train::finetune::{Init, Labeled, finetune};
 
@@ -45,18 +47,7 @@ fn beta_and_gamma_samples_have_their_moments() {
     }
 }
 
-fn images(n: usize, seed: u64) -> (Vec<RgbImage>, Vec<u8>) {
-    let (imgs, mut y): (Vec<RgbImage>, Vec<u8>) = (0..n)
-        .map(|i| {
-            let mut rng = pirlkit::rng::stream(seed, "mixup-test", i as u64, 0);
-            let (data, abcd) = pirlkit::data::synthetic::render(32, &mut rng);
-            (RgbImage { size: 32, data }, (abcd.tds() > 5.45) as u8)
-        })
-        .unzip();
-    y[0] = 1; // both classes for sure
-    y[1] = 0;
-    (imgs, y)
-}
+use common::labelled_lesions as images;
 
 #[test]
 fn mixup_runs_are_reproducible_and_differ_from_plain_ones() {

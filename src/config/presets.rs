@@ -28,21 +28,8 @@ pub(super) fn base() -> Config {
 /// The cpu preset (see [`Preset::Cpu`]).
 pub(super) fn cpu(base: Config) -> Config {
     Config {
-        model: ResNetConfig {
-            arch: Arch::Resnet18,
-            width: 0.25,
-            ..Default::default()
-        },
-        train: TrainConfig {
-            epochs: 100,
-            batch_size: 64,
-            optim: OptimConfig {
-                lr: 0.03,
-                warmup_epochs: 1.0,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
+        model: resnet18(0.25),
+        train: sgd(100, 64, 0.03, 1.0),
         // The view and penalty by 5-fold cross-validation on the
         // 2000 training images: on the tuning split it chose better
         // than the 150 validation images did (README, ablations).
@@ -66,34 +53,18 @@ pub(super) fn cpu(base: Config) -> Config {
 /// The paper's settings (see [`Preset::Paper`]).
 pub(super) fn paper(base: Config) -> Config {
     Config {
-        data: DataConfig {
-            image_size: 255,
-            ..Default::default()
-        },
+        data: images(255),
         model: ResNetConfig {
             arch: Arch::Resnet50,
             width: 1.0,
             ..Default::default()
         },
-        pretext: PretextConfig {
-            crop: 224,
-            patch: 64,
-            ..Default::default()
-        },
+        pretext: jigsaw(224, 64),
         pirl: PirlConfig {
             negatives: 32000,
             ..Default::default()
         },
-        train: TrainConfig {
-            epochs: 200,
-            batch_size: 256,
-            optim: OptimConfig {
-                lr: 0.12,
-                warmup_epochs: 5.0,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
+        train: sgd(200, 256, 0.12, 5.0),
         ..base
     }
 }
@@ -101,30 +72,10 @@ pub(super) fn paper(base: Config) -> Config {
 /// The built-in default's preset (see [`Preset::Demo`]).
 pub(super) fn demo(base: Config) -> Config {
     Config {
-        data: DataConfig {
-            image_size: 64,
-            ..Default::default()
-        },
-        model: ResNetConfig {
-            arch: Arch::Resnet18,
-            width: 0.25,
-            ..Default::default()
-        },
-        pretext: PretextConfig {
-            crop: 48,
-            patch: 20,
-            ..Default::default()
-        },
-        train: TrainConfig {
-            epochs: 60,
-            batch_size: 64,
-            optim: OptimConfig {
-                lr: 0.03,
-                warmup_epochs: 1.0,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
+        data: images(64),
+        model: resnet18(0.25),
+        pretext: jigsaw(48, 20),
+        train: sgd(60, 64, 0.03, 1.0),
         probe: ProbeConfig {
             views: vec![
                 ProbeView::default(),
@@ -142,33 +93,14 @@ pub(super) fn demo(base: Config) -> Config {
 /// The tests' preset (see [`Preset::Tiny`]).
 pub(super) fn tiny(base: Config) -> Config {
     Config {
-        data: DataConfig {
-            image_size: 32,
-            ..Default::default()
-        },
-        model: ResNetConfig {
-            arch: Arch::Resnet18,
-            width: 0.125,
-            ..Default::default()
-        },
-        pretext: PretextConfig {
-            crop: 32,
-            patch: 10,
-            ..Default::default()
-        },
+        data: images(32),
+        model: resnet18(0.125),
+        pretext: jigsaw(32, 10),
         pirl: PirlConfig {
             negatives: 31,
             ..Default::default()
         },
-        train: TrainConfig {
-            epochs: 2,
-            batch_size: 16,
-            optim: OptimConfig {
-                lr: 0.03,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
+        train: sgd(2, 16, 0.03, 0.0),
         probe: ProbeConfig {
             alphas: vec![0.1, 10.0],
             max_iterations: 100,
@@ -200,4 +132,45 @@ pub(super) fn cpu_probe_views() -> Vec<ProbeView> {
         flips(0, &[2, 3, 4]),
         flips(96, &[2, 3, 4]),
     ]
+}
+
+/// `image_size` px cached images, the other data settings their defaults.
+fn images(image_size: usize) -> DataConfig {
+    DataConfig {
+        image_size,
+        ..Default::default()
+    }
+}
+
+/// A ResNet-18 of this width.
+fn resnet18(width: f64) -> ResNetConfig {
+    ResNetConfig {
+        arch: Arch::Resnet18,
+        width,
+        ..Default::default()
+    }
+}
+
+/// The jigsaw pretext on `crop` px views cut into `patch` px patches.
+fn jigsaw(crop: usize, patch: usize) -> PretextConfig {
+    PretextConfig {
+        crop,
+        patch,
+        ..Default::default()
+    }
+}
+
+/// PIRL pretraining with SGD: `epochs` of `batch_size` images, peak rate
+/// `lr` after `warmup_epochs`.
+fn sgd(epochs: usize, batch_size: usize, lr: f64, warmup_epochs: f64) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size,
+        optim: OptimConfig {
+            lr,
+            warmup_epochs,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }

@@ -168,3 +168,22 @@ pub fn jpeg_of(img: &image::DynamicImage, quality: u8) -> Vec<u8> {
         .unwrap();
     out
 }
+
+/// `n` synthetic lesions at 32 px from `seed`'s stream, labelled by their
+/// ABCD score, the first two forced to 1 and 0 so both classes are present.
+#[allow(dead_code)]
+pub fn labelled_lesions(n: usize, seed: u64) -> (Vec<pirlkit::data::RgbImage>, Vec<u8>) {
+    let (imgs, mut y): (Vec<pirlkit::data::RgbImage>, Vec<u8>) = (0..n)
+        .map(|i| {
+            let mut rng = pirlkit::rng::stream(seed, "labelled-lesions", i as u64, 0);
+            let (data, abcd) = pirlkit::data::synthetic::render(32, &mut rng);
+            (
+                pirlkit::data::RgbImage { size: 32, data },
+                (abcd.tds() > 5.45) as u8,
+            )
+        })
+        .unzip();
+    y[0] = 1;
+    y[1] = 0;
+    (imgs, y)
+}
