@@ -4,7 +4,6 @@
 
 mod common;
 
-use pirlkit::data::RgbImage;
 use pirlkit::train::finetune::{Init, Labeled, finetune};
 
 fn moments(xs: &[f64]) -> (f64, f64) {
