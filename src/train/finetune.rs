@@ -430,36 +430,7 @@ pub fn finetune(
     };
     let crop = ft.view(cfg.pretext.crop);
 
-    let mut prog = Progress {
-        identity: ckpt.map(|c| c.1.to_string()).unwrap_or_default(),
-        ..Default::default()
-    };
-    let mut selected: Option<HashMap<String, Tensor>> = None;
-    let mut ema = (ft.ema > 0.0).then(|| snapshot(&vm)).transpose()?;
-    if let Some((dir, identity)) = ckpt {
-        if let Some((p, sel, saved_ema)) = load_progress(dir, &vm, &mut opt, &dev)? {
-            if p.identity != identity {
-                return Err(Error::Checkpoint {
-                    path: dir.to_path_buf(),
-                    msg: "this folder holds the state of a fine-tuning with other settings, init or data; remove it or choose another output folder".into(),
-                });
-            }
-            tracing::info!(
-                "fine-tuning resumes after epoch {} of {} ({})",
-                p.epochs_done,
-                ft.epochs,
-                dir.display()
-            );
-            if ema.is_some() {
-                ema = Some(saved_ema.ok_or_else(|| Error::Checkpoint {
-                    path: dir.to_path_buf(),
-                    msg: format!("the saved state lacks {EMA_FILE} (finetune.ema is on)"),
-                })?);
-            }
-            prog = p;
-            selected = sel;
-        }
-    }
+    let (mut prog, mut selected, mut ema) = start_or_resume(ckpt, ft, &vm, &mut opt, &dev)?;
     let mut trainer = Trainer {
         model: &model,
         opt: &mut opt,
@@ -477,35 +448,12 @@ pub fn finetune(
         let epoch = prog.epochs_done;
         let loss = trainer.epoch(train, epoch, &mut prog.step)?;
         prog.train_losses.push(loss);
-        // With a moving average, it is what is scored (and selected).
-        let live = match trainer.ema.as_deref() {
-            Some(e) => {
-                let live = snapshot(&vm)?;
-                restore(&vm, e)?;
-                Some(live)
-            }
-            None => None,
-        };
-        let vs = model.scores(&val.images, crop, bs, ft.tta)?;
-        let v = auc(&vs, &val.labels)?;
-        prog.val_curve.push(v);
-        prog.epochs_done += 1;
+        trainer.validate(val, &mut prog, &mut selected)?;
         tracing::debug!(
-            "fine-tune epoch {}: loss {loss:.4}, val AUC {v:.4}",
-            epoch + 1
+            "fine-tune epoch {}: loss {loss:.4}, val AUC {:.4}",
+            epoch + 1,
+            prog.val_curve[epoch]
         );
-        if let Some(c) = criterion(ft, &prog.val_curve) {
-            if prog.selected.as_ref().is_none_or(|(_, b, _)| c > *b) {
-                prog.selected = Some((epoch + 1, c, vs));
-                selected = Some(snapshot(&vm)?);
-                prog.stale = 0;
-            } else {
-                prog.stale += 1;
-            }
-        }
-        if let Some(live) = live {
-            restore(&vm, &live)?;
-        }
         if let Some(dir) = ckpt_dir {
             let ema = trainer.ema.as_deref();
             save_progress(dir, &vm, trainer.opt, selected.as_ref(), ema, &prog)?;
@@ -557,6 +505,50 @@ pub fn finetune(
     })
 }
 
+/// A fresh start (the moving average, if on, from the initial weights), or
+/// the state saved in the checkpoint folder: its progress, selected weights
+/// and moving average, the weights and optimiser restored. A folder holding
+/// another run's state is refused.
+fn start_or_resume(
+    ckpt: Option<(&Path, &str)>,
+    ft: &FinetuneConfig,
+    vm: &VarMap,
+    opt: &mut Optimizer,
+    dev: &Device,
+) -> Result<(Progress, Option<Weights>, Option<Weights>)> {
+    let fresh = Progress {
+        identity: ckpt.map(|c| c.1.to_string()).unwrap_or_default(),
+        ..Default::default()
+    };
+    let ema = (ft.ema > 0.0).then(|| snapshot(vm)).transpose()?;
+    let Some((dir, identity)) = ckpt else {
+        return Ok((fresh, None, ema));
+    };
+    let Some((p, sel, saved_ema)) = load_progress(dir, vm, opt, dev)? else {
+        return Ok((fresh, None, ema));
+    };
+    if p.identity != identity {
+        return Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            msg: "this folder holds the state of a fine-tuning with other settings, init or data; remove it or choose another output folder".into(),
+        });
+    }
+    tracing::info!(
+        "fine-tuning resumes after epoch {} of {} ({})",
+        p.epochs_done,
+        ft.epochs,
+        dir.display()
+    );
+    let ema = match ema {
+        Some(_) => Some(saved_ema.ok_or_else(|| Error::Checkpoint {
+            path: dir.to_path_buf(),
+            msg: format!("the saved state lacks {EMA_FILE} (finetune.ema is on)"),
+        })?),
+        None => None,
+    };
+    Ok((p, sel, ema))
+}
+
 /// Mixup's draw for batch `b` of `epoch`: `λ ~ Beta(alpha, alpha)` and the
 /// partner of each of the `n` images (a shuffle), from their own stream.
 fn mixup_draw(alpha: f64, n: usize, seed: u64, epoch: usize, b: usize) -> (f64, Vec<u32>) {
@@ -584,6 +576,43 @@ struct Trainer<'a> {
 }
 
 impl Trainer<'_> {
+    /// Scores the validation images after an epoch (with the moving
+    /// average's weights in place of the live ones, if on), records the
+    /// AUC and, when the selection criterion improves, the weights scored.
+    fn validate(
+        &self,
+        val: &Labeled,
+        prog: &mut Progress,
+        selected: &mut Option<Weights>,
+    ) -> Result<()> {
+        let live = match self.ema.as_deref() {
+            Some(e) => {
+                let live = snapshot(self.vm)?;
+                restore(self.vm, e)?;
+                Some(live)
+            }
+            None => None,
+        };
+        let vs = self
+            .model
+            .scores(&val.images, self.crop, self.bs, self.ft.tta)?;
+        prog.val_curve.push(auc(&vs, &val.labels)?);
+        prog.epochs_done += 1;
+        if let Some(c) = criterion(self.ft, &prog.val_curve) {
+            if prog.selected.as_ref().is_none_or(|(_, b, _)| c > *b) {
+                prog.selected = Some((prog.epochs_done, c, vs));
+                *selected = Some(snapshot(self.vm)?);
+                prog.stale = 0;
+            } else {
+                prog.stale += 1;
+            }
+        }
+        if let Some(live) = live {
+            restore(self.vm, &live)?;
+        }
+        Ok(())
+    }
+
     /// `ema <- d ema + (1 - d) w` for every variable.
     fn update_ema(&mut self) -> Result<()> {
         let Some(ema) = self.ema.as_deref_mut() else {
