@@ -549,6 +549,23 @@ fn start_or_resume(
     Ok((p, sel, ema))
 }
 
+/// `ema <- d ema + (1 - d) w` for every variable `w` of `vm`.
+fn ema_step(ema: &mut Weights, vm: &VarMap, d: f64) -> Result<()> {
+    let data = vm.data().lock().expect("varmap lock");
+    for (k, v) in data.iter() {
+        let e = ema.get_mut(k).ok_or_else(|| Error::Checkpoint {
+            path: PathBuf::new(),
+            msg: format!("the moving average lacks {k}"),
+        })?;
+        // Detached: otherwise each average would keep the graph of the one
+        // before, and with it every step's tensors (11.7 GB of memory after
+        // 60 epochs, measured).
+        let w = v.as_tensor().detach();
+        *e = ((&*e * d)? + (w * (1.0 - d))?)?.detach();
+    }
+    Ok(())
+}
+
 /// Mixup's draw for batch `b` of `epoch`: `λ ~ Beta(alpha, alpha)` and the
 /// partner of each of the `n` images (a shuffle), from their own stream.
 fn mixup_draw(alpha: f64, n: usize, seed: u64, epoch: usize, b: usize) -> (f64, Vec<u32>) {
@@ -613,21 +630,12 @@ impl Trainer<'_> {
         Ok(())
     }
 
-    /// `ema <- d ema + (1 - d) w` for every variable.
+    /// The moving average's step, if on.
     fn update_ema(&mut self) -> Result<()> {
-        let Some(ema) = self.ema.as_deref_mut() else {
-            return Ok(());
-        };
-        let d = self.ft.ema;
-        let data = self.vm.data().lock().expect("varmap lock");
-        for (k, v) in data.iter() {
-            let e = ema.get_mut(k).ok_or_else(|| Error::Checkpoint {
-                path: PathBuf::new(),
-                msg: format!("the moving average lacks {k}"),
-            })?;
-            *e = ((&*e * d)? + (v.as_tensor() * (1.0 - d))?)?;
+        match self.ema.as_deref_mut() {
+            Some(ema) => ema_step(ema, self.vm, self.ft.ema),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The encoder's learning-rate factor at `step`: 0 while the head trains
@@ -715,5 +723,28 @@ impl Trainer<'_> {
             *step += 1;
         }
         Ok(loss_sum / steps as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The average is a value, not a graph: it must not hold on to the
+    /// variables (nor, through them, to every step before).
+    #[test]
+    fn the_moving_average_is_detached_and_moves_by_the_decay() {
+        let vm = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &Device::Cpu);
+        let w = vb
+            .get_with_hints(2, "w", candle_nn::Init::Const(1.0))
+            .unwrap();
+        let mut ema = snapshot(&vm).unwrap();
+        vm.data().lock().unwrap()["w"]
+            .set(&(w.ones_like().unwrap() * 3.0).unwrap())
+            .unwrap();
+        ema_step(&mut ema, &vm, 0.75).unwrap();
+        assert!(!ema["w"].track_op(), "the average tracks the graph");
+        assert_eq!(ema["w"].to_vec1::<f32>().unwrap(), vec![1.5, 1.5]);
     }
 }
