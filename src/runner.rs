@@ -368,33 +368,8 @@ fn report_inputs(
     let extra = serde_json::to_value(p).map_err(|e| Error::Report(e.to_string()))?;
     let ckpts: Vec<PathBuf> = pre.iter().map(|o| o.checkpoint.clone()).collect();
     let mut manifest = crate::report::manifest::manifest(cfg, ds, fp, &ckpts, extra)?;
-    let mut weights = serde_json::Map::new();
-    for init in p.arms.iter().flat_map(|a| &a.inits) {
-        if let Some(f) = init.strip_prefix("weights:") {
-            let wp = runner.protocol_dir.join(f);
-            weights.insert(
-                init.clone(),
-                crate::data::fingerprint::file_sha256(&wp)?.into(),
-            );
-        }
-    }
-    manifest["weights_sha256"] = weights.into();
-    let mut arm_lines = Vec::new();
-    for a in p.arms.iter().filter(|a| !a.config.is_empty()) {
-        let ac = p.arm_config(a, cfg).map_err(Error::Config)?;
-        arm_lines.push(format!(
-            "arm {}: model {:?} width {}{}, {} px views",
-            a.name,
-            ac.model.arch,
-            ac.model.width,
-            if ac.model.stride_in_1x1 {
-                " (v1 strides)"
-            } else {
-                ""
-            },
-            ac.pretext.crop
-        ));
-    }
+    manifest["weights_sha256"] = weights_sha256(p, runner)?;
+    let arm_lines = arm_lines(p, cfg)?;
     let pre_line = match pre {
         Some(o) => format!(
             "PIRL pretraining: {} epochs, {} steps, {:.1} min, final loss {:.4}",
@@ -407,53 +382,8 @@ fn report_inputs(
     };
     let specs = p.runs(cfg)?;
     let keys = runner.keys(p, fp)?;
-    let runs = specs
-        .iter()
-        .zip(&keys)
-        .map(|(s, k)| {
-            let key = k.hash();
-            RunRef {
-                arm: s.arm.name.clone(),
-                init: s.init.clone(),
-                fraction: s.fraction,
-                seed: s.seed,
-                file: crate::protocol::result_file_name(
-                    &s.arm.name,
-                    &s.init,
-                    s.fraction,
-                    s.seed,
-                    &key,
-                ),
-                key,
-            }
-        })
-        .collect();
-    let ft_arms: Vec<String> = p
-        .arms
-        .iter()
-        .filter(|a| a.kind == crate::protocol::ArmKind::Finetune)
-        .filter_map(|a| {
-            let c = p.arm_config(a, cfg).ok()?;
-            let f = &c.finetune;
-            Some(format!(
-                "arm {}: {} epochs, batch {}, lr {} (encoder x{}), wd {}, warm-up {} epochs, selection {:?}{}, TTA {:?}",
-                a.name,
-                f.epochs,
-                f.batch_size,
-                f.lr,
-                f.encoder_lr_mult,
-                f.weight_decay,
-                f.warmup_epochs,
-                f.selection,
-                if f.selection == crate::config::Selection::Smoothed {
-                    format!(" (window {})", f.selection_window)
-                } else {
-                    String::new()
-                },
-                f.tta
-            ))
-        })
-        .collect();
+    let runs = run_refs(&specs, &keys);
+    let ft_arms = finetune_lines(p, cfg);
     Ok(ReportInputs {
         title: format!("pirlkit: {}", p.name),
         lines: vec![
@@ -485,6 +415,109 @@ fn report_inputs(
         },
         external: Vec::new(),
     })
+}
+
+/// SHA-256 of each `weights:` init's file, by init.
+fn weights_sha256(p: &Protocol, runner: &Runner) -> Result<serde_json::Value> {
+    let mut weights = serde_json::Map::new();
+    for init in p.arms.iter().flat_map(|a| &a.inits) {
+        if let Some(f) = init.strip_prefix("weights:") {
+            let wp = runner.protocol_dir.join(f);
+            weights.insert(
+                init.clone(),
+                crate::data::fingerprint::file_sha256(&wp)?.into(),
+            );
+        }
+    }
+    Ok(weights.into())
+}
+
+/// One line per arm with its own model settings.
+fn arm_lines(p: &Protocol, cfg: &Config) -> Result<Vec<String>> {
+    let mut arm_lines = Vec::new();
+    for a in p.arms.iter().filter(|a| !a.config.is_empty()) {
+        let ac = p.arm_config(a, cfg).map_err(Error::Config)?;
+        arm_lines.push(format!(
+            "arm {}: model {:?} width {}{}, {} px views",
+            a.name,
+            ac.model.arch,
+            ac.model.width,
+            if ac.model.stride_in_1x1 {
+                " (v1 strides)"
+            } else {
+                ""
+            },
+            ac.pretext.crop
+        ));
+    }
+    Ok(arm_lines)
+}
+
+/// Where each run's result is saved, under its key.
+fn run_refs(specs: &[crate::protocol::RunSpec], keys: &[crate::protocol::RunKey]) -> Vec<RunRef> {
+    specs
+        .iter()
+        .zip(keys)
+        .map(|(s, k)| {
+            let key = k.hash();
+            RunRef {
+                arm: s.arm.name.clone(),
+                init: s.init.clone(),
+                fraction: s.fraction,
+                seed: s.seed,
+                file: crate::protocol::result_file_name(
+                    &s.arm.name,
+                    &s.init,
+                    s.fraction,
+                    s.seed,
+                    &key,
+                ),
+                key,
+            }
+        })
+        .collect()
+}
+
+/// One line per fine-tuning arm: its schedule and options.
+fn finetune_lines(p: &Protocol, cfg: &Config) -> Vec<String> {
+    p
+        .arms
+        .iter()
+        .filter(|a| a.kind == crate::protocol::ArmKind::Finetune)
+        .filter_map(|a| {
+            let c = p.arm_config(a, cfg).ok()?;
+            let f = &c.finetune;
+            // Options named only when on, so default runs read as before.
+            let mut on = Vec::new();
+            if f.head_epochs > 0 {
+                on.push(format!("{} head-only epochs first", f.head_epochs));
+            }
+            if f.mixup > 0.0 {
+                on.push(format!("mixup Beta({0}, {0})", f.mixup));
+            }
+            if f.ema > 0.0 {
+                on.push(format!("weights' moving average {} scored", f.ema));
+            }
+            Some(format!(
+                "arm {}: {} epochs, batch {}, lr {} (encoder x{}), wd {}, warm-up {} epochs, selection {:?}{}, TTA {:?}{}",
+                a.name,
+                f.epochs,
+                f.batch_size,
+                f.lr,
+                f.encoder_lr_mult,
+                f.weight_decay,
+                f.warmup_epochs,
+                f.selection,
+                if f.selection == crate::config::Selection::Smoothed {
+                    format!(" (window {})", f.selection_window)
+                } else {
+                    String::new()
+                },
+                f.tta,
+                on.iter().map(|o| format!("; {o}")).collect::<String>()
+            ))
+        })
+        .collect()
 }
 
 /// Rebuilds the report of the run folder `dir` from `report_inputs.json`
@@ -542,4 +575,51 @@ pub fn report(dir: &Path) -> Result<Vec<String>> {
     crate::report::protocol::write_with_external(dir, &results, &inputs, |r| {
         r.external_scores.clone()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The report's line for a fine-tuning arm names the options that are on
+    /// (LP-FT, mixup, the weights' average), and only those.
+    #[test]
+    fn finetune_lines_name_the_options_that_are_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            r#"
+name = "t"
+preset = "tiny"
+seeds = [0]
+label_fractions = [1.0]
+[[arms]]
+name = "plain"
+kind = "finetune"
+inits = ["random"]
+[[arms]]
+name = "mixed"
+kind = "finetune"
+inits = ["random"]
+[arms.finetune]
+mixup = 0.4
+ema = 0.99
+head_epochs = 1
+"#,
+        )
+        .unwrap();
+        let (p, cfg) = Protocol::from_file(&path).unwrap();
+        let lines = finetune_lines(&p, &cfg);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("arm plain:") && !lines[0].contains("mixup"));
+        assert!(!lines[0].contains("; "), "{}", lines[0]);
+        for want in [
+            "1 head-only epochs first",
+            "mixup Beta(0.4, 0.4)",
+            "moving average 0.99",
+        ] {
+            assert!(lines[1].contains(want), "{want:?} not in {}", lines[1]);
+        }
+    }
 }
