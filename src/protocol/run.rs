@@ -236,6 +236,7 @@ impl Runner<'_> {
         std::fs::create_dir_all(&self.results_dir).map_err(io(&self.results_dir))?;
         let specs = p.runs(self.cfg)?;
         let keys = self.keys(p, data)?;
+        let (_, tr_y) = self.split(Split::Train);
         let mut shared = Shared::default();
         let mut outcomes = Vec::new();
         for (i, (spec, key)) in specs.iter().zip(&keys).enumerate() {
@@ -259,10 +260,10 @@ impl Runner<'_> {
                 }
             };
             let t = std::time::Instant::now();
-            let (_, tr_y) = self.split(Split::Train);
             let sub = label_subset(&tr_y, spec.fraction, spec.seed);
             let sc = self.score(p, spec, key, &sub, &path, &mut shared)?;
-            self.save(spec, hash, &sub, sc, t.elapsed().as_secs_f64(), &path)?;
+            let sub_y: Vec<u8> = sub.iter().map(|&i| tr_y[i]).collect();
+            self.save(spec, hash, &sub_y, sc, t.elapsed().as_secs_f64(), &path)?;
             outcomes.push(RunOutcome::Computed);
         }
         Ok(outcomes)
@@ -358,18 +359,17 @@ impl Runner<'_> {
     }
 
     /// Saves a computed run as its result file `path` (atomically), logs
-    /// it, and removes its fine-tuning checkpoint.
+    /// it, and removes its fine-tuning checkpoint; `sub_y` are the labels it
+    /// was trained on.
     fn save(
         &self,
         spec: &RunSpec,
         hash: String,
-        sub: &[usize],
+        sub_y: &[u8],
         sc: Scored,
         seconds: f64,
         path: &Path,
     ) -> Result<()> {
-        let (_, tr_y) = self.split(Split::Train);
-        let sub_y: Vec<u8> = sub.iter().map(|&i| tr_y[i]).collect();
         let r = ArmResult {
             arm: spec.arm.name.clone(),
             kind: spec.arm.kind,
