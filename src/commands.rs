@@ -406,14 +406,19 @@ fn finetune_command(a: crate::cli::FinetuneArgs) -> anyhow::Result<()> {
     let train = Labeled {
         images: sub.iter().map(|&i| pd.train.0[i]).collect(),
         labels: sub.iter().map(|&i| pd.train.1[i]).collect(),
+        aux: ds
+            .aux_labels(crate::data::Split::Train)
+            .map(|a| sub.iter().map(|&i| a[i]).collect()),
     };
     let val = Labeled {
         images: pd.val.0.clone(),
         labels: pd.val.1.clone(),
+        aux: None,
     };
     let test = Labeled {
         images: pd.test.0.clone(),
         labels: pd.test.1.clone(),
+        aux: None,
     };
     // The saved state is continued only for the same settings, init
     // weights, data and label subset.

@@ -351,6 +351,14 @@ pub struct FinetuneConfig {
     /// the protocol's run keys, when 0).
     #[serde(skip_serializing_if = "is_zero")]
     pub ema: f64,
+    /// The weight of an auxiliary target: a second head on the same
+    /// features learns the data's second label ([`crate::data::Sample::aux`];
+    /// ISIC 2017: seborrheic keratosis), and the loss adds this weight times
+    /// its class-weighted BCE. Only the main head is scored. 0 = off
+    /// (default; left out of the saved config, and so of the protocol's run
+    /// keys, when 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub aux_weight: f64,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -387,6 +395,7 @@ impl Default for FinetuneConfig {
             crop: 0,
             mixup: 0.0,
             ema: 0.0,
+            aux_weight: 0.0,
         }
     }
 }
@@ -412,6 +421,7 @@ impl FinetuneConfig {
             ("warmup_epochs", self.warmup_epochs),
             ("weight_decay", self.weight_decay),
             ("mixup", self.mixup),
+            ("aux_weight", self.aux_weight),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(format!("finetune.{k} must be finite and >= 0, got {v}"));

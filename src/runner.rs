@@ -498,6 +498,9 @@ fn finetune_lines(p: &Protocol, cfg: &Config) -> Vec<String> {
             if f.ema > 0.0 {
                 on.push(format!("weights' moving average {} scored", f.ema));
             }
+            if f.aux_weight > 0.0 {
+                on.push(format!("auxiliary target weighted {}", f.aux_weight));
+            }
             Some(format!(
                 "arm {}: {} epochs, batch {}, lr {} (encoder x{}), wd {}, warm-up {} epochs, selection {:?}{}, TTA {:?}{}",
                 a.name,
@@ -606,6 +609,7 @@ inits = ["random"]
 mixup = 0.4
 ema = 0.99
 head_epochs = 1
+aux_weight = 0.5
 "#,
         )
         .unwrap();
@@ -618,6 +622,7 @@ head_epochs = 1
             "1 head-only epochs first",
             "mixup Beta(0.4, 0.4)",
             "moving average 0.99",
+            "auxiliary target weighted 0.5",
         ] {
             assert!(lines[1].contains(want), "{want:?} not in {}", lines[1]);
         }

@@ -222,6 +222,7 @@ fn add(
         id,
         path: p.clone(),
         label,
+        aux: None,
         split,
     });
     p

@@ -155,6 +155,7 @@ fn bad_images_are_errors_that_name_the_file() {
             id: name.into(),
             path: d.path().join(name),
             label: Some(0),
+            aux: None,
             split: Split::Train,
             group: name.into(),
         };
@@ -167,6 +168,7 @@ fn bad_images_are_errors_that_name_the_file() {
         id: "x".into(),
         path: d.path().join("really_png.jpg"),
         label: Some(0),
+        aux: None,
         split: Split::Train,
         group: "x".into(),
     };
@@ -262,6 +264,7 @@ fn val_from_train_moves_whole_groups_stratified() {
             id: format!("im{i}"),
             path: format!("im{i}.png").into(),
             label: Some((i % 5 == 0) as u8),
+            aux: None,
             split,
             // Pairs of images share a group (a lesion photographed twice).
             group: format!("g{}", i / 2),

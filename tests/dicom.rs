@@ -232,6 +232,7 @@ fn sample(path: PathBuf) -> Sample {
         id,
         path,
         label: Some(0),
+        aux: None,
         split: Split::Train,
     }
 }

@@ -30,6 +30,7 @@ fn ema_runs_are_reproducible_resumable_and_differ_from_plain_ones() {
         Labeled {
             images: i.iter().collect(),
             labels: y,
+            aux: None,
         }
     }
     let (train, val, test) = (lab(&tr, ty), lab(&va, vy), lab(&te, tey));

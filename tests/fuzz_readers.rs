@@ -674,7 +674,7 @@ fn call_ham(dir: &Path, b: &[u8], via_open: bool) -> bool {
 fn call_isic_gt(dir: &Path, b: &[u8]) -> bool {
     let p = dir.join("ISIC-2017_Training_Part3_GroundTruth.csv");
     std::fs::write(&p, b).unwrap();
-    read_ground_truth(&p, "melanoma").is_ok()
+    read_ground_truth(&p, "melanoma", Some("seborrheic_keratosis")).is_ok()
 }
 
 fn manifest_seeds() -> Vec<Vec<u8>> {
@@ -832,7 +832,7 @@ fn corpus_replays_cleanly() {
                 "isic_gt" => {
                     let p = genv.path().join("gt.csv");
                     std::fs::write(&p, &bytes).unwrap();
-                    Some(read_ground_truth(&p, "melanoma").is_ok())
+                    Some(read_ground_truth(&p, "melanoma", Some("seborrheic_keratosis")).is_ok())
                 }
                 _ => None,
             }));

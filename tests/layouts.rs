@@ -94,6 +94,7 @@ fn sample(dir: &Path, name: &str) -> Sample {
             .into(),
         path: dir.join(name),
         label: Some(0),
+        aux: None,
         split: Split::Train,
         group: name.into(),
     }

@@ -49,6 +49,7 @@ fn head_epochs_train_the_head_alone_then_the_encoder() {
         Labeled {
             images: i.iter().collect(),
             labels: y.to_vec(),
+            aux: None,
         }
     }
     let (train, val) = (lab(&tr, &ty), lab(&va, &vy));

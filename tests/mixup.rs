@@ -58,10 +58,12 @@ fn mixup_runs_are_reproducible_and_differ_from_plain_ones() {
     let train = Labeled {
         images: tr.iter().collect(),
         labels: ty,
+        aux: None,
     };
     let val = Labeled {
         images: va.iter().collect(),
         labels: vy,
+        aux: None,
     };
     let run = |cfg: &pirlkit::Config| {
         finetune(cfg, &Init::Random, &train, &val, None, &[], 0, None)

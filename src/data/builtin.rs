@@ -283,6 +283,7 @@ fn fill(tmp: &Path, plan: &Plan, scratch: &Path) -> crate::Result<BuildReport> {
                 id: r.id.clone(),
                 path: tmp.join(image_rel(&r.id)),
                 label: Some(r.melanoma),
+                aux: None,
                 split: r.split,
                 group: r.id.clone(),
             })

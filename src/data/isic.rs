@@ -38,6 +38,11 @@ pub struct Descriptor {
     pub name: String,
     pub layout: String,
     pub positive_column: String,
+    /// A second 0/1 column read as each image's auxiliary label
+    /// ([`Sample::aux`]) where a split's CSV has it (ISIC 2017's validation
+    /// file lacks it: those images have none).
+    #[serde(default)]
+    pub aux_column: Option<String>,
     pub image_extension: String,
     #[serde(default)]
     pub license: Option<String>,
@@ -77,7 +82,8 @@ impl Descriptor {
                     msg: "image folder missing".into(),
                 });
             }
-            for (id, label, line) in read_ground_truth(&gt, &self.positive_column)? {
+            let aux = self.aux_column.as_deref();
+            for (id, label, aux, line) in read_ground_truth(&gt, &self.positive_column, aux)? {
                 if !ids.insert(id.clone()) {
                     return Err(DataError::Csv {
                         path: gt.clone(),
@@ -98,6 +104,7 @@ impl Descriptor {
                     id,
                     path,
                     label: Some(label),
+                    aux,
                     split: sf.split,
                 });
             }
@@ -111,8 +118,13 @@ impl Descriptor {
     }
 }
 
-/// `(image_id, label, line)` rows of a challenge ground-truth CSV.
-pub fn read_ground_truth(path: &Path, positive: &str) -> Result<Vec<(String, u8, u64)>> {
+/// One row of a challenge ground-truth CSV: image id, label, auxiliary
+/// label and line.
+type TruthRow = (String, u8, Option<u8>, u64);
+
+/// The rows of a challenge ground-truth CSV, with the `aux` column's value
+/// where the file has that column.
+pub fn read_ground_truth(path: &Path, positive: &str, aux: Option<&str>) -> Result<Vec<TruthRow>> {
     let mut rdr = csv::ReaderBuilder::new()
         .from_path(path)
         .map_err(|e| DataError::Csv {
@@ -130,6 +142,7 @@ pub fn read_ground_truth(path: &Path, positive: &str) -> Result<Vec<(String, u8,
         .clone();
     let idc = h.iter().position(|c| c.trim() == "image_id");
     let pc = h.iter().position(|c| c.trim() == positive);
+    let ac = aux.and_then(|a| h.iter().position(|c| c.trim() == a).map(|i| (a, i)));
     let (Some(idc), Some(pc)) = (idc, pc) else {
         return Err(DataError::Csv {
             path: path.into(),
@@ -162,7 +175,18 @@ pub fn read_ground_truth(path: &Path, positive: &str) -> Result<Vec<(String, u8,
             line,
             msg: format!("{positive} value {v:?} is not 0/1"),
         })?;
-        out.push((id, label, line));
+        let aux = match ac {
+            None => None,
+            Some((name, c)) => {
+                let v = rec.get(c).unwrap_or("");
+                Some(parse_label(v).ok_or_else(|| DataError::Csv {
+                    path: path.into(),
+                    line,
+                    msg: format!("{name} value {v:?} is not 0/1"),
+                })?)
+            }
+        };
+        out.push((id, label, aux, line));
     }
     if out.is_empty() {
         return Err(DataError::Csv {

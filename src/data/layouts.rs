@@ -294,6 +294,7 @@ pub fn read_ham(path: &Path, positive: Option<&str>) -> Result<Dataset> {
             id: id.to_string(),
             path: img.clone(),
             label,
+            aux: None,
             split: Split::Train,
             group: lesion.to_string(),
         });
@@ -477,6 +478,7 @@ pub fn read_folder_per_class(root: &Path, positive: Option<&str>) -> Result<Data
                 id,
                 path: p,
                 label: Some(label),
+                aux: None,
                 split: *split,
             });
         }

@@ -121,6 +121,7 @@ pub fn read_manifest(path: &Path) -> Result<Dataset> {
             id,
             path: root.join(rel),
             label,
+            aux: None,
             split,
             group,
         });

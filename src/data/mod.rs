@@ -89,6 +89,10 @@ pub struct Sample {
     pub path: PathBuf,
     /// Binary label (1 = positive class), if known.
     pub label: Option<u8>,
+    /// A second binary label, if the data has one (ISIC 2017: seborrheic
+    /// keratosis, from the descriptor's `aux_column`): an auxiliary target
+    /// for fine-tuning (`finetune.aux_weight`), never scored.
+    pub aux: Option<u8>,
     pub split: Split,
     /// Images of the same group (lesion, patient) always share a split.
     pub group: String,
@@ -109,6 +113,25 @@ pub struct Dataset {
 impl Dataset {
     pub fn split(&self, s: Split) -> Vec<&Sample> {
         self.samples.iter().filter(|x| x.split == s).collect()
+    }
+
+    /// The auxiliary labels ([`Sample::aux`]) of split `s`, in manifest
+    /// order, when every one of its samples has one.
+    pub fn aux_labels(&self, s: Split) -> Option<Vec<u8>> {
+        self.split(s).iter().map(|x| x.aux).collect()
+    }
+
+    /// SHA-256 (hex) of every sample's auxiliary label (id and value, in
+    /// manifest order): the data a fine-tune with an auxiliary target also
+    /// depends on, which the dataset's fingerprint leaves out.
+    pub fn aux_sha256(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for x in &self.samples {
+            let v = x.aux.map_or("-".to_string(), |a| a.to_string());
+            h.update(format!("{},{v}\n", x.id).as_bytes());
+        }
+        hex::encode(h.finalize())
     }
 
     /// Indices of the samples in split `s`, in manifest order.

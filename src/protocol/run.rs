@@ -170,6 +170,19 @@ impl Runner<'_> {
         })
     }
 
+    /// The settings a run's key holds: those its kind reads and, for a
+    /// fine-tune with an auxiliary target, the hash of the auxiliary labels
+    /// (which the data set's fingerprint leaves out).
+    fn settings(&self, r: &RunSpec) -> serde_json::Value {
+        let mut v = RunKey::settings(r.arm.kind, &r.cfg, r.arm.k);
+        if r.arm.kind == ArmKind::Finetune && r.cfg.finetune.aux_weight > 0.0 {
+            v.as_object_mut()
+                .expect("settings are an object")
+                .insert("aux_sha256".into(), self.ds.aux_sha256().into());
+        }
+        v
+    }
+
     /// SHA-256 of the weights an init loads (`None` for random init).
     fn init_hash(&self, s: &str) -> Result<Option<String>> {
         let path = match self.init(s)? {
@@ -212,7 +225,7 @@ impl Runner<'_> {
                     split_sha256: data.split_sha256.clone(),
                     fraction: r.fraction,
                     seed: r.seed,
-                    settings: RunKey::settings(r.arm.kind, &r.cfg, r.arm.k),
+                    settings: self.settings(r),
                     external: self
                         .external
                         .iter()
@@ -524,14 +537,20 @@ impl Runner<'_> {
             &Labeled {
                 images: sub.iter().map(|&i| tr_i[i]).collect(),
                 labels: sub.iter().map(|&i| tr_y[i]).collect(),
+                aux: self
+                    .ds
+                    .aux_labels(Split::Train)
+                    .map(|a| sub.iter().map(|&i| a[i]).collect()),
             },
             &Labeled {
                 images: va_i,
                 labels: va_y,
+                aux: None,
             },
             Some(&Labeled {
                 images: te_i,
                 labels: te_y,
+                aux: None,
             }),
             &self.external_images(),
             spec.seed,

@@ -94,6 +94,10 @@ pub fn encoder_from(cfg: &Config, init: &Init) -> Result<(VarMap, ResNet)> {
 pub struct Labeled<'a> {
     pub images: Vec<&'a RgbImage>,
     pub labels: Vec<u8>,
+    /// Each image's auxiliary label ([`crate::data::Sample::aux`]), when
+    /// every image has one; read only for training with
+    /// `finetune.aux_weight > 0`.
+    pub aux: Option<Vec<u8>>,
 }
 
 /// What a fine-tuning run measured.
@@ -148,6 +152,8 @@ pub fn weighted_bce(logits: &Tensor, targets: &Tensor, pos_weight: f64) -> Resul
 struct Classifier {
     encoder: ResNet,
     head: candle_nn::Linear,
+    /// The auxiliary target's head (`finetune.aux_weight > 0`): trained, never scored.
+    aux_head: Option<candle_nn::Linear>,
     /// Stages whose output is detached (partial fine-tuning).
     frozen: usize,
 }
@@ -160,11 +166,21 @@ impl Classifier {
             .squeeze(1)?)
     }
 
-    /// The head on the frozen encoder (BatchNorm in eval mode, no gradient
-    /// into the encoder): the linear-probing phase of LP-FT.
-    fn head_logits(&self, x: &Tensor) -> Result<Tensor> {
-        let f = crate::ops::inference(|| self.encoder.forward_t(&x.detach(), false))?.detach();
-        Ok(self.head.forward(&f)?.squeeze(1)?)
+    /// The training logits of the main head and, if on, the auxiliary one;
+    /// with `head_only`, on the frozen encoder (BatchNorm in eval mode, no
+    /// gradient into the encoder): the linear-probing phase of LP-FT.
+    fn train_logits(&self, x: &Tensor, head_only: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let f = if head_only {
+            crate::ops::inference(|| self.encoder.forward_t(&x.detach(), false))?.detach()
+        } else {
+            self.encoder.forward_frozen(x, true, self.frozen)?
+        };
+        let z = self.head.forward(&f)?.squeeze(1)?;
+        let za = match &self.aux_head {
+            Some(h) => Some(h.forward(&f)?.squeeze(1)?),
+            None => None,
+        };
+        Ok((z, za))
     }
 
     /// Logits of the whole images at `crop` px (BatchNorm in eval mode, as
@@ -229,6 +245,11 @@ fn build_classifier(
     // `head.*` sorts after `encoder.*`: a seed's random encoder is the one
     // pretraining starts from and the random-init probe reads.
     let head = candle_nn::linear(cfg.model.feature_dim(), 1, vb.pp("head"))?;
+    // `head_aux.*` sorts after `head.*`: the encoder and head draw the same
+    // values with the auxiliary target on or off.
+    let aux_head = (ft.aux_weight > 0.0)
+        .then(|| candle_nn::linear(cfg.model.feature_dim(), 1, vb.pp("head_aux")))
+        .transpose()?;
     seeded_init(&vm, seed)?;
     load_encoder(&vm, init)?;
     let frozen = match ft.freeze_up_to {
@@ -238,16 +259,22 @@ fn build_classifier(
     let model = Classifier {
         encoder,
         head,
+        aux_head,
         frozen,
     };
 
+    let heads: &[&str] = if ft.aux_weight > 0.0 {
+        &["head.", "head_aux."]
+    } else {
+        &["head."]
+    };
     let trainable: Vec<&str> = match ft.freeze_up_to {
-        None => vec!["encoder.", "head."],
+        None => ["encoder."].iter().chain(heads).copied().collect(),
         Some(last) => Stage::ALL
             .iter()
             .filter(|s| **s > last)
             .flat_map(|s| s.prefixes())
-            .chain(["head."])
+            .chain(heads.iter().copied())
             .collect(),
     };
     let ocfg = OptimConfig {
@@ -290,6 +317,7 @@ pub fn finetune(
             "fine-tuning needs both classes in the training labels ({n_pos} positives of {n})"
         )));
     }
+    let aux_pos_weight = aux_pos_weight(ft, train)?;
     let dev = crate::device::open(&cfg.device, cfg.tf32)?;
     let (vm, model, mut opt) = build_classifier(cfg, init, seed, &dev)?;
     let bs = ft.batch_size.min(n);
@@ -316,6 +344,7 @@ pub fn finetune(
         crop,
         bs,
         pos_weight,
+        aux_pos_weight,
         seed,
         dev: &dev,
         vm: &vm,
@@ -382,6 +411,37 @@ pub fn finetune(
     })
 }
 
+/// The auxiliary target's positive-class weight (`finetune.class_weight`:
+/// negatives over positives, as the main target's), or `None` when it is
+/// off; an error when it is on and the training images lack the labels or
+/// one of their classes.
+fn aux_pos_weight(ft: &FinetuneConfig, train: &Labeled) -> Result<Option<f64>> {
+    if ft.aux_weight == 0.0 {
+        return Ok(None);
+    }
+    let aux = train.aux.as_ref().ok_or_else(|| {
+        Error::Config(
+            "finetune.aux_weight needs a second label for every training image, and this \
+             data has none (an ISIC challenge folder with the descriptor's aux_column; ISIC \
+             2017: seborrheic_keratosis)"
+                .into(),
+        )
+    })?;
+    let n = aux.len();
+    let n_pos = aux.iter().filter(|&&l| l == 1).count();
+    if n_pos == 0 || n_pos == n {
+        return Err(Error::Config(format!(
+            "finetune.aux_weight needs both classes in the training images' auxiliary labels \
+             ({n_pos} positives of {n})"
+        )));
+    }
+    Ok(Some(if ft.class_weight {
+        (n - n_pos) as f64 / n_pos as f64
+    } else {
+        1.0
+    }))
+}
+
 /// `ema <- d ema + (1 - d) w` for every variable `w` of `vm`.
 fn ema_step(ema: &mut Weights, vm: &VarMap, d: f64) -> Result<()> {
     let data = vm.data().lock().expect("varmap lock");
@@ -418,6 +478,8 @@ struct Trainer<'a> {
     crop: usize,
     bs: usize,
     pos_weight: f64,
+    /// The auxiliary target's positive weight, if it is on.
+    aux_pos_weight: Option<f64>,
     seed: u64,
     dev: &'a Device,
     vm: &'a VarMap,
@@ -521,22 +583,26 @@ impl Trainer<'_> {
                 }
                 None => x,
             };
-            let logits = if head_only {
-                self.model.head_logits(&x)?
-            } else {
-                self.model.logits(&x, true)?
+            let (logits, aux_logits) = self.model.train_logits(&x, head_only)?;
+            // The loss on targets `y` (mixed with the partners' as the images are).
+            let mixed = |logits: &Tensor, y: Vec<f32>, w: f64| -> Result<Tensor> {
+                let bce = |y: Vec<f32>| -> Result<Tensor> {
+                    let t = Tensor::from_vec(y, idx.len(), dev)?;
+                    weighted_bce(logits, &t, w)
+                };
+                Ok(match &mix {
+                    Some((lam, perm)) => {
+                        let y2: Vec<f32> = perm.iter().map(|&j| y[j as usize]).collect();
+                        ((bce(y)? * *lam)? + (bce(y2)? * (1.0 - lam))?)?
+                    }
+                    None => bce(y)?,
+                })
             };
-            let bce = |y: Vec<f32>| -> Result<Tensor> {
-                let t = Tensor::from_vec(y, idx.len(), dev)?;
-                weighted_bce(&logits, &t, self.pos_weight)
-            };
-            let loss = match &mix {
-                Some((lam, perm)) => {
-                    let y2: Vec<f32> = perm.iter().map(|&j| y[j as usize]).collect();
-                    ((bce(y)? * *lam)? + (bce(y2)? * (1.0 - lam))?)?
-                }
-                None => bce(y)?,
-            };
+            let mut loss = mixed(&logits, y, self.pos_weight)?;
+            if let (Some(za), Some(w), Some(aux)) = (&aux_logits, self.aux_pos_weight, &train.aux) {
+                let ya: Vec<f32> = idx.iter().map(|&i| aux[i] as f32).collect();
+                loss = (loss + (mixed(za, ya, w)? * ft.aux_weight)?)?;
+            }
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
                 return Err(Error::NonFinite {
