@@ -1,6 +1,6 @@
 //! An auxiliary fine-tuning target (`finetune.aux_weight`): the ISIC layout
-//! reads the second label where a split's CSV has it, a bad value names its
-//! file and line, a run with the target is reproducible and trains
+//! reads the second label where a split's CSV has it and a manifest from its
+//! `aux_label` column, a bad value names its file and line, a run with the target is reproducible and trains
 //! differently from one without, data without the label is refused, and the
 //! setting stays out of run keys while it is off.
 
@@ -69,6 +69,39 @@ fn the_isic_layout_reads_the_second_label_where_its_csv_has_it() {
         e.contains("ISIC-2017_Training_Part3_GroundTruth.csv")
             && e.contains('3')
             && e.contains("seborrheic_keratosis"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_manifest_gives_the_second_label_in_its_aux_label_column() {
+    let d = tempfile::tempdir().unwrap();
+    let img = image::RgbImage::from_pixel(8, 8, image::Rgb([150, 100, 80]));
+    for i in 0..4 {
+        img.save(d.path().join(format!("a{i}.png"))).unwrap();
+    }
+    let m = d.path().join("manifest.csv");
+    std::fs::write(
+        &m,
+        "path,label,split,aux_label\na0.png,1,train,0\na1.png,0,train,1\na2.png,0,val,\na3.png,1,test,0\n",
+    )
+    .unwrap();
+    let ds = Dataset::open(&m).unwrap();
+    assert_eq!(ds.aux_labels(Split::Train), Some(vec![0, 1]));
+    // An empty cell is an unknown label: the split has no auxiliary labels.
+    assert_eq!(ds.aux_labels(Split::Val), None);
+    // Without the column, none.
+    std::fs::write(&m, "path,label,split\na0.png,1,train\na1.png,0,train\n").unwrap();
+    assert_eq!(Dataset::open(&m).unwrap().aux_labels(Split::Train), None);
+    // A bad value names the line and the column.
+    std::fs::write(
+        &m,
+        "path,label,split,aux_label\na0.png,1,train,0\na1.png,0,train,maybe\n",
+    )
+    .unwrap();
+    let e = Dataset::open(&m).unwrap_err().to_string();
+    assert!(
+        e.contains("manifest.csv") && e.contains('3') && e.contains("aux_label"),
         "{e}"
     );
 }

@@ -657,3 +657,86 @@ fn test_map(
     );
     Ok(m.points)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Sample;
+
+    fn dataset(dir: &Path, aux_of_first: u8) -> Dataset {
+        let samples = (0..6)
+            .map(|i| Sample {
+                id: format!("im{i}"),
+                path: dir.join(format!("im{i}.png")),
+                label: Some((i % 2) as u8),
+                aux: Some(if i == 0 {
+                    aux_of_first
+                } else {
+                    (i % 3 == 0) as u8
+                }),
+                split: [Split::Train, Split::Val, Split::Test][i / 2],
+                group: format!("im{i}"),
+            })
+            .collect();
+        Dataset {
+            name: "t".into(),
+            root: ".".into(),
+            samples,
+            splits_assigned: false,
+        }
+    }
+
+    #[test]
+    fn only_a_fine_tune_with_an_auxiliary_target_is_keyed_by_its_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            r#"
+name = "t"
+preset = "tiny"
+seeds = [0]
+label_fractions = [1.0]
+[[arms]]
+name = "plain"
+kind = "finetune"
+inits = ["random"]
+[[arms]]
+name = "aux"
+kind = "finetune"
+inits = ["random"]
+[arms.finetune]
+aux_weight = 0.5
+"#,
+        )
+        .unwrap();
+        let (p, cfg) = Protocol::from_file(&path).unwrap();
+        let keys = |ds: &Dataset| -> Vec<String> {
+            let runner = Runner {
+                cfg: &cfg,
+                ds,
+                imgs: &[],
+                results_dir: dir.path().join("runs"),
+                pirl_checkpoint: None,
+                protocol_dir: dir.path().into(),
+                external: &[],
+            };
+            let fp = crate::data::fingerprint::fingerprint(ds).unwrap();
+            let k = runner.keys(&p, &fp).unwrap();
+            k.iter().map(RunKey::hash).collect()
+        };
+        for i in 0..6 {
+            std::fs::write(dir.path().join(format!("im{i}.png")), [i as u8]).unwrap();
+        }
+        let (a, b) = (keys(&dataset(dir.path(), 0)), keys(&dataset(dir.path(), 1)));
+        assert_eq!(a.len(), 2);
+        assert_eq!(
+            a[0], b[0],
+            "a plain fine-tune's key moved with the auxiliary labels"
+        );
+        assert_ne!(
+            a[1], b[1],
+            "a changed auxiliary label kept the auxiliary arm's key"
+        );
+    }
+}
