@@ -469,7 +469,8 @@ fn conv_speed_report() {
 /// into the conv's weights against the conv followed by candle's BatchNorm
 /// (the unfolded eval forward), with running statistics, gamma and beta
 /// away from their initial values; and its gradient reaches the conv weight
-/// and gamma as the unfolded forward's does.
+/// and gamma as the unfolded forward's does. Inside `ops::inference` (the
+/// in-place shift and ReLU) it gives the graph forward's exact bits.
 #[test]
 fn folded_eval_conv_bn_matches_unfolded() {
     use candle_nn::{VarBuilder, VarMap};
@@ -500,6 +501,21 @@ fn folded_eval_conv_bn_matches_unfolded() {
             .forward_t(&conv2d(&x, w.as_tensor(), c.s, c.p).unwrap(), false, relu)
             .unwrap();
         assert_close(&format!("{c:?} folded forward"), &folded, &unfolded, 1e-5);
+        // Without a graph (inference) the shift and ReLU run in place on
+        // the conv's output: the same bits as the graph's add and ReLU.
+        let fused = pirlkit::ops::inference(|| {
+            bn.forward_conv_t(&x, w.as_tensor(), (c.s, c.p), false, relu)
+        })
+        .unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        assert!(
+            !fused.track_op(),
+            "{c:?}: the inference forward recorded a graph"
+        );
+        assert_eq!(bits(&fused), bits(&folded), "{c:?} inference forward");
         let gamma = vm.data().lock().unwrap()["bn.weight"].clone();
         let g1 = folded.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = unfolded

@@ -76,10 +76,111 @@ impl BatchNorm2d {
         let mut bf = (self.bias.to_dtype(dt)? - (rm * &s)?)?;
         if crate::ops::in_inference() {
             (wf, bf) = (wf.detach(), bf.detach());
+            let fast = crate::ops::fast_cpu(x.device())
+                && !x.track_op()
+                && matches!(dt, candle_core::DType::F32 | candle_core::DType::F64)
+                && x.dtype() == dt;
+            if fast {
+                // No graph: the shift and the ReLU in place on the conv's
+                // output, instead of a broadcast add and a ReLU that each
+                // read and allocate the whole tensor again.
+                let op = ConvShift {
+                    conv: crate::ops::conv::Conv2dOp { stride, padding },
+                    relu,
+                };
+                return x
+                    .contiguous()?
+                    .apply_op3(&wf.contiguous()?, &bf.contiguous()?, op);
+            }
         }
         let y = crate::ops::conv2d(x, &wf, stride, padding)?
             .broadcast_add(&bf.reshape((1, c, 1, 1))?)?;
         if relu { y.relu() } else { Ok(y) }
+    }
+}
+
+/// Inference only: `relu?(conv2d(x, w) + b)` with `b` per output channel,
+/// `(x, w, b) -> y`, the shift and the ReLU applied in place on the conv's
+/// output. The same bits as the conv, candle's broadcast add and its ReLU
+/// (`max(v, 0)`), which the graph path still takes (`tests/conv_op.rs`).
+/// No backward: it is taken only where no input records a graph.
+struct ConvShift {
+    conv: crate::ops::conv::Conv2dOp,
+    relu: bool,
+}
+
+/// `y[p] = relu?(y[p] + b[channel of p])` over `(N, C, hw)` planes.
+macro_rules! shift_planes {
+    ($name:ident, $t:ty) => {
+        fn $name(y: &mut [$t], b: &[$t], hw: usize, relu: bool) {
+            use rayon::prelude::*;
+            let c = b.len();
+            y.par_chunks_mut(hw).enumerate().for_each(|(pl, p)| {
+                let bc = b[pl % c];
+                crate::ops::wide(
+                    #[inline(always)]
+                    || {
+                        if relu {
+                            for v in p.iter_mut() {
+                                *v = (*v + bc).max(0.0);
+                            }
+                        } else {
+                            for v in p.iter_mut() {
+                                *v += bc;
+                            }
+                        }
+                    },
+                )
+            });
+        }
+    };
+}
+shift_planes!(shift_f32, f32);
+shift_planes!(shift_f64, f64);
+
+impl CustomOp3 for ConvShift {
+    fn name(&self) -> &'static str {
+        "pirlkit-conv-shift-inference"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (mut y, shape) = self.conv.cpu_fwd(s1, l1, s2, l2)?;
+        let (_, c, h, w) = shape.dims4()?;
+        if l3.dims() != [c] {
+            bail!("conv-shift: {} channels, shift of shape {:?}", c, l3.dims())
+        }
+        let _t = crate::ops::profile::time(|| "conv shift (inference)".into());
+        match (&mut y, s3) {
+            (CpuStorage::F32(y), CpuStorage::F32(b)) => {
+                let b = crate::ops::contiguous(b, l3, "conv-shift: b")?;
+                shift_f32(y, b, h * w, self.relu)
+            }
+            (CpuStorage::F64(y), CpuStorage::F64(b)) => {
+                let b = crate::ops::contiguous(b, l3, "conv-shift: b")?;
+                shift_f64(y, b, h * w, self.relu)
+            }
+            _ => bail!("conv-shift: f32 or f64 of one dtype"),
+        }
+        Ok((y, shape))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        _dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        bail!("conv-shift is inference only (no graph)")
     }
 }
 
