@@ -432,11 +432,15 @@ fn finetune_command(a: crate::cli::FinetuneArgs) -> anyhow::Result<()> {
             Init::Torchvision(w) => crate::data::fingerprint::file_sha256(w)?,
         };
         let fp = crate::data::fingerprint::fingerprint(&ds)?;
-        hex::encode(sha2::Sha256::digest(serde_json::to_vec(
-            &serde_json::json!({
-                "config": cfg, "init": init_hash, "data": fp.sha256_all, "fraction": fraction, "val_only": val_only,
-            }),
-        )?))
+        let mut id = serde_json::json!({
+            "config": cfg, "init": init_hash, "data": fp.sha256_all, "fraction": fraction, "val_only": val_only,
+        });
+        // The auxiliary labels, which the fingerprint leaves out, only when
+        // they are read (so other runs keep their identities).
+        if cfg.finetune.aux_weight > 0.0 {
+            id["aux"] = ds.aux_sha256().into();
+        }
+        hex::encode(sha2::Sha256::digest(serde_json::to_vec(&id)?))
     };
     let r = crate::train::finetune::finetune(
         &cfg,

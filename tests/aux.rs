@@ -172,6 +172,8 @@ fn auxiliary_runs_are_reproducible_differ_from_plain_ones_and_need_the_labels() 
     assert!(e.contains("finetune.aux_weight"), "{e}");
     let e = run(&cfg, Some(vec![0; aux.len()])).unwrap_err().to_string();
     assert!(e.contains("both classes"), "{e}");
+    let e = run(&cfg, Some(vec![0, 1])).unwrap_err().to_string();
+    assert!(e.contains("2 auxiliary labels for 32"), "{e}");
 }
 
 #[test]

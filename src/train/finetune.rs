@@ -422,12 +422,18 @@ fn aux_pos_weight(ft: &FinetuneConfig, train: &Labeled) -> Result<Option<f64>> {
     let aux = train.aux.as_ref().ok_or_else(|| {
         Error::Config(
             "finetune.aux_weight needs a second label for every training image, and this \
-             data has none (an ISIC challenge folder with the descriptor's aux_column; ISIC \
-             2017: seborrheic_keratosis)"
+             data has none (an ISIC challenge folder whose descriptor names an aux_column, as \
+             ISIC 2017's seborrheic_keratosis, or a manifest with an aux_label column)"
                 .into(),
         )
     })?;
     let n = aux.len();
+    if n != train.labels.len() {
+        return Err(Error::Config(format!(
+            "finetune: {n} auxiliary labels for {} training images",
+            train.labels.len()
+        )));
+    }
     let n_pos = aux.iter().filter(|&&l| l == 1).count();
     if n_pos == 0 || n_pos == n {
         return Err(Error::Config(format!(
