@@ -169,23 +169,17 @@ pub fn read_ground_truth(path: &Path, positive: &str, aux: Option<&str>) -> Resu
                 msg: format!("bad image id {id:?}"),
             });
         }
-        let v = rec.get(pc).unwrap_or("");
-        let label = parse_label(v).ok_or_else(|| DataError::Csv {
-            path: path.into(),
-            line,
-            msg: format!("{positive} value {v:?} is not 0/1"),
-        })?;
-        let aux = match ac {
-            None => None,
-            Some((name, c)) => {
-                let v = rec.get(c).unwrap_or("");
-                Some(parse_label(v).ok_or_else(|| DataError::Csv {
-                    path: path.into(),
-                    line,
-                    msg: format!("{name} value {v:?} is not 0/1"),
-                })?)
-            }
+        // The 0/1 value of column `c`, named `name` in the error.
+        let cell = |name: &str, c: usize| {
+            let v = rec.get(c).unwrap_or("");
+            parse_label(v).ok_or_else(|| DataError::Csv {
+                path: path.into(),
+                line,
+                msg: format!("{name} value {v:?} is not 0/1"),
+            })
         };
+        let label = cell(positive, pc)?;
+        let aux = ac.map(|(name, c)| cell(name, c)).transpose()?;
         out.push((id, label, aux, line));
     }
     if out.is_empty() {
