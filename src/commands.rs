@@ -454,12 +454,7 @@ fn finetune_command(a: crate::cli::FinetuneArgs) -> anyhow::Result<()> {
     )?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     crate::io::write_atomic(&out.join("finetune.json"), &serde_json::to_vec_pretty(&r)?)?;
-    let selected = format!(
-        "val AUC {:.4} at the selected epoch {} of {}",
-        r.val_auc,
-        r.best_epoch,
-        r.val_curve.len()
-    );
+    let selected = format!("val AUC {:.4}, {}", r.val_auc, r.selection_summary());
     if val_only {
         println!("{selected} (val only: the test split was not scored)");
     } else {

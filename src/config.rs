@@ -359,10 +359,22 @@ pub struct FinetuneConfig {
     /// keys, when 0).
     #[serde(skip_serializing_if = "is_zero")]
     pub aux_weight: f64,
+    /// Members of a fine-tuning ensemble: the run is repeated this many
+    /// times from the same init on the same data, member `k` with its own
+    /// seed (head init, data order, augmentation; and the encoder with a
+    /// random init), each selecting its epoch on validation; the scored
+    /// logits are the members' mean. 1 = one run (default; left out of the
+    /// saved config, and so of the protocol's run keys, when 1).
+    #[serde(skip_serializing_if = "is_one")]
+    pub ensemble: usize,
 }
 
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 impl Default for FinetuneConfig {
@@ -396,6 +408,7 @@ impl Default for FinetuneConfig {
             mixup: 0.0,
             ema: 0.0,
             aux_weight: 0.0,
+            ensemble: 1,
         }
     }
 }
@@ -414,6 +427,9 @@ impl FinetuneConfig {
     pub fn check(&self) -> Result<(), String> {
         if self.epochs == 0 || self.batch_size < 2 {
             return Err("finetune.epochs must be >= 1 and finetune.batch_size >= 2".into());
+        }
+        if self.ensemble == 0 {
+            return Err("finetune.ensemble must be >= 1 (1 = a single run)".into());
         }
         for (k, v) in [
             ("lr", self.lr),

@@ -501,6 +501,12 @@ fn finetune_lines(p: &Protocol, cfg: &Config) -> Vec<String> {
             if f.aux_weight > 0.0 {
                 on.push(format!("auxiliary target weighted {}", f.aux_weight));
             }
+            if f.ensemble > 1 {
+                on.push(format!(
+                    "an ensemble of {} runs (mean logits scored)",
+                    f.ensemble
+                ));
+            }
             Some(format!(
                 "arm {}: {} epochs, batch {}, lr {} (encoder x{}), wd {}, warm-up {} epochs, selection {:?}{}, TTA {:?}{}",
                 a.name,

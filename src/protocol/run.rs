@@ -359,7 +359,7 @@ impl Runner<'_> {
         Ok(Scored {
             val_auc: r.val_auc,
             test_auc: r.test_auc,
-            detail: format!("selected epoch {} of {}", r.best_epoch, r.val_curve.len()),
+            detail: r.selection_summary(),
             val_scores: r.val_scores,
             test_scores: r.test_scores,
             val_curve: r.val_curve,
