@@ -101,6 +101,9 @@ fn an_ensemble_scores_its_members_mean_and_its_first_member_is_the_plain_run() {
     assert_eq!(ens.members[0].val_auc, plain.val_auc);
     assert_eq!(ens.members[0].test_auc, plain.test_auc);
     assert_eq!(ens.members[1].val_auc, second.val_auc);
+    // Each member keeps its own scores, for comparing with a single run.
+    assert_eq!(ens.members[0].test_scores, plain.test_scores);
+    assert_eq!(ens.members[1].val_scores, second.val_scores);
     assert_eq!(ens.best_epoch, plain.best_epoch);
     assert_eq!(ens.train_losses, plain.train_losses);
 

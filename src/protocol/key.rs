@@ -55,6 +55,10 @@ pub struct ArmResult {
     /// test split, by the selected epoch's model.
     #[serde(default)]
     pub gradcam: Option<crate::eval::gradcam::GradCams>,
+    /// Fine-tuning with `finetune.ensemble > 1`: each member's run (the
+    /// scores above are the ensemble's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<crate::train::finetune::Member>,
     pub seconds: f64,
     /// The invocation that computed it (`host:pid:unix-ms`).
     #[serde(default)]

@@ -155,6 +155,8 @@ struct Scored {
     tsne: Vec<(f64, f64)>,
     /// Fine-tuning: Grad-CAM of test images by the selected model.
     gradcam: Option<gradcam::GradCams>,
+    /// Fine-tuning: an ensemble's members.
+    members: Vec<finetune::Member>,
 }
 
 impl Runner<'_> {
@@ -368,6 +370,7 @@ impl Runner<'_> {
             embedding: Vec::new(),
             tsne: Vec::new(),
             gradcam,
+            members: r.members,
         })
     }
 
@@ -408,6 +411,7 @@ impl Runner<'_> {
             test_embedding: sc.embedding,
             test_tsne: sc.tsne,
             gradcam: sc.gradcam,
+            members: sc.members,
             seconds,
             computed_by: crate::runner::invocation_id().to_string(),
             computed_now: true,

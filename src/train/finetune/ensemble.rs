@@ -22,6 +22,12 @@ pub struct Member {
     pub val_auc: f64,
     /// NaN when the test split was not scored.
     pub test_auc: f64,
+    /// Its own validation and test logits (for comparing the ensemble
+    /// with a single run on the same images).
+    #[serde(default)]
+    pub val_scores: Vec<f64>,
+    #[serde(default)]
+    pub test_scores: Vec<f64>,
 }
 
 impl FinetuneResult {
@@ -135,6 +141,8 @@ fn ensemble_of(
             best_epoch: r.best_epoch,
             val_auc: r.val_auc,
             test_auc: r.test_auc,
+            val_scores: r.val_scores.clone(),
+            test_scores: r.test_scores.clone(),
         })
         .collect();
     let first = runs.into_iter().next().expect("an ensemble has members");
