@@ -318,11 +318,10 @@ pub fn finetune(
     seed: u64,
     ckpt: Option<(&Path, &str)>,
 ) -> Result<FinetuneResult> {
-    let members = cfg.finetune.ensemble;
-    if members <= 1 {
+    if cfg.finetune.ensemble <= 1 {
         return finetune_one(cfg, init, train, val, test, external, seed, ckpt);
     }
-    ensemble::run(members, cfg, init, train, val, test, external, seed, ckpt)
+    ensemble::run(cfg, init, train, val, test, external, seed, ckpt)
 }
 
 /// One fine-tuning run (see [`finetune`]).

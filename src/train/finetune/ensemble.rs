@@ -61,10 +61,9 @@ pub fn member_seed(seed: u64, k: usize) -> u64 {
     }
 }
 
-/// The `members` runs of an ensemble (see [`super::finetune`]).
+/// The `finetune.ensemble` runs of an ensemble (see [`super::finetune`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
-    members: usize,
     cfg: &Config,
     init: &super::Init,
     train: &Labeled,
@@ -74,6 +73,7 @@ pub(super) fn run(
     seed: u64,
     ckpt: Option<(&Path, &str)>,
 ) -> Result<FinetuneResult> {
+    let members = cfg.finetune.ensemble;
     let mut runs: Vec<FinetuneResult> = Vec::with_capacity(members);
     for k in 0..members {
         // Member k's state in `folder/member-K` (K 1-based) under its own
