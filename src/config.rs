@@ -367,6 +367,16 @@ pub struct FinetuneConfig {
     /// saved config, and so of the protocol's run keys, when 1).
     #[serde(skip_serializing_if = "is_one")]
     pub ensemble: usize,
+    /// L2-SP (Li et al. 2018), decoupled as AdamW's weight decay: after
+    /// every step each encoder conv and linear weight is pulled toward its
+    /// starting value, `w <- w - lr_enc * l2sp * (w - w0)`, where `lr_enc`
+    /// is the encoder's learning rate at that step. It keeps a pretrained
+    /// encoder near what pretraining learned (with a random init, near its
+    /// random draw: the same recipe for every init). 0 = off (default;
+    /// left out of the saved config, and so of the protocol's run keys,
+    /// when 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub l2sp: f64,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -409,6 +419,7 @@ impl Default for FinetuneConfig {
             ema: 0.0,
             aux_weight: 0.0,
             ensemble: 1,
+            l2sp: 0.0,
         }
     }
 }
@@ -438,6 +449,7 @@ impl FinetuneConfig {
             ("weight_decay", self.weight_decay),
             ("mixup", self.mixup),
             ("aux_weight", self.aux_weight),
+            ("l2sp", self.l2sp),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(format!("finetune.{k} must be finite and >= 0, got {v}"));

@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -221,6 +221,39 @@ impl Classifier {
     }
 }
 
+/// The encoder's conv and linear weights with their starting values, the
+/// anchor of `finetune.l2sp` (in name order). Taken before a saved state
+/// is resumed, so an interrupted run pulls toward the same values.
+fn l2sp_anchor(vm: &VarMap) -> Result<Vec<(Var, Tensor)>> {
+    let data = vm.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data
+        .iter()
+        .filter(|(k, v)| k.starts_with("encoder.") && v.rank() > 1)
+        .map(|(k, _)| k)
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|k| {
+            let v = data[k].clone();
+            let w0 = v.as_tensor().copy()?;
+            Ok((v, w0))
+        })
+        .collect()
+}
+
+/// L2-SP's decoupled step: `w <- w - factor * (w - w0)` for each anchored
+/// weight (`factor` = the encoder's learning rate times `finetune.l2sp`,
+/// at most 1, where `w` lands on `w0`).
+pub fn l2sp_pull(anchor: &[(Var, Tensor)], factor: f64) -> Result<()> {
+    let f = factor.min(1.0);
+    for (v, w0) in anchor {
+        let w = v.as_tensor();
+        v.set(&(w - ((w - w0)? * f)?)?)?;
+    }
+    Ok(())
+}
+
 /// The selection criterion after the epochs in `curve` (`None`: the last
 /// epoch of `curve` cannot be selected).
 fn criterion(ft: &FinetuneConfig, curve: &[f64]) -> Option<f64> {
@@ -349,6 +382,7 @@ fn finetune_one(
     let aux_pos_weight = aux_pos_weight(ft, train)?;
     let dev = crate::device::open(&cfg.device, cfg.tf32)?;
     let (vm, model, mut opt) = build_classifier(cfg, init, seed, &dev)?;
+    let anchor = (ft.l2sp > 0.0).then(|| l2sp_anchor(&vm)).transpose()?;
     let bs = ft.batch_size.min(n);
     let steps_per_epoch = n / bs;
     let sched = CosineSchedule {
@@ -378,6 +412,7 @@ fn finetune_one(
         dev: &dev,
         vm: &vm,
         ema: ema.as_mut(),
+        anchor: anchor.as_deref(),
     };
     while prog.epochs_done < ft.epochs && (ft.patience == 0 || prog.stale < ft.patience) {
         let epoch = prog.epochs_done;
@@ -521,6 +556,8 @@ struct Trainer<'a> {
     vm: &'a VarMap,
     /// The moving average of the weights (`finetune.ema`), if on.
     ema: Option<&'a mut Weights>,
+    /// The encoder's starting weights (`finetune.l2sp`), if on.
+    anchor: Option<&'a [(Var, Tensor)]>,
 }
 
 impl Trainer<'_> {
@@ -648,11 +685,18 @@ impl Trainer<'_> {
                     last_good: "The last epoch's state is in the fine-tune checkpoint, if one is kept; lower finetune.lr.".into(),
                 });
             }
-            if ft.head_epochs > 0 {
+            let enc_mult = if ft.head_epochs > 0 {
                 let m = self.encoder_mult(*step, steps);
                 self.opt.set_lr_mult("encoder.", m);
+                m
+            } else {
+                ft.encoder_lr_mult
+            };
+            let lr = self.sched.at(*step);
+            self.opt.step(&loss.backward()?, lr)?;
+            if let Some(anchor) = self.anchor {
+                l2sp_pull(anchor, lr * enc_mult * ft.l2sp)?;
             }
-            self.opt.step(&loss.backward()?, self.sched.at(*step))?;
             self.update_ema()?;
             loss_sum += lv;
             *step += 1;
