@@ -11,62 +11,13 @@ use super::{Arm, ArmKind, Protocol, label_subset};
 use crate::config::Config;
 use crate::data::{Dataset, RgbImage, Split};
 use crate::error::{Error, Result, io};
-use crate::eval::{gradcam, probe, tsne};
+use crate::eval::{gradcam, probe};
 use crate::io::write_atomic;
 use crate::train::finetune::{self, Init, Labeled};
 
-/// A run's lock file: created exclusively before the run is computed,
-/// removed when it is saved (or fails). A lock left by a process of this
-/// machine that is no longer alive is taken over.
-struct RunLock(PathBuf);
-
-impl RunLock {
-    /// `Ok(Ok(lock))`, or `Ok(Err(holder))` when another live process holds it.
-    fn take(path: &Path) -> Result<std::result::Result<RunLock, String>> {
-        let me = crate::runner::invocation_id();
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-            {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    f.write_all(me.as_bytes()).map_err(io(path))?;
-                    return Ok(Ok(RunLock(path.to_path_buf())));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder = std::fs::read_to_string(path).unwrap_or_default();
-                    let mut parts = holder.trim().split(':');
-                    let (host, pid) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                    let my_host = me.split(':').next().unwrap_or("");
-                    let dead = host == my_host
-                        && !pid.is_empty()
-                        && !Path::new("/proc").join(pid).exists();
-                    if dead || holder.trim().is_empty() {
-                        tracing::warn!("taking over the stale lock {} ({holder})", path.display());
-                        let _ = std::fs::remove_file(path);
-                        continue;
-                    }
-                    return Ok(Err(holder.trim().to_string()));
-                }
-                Err(e) => {
-                    return Err(Error::Io {
-                        path: path.to_path_buf(),
-                        source: e,
-                    });
-                }
-            }
-        }
-        Ok(Err(format!("{} (could not be taken over)", path.display())))
-    }
-}
-
-impl Drop for RunLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
+mod frozen;
+mod lock;
+use lock::RunLock;
 
 /// One (arm, init, fraction, seed) of a protocol, with the config it runs with.
 pub struct RunSpec<'p> {
@@ -436,95 +387,6 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// A linear probe or k-NN on frozen features of the training subset `sub`.
-    fn frozen_arm(
-        &self,
-        spec: &RunSpec,
-        sub: &[usize],
-        feats: &mut BTreeMap<String, Vec<probe::ViewFeatures>>,
-        maps: &mut BTreeMap<String, Vec<(f64, f64)>>,
-    ) -> Result<Fitted> {
-        let acfg = &spec.cfg;
-        // A k-NN arm reads the first view only.
-        let views = if spec.arm.kind == ArmKind::Knn {
-            &acfg.probe.views[..1]
-        } else {
-            &acfg.probe.views[..]
-        };
-        let feat_key = format!(
-            "{}|{}|{}|{}|{}|{}",
-            serde_json::to_string(&acfg.model).unwrap_or_default(),
-            acfg.pretext.crop,
-            serde_json::to_string(views).unwrap_or_default(),
-            acfg.probe.recompute_bn,
-            acfg.train.batch_size,
-            spec.init
-        );
-        if !feats.contains_key(&feat_key) {
-            let (tr_i, _) = self.split(Split::Train);
-            let (va_i, _) = self.split(Split::Val);
-            let (te_i, _) = self.split(Split::Test);
-            let mut c = acfg.clone();
-            c.probe.views = views.to_vec();
-            feats.insert(
-                feat_key.clone(),
-                self.frozen_features(&c, &self.init(&spec.init)?, &tr_i, &va_i, &te_i)?,
-            );
-        }
-        let (_, tr_y) = self.split(Split::Train);
-        let (_, va_y) = self.split(Split::Val);
-        let (_, te_y) = self.split(Split::Test);
-        let sub_y: Vec<u8> = sub.iter().map(|&i| tr_y[i]).collect();
-        let vf = &feats[&feat_key];
-        if spec.arm.kind == ArmKind::LinearProbe {
-            let r = probe::fit_probe_views(vf, sub, &sub_y, &va_y, &te_y, &acfg.probe)?;
-            let detail = probe::describe_choice(&r, &acfg.probe);
-            let chosen = vf.iter().find(|v| v.0 == r.view).unwrap_or(&vf[0]);
-            let embedding = crate::eval::pca::project_2d(&chosen.1[0], &chosen.1[2]);
-            let map_key = format!(
-                "{feat_key}|{}",
-                serde_json::to_string(&chosen.0).unwrap_or_default()
-            );
-            let tsne = match maps.get(&map_key) {
-                Some(m) => m.clone(),
-                None => {
-                    let m = test_map(&chosen.1[0], &chosen.1[2], acfg.seed)?;
-                    maps.insert(map_key, m.clone());
-                    m
-                }
-            };
-            Ok(Scored {
-                val_auc: r.val_auc,
-                test_auc: r.test_auc,
-                val_scores: r.val_scores,
-                test_scores: r.test_scores,
-                detail,
-                external: r.external_scores,
-                embedding,
-                tsne,
-                ..Default::default()
-            })
-        } else {
-            let [ftr, fva, fte] = &vf[0].1;
-            let ftr_sub = ftr.select(ndarray::Axis(0), sub);
-            let vs = probe::knn_scores(&ftr_sub, &sub_y, fva, spec.arm.k);
-            let ts = probe::knn_scores(&ftr_sub, &sub_y, fte, spec.arm.k);
-            Ok(Scored {
-                val_auc: crate::eval::auc(&vs, &va_y)?,
-                test_auc: crate::eval::auc(&ts, &te_y)?,
-                val_scores: vs,
-                test_scores: ts,
-                detail: format!("k {}", spec.arm.k),
-                external: vf[0]
-                    .2
-                    .iter()
-                    .map(|x| probe::knn_scores(&ftr_sub, &sub_y, x, spec.arm.k))
-                    .collect(),
-                ..Default::default()
-            })
-        }
-    }
-
     /// Fine-tuning on the training subset `sub`, checkpointed in `ckpt`.
     fn finetune_arm(
         &self,
@@ -596,29 +458,6 @@ impl Runner<'_> {
             .map(|e| e.imgs.iter().collect())
             .collect()
     }
-
-    /// Frozen features (train, val, test) of the encoder from `init`, with
-    /// BatchNorm statistics recomputed on the training images if configured.
-    fn frozen_features(
-        &self,
-        cfg: &Config,
-        init: &Init,
-        tr: &[&RgbImage],
-        va: &[&RgbImage],
-        te: &[&RgbImage],
-    ) -> Result<Vec<probe::ViewFeatures>> {
-        let (vm, enc) = finetune::encoder_from(cfg, init)?;
-        probe::frozen_features(
-            &vm,
-            &enc,
-            "encoder",
-            cfg,
-            tr,
-            va,
-            te,
-            &self.external_images(),
-        )
-    }
 }
 
 /// Whether a run's model is explained with Grad-CAM: a fine-tuning run at
@@ -635,31 +474,6 @@ fn explained(p: &Protocol, spec: &RunSpec) -> bool {
     spec.arm.kind == ArmKind::Finetune
         && spec.fraction == largest
         && seeds.iter().min() == Some(&spec.seed)
-}
-
-/// The t-SNE map of the test features (standardised by the training
-/// features) at [`tsne::TsneParams::default`], seeded by the config's seed,
-/// so that runs sharing a fit share their map; none for a test split of
-/// fewer than [`tsne::MIN_POINTS`] images.
-fn test_map(
-    train: &ndarray::Array2<f64>,
-    test: &ndarray::Array2<f64>,
-    seed: u64,
-) -> Result<Vec<(f64, f64)>> {
-    if test.nrows() < tsne::MIN_POINTS {
-        return Ok(Vec::new());
-    }
-    let t = std::time::Instant::now();
-    let m = tsne::tsne_standardised(train, test, &tsne::TsneParams::default(), seed)?;
-    tracing::debug!(
-        "t-SNE of {} test features: KL {:.3} (start {:.3}), perplexity {}, {:.1} s",
-        test.nrows(),
-        m.kl_divergence,
-        m.kl_start,
-        m.perplexity,
-        t.elapsed().as_secs_f64()
-    );
-    Ok(m.points)
 }
 
 #[cfg(test)]
