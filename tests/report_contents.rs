@@ -712,6 +712,49 @@ fn picture_results() -> Vec<ArmResult> {
     out
 }
 
+/// An ensemble's Grad-CAM says whose maps it shows: the figure's title and
+/// the section name the first member, a single run's say nothing of it.
+#[test]
+fn an_ensembles_grad_cam_names_the_member_it_explains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("report");
+    let mut ctx = inputs();
+    ctx["external"] = serde_json::json!([]);
+    let ctx: ReportInputs = serde_json::from_value(ctx).unwrap();
+    let mut rs = picture_results();
+    let single = tmp.path().join("single");
+    write_with_external(&single, &rs, &ctx, |_| BTreeMap::new()).unwrap();
+    let html = std::fs::read_to_string(single.join("report.html")).unwrap();
+    assert!(
+        !html.contains("ensemble of"),
+        "a single run called an ensemble"
+    );
+    let pirl_ft = rs
+        .iter_mut()
+        .find(|r| r.kind == pirlkit::protocol::ArmKind::Finetune && r.init == "pirl")
+        .unwrap();
+    pirl_ft.members = (0..3)
+        .map(|k| pirlkit::train::finetune::Member {
+            seed: k,
+            best_epoch: 1,
+            val_auc: 0.5,
+            test_auc: 0.5,
+            val_scores: Vec::new(),
+            test_scores: Vec::new(),
+        })
+        .collect();
+    write_with_external(&dir, &rs, &ctx, |_| BTreeMap::new()).unwrap();
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    let g = std::fs::read_to_string(dir.join("gradcam_finetune_pirl.svg")).unwrap();
+    assert!(
+        g.contains("ensemble of 3: the maps of its first member"),
+        "{g}"
+    );
+    let r = std::fs::read_to_string(dir.join("gradcam_finetune_random.svg")).unwrap();
+    assert!(!r.contains("ensemble of"));
+    assert!(html.contains("its maps explain one model, the first member"));
+}
+
 /// The encoder's pictures: PCA and t-SNE maps of PIRL beside random init,
 /// and the Grad-CAM figures, written as SVG and PNG, captioned honestly
 /// (the 2x2 last stage), and drawn by Chromium where they sit: the maps'

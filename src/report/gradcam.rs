@@ -46,6 +46,10 @@ pub struct CamFigure {
     /// Per stage row: (stage, cells high, cells wide).
     pub stages: Vec<(usize, usize, usize)>,
     pub columns: Vec<Column>,
+    /// The run's ensemble size (`finetune.ensemble`; 1 = one model). An
+    /// ensemble's images are picked and scored by its mean logit, its maps
+    /// are its first member's.
+    pub ensemble: usize,
 }
 
 /// The colour of a map value in [0, 1]: blue, cyan, yellow, red.
@@ -149,14 +153,21 @@ pub fn figures(results: &[ArmResult]) -> Result<Vec<(String, CamFigure)>> {
                 });
             }
             let stem = crate::report::format::file_stem(&format!("gradcam_{}_{}", r.arm, r.init));
+            let ensemble = r.members.len().max(1);
             let fig = CamFigure {
                 title: format!(
-                    "Grad-CAM: {}, {}, {} % labels, seed {}",
+                    "Grad-CAM: {}, {}, {} % labels, seed {}{}",
                     r.arm,
                     init_name(&r.init),
                     fmt_pct(r.fraction),
-                    r.seed
+                    r.seed,
+                    if ensemble > 1 {
+                        format!(" (ensemble of {ensemble}: the maps of its first member)")
+                    } else {
+                        String::new()
+                    }
                 ),
+                ensemble,
                 view: g.view,
                 stages,
                 columns,

@@ -346,6 +346,16 @@ fn gradcam_section(dir: &Path, results: &[ArmResult]) -> Result<Option<Section>>
         }
         paragraphs.push(p);
     }
+    if let Some(n) = figs
+        .iter()
+        .map(|(_, f)| f.ensemble)
+        .max()
+        .filter(|&n| n > 1)
+    {
+        paragraphs.push(format!(
+            "A figure marked as an ensemble (up to {n} fine-tunes here) belongs to a run scored by its members' mean logit: its images are picked, and its p computed, from that mean, while its maps explain one model, the first member (the fine-tune with the run's own seed). They show that member's evidence, not the ensemble's."
+        ));
+    }
     let mut figures = Vec::new();
     for (stem, f) in &figs {
         let s = svg::gradcam(f, stem);
