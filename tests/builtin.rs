@@ -444,7 +444,8 @@ fn field(seed: u64, w: u32, h: u32) -> image::RgbImage {
                 *ck += 140.0 * b[3 + k] * g;
             }
         }
-        let t = 12.0 * ((fx * u * 6.28).sin() * (fy * v * 6.28).cos());
+        let t = 12.0
+            * ((fx * u * std::f64::consts::TAU).sin() * (fy * v * std::f64::consts::TAU).cos());
         image::Rgb(c.map(|ck| (ck + t).clamp(30.0, 210.0) as u8))
     })
 }

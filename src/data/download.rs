@@ -469,16 +469,16 @@ fn fetch(
         }
     }
     let (bytes, sha256) = hash_file(&part)?;
-    if let Some(e) = expected {
-        if e != sha256 {
-            let _ = fs::remove_file(&part);
-            return Err(file_err(
-                path,
-                format!(
-                    "SHA-256 mismatch (downloaded from {url}): expected {e}, got {sha256}; the download was removed"
-                ),
-            ));
-        }
+    if let Some(e) = expected
+        && e != sha256
+    {
+        let _ = fs::remove_file(&part);
+        return Err(file_err(
+            path,
+            format!(
+                "SHA-256 mismatch (downloaded from {url}): expected {e}, got {sha256}; the download was removed"
+            ),
+        ));
     }
     fs::rename(&part, path).map_err(io(path))?;
     Ok(Fetched {
@@ -662,7 +662,7 @@ fn extract(zip: &Path, dest: &Path, images: &Path) -> Result<usize> {
                 format!("unsafe entry {name:?}: {why}; nothing was extracted"),
             )
         };
-        let rel = safe_relative(&name).map_err(|m| refuse(m))?;
+        let rel = safe_relative(&name).map_err(refuse)?;
         if e.enclosed_name().is_none() {
             return Err(refuse("it would escape the target folder"));
         }

@@ -72,10 +72,10 @@ impl TsneParams {
                 self.exaggeration
             ));
         }
-        if let Some(lr) = self.learning_rate {
-            if !(lr.is_finite() && lr > 0.0) {
-                return Err(format!("t-SNE learning rate must be positive, got {lr}"));
-            }
+        if let Some(lr) = self.learning_rate
+            && !(lr.is_finite() && lr > 0.0)
+        {
+            return Err(format!("t-SNE learning rate must be positive, got {lr}"));
         }
         if self.pca_dims < 2 {
             return Err(format!(

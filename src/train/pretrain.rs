@@ -597,7 +597,7 @@ impl<'c> Run<'c> {
             self.end_epoch();
         }
         let every = cfg.train.checkpoint_every_steps;
-        if epoch_end || (every > 0 && self.step % every == 0) {
+        if epoch_end || (every > 0 && self.step.is_multiple_of(every)) {
             self.save()?;
         }
         Ok(())
