@@ -442,13 +442,16 @@ fn finetune_command(a: crate::cli::FinetuneArgs) -> anyhow::Result<()> {
         }
         hex::encode(sha2::Sha256::digest(serde_json::to_vec(&id)?))
     };
+    let data = crate::train::finetune::Splits {
+        train: &train,
+        val: &val,
+        test: (!val_only).then_some(&test),
+        external: &[],
+    };
     let r = crate::train::finetune::finetune(
         &cfg,
         &init,
-        &train,
-        &val,
-        (!val_only).then_some(&test),
-        &[],
+        data,
         cfg.seed,
         Some((&out.join("checkpoint"), &identity)),
     )?;

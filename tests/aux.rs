@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use pirlkit::data::{Dataset, Split};
-use pirlkit::train::finetune::{Init, Labeled, finetune};
+use pirlkit::train::finetune::{Init, Labeled, Splits, finetune};
 
 use common::labelled_lesions as images;
 
@@ -148,7 +148,18 @@ fn auxiliary_runs_are_reproducible_differ_from_plain_ones_and_need_the_labels() 
             labels: ty.clone(),
             aux,
         };
-        finetune(cfg, &Init::Random, &train, &val, None, &[], 0, None)
+        finetune(
+            cfg,
+            &Init::Random,
+            Splits {
+                train: &train,
+                val: &val,
+                test: None,
+                external: &[],
+            },
+            0,
+            None,
+        )
     };
     // Off, the labels are not read: the same run with or without them.
     let plain = run(&cfg, None).unwrap().train_losses;

@@ -9,7 +9,7 @@ mod common;
 use std::sync::atomic::Ordering;
 
 use pirlkit::data::RgbImage;
-use pirlkit::train::finetune::{FinetuneResult, Init, Labeled, finetune};
+use pirlkit::train::finetune::{FinetuneResult, Init, Labeled, Splits, finetune};
 
 use common::labelled_lesions as images;
 
@@ -38,10 +38,12 @@ fn ema_runs_are_reproducible_resumable_and_differ_from_plain_ones() {
         finetune(
             cfg,
             &Init::Random,
-            &train,
-            &val,
-            Some(&test),
-            &[],
+            Splits {
+                train: &train,
+                val: &val,
+                test: Some(&test),
+                external: &[],
+            },
             0,
             ck.map(|c| (c, "id")),
         )

@@ -7,7 +7,7 @@ mod common;
 
 use pirlkit::data::RgbImage;
 use pirlkit::eval::auc;
-use pirlkit::train::finetune::{FinetuneResult, Init, Labeled, finetune, member_seed};
+use pirlkit::train::finetune::{FinetuneResult, Init, Labeled, Splits, finetune, member_seed};
 
 use common::labelled_lesions as images;
 
@@ -51,10 +51,12 @@ impl Data {
         finetune(
             cfg,
             &Init::Random,
-            &l(&self.tr, &self.ty),
-            &l(&self.va, &self.vy),
-            Some(&l(&self.te, &self.tey)),
-            &[],
+            Splits {
+                train: &l(&self.tr, &self.ty),
+                val: &l(&self.va, &self.vy),
+                test: Some(&l(&self.te, &self.tey)),
+                external: &[],
+            },
             seed,
             ckpt,
         )
@@ -155,10 +157,12 @@ fn an_interrupted_ensemble_resumes_at_its_member() {
     let e = finetune(
         &cfg,
         &Init::Random,
-        &l(&d.tr, &d.ty),
-        &l(&d.va, &d.vy),
-        None,
-        &[],
+        Splits {
+            train: &l(&d.tr, &d.ty),
+            val: &l(&d.va, &d.vy),
+            test: None,
+            external: &[],
+        },
         0,
         Some((&ck, "other settings")),
     )

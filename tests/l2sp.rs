@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use candle_core::{Device, Tensor, Var};
 use pirlkit::data::RgbImage;
-use pirlkit::train::finetune::{Init, Labeled, finetune, l2sp_pull};
+use pirlkit::train::finetune::{Init, Labeled, Splits, finetune, l2sp_pull};
 
 use common::labelled_lesions as images;
 
@@ -59,10 +59,12 @@ fn l2sp_runs_are_reproducible_resumable_and_differ_from_plain_ones() {
         finetune(
             cfg,
             &Init::Random,
-            &train,
-            &val,
-            Some(&test),
-            &[],
+            Splits {
+                train: &train,
+                val: &val,
+                test: Some(&test),
+                external: &[],
+            },
             0,
             ck.map(|c| (c, "id")),
         )

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use candle_core::{Device, Tensor};
 use pirlkit::data::RgbImage;
-use pirlkit::train::finetune::{Init, Labeled, finetune};
+use pirlkit::train::finetune::{Init, Labeled, Splits, finetune};
 
 fn images(n: usize, seed: u64) -> (Vec<RgbImage>, Vec<u8>) {
     (0..n)
@@ -81,10 +81,12 @@ fn head_epochs_train_the_head_alone_then_the_encoder() {
     let r = finetune(
         &cfg,
         &Init::Random,
-        &train,
-        &val,
-        None,
-        &[],
+        Splits {
+            train: &train,
+            val: &val,
+            test: None,
+            external: &[],
+        },
         0,
         Some((&ck, "id")),
     );
@@ -110,10 +112,12 @@ fn head_epochs_train_the_head_alone_then_the_encoder() {
     finetune(
         &cfg,
         &Init::Random,
-        &train,
-        &val,
-        None,
-        &[],
+        Splits {
+            train: &train,
+            val: &val,
+            test: None,
+            external: &[],
+        },
         0,
         Some((&ck, "id")),
     )

@@ -4,7 +4,7 @@
 
 mod common;
 
-use pirlkit::train::finetune::{Init, Labeled, finetune};
+use pirlkit::train::finetune::{Init, Labeled, Splits, finetune};
 
 fn moments(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
@@ -66,9 +66,20 @@ fn mixup_runs_are_reproducible_and_differ_from_plain_ones() {
         aux: None,
     };
     let run = |cfg: &pirlkit::Config| {
-        finetune(cfg, &Init::Random, &train, &val, None, &[], 0, None)
-            .unwrap()
-            .train_losses
+        finetune(
+            cfg,
+            &Init::Random,
+            Splits {
+                train: &train,
+                val: &val,
+                test: None,
+                external: &[],
+            },
+            0,
+            None,
+        )
+        .unwrap()
+        .train_losses
     };
     let plain = run(&cfg);
     cfg.finetune.mixup = 0.4;

@@ -397,28 +397,35 @@ impl Runner<'_> {
         let (tr_i, tr_y) = self.split(Split::Train);
         let (va_i, va_y) = self.split(Split::Val);
         let (te_i, te_y) = self.split(Split::Test);
+        let train = Labeled {
+            images: sub.iter().map(|&i| tr_i[i]).collect(),
+            labels: sub.iter().map(|&i| tr_y[i]).collect(),
+            aux: self
+                .ds
+                .aux_labels(Split::Train)
+                .map(|a| sub.iter().map(|&i| a[i]).collect()),
+        };
+        let val = Labeled {
+            images: va_i,
+            labels: va_y,
+            aux: None,
+        };
+        let test = Labeled {
+            images: te_i,
+            labels: te_y,
+            aux: None,
+        };
+        let external = self.external_images();
+        let data = finetune::Splits {
+            train: &train,
+            val: &val,
+            test: Some(&test),
+            external: &external,
+        };
         finetune::finetune(
             &spec.cfg,
             &self.init(&spec.init)?,
-            &Labeled {
-                images: sub.iter().map(|&i| tr_i[i]).collect(),
-                labels: sub.iter().map(|&i| tr_y[i]).collect(),
-                aux: self
-                    .ds
-                    .aux_labels(Split::Train)
-                    .map(|a| sub.iter().map(|&i| a[i]).collect()),
-            },
-            &Labeled {
-                images: va_i,
-                labels: va_y,
-                aux: None,
-            },
-            Some(&Labeled {
-                images: te_i,
-                labels: te_y,
-                aux: None,
-            }),
-            &self.external_images(),
+            data,
             spec.seed,
             Some(ckpt),
         )

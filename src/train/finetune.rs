@@ -103,6 +103,17 @@ pub struct Labeled<'a> {
     pub aux: Option<Vec<u8>>,
 }
 
+/// The images of a fine-tune: it trains on `train`, selects its epoch on
+/// `val`, scores `test` once (when given: without it the test split is
+/// never touched) and each `external` set's images with the same weights.
+#[derive(Clone, Copy)]
+pub struct Splits<'s, 'a> {
+    pub train: &'s Labeled<'a>,
+    pub val: &'s Labeled<'a>,
+    pub test: Option<&'s Labeled<'a>>,
+    pub external: &'s [Vec<&'a RgbImage>],
+}
+
 /// What a fine-tuning run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FinetuneResult {
@@ -329,9 +340,7 @@ fn build_classifier(
     Ok((vm, model, opt))
 }
 
-/// Fine-tunes from `init` on `train`, selects the epoch on `val`, scores
-/// `test` once (when given: without it the test split is never touched),
-/// and the `external` sets' images with the same weights.
+/// Fine-tunes from `init` on `data` ([`Splits`]).
 /// `cfg` gives the architecture, the view size and `cfg.finetune` the
 /// recipe; `seed` the head init, data order and augmentation. With
 /// `ckpt = (folder, identity)`, each epoch is saved in the folder and an
@@ -340,35 +349,33 @@ fn build_classifier(
 /// another identity is an error. With `finetune.ensemble = N > 1`, N such
 /// runs ([`member_seed`]; member K's state in `folder/member-K`) and their
 /// mean logits scored ([`FinetuneResult::members`]).
-#[allow(clippy::too_many_arguments)]
 pub fn finetune(
     cfg: &Config,
     init: &Init,
-    train: &Labeled,
-    val: &Labeled,
-    test: Option<&Labeled>,
-    external: &[Vec<&RgbImage>],
+    data: Splits,
     seed: u64,
     ckpt: Option<(&Path, &str)>,
 ) -> Result<FinetuneResult> {
     if cfg.finetune.ensemble <= 1 {
-        return finetune_one(cfg, init, train, val, test, external, seed, ckpt);
+        return finetune_one(cfg, init, data, seed, ckpt);
     }
-    ensemble::run(cfg, init, train, val, test, external, seed, ckpt)
+    ensemble::run(cfg, init, data, seed, ckpt)
 }
 
 /// One fine-tuning run (see [`finetune`]).
-#[allow(clippy::too_many_arguments)]
 fn finetune_one(
     cfg: &Config,
     init: &Init,
-    train: &Labeled,
-    val: &Labeled,
-    test: Option<&Labeled>,
-    external: &[Vec<&RgbImage>],
+    data: Splits,
     seed: u64,
     ckpt: Option<(&Path, &str)>,
 ) -> Result<FinetuneResult> {
+    let Splits {
+        train,
+        val,
+        test,
+        external,
+    } = data;
     let ckpt_dir = ckpt.map(|c| c.0);
     let ft = &cfg.finetune;
     ft.check().map_err(Error::Config)?;

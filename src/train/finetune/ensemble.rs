@@ -7,9 +7,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{FinetuneResult, Labeled};
+use super::{FinetuneResult, Labeled, Splits};
 use crate::config::Config;
-use crate::data::RgbImage;
 use crate::error::Result;
 use crate::eval::auc;
 
@@ -62,14 +61,10 @@ pub fn member_seed(seed: u64, k: usize) -> u64 {
 }
 
 /// The `finetune.ensemble` runs of an ensemble (see [`super::finetune`]).
-#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     cfg: &Config,
     init: &super::Init,
-    train: &Labeled,
-    val: &Labeled,
-    test: Option<&Labeled>,
-    external: &[Vec<&RgbImage>],
+    data: Splits,
     seed: u64,
     ckpt: Option<(&Path, &str)>,
 ) -> Result<FinetuneResult> {
@@ -87,10 +82,7 @@ pub(super) fn run(
         let r = super::finetune_one(
             cfg,
             init,
-            train,
-            val,
-            test,
-            external,
+            data,
             member_seed(seed, k),
             dir.as_ref().map(|(d, id)| (d.as_path(), id.as_str())),
         )?;
@@ -102,7 +94,7 @@ pub(super) fn run(
         );
         runs.push(r);
     }
-    ensemble_of(runs, seed, val, test)
+    ensemble_of(runs, seed, data.val, data.test)
 }
 
 /// The members' mean logits, scored; the first member's selection, curve,
