@@ -10,6 +10,19 @@ use crate::data::RgbImage;
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// Test-time augmentation of the scored (validation and test) images: the
+/// model's logits averaged over these views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tta {
+    /// The image as it is.
+    None,
+    /// The image, flipped left-right and up-down (4 views).
+    Flips,
+    /// All 8 rotations by 90 degrees and their mirror images.
+    Dihedral,
+}
+
 /// Augmentation settings of the image branch.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -289,8 +302,7 @@ pub fn stack(
 
 /// The views test-time augmentation averages over, as (quarter turns,
 /// mirrored left-right).
-pub fn tta_views(tta: crate::config::Tta) -> &'static [(usize, bool)] {
-    use crate::config::Tta;
+pub fn tta_views(tta: Tta) -> &'static [(usize, bool)] {
     match tta {
         Tta::None => &[(0, false)],
         // Identity, left-right, up-down (= left-right of the half turn), half turn.

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::augment::AugmentConfig;
+pub use crate::augment::Tta;
 use crate::model::{HeadKind, PretextKind, ResNetConfig, Stage};
 use crate::optim::OptimConfig;
 
@@ -275,19 +276,6 @@ pub enum Selection {
     /// validation AUC: a 150-image validation split moves by about 0.05
     /// from epoch to epoch, and a mean over several is steadier.
     Smoothed,
-}
-
-/// Test-time augmentation of the scored (validation and test) images: the
-/// model's logits averaged over these views.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tta {
-    /// The image as it is.
-    None,
-    /// The image, flipped left-right and up-down (4 views).
-    Flips,
-    /// All 8 rotations by 90 degrees and their mirror images.
-    Dihedral,
 }
 
 /// Fine-tuning settings (the `finetune` table; a protocol arm's

@@ -12,12 +12,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use super::dicom_lengths::check_dicom_lengths;
+use super::limits::{MAX_ALLOC, MAX_SIDE, MIN_SIDE};
 use super::{DataError, Dataset, Result, Sample, io_err};
-
-/// Largest accepted image side, and decoder allocation cap: a guard against
-/// decompression bombs.
-pub const MAX_SIDE: u32 = 16_384;
-pub const MAX_ALLOC: u64 = 1 << 30;
 
 /// A square RGB uint8 image, row-major, interleaved (`size * size * 3` bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,9 +240,6 @@ pub fn decode_resize(bytes: &[u8], size: usize) -> std::result::Result<RgbImage,
     }
     Ok(resize_crop(&rgb, size))
 }
-
-/// Smallest accepted image side.
-pub const MIN_SIDE: u32 = 8;
 
 /// Above this long/short side ratio the centre square is cut out before
 /// resizing, so a 16384x8 strip does not become a `size * 2048`-pixel-wide

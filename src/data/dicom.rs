@@ -25,7 +25,7 @@ use dicom_pixeldata::{
     PhotometricInterpretation, PixelDecoder, PixelRepresentation, PlanarConfiguration,
 };
 
-use super::cache::{MAX_ALLOC, MAX_SIDE};
+use super::limits::{MAX_ALLOC, MAX_SIDE};
 
 /// Transfer syntaxes whose frames are plain JPEG streams that `image` decodes.
 const JPEG_TS: [&str; 2] = ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"];

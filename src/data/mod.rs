@@ -11,6 +11,7 @@ pub mod external;
 pub mod fingerprint;
 pub mod isic;
 pub mod layouts;
+pub mod limits;
 pub mod load;
 pub mod manifest;
 pub mod metadata;

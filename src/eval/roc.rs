@@ -7,7 +7,8 @@
 //! `&[u8]` with 1 = positive (anything else is negative).
 
 use crate::error::{Error, Result};
-use crate::eval::stats::{check, clopper_pearson};
+use crate::eval::auc::check;
+use crate::eval::stats::clopper_pearson;
 
 /// One point of a ROC curve: calling `score >= threshold` positive gives this
 /// false- and true-positive rate.

@@ -10,6 +10,7 @@
 use rand::Rng;
 use rayon::prelude::*;
 
+use super::auc::check;
 use crate::error::{Error, Result};
 
 /// `qnorm(0.975)`: the normal quantile pROC uses for a 95 % interval.
@@ -40,32 +41,6 @@ pub struct PairedTest {
     pub z: f64,
     /// Two-sided p-value from the normal; 1 when `z` is 0.
     pub p: f64,
-}
-
-/// Checks lengths, finiteness and that both classes are present; returns the
-/// number of positives and negatives. `who` names the caller in the message.
-pub(crate) fn check(scores: &[f64], labels: &[u8], who: &str) -> Result<(usize, usize)> {
-    if scores.len() != labels.len() {
-        return Err(Error::Eval(format!(
-            "{who}: {} scores but {} labels",
-            scores.len(),
-            labels.len()
-        )));
-    }
-    if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
-        return Err(Error::Eval(format!(
-            "{who}: score {i} is not finite ({})",
-            scores[i]
-        )));
-    }
-    let n_pos = labels.iter().filter(|&&l| l == 1).count();
-    let n_neg = labels.len() - n_pos;
-    if n_pos == 0 || n_neg == 0 {
-        return Err(Error::Eval(format!(
-            "{who}: needs both classes, got {n_pos} positives and {n_neg} negatives"
-        )));
-    }
-    Ok((n_pos, n_neg))
 }
 
 /// 1-based mid-ranks of `v` (ties share the mean of their ranks).

@@ -207,7 +207,7 @@ pub(super) fn ordered(a: &str, b: &str) -> (String, String) {
 /// `size` x `size` with [`RESIZE_FILTER`] and encodes it as JPEG at
 /// [`JPEG_QUALITY`]. Also returns the source's width and height.
 pub fn convert(bytes: &[u8], size: u32) -> std::result::Result<(Vec<u8>, (u32, u32)), String> {
-    use crate::data::cache::{MAX_ALLOC, MAX_SIDE, MIN_SIDE};
+    use crate::data::limits::{MAX_ALLOC, MAX_SIDE, MIN_SIDE};
     if bytes.is_empty() {
         return Err("empty file (0 bytes)".into());
     }
