@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::Config;
 use crate::data::load::{apply_config, load_images, open_dataset, write_skipped};
@@ -23,6 +23,8 @@ use crate::data::{ImageCache, RgbImage, Split};
 use crate::error::{Error, Result, io};
 use crate::protocol::{Protocol, RunOutcome, Runner};
 use crate::train;
+
+pub use crate::report::inputs::{REPORT_INPUTS, ReportInputs, RunRef};
 
 /// Which part of a protocol a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -125,49 +127,6 @@ pub struct Outcome {
     /// The report's headline (one line per comparison), when it was built.
     pub headline: Option<Vec<String>>,
 }
-
-/// One run as the report finds it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunRef {
-    pub arm: String,
-    pub init: String,
-    pub fraction: f64,
-    pub seed: u64,
-    pub key: String,
-    /// File under `runs/`.
-    pub file: String,
-}
-
-/// What the report needs besides the saved runs; written by every stage
-/// that knows it (the same content from every shard).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReportInputs {
-    pub title: String,
-    /// Plain lines: data, settings, machine.
-    pub lines: Vec<String>,
-    pub pretrain_losses: Vec<f64>,
-    pub manifest: serde_json::Value,
-    pub val_labels: Vec<u8>,
-    pub test_labels: Vec<u8>,
-    pub test_ids: Vec<String>,
-    pub resamples: usize,
-    /// Every run of the protocol, in protocol order.
-    pub runs: Vec<RunRef>,
-    /// The invocation that wrote this file (`host:pid:unix-ms`): runs it
-    /// computed are "computed", the others "reused".
-    pub invocation: String,
-    /// Per test image (test-split order), its metadata, e.g. `sex` ->
-    /// `female`, `age_approximate` -> `55` (empty: none); the report gives
-    /// AUCs per group (categorical columns, age in bands).
-    #[serde(default)]
-    pub test_meta: Vec<std::collections::BTreeMap<String, String>>,
-    /// External test sets the runs were scored on (each run's scores by set
-    /// name); they appear beside the internal test split in the report.
-    #[serde(default)]
-    pub external: Vec<crate::report::sets::ExternalSet>,
-}
-
-pub const REPORT_INPUTS: &str = "report_inputs.json";
 
 /// This process's identity for result files and locks: `host:pid:unix-ms`.
 pub fn invocation_id() -> &'static str {

@@ -6,7 +6,7 @@ use crate::protocol::ArmResult;
 use crate::report::canvas::color;
 use crate::report::chart::{self, Axis, Chart, Curve};
 use crate::report::forest::{Forest, ForestGroup, ForestRow};
-use crate::report::format::{fmt_pct, fmt_signed, format_p, init_name};
+use crate::report::format::{fmt_pct, fmt_signed, init_name, p_text};
 use crate::report::headline::{HeadRow, estimate, fractions, ordered};
 use crate::report::sets::{SetAuc, TestSet};
 
@@ -133,15 +133,5 @@ pub fn forest(rows: &[HeadRow], sets: &[TestSet], vs: &str) -> Forest {
         title: format!("{vs} − random init: difference in test AUC"),
         xlabel: "AUC difference (95 % CI)".into(),
         groups,
-    }
-}
-
-/// `= 0.023` or `< 0.0001`.
-pub fn p_text(p: f64) -> String {
-    let s = format_p(p);
-    if s.starts_with('<') {
-        s
-    } else {
-        format!("= {s}")
     }
 }

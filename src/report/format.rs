@@ -54,6 +54,16 @@ pub fn format_p(p: f64) -> String {
     }
 }
 
+/// `= 0.023` or `< 0.0001`.
+pub fn p_text(p: f64) -> String {
+    let s = format_p(p);
+    if s.starts_with('<') {
+        s
+    } else {
+        format!("= {s}")
+    }
+}
+
 /// A label fraction as a percentage without float noise: 0.1 -> `10`,
 /// 0.025 -> `2.5`, 0.07 -> `7`.
 pub fn fmt_pct(fraction: f64) -> String {

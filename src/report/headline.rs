@@ -351,7 +351,7 @@ pub fn lines(results: &[ArmResult], internal: &[Option<SetAuc>], paired: &[Paire
                 .collect();
             // One seed: "p = 0.014" or "p < 0.0001"; several: "p = a, b, c".
             let p = match p.as_slice() {
-                [one] => crate::report::figures::p_text(*one),
+                [one] => crate::report::format::p_text(*one),
                 many => format!(
                     "= {}",
                     many.iter()

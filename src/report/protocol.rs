@@ -21,57 +21,21 @@
 
 use std::path::Path;
 
-use serde::Serialize;
-
 use crate::error::{Error, Result};
 use crate::eval::roc;
-use crate::eval::stats::{self, AucCi};
 use crate::io::write_atomic;
 use crate::protocol::ArmResult;
 use crate::report::chart::{self, Axis, Chart, Curve};
 use crate::report::forest::Forest;
 use crate::report::format::fmt_pct;
+use crate::report::inputs::ReportInputs;
 use crate::report::page::{Figure, Page, Section, Table};
 use crate::report::sets::{ExternalScores, SetAuc, TestSet, set_aucs, test_sets};
 use crate::report::{calibration, canvas, figures, headline, png, subgroups, svg, tables};
-use crate::runner::ReportInputs;
 
 pub use crate::report::format::format_p;
 pub use crate::report::headline::Paired;
-
-/// The statistics of one run on the test split.
-#[derive(Debug, Clone, Serialize)]
-pub struct RowStats {
-    pub delong: AucCi,
-    pub bootstrap: AucCi,
-    pub sens_at_spec90: f64,
-    pub sens_at_spec95: f64,
-    pub spec_at_sens90: f64,
-    pub spec_at_sens95: f64,
-    /// Youden threshold picked on validation, applied to test.
-    pub youden: roc::OperatingPoint,
-    pub pauc_tpr80: f64,
-}
-
-pub fn row_stats(
-    r: &ArmResult,
-    val_labels: &[u8],
-    test_labels: &[u8],
-    resamples: usize,
-) -> Result<RowStats> {
-    let s = &r.test_scores;
-    let thr = roc::youden_threshold(&r.val_scores, val_labels)?;
-    Ok(RowStats {
-        delong: stats::delong_ci(s, test_labels)?,
-        bootstrap: stats::bootstrap_ci(s, test_labels, resamples, r.seed)?,
-        sens_at_spec90: roc::sensitivity_at_specificity(s, test_labels, 0.90)?.sensitivity,
-        sens_at_spec95: roc::sensitivity_at_specificity(s, test_labels, 0.95)?.sensitivity,
-        spec_at_sens90: roc::specificity_at_sensitivity(s, test_labels, 0.90)?.specificity,
-        spec_at_sens95: roc::specificity_at_sensitivity(s, test_labels, 0.95)?.specificity,
-        youden: roc::at_threshold(s, test_labels, thr),
-        pauc_tpr80: roc::partial_auc_above_tpr(s, test_labels, 0.8)?,
-    })
-}
+pub use crate::report::run_stats::{RowStats, row_stats};
 
 /// Writes every report file into `dir` for runs scored on the internal test
 /// split only; returns the headline (see [`write_with_external`]).

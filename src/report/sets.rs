@@ -5,37 +5,17 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::eval::stats::{self, AucCi};
 use crate::protocol::ArmResult;
-use crate::runner::ReportInputs;
+use crate::report::inputs::ReportInputs;
 
 /// The name of the protocol's own test split in tables (`test_set` column).
 pub const INTERNAL: &str = "test";
 
-/// Per-image metadata: column -> value (e.g. `sex` -> `female`,
-/// `age_approximate` -> `55`).
-pub type Meta = BTreeMap<String, String>;
-
-/// An external test set, as the runner describes it in `report_inputs.json`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ExternalSet {
-    /// Its name in the report and in each run's `external_scores`.
-    pub name: String,
-    /// Image ids, in the order of the scores.
-    pub ids: Vec<String>,
-    /// 1 = positive, 0 = negative, per image.
-    pub labels: Vec<u8>,
-    /// Per-image metadata (empty: none), as `ReportInputs::test_meta`.
-    #[serde(default)]
-    pub meta: Vec<Meta>,
-    /// Images left out because they duplicate a training or internal image:
-    /// (external image id, the image it duplicates).
-    #[serde(default)]
-    pub duplicates_dropped: Vec<(String, String)>,
-}
+pub use crate::report::inputs::{ExternalSet, Meta};
 
 /// Every run's scores on the external sets, by set name, in each set's
 /// image order. [`crate::report::protocol::write_with_external`] asks for

@@ -15,10 +15,10 @@ use crate::io::write_atomic;
 use crate::protocol::ArmResult;
 use crate::report::format::{DASH, fmt_ci, fmt_pct, fmt_signed, format_p, init_name};
 use crate::report::headline::{AucEstimate, HeadRow, Paired};
+use crate::report::inputs::ReportInputs;
 use crate::report::markdown_table;
-use crate::report::protocol::RowStats;
+use crate::report::run_stats::RowStats;
 use crate::report::sets::{SetAuc, TestSet};
-use crate::runner::ReportInputs;
 
 pub fn df_err(e: PolarsError) -> Error {
     Error::Report(e.to_string())
