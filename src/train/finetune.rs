@@ -1,7 +1,8 @@
 //! Fine-tuning on labels: the encoder (from PIRL, from random init, or from a
 //! weights file in torchvision naming) plus Linear(d, 1), (class-weighted)
 //! BCE, augmentation, AdamW with warm-up and cosine decay, optionally a lower
-//! rate for the encoder than for the head; the epoch is selected on the
+//! rate for the encoder than for the head or a pull of the encoder toward
+//! its starting weights after each step (L2-SP); the epoch is selected on the
 //! validation split only (best, last, or best mean over a window of epochs)
 //! and the test split is scored once, with that epoch's weights, optionally
 //! averaged over flipped and rotated views, or over the runs of an ensemble
