@@ -7,13 +7,10 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
-
 use candle_core::{Device, Tensor, Var};
-use pirlkit::data::RgbImage;
-use pirlkit::train::finetune::{Init, Labeled, Splits, finetune, l2sp_pull};
+use pirlkit::train::finetune::l2sp_pull;
 
-use common::labelled_lesions as images;
+use common::{SmallFinetune, keyed_only_when_on};
 
 fn bits(v: &[f64]) -> Vec<u64> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -40,39 +37,12 @@ fn the_pull_moves_each_weight_by_its_factor_toward_the_anchor() {
 
 #[test]
 fn l2sp_runs_are_reproducible_resumable_and_differ_from_plain_ones() {
-    let mut cfg = pirlkit::Config::preset(pirlkit::Preset::Tiny);
-    cfg.finetune.epochs = 3;
-    cfg.finetune.batch_size = 8;
-    cfg.finetune.selection = pirlkit::config::Selection::Last;
-    let (tr, ty) = images(32, 1);
-    let (va, vy) = images(24, 2);
-    let (te, tey) = images(24, 3);
-    fn lab(i: &[RgbImage], y: Vec<u8>) -> Labeled<'_> {
-        Labeled {
-            images: i.iter().collect(),
-            labels: y,
-            aux: None,
-        }
-    }
-    let (train, val, test) = (lab(&tr, ty), lab(&va, vy), lab(&te, tey));
-    let run = |cfg: &pirlkit::Config, ck: Option<&std::path::Path>| {
-        finetune(
-            cfg,
-            &Init::Random,
-            Splits {
-                train: &train,
-                val: &val,
-                test: Some(&test),
-                external: &[],
-            },
-            0,
-            ck.map(|c| (c, "id")),
-        )
-    };
-    let plain = run(&cfg, None).unwrap();
+    let ft = SmallFinetune::new();
+    let mut cfg = ft.cfg.clone();
+    let plain = ft.run(&cfg, None).unwrap();
     cfg.finetune.l2sp = 300.0;
-    let a = run(&cfg, None).unwrap();
-    let b = run(&cfg, None).unwrap();
+    let a = ft.run(&cfg, None).unwrap();
+    let b = ft.run(&cfg, None).unwrap();
     assert_eq!(
         bits(&a.test_scores),
         bits(&b.test_scores),
@@ -92,29 +62,20 @@ fn l2sp_runs_are_reproducible_resumable_and_differ_from_plain_ones() {
     // anchor is the init's weights, not the resumed epoch's.
     let tmp = tempfile::tempdir().unwrap();
     let ck = tmp.path().join("ft");
-    pirlkit::train::pretrain::STOP.store(true, Ordering::SeqCst);
-    let stopped = run(&cfg, Some(&ck));
-    pirlkit::train::pretrain::STOP.store(false, Ordering::SeqCst);
-    assert!(
-        stopped.is_err(),
-        "the stop flag ends the run after its first epoch"
-    );
-    let resumed = run(&cfg, Some(&ck)).unwrap();
+    ft.stopped_after_one_epoch(&cfg, &ck);
+    let resumed = ft.run(&cfg, Some(&ck)).unwrap();
     assert_eq!(bits(&resumed.train_losses), bits(&a.train_losses));
     assert_eq!(bits(&resumed.test_scores), bits(&a.test_scores));
 }
 
 #[test]
 fn l2sp_is_keyed_only_when_on_and_checked() {
-    let mut ft = pirlkit::config::FinetuneConfig::default();
-    let off = serde_json::to_value(&ft).unwrap();
-    assert!(
-        off.get("l2sp").is_none(),
-        "l2sp = 0 changed the run keys: {off}"
+    keyed_only_when_on(
+        "l2sp",
+        |ft| {
+            ft.l2sp = 10.0;
+            10.0.into()
+        },
+        |ft| ft.l2sp = -1.0,
     );
-    ft.l2sp = 10.0;
-    assert_eq!(serde_json::to_value(&ft).unwrap()["l2sp"], 10.0);
-    ft.l2sp = -1.0;
-    let e = ft.check().unwrap_err();
-    assert!(e.contains("finetune.l2sp"), "{e}");
 }

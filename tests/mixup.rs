@@ -92,15 +92,12 @@ fn mixup_runs_are_reproducible_and_differ_from_plain_ones() {
 
 #[test]
 fn mixup_is_keyed_only_when_on_and_checked() {
-    let mut ft = pirlkit::config::FinetuneConfig::default();
-    let off = serde_json::to_value(&ft).unwrap();
-    assert!(
-        off.get("mixup").is_none(),
-        "mixup = 0 changed the run keys: {off}"
+    common::keyed_only_when_on(
+        "mixup",
+        |ft| {
+            ft.mixup = 0.4;
+            0.4.into()
+        },
+        |ft| ft.mixup = -1.0,
     );
-    ft.mixup = 0.4;
-    assert_eq!(serde_json::to_value(&ft).unwrap()["mixup"], 0.4);
-    ft.mixup = -1.0;
-    let e = ft.check().unwrap_err();
-    assert!(e.contains("finetune.mixup"), "{e}");
 }

@@ -187,3 +187,86 @@ pub fn labelled_lesions(n: usize, seed: u64) -> (Vec<pirlkit::data::RgbImage>, V
     y[1] = 0;
     (imgs, y)
 }
+
+/// A fine-tuning small enough for a test: the tiny preset with 3 epochs of
+/// batch 8 and the last epoch selected, on labelled lesions (32 training,
+/// 24 validation, 24 test images), from random init with seed 0.
+pub struct SmallFinetune {
+    pub cfg: pirlkit::Config,
+    train: (Vec<pirlkit::data::RgbImage>, Vec<u8>),
+    val: (Vec<pirlkit::data::RgbImage>, Vec<u8>),
+    test: (Vec<pirlkit::data::RgbImage>, Vec<u8>),
+}
+
+impl SmallFinetune {
+    pub fn new() -> Self {
+        let mut cfg = pirlkit::Config::preset(pirlkit::Preset::Tiny);
+        cfg.finetune.epochs = 3;
+        cfg.finetune.batch_size = 8;
+        cfg.finetune.selection = pirlkit::config::Selection::Last;
+        Self {
+            cfg,
+            train: labelled_lesions(32, 1),
+            val: labelled_lesions(24, 2),
+            test: labelled_lesions(24, 3),
+        }
+    }
+
+    /// Fine-tunes with `cfg`, checkpointed in `ck` (identity "id") if given.
+    pub fn run(
+        &self,
+        cfg: &pirlkit::Config,
+        ck: Option<&std::path::Path>,
+    ) -> pirlkit::Result<pirlkit::train::finetune::FinetuneResult> {
+        use pirlkit::train::finetune::{Init, Labeled, Splits, finetune};
+        fn lab((i, y): &(Vec<pirlkit::data::RgbImage>, Vec<u8>)) -> Labeled<'_> {
+            Labeled {
+                images: i.iter().collect(),
+                labels: y.clone(),
+                aux: None,
+            }
+        }
+        let (train, val, test) = (lab(&self.train), lab(&self.val), lab(&self.test));
+        let data = Splits {
+            train: &train,
+            val: &val,
+            test: Some(&test),
+            external: &[],
+        };
+        finetune(cfg, &Init::Random, data, 0, ck.map(|c| (c, "id")))
+    }
+
+    /// A run with `cfg` in `ck` stopped by the process-wide stop flag after
+    /// its first epoch (an error), the flag cleared again.
+    pub fn stopped_after_one_epoch(&self, cfg: &pirlkit::Config, ck: &std::path::Path) {
+        use std::sync::atomic::Ordering;
+        pirlkit::train::pretrain::STOP.store(true, Ordering::SeqCst);
+        let stopped = self.run(cfg, Some(ck));
+        pirlkit::train::pretrain::STOP.store(false, Ordering::SeqCst);
+        assert!(
+            stopped.is_err(),
+            "the stop flag ends the run after its first epoch"
+        );
+    }
+}
+
+/// A `finetune` option `key` is left out of the saved config (and so of
+/// the run keys) at its default, written as the value `on` sets and
+/// returns, and refused by the check, naming it, when `bad` sets it.
+pub fn keyed_only_when_on(
+    key: &str,
+    on: impl Fn(&mut pirlkit::config::FinetuneConfig) -> serde_json::Value,
+    bad: impl Fn(&mut pirlkit::config::FinetuneConfig),
+) {
+    let mut ft = pirlkit::config::FinetuneConfig::default();
+    let off = serde_json::to_value(&ft).unwrap();
+    assert!(
+        off.get(key).is_none(),
+        "{key} at its default changed the run keys: {off}"
+    );
+    let set = on(&mut ft);
+    assert_eq!(serde_json::to_value(&ft).unwrap()[key], set, "{key}");
+    bad(&mut ft);
+    let e = ft.check().unwrap_err();
+    assert!(e.contains(&format!("finetune.{key}")), "{e}");
+}
