@@ -264,6 +264,49 @@ fn narrow_sums<T: Float, const K: usize>(
     out
 }
 
+/// Channels per task of [`plane_sums`]: a task reads, per image, one
+/// contiguous run of this many planes.
+const PLANE_BLOCK: usize = 4;
+
+/// Per channel `ch`, `K` lane sums of `per(ch)(a[i], b[i])` over its `n`
+/// planes of `hw` values (at least [`NARROW_HW`]), each plane summed by
+/// [`lane_sum`] in image order. A task takes [`PLANE_BLOCK`] channels and
+/// walks the images, so that it streams one contiguous run of planes per
+/// image (a task per channel jumps `c * hw` values after every plane,
+/// which left this pass waiting on memory). Each channel's sums are added
+/// in the same order whatever the blocks, so the bits do not depend on them.
+fn plane_sums<T: Float, const K: usize, G: Fn(T, T, T) -> [f64; K]>(
+    a: &[T],
+    b: &[T],
+    (n, c, hw): (usize, usize, usize),
+    per: impl Fn(usize) -> G + Sync,
+) -> Vec<[[f64; LANES]; K]> {
+    let mut out = vec![[[0f64; LANES]; K]; c];
+    out.par_chunks_mut(PLANE_BLOCK)
+        .enumerate()
+        .for_each(|(t, acc)| {
+            super::wide(
+                #[inline(always)]
+                || {
+                    let c0 = t * PLANE_BLOCK;
+                    for img in 0..n {
+                        for (j, acc) in acc.iter_mut().enumerate() {
+                            let r = (img * c + c0 + j) * hw..(img * c + c0 + j + 1) * hw;
+                            let (ab, bb) = (&a[r.clone()], &b[r]);
+                            // Sums and the function in locals for the
+                            // plane's loop (through the references they
+                            // would be reloaded every value).
+                            let mut loc = *acc;
+                            lane_sum(ab, bb, bb, &mut loc, per(c0 + j));
+                            *acc = loc;
+                        }
+                    }
+                },
+            )
+        });
+    out
+}
+
 /// Per-channel values spread over an image's `c` planes of `hw` pixels:
 /// `out[ch * hw + i] = v[ch]`, so that a pass over narrow planes runs as
 /// one long vector loop per image (the same operations on each value).
@@ -473,6 +516,18 @@ impl CustomOp3 for BnTrain {
     }
 }
 
+/// `dy` where the fused ReLU passed the forward's output (`relu`), else
+/// `+0.0`: the forward's `(x - mean) * scale + beta` recomputed in the same
+/// type, so the same bits decide.
+#[inline(always)]
+fn gate<T: Float>(relu: bool, [mu, s, t]: [T; 3], xv: T, gv: T) -> T {
+    if relu && (xv - mu) * s + t <= T::ZERO {
+        T::ZERO
+    } else {
+        gv
+    }
+}
+
 /// `(x, dy) -> [dx flattened, dgamma (C), dbeta (C)]`.
 struct BnBackward {
     eps: f64,
@@ -501,18 +556,13 @@ impl BnBackward {
             })
             .collect();
         let relu = self.relu;
-        // dy' = dy where y > 0 (with the ReLU), else 0.
-        let gate = |[mu, s, t]: [T; 3], xv: T, gv: T| -> T {
-            if relu && (xv - mu) * s + t <= T::ZERO {
-                T::ZERO
-            } else {
-                gv
-            }
-        };
         // Per channel: sum dy', sum dy' * x_hat.
         let sums: Vec<(f64, f64)> = if hw < NARROW_HW {
-            narrow_sums(x, g, (n, c, hw), |ch, xv, gv| {
-                let d = gate(fwd[ch], xv, gv).f();
+            let (fwd, mean) = (&fwd, &mean);
+            // `move`: the flag by value (through a reference it is
+            // reloaded every value).
+            narrow_sums(x, g, (n, c, hw), move |ch, xv, gv| {
+                let d = gate(relu, fwd[ch], xv, gv).f();
                 [d, d * (xv.f() - mean[ch])]
             })
             .iter()
@@ -520,27 +570,17 @@ impl BnBackward {
             .map(|(s, is)| (s[0], s[1] * is))
             .collect()
         } else {
-            (0..c)
-                .into_par_iter()
-                .map(|ch| {
-                    super::wide(
-                        #[inline(always)]
-                        || {
-                            let (mu, f) = (mean[ch], fwd[ch]);
-                            let mut acc = [[0f64; LANES]; 2];
-                            for b in 0..n {
-                                let r = (b * c + ch) * hw..(b * c + ch + 1) * hw;
-                                let (xb, gb) = (&x[r.clone()], &g[r]);
-                                lane_sum(xb, gb, gb, &mut acc, |xv, gv, _| {
-                                    let d = gate(f, xv, gv).f();
-                                    [d, d * (xv.f() - mu)]
-                                });
-                            }
-                            (lanes_total(&acc[0]), lanes_total(&acc[1]) * inv[ch])
-                        },
-                    )
-                })
-                .collect()
+            plane_sums(x, g, (n, c, hw), |ch| {
+                let (mu, f) = (mean[ch], fwd[ch]);
+                move |xv: T, gv: T, _| {
+                    let d = gate(relu, f, xv, gv).f();
+                    [d, d * (xv.f() - mu)]
+                }
+            })
+            .iter()
+            .zip(&inv)
+            .map(|(acc, is)| (lanes_total(&acc[0]), lanes_total(&acc[1]) * is))
+            .collect()
         };
         // dx = k * (dy' - mean(dy') - x_hat * mean(dy' x_hat))
         //    = k * dy' + a * (x - mean) + b   per channel, in the element type.
@@ -562,13 +602,16 @@ impl BnBackward {
                 super::wide(
                     #[inline(always)]
                     || {
+                        // A local copy, as in the sums above: reloaded
+                        // through the capture, it keeps the loops scalar.
+                        let relu = relu;
                         if let Some((ce, fe)) = &spread {
                             let r = bi * img..(bi + 1) * img;
                             let (xi, gi) = (&x[r.clone()], &g[r]);
                             for (((o, &xv), &gv), (&[k, a, mu, b], &f)) in
                                 dxi.iter_mut().zip(xi).zip(gi).zip(ce.iter().zip(fe))
                             {
-                                o.write(k * gate(f, xv, gv) + a * (xv - mu) + b);
+                                o.write(k * gate(relu, f, xv, gv) + a * (xv - mu) + b);
                             }
                             return;
                         }
@@ -578,7 +621,7 @@ impl BnBackward {
                             let (xb, gb) = (&x[r.clone()], &g[r]);
                             let f = fwd[ch];
                             for ((o, &xv), &gv) in dxo.iter_mut().zip(xb).zip(gb) {
-                                o.write(k * gate(f, xv, gv) + a * (xv - mu) + b);
+                                o.write(k * gate(relu, f, xv, gv) + a * (xv - mu) + b);
                             }
                         }
                     },
