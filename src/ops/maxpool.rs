@@ -183,51 +183,61 @@ fn fwd_impl<T: PoolElem>(
         .for_each_init(
             || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
             |(vv, vi, tv, ti): &mut (Vec<T>, Vec<u32>, Vec<T>, Vec<u32>), (pl, (o, a))| {
-                let plane = &x[pl * h * w..(pl + 1) * h * w];
-                // Vertical: vv/vi[oy * w + ix].
-                vv.clear();
-                vv.resize(ho * w, T::default());
-                vi.clear();
-                vi.resize(ho * w, u32::MAX);
-                for (ky, &(lo, hi)) in rows.iter().enumerate() {
-                    for oy in lo..hi {
-                        let iy = oy * p.stride + ky - p.padding;
-                        let src = &plane[iy * w..(iy + 1) * w];
-                        let bv = &mut vv[oy * w..(oy + 1) * w];
-                        let bi = &mut vi[oy * w..(oy + 1) * w];
-                        for (ix, ((&v, b), j)) in src.iter().zip(bv).zip(bi).enumerate() {
-                            let i = (iy * w + ix) as u32;
-                            let take = beats(v, i, *b, *j);
-                            *b = T::select(take, v, *b);
-                            *j = select_u32(take, i, *j);
+                super::wide(
+                    #[inline(always)]
+                    || {
+                        // The sizes in locals: read through the closure's captures
+                        // they are reloaded after every store.
+                        let (h, w, ho, wo) = (h, w, ho, wo);
+                        let (stride, padding) = (p.stride, p.padding);
+                        let plane = &x[pl * h * w..(pl + 1) * h * w];
+                        // Vertical: vv/vi[oy * w + ix].
+                        vv.clear();
+                        vv.resize(ho * w, T::default());
+                        vi.clear();
+                        vi.resize(ho * w, u32::MAX);
+                        for (ky, &(lo, hi)) in rows.iter().enumerate() {
+                            for oy in lo..hi {
+                                let iy = oy * stride + ky - padding;
+                                let src = &plane[iy * w..(iy + 1) * w];
+                                let bv = &mut vv[oy * w..(oy + 1) * w];
+                                let bi = &mut vi[oy * w..(oy + 1) * w];
+                                for (ix, ((&v, b), j)) in src.iter().zip(bv).zip(bi).enumerate() {
+                                    let i = (iy * w + ix) as u32;
+                                    let take = beats(v, i, *b, *j);
+                                    *b = T::select(take, v, *b);
+                                    *j = select_u32(take, i, *j);
+                                }
+                            }
                         }
-                    }
-                }
-                // Horizontal, over the window's columns: per tap, its
-                // strided column of every output row gathered into one
-                // contiguous plane first, so the compare-and-select runs
-                // element-wise over the whole output plane (and vectorises).
-                for (kx, &(lo, hi)) in cols.iter().enumerate() {
-                    tv.clear();
-                    tv.resize(ho * wo, T::default());
-                    ti.clear();
-                    ti.resize(ho * wo, u32::MAX);
-                    for oy in 0..ho {
-                        let (sv, si) = (&vv[oy * w..(oy + 1) * w], &vi[oy * w..(oy + 1) * w]);
-                        for ox in lo..hi {
-                            let ix = ox * p.stride + kx - p.padding;
-                            tv[oy * wo + ox] = sv[ix];
-                            ti[oy * wo + ox] = si[ix];
+                        // Horizontal, over the window's columns: per tap, its
+                        // strided column of every output row gathered into one
+                        // contiguous plane first, so the compare-and-select runs
+                        // element-wise over the whole output plane (and vectorises).
+                        for (kx, &(lo, hi)) in cols.iter().enumerate() {
+                            tv.clear();
+                            tv.resize(ho * wo, T::default());
+                            ti.clear();
+                            ti.resize(ho * wo, u32::MAX);
+                            for oy in 0..ho {
+                                let (sv, si) =
+                                    (&vv[oy * w..(oy + 1) * w], &vi[oy * w..(oy + 1) * w]);
+                                for ox in lo..hi {
+                                    let ix = ox * stride + kx - padding;
+                                    tv[oy * wo + ox] = sv[ix];
+                                    ti[oy * wo + ox] = si[ix];
+                                }
+                            }
+                            for (((&v, &i), b), j) in
+                                tv.iter().zip(ti.iter()).zip(o.iter_mut()).zip(a.iter_mut())
+                            {
+                                let take = (i != u32::MAX) & beats(v, i, *b, *j);
+                                *b = T::select(take, v, *b);
+                                *j = select_u32(take, i, *j);
+                            }
                         }
-                    }
-                    for (((&v, &i), b), j) in
-                        tv.iter().zip(ti.iter()).zip(o.iter_mut()).zip(a.iter_mut())
-                    {
-                        let take = (i != u32::MAX) & beats(v, i, *b, *j);
-                        *b = T::select(take, v, *b);
-                        *j = select_u32(take, i, *j);
-                    }
-                }
+                    },
+                )
             },
         );
     (out, arg)
