@@ -19,7 +19,7 @@
 //! `var` is the biased batch variance (PyTorch's normalisation); the running
 //! variance is updated with the unbiased one, as PyTorch and candle do.
 //! Per-channel sums run in f64, channel by channel in a fixed order, so the
-//! result does not depend on the number of threads.
+//! result does not depend on the number of threads (submodule `sums`).
 //!
 //! The `conv_bn` submodule fuses the conv before it into the same op.
 
@@ -30,6 +30,9 @@ use candle_nn::{BatchNorm, Init, ModuleT, VarBuilder};
 use rayon::prelude::*;
 
 mod conv_bn;
+mod sums;
+
+use sums::{Float, NARROW_HW, channel_stats, narrow_sums, plane_sums};
 
 /// A BatchNorm2d layer (torchvision names: `weight`, `bias`, `running_mean`,
 /// `running_var`) whose training-mode forward on the CPU is the fused op.
@@ -125,238 +128,11 @@ impl BatchNorm2d {
     }
 }
 
-/// Element types of the kernels: arithmetic in the element type, sums in f64.
-trait Float:
-    Copy
-    + Send
-    + Sync
-    + 'static
-    + PartialOrd
-    + std::ops::Add<Output = Self>
-    + std::ops::Sub<Output = Self>
-    + std::ops::Mul<Output = Self>
-{
-    const ZERO: Self;
-    fn f(self) -> f64;
-    fn from_f(v: f64) -> Self;
-}
-impl Float for f32 {
-    const ZERO: Self = 0.0;
-    fn f(self) -> f64 {
-        self as f64
-    }
-    fn from_f(v: f64) -> Self {
-        v as f32
-    }
-}
-impl Float for f64 {
-    const ZERO: Self = 0.0;
-    fn f(self) -> f64 {
-        self
-    }
-    fn from_f(v: f64) -> Self {
-        v
-    }
-}
-
-/// Lanes of the f64 sums: independent accumulators, so the adds pipeline
-/// (one f64 accumulator waits on every add) and vectorise; combined in a
-/// fixed order, so the result does not depend on anything but the data.
-const LANES: usize = 8;
-
-/// `acc[l] += f(a[i], b[i], c[i])` for `i = l (mod LANES)`, over three
-/// equal-length slices.
-#[inline(always)]
-fn lane_sum<T: Copy, const K: usize>(
-    a: &[T],
-    b: &[T],
-    c: &[T],
-    acc: &mut [[f64; LANES]; K],
-    f: impl Fn(T, T, T) -> [f64; K],
-) {
-    let (ac, bc, cc) = (
-        a.chunks_exact(LANES),
-        b.chunks_exact(LANES),
-        c.chunks_exact(LANES),
-    );
-    let (ar, br, cr) = (ac.remainder(), bc.remainder(), cc.remainder());
-    for ((a8, b8), c8) in ac.zip(bc).zip(cc) {
-        let (a8, b8, c8): (&[T; LANES], &[T; LANES], &[T; LANES]) = (
-            a8.try_into().expect("lane chunk"),
-            b8.try_into().expect("lane chunk"),
-            c8.try_into().expect("lane chunk"),
-        );
-        for l in 0..LANES {
-            let v = f(a8[l], b8[l], c8[l]);
-            for k in 0..K {
-                acc[k][l] += v[k];
-            }
-        }
-    }
-    for (l, ((&av, &bv), &cv)) in ar.iter().zip(br).zip(cr).enumerate() {
-        let v = f(av, bv, cv);
-        for k in 0..K {
-            acc[k][l] += v[k];
-        }
-    }
-}
-
-fn lanes_total(acc: &[f64; LANES]) -> f64 {
-    acc.iter().sum()
-}
-
-/// Planes smaller than this are summed channel-parallel ([`narrow_sums`]):
-/// lanes inside a block of 1-15 values are mostly empty.
-const NARROW_HW: usize = 2 * LANES;
-
-/// Per channel `ch`, `K` sums of `f(ch, a[i], b[i])` over its elements, for
-/// planes under [`NARROW_HW`] values: a task per 16 channels walks the
-/// images in order, pixel by pixel, adding each of its channels' values to
-/// that channel's own accumulators, held in locals (16 independent chains
-/// that overlap, where a single channel's adds would wait on each other, and
-/// no store and reload per add). The order per channel is fixed: image by
-/// image, pixel by pixel.
-fn narrow_sums<T: Float, const K: usize>(
-    a: &[T],
-    b: &[T],
-    (n, c, hw): (usize, usize, usize),
-    f: impl Fn(usize, T, T) -> [f64; K] + Sync,
-) -> Vec<[f64; K]> {
-    const CH: usize = 16;
-    let mut out = vec![[0f64; K]; c];
-    out.par_chunks_mut(CH).enumerate().for_each(|(t, acc)| {
-        let c0 = t * CH;
-        let nc = acc.len();
-        super::wide(
-            #[inline(always)]
-            || {
-                let mut loc = [[0f64; K]; CH];
-                for img in 0..n {
-                    let base = (img * c + c0) * hw;
-                    let (ab, bb) = (&a[base..base + nc * hw], &b[base..base + nc * hw]);
-                    for i in 0..hw {
-                        if nc == CH {
-                            for (j, l) in loc.iter_mut().enumerate() {
-                                // SAFETY: j < CH = nc and i < hw, so the
-                                // index is below nc * hw, the slices' length.
-                                let (av, bv) = unsafe {
-                                    (*ab.get_unchecked(j * hw + i), *bb.get_unchecked(j * hw + i))
-                                };
-                                let v = f(c0 + j, av, bv);
-                                for k in 0..K {
-                                    l[k] += v[k];
-                                }
-                            }
-                        } else {
-                            for (j, l) in loc.iter_mut().enumerate().take(nc) {
-                                let v = f(c0 + j, ab[j * hw + i], bb[j * hw + i]);
-                                for k in 0..K {
-                                    l[k] += v[k];
-                                }
-                            }
-                        }
-                    }
-                }
-                acc.copy_from_slice(&loc[..nc]);
-            },
-        )
-    });
-    out
-}
-
-/// Channels per task of [`plane_sums`]: a task reads, per image, one
-/// contiguous run of this many planes.
-const PLANE_BLOCK: usize = 4;
-
-/// Per channel `ch`, `K` lane sums of `per(ch)(a[i], b[i])` over its `n`
-/// planes of `hw` values (at least [`NARROW_HW`]), each plane summed by
-/// [`lane_sum`] in image order. A task takes [`PLANE_BLOCK`] channels and
-/// walks the images, so that it streams one contiguous run of planes per
-/// image (a task per channel jumps `c * hw` values after every plane,
-/// which left this pass waiting on memory). Each channel's sums are added
-/// in the same order whatever the blocks, so the bits do not depend on them.
-fn plane_sums<T: Float, const K: usize, G: Fn(T, T, T) -> [f64; K]>(
-    a: &[T],
-    b: &[T],
-    (n, c, hw): (usize, usize, usize),
-    per: impl Fn(usize) -> G + Sync,
-) -> Vec<[[f64; LANES]; K]> {
-    let mut out = vec![[[0f64; LANES]; K]; c];
-    out.par_chunks_mut(PLANE_BLOCK)
-        .enumerate()
-        .for_each(|(t, acc)| {
-            super::wide(
-                #[inline(always)]
-                || {
-                    let c0 = t * PLANE_BLOCK;
-                    for img in 0..n {
-                        for (j, acc) in acc.iter_mut().enumerate() {
-                            let r = (img * c + c0 + j) * hw..(img * c + c0 + j + 1) * hw;
-                            let (ab, bb) = (&a[r.clone()], &b[r]);
-                            // Sums and the function in locals for the
-                            // plane's loop (through the references they
-                            // would be reloaded every value).
-                            let mut loc = *acc;
-                            lane_sum(ab, bb, bb, &mut loc, per(c0 + j));
-                            *acc = loc;
-                        }
-                    }
-                },
-            )
-        });
-    out
-}
-
 /// Per-channel values spread over an image's `c` planes of `hw` pixels:
 /// `out[ch * hw + i] = v[ch]`, so that a pass over narrow planes runs as
 /// one long vector loop per image (the same operations on each value).
 fn per_pixel<T: Copy>(v: &[T], hw: usize) -> Vec<T> {
     v.iter().flat_map(|&x| std::iter::repeat_n(x, hw)).collect()
-}
-
-/// Per-channel mean and biased variance of `x` (`n` blocks of `hw` per
-/// channel): a pass for the mean, then one for the squared deviations.
-fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
-    let m = (n * hw) as f64;
-    if hw < NARROW_HW {
-        let mean: Vec<f64> = narrow_sums(x, x, (n, c, hw), |_, v, _| [v.f()])
-            .iter()
-            .map(|s| s[0] / m)
-            .collect();
-        let var = narrow_sums(x, x, (n, c, hw), |ch, v, _| {
-            let d = v.f() - mean[ch];
-            [d * d]
-        })
-        .iter()
-        .map(|s| s[0] / m)
-        .collect();
-        return (mean, var);
-    }
-    let per: Vec<(f64, f64)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            super::wide(
-                #[inline(always)]
-                || {
-                    let blocks = (0..n).map(|b| &x[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
-                    let mut s = [[0f64; LANES]];
-                    for blk in blocks.clone() {
-                        lane_sum(blk, blk, blk, &mut s, |v, _, _| [v.f()]);
-                    }
-                    let mean = lanes_total(&s[0]) / m;
-                    let mut q = [[0f64; LANES]];
-                    for blk in blocks {
-                        lane_sum(blk, blk, blk, &mut q, |v, _, _| {
-                            let d = v.f() - mean;
-                            [d * d]
-                        });
-                    }
-                    (mean, lanes_total(&q[0]) / m)
-                },
-            )
-        })
-        .collect();
-    per.into_iter().unzip()
 }
 
 /// The training-mode forward; `stats` receives `[mean (C), biased var (C)]`.
@@ -557,7 +333,7 @@ impl BnBackward {
             .collect();
         let relu = self.relu;
         // Per channel: sum dy', sum dy' * x_hat.
-        let sums: Vec<(f64, f64)> = if hw < NARROW_HW {
+        let raw: Vec<[f64; 2]> = if hw < NARROW_HW {
             let (fwd, mean) = (&fwd, &mean);
             // `move`: the flag by value (through a reference it is
             // reloaded every value).
@@ -565,10 +341,6 @@ impl BnBackward {
                 let d = gate(relu, fwd[ch], xv, gv).f();
                 [d, d * (xv.f() - mean[ch])]
             })
-            .iter()
-            .zip(&inv)
-            .map(|(s, is)| (s[0], s[1] * is))
-            .collect()
         } else {
             plane_sums(x, g, (n, c, hw), |ch| {
                 let (mu, f) = (mean[ch], fwd[ch]);
@@ -577,11 +349,12 @@ impl BnBackward {
                     [d, d * (xv.f() - mu)]
                 }
             })
+        };
+        let sums: Vec<(f64, f64)> = raw
             .iter()
             .zip(&inv)
-            .map(|(acc, is)| (lanes_total(&acc[0]), lanes_total(&acc[1]) * is))
-            .collect()
-        };
+            .map(|(s, is)| (s[0], s[1] * is))
+            .collect();
         // dx = k * (dy' - mean(dy') - x_hat * mean(dy' x_hat))
         //    = k * dy' + a * (x - mean) + b   per channel, in the element type.
         let coef: Vec<[T; 4]> = (0..c)
@@ -604,6 +377,7 @@ impl BnBackward {
                     || {
                         // A local copy, as in the sums above: reloaded
                         // through the capture, it keeps the loops scalar.
+                        #[allow(clippy::redundant_locals)]
                         let relu = relu;
                         if let Some((ce, fe)) = &spread {
                             let r = bi * img..(bi + 1) * img;
