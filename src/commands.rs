@@ -442,12 +442,7 @@ fn finetune_command(a: crate::cli::FinetuneArgs) -> anyhow::Result<()> {
         }
         hex::encode(sha2::Sha256::digest(serde_json::to_vec(&id)?))
     };
-    let data = crate::train::finetune::Splits {
-        train: &train,
-        val: &val,
-        test: (!val_only).then_some(&test),
-        external: &[],
-    };
+    let data = crate::train::finetune::Splits::new(&train, &val, (!val_only).then_some(&test));
     let r = crate::train::finetune::finetune(
         &cfg,
         &init,

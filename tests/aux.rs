@@ -148,18 +148,7 @@ fn auxiliary_runs_are_reproducible_differ_from_plain_ones_and_need_the_labels() 
             labels: ty.clone(),
             aux,
         };
-        finetune(
-            cfg,
-            &Init::Random,
-            Splits {
-                train: &train,
-                val: &val,
-                test: None,
-                external: &[],
-            },
-            0,
-            None,
-        )
+        finetune(cfg, &Init::Random, Splits::new(&train, &val, None), 0, None)
     };
     // Off, the labels are not read: the same run with or without them.
     let plain = run(&cfg, None).unwrap().train_losses;

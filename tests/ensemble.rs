@@ -51,12 +51,11 @@ impl Data {
         finetune(
             cfg,
             &Init::Random,
-            Splits {
-                train: &l(&self.tr, &self.ty),
-                val: &l(&self.va, &self.vy),
-                test: Some(&l(&self.te, &self.tey)),
-                external: &[],
-            },
+            Splits::new(
+                &l(&self.tr, &self.ty),
+                &l(&self.va, &self.vy),
+                Some(&l(&self.te, &self.tey)),
+            ),
             seed,
             ckpt,
         )
@@ -157,12 +156,7 @@ fn an_interrupted_ensemble_resumes_at_its_member() {
     let e = finetune(
         &cfg,
         &Init::Random,
-        Splits {
-            train: &l(&d.tr, &d.ty),
-            val: &l(&d.va, &d.vy),
-            test: None,
-            external: &[],
-        },
+        Splits::new(&l(&d.tr, &d.ty), &l(&d.va, &d.vy), None),
         0,
         Some((&ck, "other settings")),
     )

@@ -81,12 +81,7 @@ fn head_epochs_train_the_head_alone_then_the_encoder() {
     let r = finetune(
         &cfg,
         &Init::Random,
-        Splits {
-            train: &train,
-            val: &val,
-            test: None,
-            external: &[],
-        },
+        Splits::new(&train, &val, None),
         0,
         Some((&ck, "id")),
     );
@@ -112,12 +107,7 @@ fn head_epochs_train_the_head_alone_then_the_encoder() {
     finetune(
         &cfg,
         &Init::Random,
-        Splits {
-            train: &train,
-            val: &val,
-            test: None,
-            external: &[],
-        },
+        Splits::new(&train, &val, None),
         0,
         Some((&ck, "id")),
     )

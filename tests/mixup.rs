@@ -66,20 +66,9 @@ fn mixup_runs_are_reproducible_and_differ_from_plain_ones() {
         aux: None,
     };
     let run = |cfg: &pirlkit::Config| {
-        finetune(
-            cfg,
-            &Init::Random,
-            Splits {
-                train: &train,
-                val: &val,
-                test: None,
-                external: &[],
-            },
-            0,
-            None,
-        )
-        .unwrap()
-        .train_losses
+        finetune(cfg, &Init::Random, Splits::new(&train, &val, None), 0, None)
+            .unwrap()
+            .train_losses
     };
     let plain = run(&cfg);
     cfg.finetune.mixup = 0.4;

@@ -117,6 +117,22 @@ pub struct Splits<'s, 'a> {
     pub external: &'s [Vec<&'a RgbImage>],
 }
 
+impl<'s, 'a> Splits<'s, 'a> {
+    /// Train, validation and (when given) test, no external sets.
+    pub fn new(
+        train: &'s Labeled<'a>,
+        val: &'s Labeled<'a>,
+        test: Option<&'s Labeled<'a>>,
+    ) -> Self {
+        Self {
+            train,
+            val,
+            test,
+            external: &[],
+        }
+    }
+}
+
 /// What a fine-tuning run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FinetuneResult {

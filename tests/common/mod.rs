@@ -227,12 +227,7 @@ impl SmallFinetune {
             }
         }
         let (train, val, test) = (lab(&self.train), lab(&self.val), lab(&self.test));
-        let data = Splits {
-            train: &train,
-            val: &val,
-            test: Some(&test),
-            external: &[],
-        };
+        let data = Splits::new(&train, &val, Some(&test));
         finetune(cfg, &Init::Random, data, 0, ck.map(|c| (c, "id")))
     }
 
