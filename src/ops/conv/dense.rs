@@ -58,22 +58,23 @@ pub(super) const DENSE_FWD_MIN_BATCH: usize = 64;
 pub(super) fn dense_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
     let d = dense_matrix(g, w, &tap_table(g));
     let (m, n, k) = (g.n, g.cout * g.pix(), g.cin * g.hw());
-    let mut y = vec![T::ZERO; g.y_len()];
-    // SAFETY: x is m x k, d is n x k (read transposed), y is m x n.
+    // SAFETY: x is m x k, d is n x k (read transposed), y is m x n, all
+    // written by the GEMMs (not read).
     unsafe {
-        gemm_split(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            (n, 1),
-            x.as_ptr(),
-            (k, 1),
-            d.as_ptr(),
-            (1, k),
-        )
+        crate::ops::written(g.y_len(), |y| {
+            gemm_split(
+                m,
+                n,
+                k,
+                y.as_mut_ptr().cast::<T>(),
+                (n, 1),
+                x.as_ptr(),
+                (k, 1),
+                d.as_ptr(),
+                (1, k),
+            )
+        })
     }
-    y
 }
 
 /// `dX = dY * D` (`N x Cin*Pi`, skipped unless `want_dx`) and
@@ -90,39 +91,46 @@ pub(super) fn dense_bwd<T: Elem>(
     let (po_n, pi_n, taps) = (g.pix(), g.hw(), g.kh * g.kw);
     let (rows, row) = (g.cout * po_n, g.cin * pi_n);
     let table = tap_table(g);
-    let (mut dx, mut dw) = (vec![T::ZERO; nx], vec![T::ZERO; nw]);
-    if want_dx {
+    let mut dw = vec![T::ZERO; nw];
+    let dx = if want_dx {
         let d = dense_matrix(g, w, &table);
-        // SAFETY: dy is N x rows, d is rows x row, dx is N x row.
+        // SAFETY: dy is N x rows, d is rows x row, dx is N x row, all
+        // written by the GEMMs (not read).
         unsafe {
+            crate::ops::written(nx, |dx| {
+                gemm_split(
+                    g.n,
+                    row,
+                    rows,
+                    dx.as_mut_ptr().cast::<T>(),
+                    (row, 1),
+                    dy.as_ptr(),
+                    (rows, 1),
+                    d.as_ptr(),
+                    (row, 1),
+                )
+            })
+        }
+    } else {
+        Vec::new()
+    };
+    // SAFETY: dy^T is rows x N, x is N x row, dd is rows x row, all written
+    // by the GEMMs (not read).
+    let dd = unsafe {
+        crate::ops::written(rows * row, |dd| {
             gemm_split(
-                g.n,
-                row,
                 rows,
-                dx.as_mut_ptr(),
+                row,
+                g.n,
+                dd.as_mut_ptr().cast::<T>(),
                 (row, 1),
                 dy.as_ptr(),
-                (rows, 1),
-                d.as_ptr(),
+                (1, rows),
+                x.as_ptr(),
                 (row, 1),
             )
-        }
-    }
-    let mut dd = vec![T::ZERO; rows * row];
-    // SAFETY: dy^T is rows x N, x is N x row, dd is rows x row.
-    unsafe {
-        gemm_split(
-            rows,
-            row,
-            g.n,
-            dd.as_mut_ptr(),
-            (row, 1),
-            dy.as_ptr(),
-            (1, rows),
-            x.as_ptr(),
-            (row, 1),
-        )
-    }
+        })
+    };
     dw.par_chunks_mut(g.cin * taps)
         .enumerate()
         .for_each(|(co, dwc)| {

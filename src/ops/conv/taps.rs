@@ -192,24 +192,25 @@ pub(super) fn taps_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
                 let cols = imgs * outs.len();
                 let mut b = Vec::new();
                 gather(xg, g.cin, hw, ins, &mut b);
-                let mut yt = vec![T::ZERO; g.cout * cols];
                 // SAFETY: wt's tap t is Cout x Cin; b is Cin x cols; yt is
-                // Cout x cols.
-                unsafe {
-                    gemm_strided(
-                        g.cout,
-                        cols,
-                        g.cin,
-                        yt.as_mut_ptr(),
-                        (cols, 1),
-                        false,
-                        wt[t * g.cout * g.cin..].as_ptr(),
-                        (g.cin, 1),
-                        b.as_ptr(),
-                        (cols, 1),
-                        1,
-                    )
-                }
+                // Cout x cols, all written by the GEMM (not read).
+                let yt = unsafe {
+                    crate::ops::written(g.cout * cols, |yt| {
+                        gemm_strided(
+                            g.cout,
+                            cols,
+                            g.cin,
+                            yt.as_mut_ptr().cast::<T>(),
+                            (cols, 1),
+                            false,
+                            wt[t * g.cout * g.cin..].as_ptr(),
+                            (g.cin, 1),
+                            b.as_ptr(),
+                            (cols, 1),
+                            1,
+                        )
+                    })
+                };
                 (yt, &outs[..])
             })
             .collect();
@@ -282,24 +283,26 @@ pub(super) fn taps_bwd<T: Elem>(
                         return (Vec::new(), &ins[..]);
                     }
                     // dB_t (Cin x cols) = W_t^T * dY_t.
-                    let mut db = vec![T::ZERO; g.cin * cols];
                     // SAFETY: wt's tap t read as Cin x Cout (transposed);
-                    // dyt is Cout x cols; db is Cin x cols.
-                    unsafe {
-                        gemm_strided(
-                            g.cin,
-                            cols,
-                            g.cout,
-                            db.as_mut_ptr(),
-                            (cols, 1),
-                            false,
-                            wt[t * g.cout * g.cin..].as_ptr(),
-                            (1, g.cin),
-                            dyt.as_ptr(),
-                            (cols, 1),
-                            1,
-                        )
-                    }
+                    // dyt is Cout x cols; db is Cin x cols, all written by
+                    // the GEMM (not read).
+                    let db = unsafe {
+                        crate::ops::written(g.cin * cols, |db| {
+                            gemm_strided(
+                                g.cin,
+                                cols,
+                                g.cout,
+                                db.as_mut_ptr().cast::<T>(),
+                                (cols, 1),
+                                false,
+                                wt[t * g.cout * g.cin..].as_ptr(),
+                                (1, g.cin),
+                                dyt.as_ptr(),
+                                (cols, 1),
+                                1,
+                            )
+                        })
+                    };
                     (db, &ins[..])
                 })
                 .collect();

@@ -101,16 +101,11 @@ fn group_size(g: &Geom) -> usize {
         .unwrap_or(1)
 }
 
-/// `U_xi = (G g G^T)_xi` for every kernel, as 16 matrices `rows x cols`
-/// (`[xi][r][c]`): `rows = Cout`, `cols = Cin` from `w (Cout x Cin x 3 x 3)`,
-/// or, with `flip`, the kernels of the input gradient: `rows = Cin`, `cols =
-/// Cout`, each kernel rotated by 180 degrees.
-fn filter_transform<T: Elem>(g: &Geom, w: &[T], flip: bool) -> Vec<T> {
-    let (rows, cols) = if flip {
-        (g.cin, g.cout)
-    } else {
-        (g.cout, g.cin)
-    };
+/// `U_xi = (G g G^T)_xi` for every kernel, as 16 matrices `Cout x Cin`
+/// (`[xi][co][ci]`) from `w (Cout x Cin x 3 x 3)`. The input gradient reads
+/// the same matrices (see [`FLIP`]).
+fn filter_transform<T: Elem>(g: &Geom, w: &[T]) -> Vec<T> {
+    let (rows, cols) = (g.cout, g.cin);
     let (n, plane) = (rows * cols, spaced(rows * cols));
     let fill = |u: &mut [MaybeUninit<T>]| {
         // The gaps between the 16 matrices, read by nothing, zeroed.
@@ -123,12 +118,7 @@ fn filter_transform<T: Elem>(g: &Geom, w: &[T], flip: bool) -> Vec<T> {
         (0..rows).into_par_iter().for_each(|r| {
             let up = up;
             for c in 0..cols {
-                let (co, ci) = if flip { (c, r) } else { (r, c) };
-                let k = &w[(co * g.cin + ci) * 9..(co * g.cin + ci + 1) * 9];
-                let mut kk = [T::ZERO; 9];
-                for (i, v) in kk.iter_mut().enumerate() {
-                    *v = if flip { k[8 - i] } else { k[i] };
-                }
+                let kk = &w[(r * cols + c) * 9..(r * cols + c + 1) * 9];
                 // G along the kernel's columns, then along its rows.
                 let mut t = [T::ZERO; 12]; // 4 x 3
                 for j in 0..3 {
@@ -152,6 +142,29 @@ fn filter_transform<T: Elem>(g: &Geom, w: &[T], flip: bool) -> Vec<T> {
     unsafe { crate::ops::written(PTS * plane, fill) }
 }
 
+/// The input gradient's kernels, each rotated by 180 degrees with its
+/// channels swapped, need no transform of their own: `G` of a reversed
+/// column is `G`'s output reversed in the order `(3, 1, 2, 0)`, to the bit
+/// (`g0 + g2` and `g2 + g0` are the same sum), so point `xi = 4a + b` of a
+/// rotated kernel is point `FLIP[xi] = 4 P[a] + P[b]` of the kernel itself,
+/// `P = (3, 1, 2, 0)`, and its `Cin x Cout` matrix is that point's `Cout x
+/// Cin` one read transposed.
+const FLIP: [usize; PTS] = {
+    const P: [usize; 4] = [3, 1, 2, 0];
+    let mut f = [0; PTS];
+    let mut xi = 0;
+    while xi < PTS {
+        f[xi] = 4 * P[xi / 4] + P[xi % 4];
+        xi += 1;
+    }
+    f
+};
+
+/// The offsets of 16 matrices `stride` apart, in point order.
+fn in_order(stride: usize) -> [usize; PTS] {
+    std::array::from_fn(|xi| xi * stride)
+}
+
 /// `G (g0, g1, g2)`: `(g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2)`.
 #[inline(always)]
 fn g_col<T: Elem>(g0: T, g1: T, g2: T) -> [T; 4] {
@@ -170,38 +183,42 @@ fn gt_col<T: Elem>(x: [T; 4]) -> [T; 3] {
 /// (`[xi][Cout][Cin]`).
 fn filter_inverse<T: Elem>(g: &Geom, x: &[T]) -> Vec<T> {
     let plane = spaced(g.cout * g.cin);
-    let mut dw = vec![T::ZERO; g.w_len()];
-    dw.par_chunks_mut(g.cin * 9)
-        .enumerate()
-        .for_each(|(co, row)| {
-            for (ci, k) in row.chunks_exact_mut(9).enumerate() {
-                let at = |xi: usize| x[xi * plane + co * g.cin + ci];
-                let mut t = [T::ZERO; 12]; // 3 x 4
-                for b in 0..4 {
-                    let v = gt_col([at(b), at(4 + b), at(8 + b), at(12 + b)]);
-                    for (i, v) in v.into_iter().enumerate() {
-                        t[i * 4 + b] = v;
+    let fill = |dw: &mut [MaybeUninit<T>]| {
+        dw.par_chunks_mut(g.cin * 9)
+            .enumerate()
+            .for_each(|(co, row)| {
+                for (ci, k) in row.chunks_exact_mut(9).enumerate() {
+                    let at = |xi: usize| x[xi * plane + co * g.cin + ci];
+                    let mut t = [T::ZERO; 12]; // 3 x 4
+                    for b in 0..4 {
+                        let v = gt_col([at(b), at(4 + b), at(8 + b), at(12 + b)]);
+                        for (i, v) in v.into_iter().enumerate() {
+                            t[i * 4 + b] = v;
+                        }
+                    }
+                    for i in 0..3 {
+                        let v = gt_col([t[i * 4], t[i * 4 + 1], t[i * 4 + 2], t[i * 4 + 3]]);
+                        for (d, v) in k[i * 3..i * 3 + 3].iter_mut().zip(v) {
+                            d.write(v);
+                        }
                     }
                 }
-                for i in 0..3 {
-                    let v = gt_col([t[i * 4], t[i * 4 + 1], t[i * 4 + 2], t[i * 4 + 3]]);
-                    k[i * 3..i * 3 + 3].copy_from_slice(&v);
-                }
-            }
-        });
-    dw
+            });
+    };
+    // SAFETY: every kernel's 9 values are written.
+    unsafe { crate::ops::written(g.w_len(), fill) }
 }
 
 /// The 16 GEMMs `dst_xi (m x n) = lhs_xi (m x k) * rhs_xi (k x n)`, where
-/// operand `xi` starts at `xi * stride` and has the given (row, column)
-/// strides, and `dst_xi` (row-major) at `xi * dst.len() / 16`; across the threads when `par` (each GEMM on one thread, so the
+/// `lhs_xi` starts at offset `lo[xi]`, `rhs_xi` at `xi * stride`, each with
+/// the given (row, column) strides, and `dst_xi` (row-major) at `xi * dst.len() / 16`; across the threads when `par` (each GEMM on one thread, so the
 /// result does not depend on the thread count).
 #[allow(clippy::too_many_arguments)]
 fn gemms<T: Elem>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [MaybeUninit<T>],
     lhs: &[T],
-    (ls, lrs, lcs): (usize, usize, usize),
+    (lo, lrs, lcs): ([usize; PTS], usize, usize),
     rhs: &[T],
     (rs, rrs, rcs): (usize, usize, usize),
     par: bool,
@@ -220,7 +237,7 @@ fn gemms<T: Elem>(
                 d.as_mut_ptr().cast::<T>(),
                 (n, 1),
                 false,
-                lhs[xi * ls..].as_ptr(),
+                lhs[lo[xi]..].as_ptr(),
                 (lrs, lcs),
                 rhs[xi * rs..].as_ptr(),
                 (rrs, rcs),
@@ -243,21 +260,28 @@ fn slots<T>(v: &mut [T]) -> &mut [MaybeUninit<T>] {
 
 /// The forward: `y (N x Cout x H x W)`.
 pub(super) fn wino_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
-    let u = filter_transform(g, w, false);
+    let u = filter_transform(g, w);
     // SAFETY: the inverse transform writes every output pixel.
-    unsafe { crate::ops::written(g.y_len(), |y| conv_groups(g, x, &u, g.cin, g.cout, y)) }
+    unsafe { crate::ops::written(g.y_len(), |y| conv_groups(g, x, &u, false, y)) }
 }
 
-/// `out = conv(src, U)` in groups: `src` has `cin` channels, `out` `cout`,
-/// both `g.h x g.w` planes; `u` is [`filter_transform`]'s `16 x cout x cin`.
-fn conv_groups<T: Elem>(
-    g: &Geom,
-    src: &[T],
-    u: &[T],
-    cin: usize,
-    cout: usize,
-    out: &mut [MaybeUninit<T>],
-) {
+/// `out = conv(src, U)` in groups, both `g.h x g.w` planes; `u` is
+/// [`filter_transform`]'s `16 x Cout x Cin`. The forward (`src` has `Cin`
+/// channels, `out` `Cout`), or with `flip` the input gradient (`src` is
+/// `dY`, `out` `dX`: the kernels rotated, read through [`FLIP`]).
+fn conv_groups<T: Elem>(g: &Geom, src: &[T], u: &[T], flip: bool, out: &mut [MaybeUninit<T>]) {
+    let (cin, cout) = if flip {
+        (g.cout, g.cin)
+    } else {
+        (g.cin, g.cout)
+    };
+    let us = spaced(g.cout * g.cin);
+    // Point xi's Cout x Cin matrix as read (row, column strides).
+    let lhs = if flip {
+        (FLIP.map(|p| p * us), 1, g.cin)
+    } else {
+        (in_order(us), g.cin, 1)
+    };
     let (th, tw) = tiles(g);
     let (hw, tp) = (g.hw(), th * tw);
     let gs = group_size(g);
@@ -275,7 +299,7 @@ fn conv_groups<T: Elem>(
             (cout, tiles, cin),
             slots(m),
             u,
-            (spaced(cout * cin), cin, 1),
+            lhs,
             v,
             (pin.stride(), tiles, 1),
             !across,
@@ -308,10 +332,9 @@ pub(super) fn wino_bwd<T: Elem>(
     if want_dx {
         // The input gradient: a same-size conv of dY with the rotated,
         // channel-swapped kernels.
-        let u = filter_transform(g, w, true);
+        let u = filter_transform(g, w);
         // SAFETY: the inverse transform writes every input pixel.
-        dx =
-            unsafe { crate::ops::written(g.x_len(), |d| conv_groups(g, dy, &u, g.cout, g.cin, d)) };
+        dx = unsafe { crate::ops::written(g.x_len(), |d| conv_groups(g, dy, &u, true, d)) };
     }
     let per_group = |(v, e): &mut (Vec<T>, Vec<T>), (gi, _): (usize, &mut [T])| -> Vec<T> {
         let i0 = gi * gs;
@@ -344,7 +367,7 @@ pub(super) fn wino_bwd<T: Elem>(
                 (g.cout, g.cin, tiles),
                 part,
                 e,
-                (pout.stride(), tiles, 1),
+                (in_order(pout.stride()), tiles, 1),
                 v,
                 (pin.stride(), 1, tiles),
                 !across,
