@@ -16,7 +16,9 @@
 //! input channels is one GEMM per point: `M_xi (Cout x tiles) = U_xi (Cout
 //! x Cin) * V_xi (Cin x tiles)`. The backward reuses the same algebra:
 //! - the input gradient is the same-size conv of `dY` with the kernels
-//!   rotated by 180 degrees and their channels swapped;
+//!   rotated by 180 degrees and their channels swapped, whose transformed
+//!   kernels are the forward's with their points permuted, read
+//!   transposed (`FLIP`);
 //! - the weight gradient, differentiating `Y` above with respect to `g`, is
 //!   `dW = G^T [sum over tiles of (A dY A^T) . (B^T d B)] G`: per point one
 //!   GEMM `dY_xi (Cout x tiles) * V_xi^T`, summed over tiles before the one
@@ -211,7 +213,9 @@ fn filter_inverse<T: Elem>(g: &Geom, x: &[T]) -> Vec<T> {
 
 /// The 16 GEMMs `dst_xi (m x n) = lhs_xi (m x k) * rhs_xi (k x n)`, where
 /// `lhs_xi` starts at offset `lo[xi]`, `rhs_xi` at `xi * stride`, each with
-/// the given (row, column) strides, and `dst_xi` (row-major) at `xi * dst.len() / 16`; across the threads when `par` (each GEMM on one thread, so the
+/// the given (row, column) strides, and `dst_xi` (row-major) at
+/// `xi * dst.len() / 16`; across the threads when `par` (each GEMM on one
+/// thread, so the
 /// result does not depend on the thread count).
 #[allow(clippy::too_many_arguments)]
 fn gemms<T: Elem>(
@@ -276,7 +280,9 @@ fn conv_groups<T: Elem>(g: &Geom, src: &[T], u: &[T], flip: bool, out: &mut [May
         (g.cin, g.cout)
     };
     let us = spaced(g.cout * g.cin);
-    // Point xi's Cout x Cin matrix as read (row, column strides).
+    // Where the GEMMs read point xi's cout x cin matrix, and its (row,
+    // column) strides: the conv's own, or with flip point FLIP[xi]'s
+    // Cout x Cin matrix read as its transpose.
     let lhs = if flip {
         (FLIP.map(|p| p * us), 1, g.cin)
     } else {
