@@ -72,7 +72,14 @@ impl BatchNorm2d {
         let rm = self.running_mean.as_tensor().to_dtype(dt)?;
         let rv = self.running_var.as_tensor().to_dtype(dt)?;
         let s = (self.weight.to_dtype(dt)? / (rv + self.eps)?.sqrt()?)?;
-        let mut wf = w.broadcast_mul(&s.reshape((c, 1, 1, 1))?)?;
+        let mut wf = if crate::ops::in_inference() && crate::ops::fast_cpu(w.device()) {
+            // No graph: one pass across the threads (candle's broadcast
+            // multiply runs on one), the same products.
+            w.contiguous()?
+                .apply_op2_no_bwd(&s.contiguous()?, &ScaleRows)?
+        } else {
+            w.broadcast_mul(&s.reshape((c, 1, 1, 1))?)?
+        };
         let mut bf = (self.bias.to_dtype(dt)? - (rm * &s)?)?;
         if crate::ops::in_inference() {
             (wf, bf) = (wf.detach(), bf.detach());
@@ -96,6 +103,56 @@ impl BatchNorm2d {
         let y = crate::ops::conv2d(x, &wf, stride, padding)?
             .broadcast_add(&bf.reshape((1, c, 1, 1))?)?;
         if relu { y.relu() } else { Ok(y) }
+    }
+}
+
+/// Inference only: `w (C x ...) * s (C)`, each of the `C` rows of `w`
+/// times its value of `s`, the rows across the threads.
+struct ScaleRows;
+
+impl CustomOp2 for ScaleRows {
+    fn name(&self) -> &'static str {
+        "pirlkit-scale-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn scale<T: Copy + Send + Sync + std::ops::Mul<Output = T>>(w: &[T], s: &[T]) -> Vec<T> {
+            use rayon::prelude::*;
+            let row = w.len() / s.len().max(1);
+            let fill = |out: &mut [std::mem::MaybeUninit<T>]| {
+                out.par_chunks_mut(row.max(1))
+                    .zip(w.par_chunks(row.max(1)))
+                    .zip(s.par_iter())
+                    .for_each(|((o, w), &k)| {
+                        for (o, &v) in o.iter_mut().zip(w) {
+                            o.write(v * k);
+                        }
+                    });
+            };
+            // SAFETY: every row of the output is written, one per value of s.
+            unsafe { crate::ops::written(w.len(), fill) }
+        }
+        if l2.dims().len() != 1 || l1.dims().first() != Some(&l2.dims()[0]) {
+            bail!("scale rows: {:?} by {:?}", l1.dims(), l2.dims())
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(w), CpuStorage::F32(s)) => CpuStorage::F32(scale(
+                crate::ops::contiguous(w, l1, "scale rows: w")?,
+                crate::ops::contiguous(s, l2, "scale rows: s")?,
+            )),
+            (CpuStorage::F64(w), CpuStorage::F64(s)) => CpuStorage::F64(scale(
+                crate::ops::contiguous(w, l1, "scale rows: w")?,
+                crate::ops::contiguous(s, l2, "scale rows: s")?,
+            )),
+            _ => bail!("scale rows: f32 or f64, both the same"),
+        };
+        Ok((out, l1.shape().clone()))
     }
 }
 
