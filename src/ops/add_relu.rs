@@ -79,17 +79,7 @@ fn elementwise2(
     if l1.dims() != l2.dims() {
         bail!("{what}: shapes {:?} and {:?} differ", l1.dims(), l2.dims())
     }
-    let out = match (s1, s2) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(f32(
-            super::contiguous(a, l1, "add-relu: a")?,
-            super::contiguous(b, l2, "add-relu: b")?,
-        )),
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(f64(
-            super::contiguous(a, l1, "add-relu: a")?,
-            super::contiguous(b, l2, "add-relu: b")?,
-        )),
-        _ => bail!("{what}: unsupported dtypes (f32 or f64, both the same)"),
-    };
+    let out = super::binary_storage((s1, l1), (s2, l2), what, f32, f64)?;
     Ok((out, l1.shape().clone()))
 }
 

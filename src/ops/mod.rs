@@ -104,6 +104,28 @@ pub(crate) fn contiguous<'a, T>(
     }
 }
 
+/// `f32(a, b)` or `f64(a, b)` on the values of two contiguous CPU storages
+/// of the same dtype (f32 or f64), as a storage of that dtype; errors name
+/// `what`.
+pub(crate) fn binary_storage(
+    (s1, l1): (&candle_core::CpuStorage, &candle_core::Layout),
+    (s2, l2): (&candle_core::CpuStorage, &candle_core::Layout),
+    what: &str,
+    f32: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
+    f64: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
+) -> candle_core::Result<candle_core::CpuStorage> {
+    use candle_core::CpuStorage as S;
+    let (a, b) = (
+        format!("{what}: first input"),
+        format!("{what}: second input"),
+    );
+    Ok(match (s1, s2) {
+        (S::F32(x), S::F32(y)) => S::F32(f32(contiguous(x, l1, &a)?, contiguous(y, l2, &b)?)),
+        (S::F64(x), S::F64(y)) => S::F64(f64(contiguous(x, l1, &a)?, contiguous(y, l2, &b)?)),
+        _ => candle_core::bail!("{what}: unsupported dtypes (f32 or f64, both the same)"),
+    })
+}
+
 /// Half-open range of the outputs `o < outs` that kernel tap `t` reaches
 /// along one axis: those whose input `o*stride + t - pad` lies in `[0, len)`
 /// (conv and max-pool windows alike).

@@ -141,17 +141,7 @@ impl CustomOp2 for ScaleRows {
         if l2.dims().len() != 1 || l1.dims().first() != Some(&l2.dims()[0]) {
             bail!("scale rows: {:?} by {:?}", l1.dims(), l2.dims())
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(w), CpuStorage::F32(s)) => CpuStorage::F32(scale(
-                crate::ops::contiguous(w, l1, "scale rows: w")?,
-                crate::ops::contiguous(s, l2, "scale rows: s")?,
-            )),
-            (CpuStorage::F64(w), CpuStorage::F64(s)) => CpuStorage::F64(scale(
-                crate::ops::contiguous(w, l1, "scale rows: w")?,
-                crate::ops::contiguous(s, l2, "scale rows: s")?,
-            )),
-            _ => bail!("scale rows: f32 or f64, both the same"),
-        };
+        let out = crate::ops::binary_storage((s1, l1), (s2, l2), "scale rows", scale, scale)?;
         Ok((out, l1.shape().clone()))
     }
 }
