@@ -118,6 +118,9 @@ fn isic2017_finds_the_listed_near_duplicates() {
 // ---- a built dataset ----
 
 /// A smooth random field (sum of blobs) with some texture, `w x h`, from `seed`.
+/// (Its 6.28 is a frequency scale, not 2 pi: written as TAU it would change
+/// the test's images.)
+#[allow(clippy::approx_constant)]
 fn field(seed: u64, w: u32, h: u32) -> image::RgbImage {
     let mut s = seed
         .wrapping_mul(6364136223846793005)
