@@ -284,6 +284,65 @@ fn resume_with_changed_config_is_refused_naming_keys() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// The meta.json of the run's latest checkpoint.
+fn latest_meta(out: &Path) -> (PathBuf, serde_json::Value) {
+    let ck = pirlkit::train::checkpoint::latest(out).unwrap().unwrap();
+    let path = ck.join(pirlkit::train::checkpoint::META_FILE);
+    let meta = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    (path, meta)
+}
+
+/// Sets (or with `None` removes) `result_version` in the meta.json of the
+/// run's latest checkpoint.
+fn set_result_version(out: &Path, v: Option<u32>) {
+    let (path, mut meta) = latest_meta(out);
+    let m = meta.as_object_mut().unwrap();
+    match v {
+        Some(v) => m.insert("result_version".into(), v.into()),
+        None => m.remove("result_version"),
+    };
+    std::fs::write(&path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+}
+
+#[test]
+fn resume_from_a_build_with_other_numbers_is_refused() {
+    let data = data_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("a.toml");
+    std::fs::write(&cfg, "seed = 1\n").unwrap();
+    let (out, cache) = (tmp.path().join("run"), tmp.path().join("cache"));
+    let run = |force: bool| {
+        let mut c = pretrain_cmd(data.path(), &out, &cache, &cfg);
+        if force {
+            c.arg("--force-resume");
+        }
+        c.output().unwrap()
+    };
+    assert!(run(false).status.success());
+    let now = pirlkit::train::checkpoint::RESULT_VERSION;
+    assert_eq!(latest_meta(&out).1["result_version"], now, "recorded");
+
+    // A checkpoint from a build whose kernels give other numbers is neither
+    // continued nor reused as finished, and the error says why and how.
+    set_result_version(&out, Some(now + 1));
+    let o = run(false);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("result version {}, this build's {now}", now + 1))
+            && err.contains("--force-resume"),
+        "{err}"
+    );
+    let o = run(true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A checkpoint saved before checkpoints recorded the version counts as
+    // the current one.
+    set_result_version(&out, None);
+    let o = run(false);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 #[test]
 fn skip_nonfinite_skips_the_batch_and_lowers_the_learning_rate() {
     let data = data_dir();

@@ -69,9 +69,7 @@ pub struct ArmResult {
     pub computed_now: bool,
 }
 
-/// Bump when a change in pirlkit changes the numbers that the same settings
-/// give (a new recipe default is a change of settings and needs no bump).
-pub const RESULT_VERSION: u32 = 2;
+pub use crate::train::checkpoint::RESULT_VERSION;
 
 /// What fixes a run's numbers, hashed into its key: the arm's kind and the
 /// resolved settings that its kind reads, the init (and the hash of the

@@ -21,6 +21,19 @@ pub const OPTIM_FILE: &str = "optimizer.safetensors";
 pub const BANK_FILE: &str = "bank.safetensors";
 pub const META_FILE: &str = "meta.json";
 
+/// Bump when a change in pirlkit changes the numbers that the same settings
+/// give (a new recipe default is a change of settings and needs no bump).
+/// Every protocol run's key holds it, and a pretraining checkpoint made
+/// under another version is not continued (nor reused as finished) without
+/// `--force-resume`.
+pub const RESULT_VERSION: u32 = 2;
+
+/// The result version of a checkpoint saved before checkpoints recorded it:
+/// the one in force then, so that they stay valid.
+fn unrecorded_result_version() -> u32 {
+    2
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Meta {
     /// Completed epochs.
@@ -46,6 +59,9 @@ pub struct Meta {
     /// Pretraining wall time so far (s), summed over resumed sessions.
     pub wall_s: f64,
     pub pirlkit_version: String,
+    /// [`RESULT_VERSION`] of the build that made it.
+    #[serde(default = "unrecorded_result_version")]
+    pub result_version: u32,
 }
 
 fn one() -> f64 {

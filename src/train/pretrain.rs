@@ -391,6 +391,24 @@ impl<'c> Run<'c> {
     /// Restores the state saved in checkpoint `ck`.
     fn resume(&mut self, ck: &Path, force_resume: bool) -> Result<()> {
         let meta = checkpoint::read_meta(ck)?;
+        // A build whose kernels give other numbers would continue (or
+        // reuse as finished) a pretraining it could not reproduce.
+        if meta.result_version != checkpoint::RESULT_VERSION {
+            let what = format!(
+                "this run folder holds a checkpoint made by a pirlkit whose kernels give other numbers (result version {}, this build's {})",
+                meta.result_version,
+                checkpoint::RESULT_VERSION
+            );
+            if !force_resume {
+                return Err(Error::Checkpoint {
+                    path: ck.to_path_buf(),
+                    msg: format!(
+                        "{what}; use another output folder, or --force-resume to continue anyway"
+                    ),
+                });
+            }
+            tracing::warn!("{what}: resuming anyway (--force-resume)");
+        }
         // Compare the saved config re-read under today's schema (new keys take
         // their defaults), so a pirlkit upgrade alone does not block a resume.
         if checkpoint::pretrain_hash(&meta.config) != self.hash {
@@ -462,6 +480,7 @@ impl<'c> Run<'c> {
             skipped_steps: self.skipped,
             wall_s: self.wall_before + self.t0.elapsed().as_secs_f64(),
             pirlkit_version: env!("CARGO_PKG_VERSION").into(),
+            result_version: checkpoint::RESULT_VERSION,
         };
         let snap = Snapshot {
             vm: &self.vm,
