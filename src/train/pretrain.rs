@@ -391,23 +391,28 @@ impl<'c> Run<'c> {
     /// Restores the state saved in checkpoint `ck`.
     fn resume(&mut self, ck: &Path, force_resume: bool) -> Result<()> {
         let meta = checkpoint::read_meta(ck)?;
-        // A build whose kernels give other numbers would continue (or
-        // reuse as finished) a pretraining it could not reproduce.
-        if meta.result_version != checkpoint::RESULT_VERSION {
-            let what = format!(
-                "this run folder holds a checkpoint made by a pirlkit whose kernels give other numbers (result version {}, this build's {})",
-                meta.result_version,
-                checkpoint::RESULT_VERSION
-            );
+        // A checkpoint this run could not have made: refused, or with
+        // --force-resume continued with a warning.
+        let mismatch = |what: String| -> Result<()> {
             if !force_resume {
                 return Err(Error::Checkpoint {
                     path: ck.to_path_buf(),
                     msg: format!(
-                        "{what}; use another output folder, or --force-resume to continue anyway"
+                        "this run folder holds a checkpoint {what}; use another output folder, or --force-resume to continue anyway"
                     ),
                 });
             }
-            tracing::warn!("{what}: resuming anyway (--force-resume)");
+            tracing::warn!("resuming a checkpoint {what} (--force-resume)");
+            Ok(())
+        };
+        // A build whose kernels give other numbers would continue (or
+        // reuse as finished) a pretraining it could not reproduce.
+        if meta.result_version != checkpoint::RESULT_VERSION {
+            mismatch(format!(
+                "made by a pirlkit whose kernels give other numbers (result version {}, this build's {})",
+                meta.result_version,
+                checkpoint::RESULT_VERSION
+            ))?;
         }
         // Compare the saved config re-read under today's schema (new keys take
         // their defaults), so a pirlkit upgrade alone does not block a resume.
@@ -416,16 +421,10 @@ impl<'c> Run<'c> {
                 &checkpoint::pretrain_settings(&meta.config),
                 &checkpoint::pretrain_settings(self.cfg),
             );
-            if !force_resume {
-                return Err(Error::Checkpoint {
-                    path: ck.to_path_buf(),
-                    msg: format!(
-                        "this run folder holds a checkpoint of a different config (differing keys: {}); use another output folder, or --force-resume to continue anyway",
-                        diff.join(", ")
-                    ),
-                });
-            }
-            tracing::warn!("resuming despite config changes in: {}", diff.join(", "));
+            mismatch(format!(
+                "of a different config (differing keys: {})",
+                diff.join(", ")
+            ))?;
         }
         checkpoint::load_weights(&mut self.vm, ck)?;
         self.opt.load_state(&checkpoint::load_tensors(
